@@ -1,0 +1,288 @@
+"""``fbloop`` — the command line. Each command parses, calls the library, prints."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import FbloopError
+
+DEFAULT_DB = "runs/fbloop.db"
+
+
+def _fail_cleanly(fn):
+    """Turn fbloop's own errors into one line on stderr and exit status 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except FbloopError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+def db_option(fn):
+    return click.option("--db", "db_path", default=DEFAULT_DB, show_default=True,
+                        type=click.Path(dir_okay=False), help="SQLite database of runs.")(fn)
+
+
+def json_option(fn):
+    return click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")(fn)
+
+
+def _open_store(db_path: str):
+    from .store import Store
+
+    Path(db_path).parent.mkdir(parents=True, exist_ok=True)
+    return Store(db_path)
+
+
+@click.group()
+@click.version_option(package_name="fbloop")
+def main() -> None:
+    """Recover a network's feature matrix Φ = DᵀD from feedback."""
+
+
+# ---------------------------------------------------------------- run
+
+
+def run_options(fn):
+    options = [
+        click.option("--target", default="rfm", show_default=True,
+                     help="Target spec: rfm | rfm:figure=2 | synthetic:p=40,rank=5 | phi:FILE | dict:FILE."),
+        click.option("--design", default="eigen", show_default=True,
+                     type=click.Choice(["eigen", "constructive", "gaussian", "sparse", "triplet"])),
+        click.option("--mu", default=0.9, show_default=True, type=float, help="Sparse/triplet: P(coordinate = 0)."),
+        click.option("--s", "max_nnz", default=3, show_default=True, type=int, help="Sparse/triplet: max nonzeros."),
+        click.option("--dist", default="sparse", show_default=True, type=click.Choice(["sparse", "gaussian"]),
+                     help="Triplet activations."),
+        click.option("--agent", default="oracle", show_default=True, type=click.Choice(["oracle"])),
+        click.option("--noise", default="none", show_default=True, type=click.Choice(["none", "logistic", "flip"])),
+        click.option("--temperature", default=0.05, show_default=True, type=float),
+        click.option("--flip", default=0.1, show_default=True, type=float),
+        click.option("--tie-band", default=0.0, show_default=True, type=float),
+        click.option("--budget", default=None, type=int, help="Answers to collect [default: the design's bound]."),
+        click.option("--learner", default="gradient", show_default=True,
+                     type=click.Choice(["gradient", "exact", "auto"])),
+        click.option("--rank", default=None, type=int, help="Columns of U [default: min(p, 512)]."),
+        click.option("--lr", default=0.01, show_default=True, type=float),
+        click.option("--device", default="cpu", show_default=True, help="cpu or cuda."),
+        click.option("--chunk", default=64, show_default=True, type=int, help="Queries per transaction."),
+        click.option("--seed", default=0, show_default=True, type=int),
+        click.option("--run-id", default=None, help="Name the run; an existing id resumes it."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _run_config(opts: dict):
+    from .agents import OracleConfig
+    from .designs import DesignConfig
+    from .learner import LearnerConfig
+    from .loop import RunConfig
+
+    return RunConfig(
+        target=opts["target"],
+        design=DesignConfig(name=opts["design"], mu=opts["mu"], s=opts["max_nnz"], dist=opts["dist"]),
+        agent=opts["agent"],
+        oracle=OracleConfig(noise=opts["noise"], temperature=opts["temperature"], flip=opts["flip"],
+                            tie_band=opts["tie_band"], seed=opts["seed"]),
+        budget=opts["budget"],
+        learner=opts["learner"],
+        learner_config=LearnerConfig(rank=opts["rank"], lr=opts["lr"], device=opts["device"], seed=opts["seed"]),
+        chunk=opts["chunk"],
+        seed=opts["seed"],
+    )
+
+
+def _progress_bar(label: str, bound: int | None, quiet: bool):
+    """A tqdm bar on stderr with the live PCC and the design's bound in its postfix."""
+    from tqdm import tqdm
+
+    # delay: a run that fails before its first answers (bad budget, config clash) prints only its error
+    bar = tqdm(total=None, desc=label, unit="ans", file=sys.stderr, disable=quiet, dynamic_ncols=True,
+               delay=0.5)
+
+    def update(event) -> None:
+        if bar.total is None:
+            bar.total = event.budget
+        bar.update(event.answers - bar.n)
+        post = {"bound": bound if bound is not None else "—"}
+        if event.pcc is not None:
+            post["pcc"] = f"{event.pcc:.6f}"
+        bar.set_postfix(post, refresh=False)
+
+    return bar, update
+
+
+def execute_run(config, db_path: str, run_id: str | None, quiet: bool):
+    from .designs import make_design
+    from .loop import run_loop
+    from .targets import load_target
+
+    target = load_target(config.target)
+    bound = make_design(config.design, target, config.seed).count
+    label = f"{config.design.name} on {target.name}"
+    bar, update = _progress_bar(label, bound, quiet)
+    with _open_store(db_path) as store:
+        try:
+            return run_loop(config, store, run_id=run_id, progress=update, target=target)
+        finally:
+            bar.close()
+
+
+def _print_result(result, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(result.summary()))
+        return
+    s = result.summary()
+    click.echo(f"run {s['run_id']}: PCC {s['pcc']:.6f} after {s['answers']} answers "
+               f"(design bound {s['bound'] if s['bound'] is not None else '—'}), learner {s['learner']}, "
+               f"{s['elapsed_s']:.1f}s")
+    if "mse" in s:
+        click.echo(f"RFM test MSE with Φ̂ {s['mse']:.5f} vs with Φ* {s['mse_truth']:.5f} "
+                   f"(identity kernel {s['mse_identity']:.5f})")
+
+
+@main.command()
+@run_options
+@db_option
+@json_option
+@_fail_cleanly
+def run(db_path: str, as_json: bool, run_id: str | None, **opts) -> None:
+    """Run (or resume, with an existing --run-id) one feedback loop."""
+    config = _run_config(opts)
+    result = execute_run(config, db_path, run_id, quiet=as_json)
+    _print_result(result, as_json)
+
+
+@main.command()
+@db_option
+@click.option("--seed", default=0, show_default=True, type=int)
+@_fail_cleanly
+def demo(db_path: str, seed: int) -> None:
+    """The simulated loop on the paper's Figure 1 RFM target, three designs, live PCC."""
+    from .reproduce import demo_configs
+
+    rows = []
+    for config in demo_configs(seed):
+        result = execute_run(config, db_path, None, quiet=False)
+        _print_result(result, False)
+        rows.append((config.design.name, result))
+    click.echo("\nSummary (RFM target of the paper's Figure 1, p = 10):")
+    click.echo(f"{'design':<14}{'answers':>8}{'bound':>7}{'PCC':>12}{'MSE Φ̂':>10}{'MSE Φ*':>10}{'time':>8}")
+    for name, r in rows:
+        click.echo(f"{name:<14}{r.answers:>8}{r.bound or 0:>7}{r.pcc:>12.7f}{r.extra.get('mse', float('nan')):>10.5f}"
+                   f"{r.extra.get('mse_truth', float('nan')):>10.5f}{r.elapsed_s:>7.1f}s")
+    click.echo(f"Runs stored in {db_path}; export with: fbloop export RUN_ID --db {db_path} --out answers.csv")
+
+
+# ---------------------------------------------------------------- inspection
+
+
+@main.command()
+@click.option("--design", default="eigen", show_default=True,
+              type=click.Choice(["eigen", "constructive", "gaussian", "sparse", "triplet"]))
+@click.option("--p", "p", type=int, default=None, help="Number of features.")
+@click.option("--rank", type=int, default=None, help="Rank of Φ* [default: p].")
+@click.option("--target", default=None, help="Read p and rank from a target spec instead.")
+@json_option
+@_fail_cleanly
+def bound(design: str, p: int | None, rank: int | None, target: str | None, as_json: bool) -> None:
+    """The pairs a design needs for (p, r), beside the full-rank lower bound P − 1."""
+    from .designs import bound as design_bound
+    from .targets import load_target
+
+    if target is not None:
+        t = load_target(target)
+        p, rank = t.p, t.rank
+    if p is None:
+        raise click.UsageError("Give --p (and --rank) or --target.")
+    info = design_bound(design, p, rank or p)
+    if as_json:
+        click.echo(json.dumps(info))
+    else:
+        pairs = info["pairs"] if info["pairs"] is not None else "no closed form (sampling design)"
+        click.echo(f"{design}: p={p}, r={info['r']}: {pairs} pairs; "
+                   f"any design needs ≥ {info['full_rank_lower_bound']} for a full-rank Φ*.")
+
+
+@main.command()
+@click.argument("spec")
+@click.option("--save", type=click.Path(dir_okay=False), default=None,
+              help="Write the dictionary D (.npy or .safetensors).")
+@json_option
+@_fail_cleanly
+def target(spec: str, save: str | None, as_json: bool) -> None:
+    """Inspect a target: p, rank, leading eigenvalues."""
+    from .targets import load_target, save_target
+
+    t = load_target(spec)
+    info = t.summary()
+    if save:
+        save_target(t, save)
+        info["saved"] = save
+    click.echo(json.dumps(info) if as_json else "\n".join(f"{k}: {v}" for k, v in info.items()))
+
+
+@main.command()
+@db_option
+@json_option
+@_fail_cleanly
+def runs(db_path: str, as_json: bool) -> None:
+    """List the runs in a database."""
+    with _open_store(db_path) as store:
+        rows = store.runs()
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    for r in rows:
+        pcc = f"{r['pcc']:.6f}" if r["pcc"] is not None else "—"
+        click.echo(f"{r['id']:<36} {r['status']:<8} {r['kind']:<8} p={r['p']:<6} "
+                   f"answers={r['answers']}/{r['budget']}  pcc={pcc}")
+
+
+@main.command()
+@click.argument("run_id")
+@db_option
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="answers.csv or answers.jsonl")
+@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default=None,
+              help="Default: from the file's suffix.")
+@_fail_cleanly
+def export(run_id: str, db_path: str, out: str, fmt: str | None) -> None:
+    """Export a run's queries and answers to CSV or JSONL."""
+    if not Path(db_path).exists():
+        raise click.UsageError(f"No database at {db_path}.")
+    with _open_store(db_path) as store:
+        n = store.export(run_id, out, fmt)
+    click.echo(f"wrote {n} answers to {out}")
+
+
+@main.command()
+@click.argument("figure", type=click.Choice(["fig1", "fig2"]))
+@click.option("--seeds", default=3, show_default=True, type=int, help="Seeds per design and budget.")
+@click.option("--db", "db_path", default=None, type=click.Path(dir_okay=False),
+              help="Keep the runs in this database [default: a temporary one].")
+@json_option
+@_fail_cleanly
+def reproduce(figure: str, seeds: int, db_path: str | None, as_json: bool) -> None:
+    """The paper's Figure 1 or 2 (RFM target): fbloop's MSE beside the ground truth and the paper."""
+    from . import reproduce as rep
+
+    rows = rep.reproduce(figure, seeds=seeds, db_path=db_path, progress=not as_json)
+    if as_json:
+        click.echo(json.dumps(rows))
+    else:
+        click.echo(rep.format_table(figure, rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,287 @@
+"""The paper's query designs, as chunked generators of sparse activations.
+
+A design turns a target and a seed into a deterministic sequence of queries:
+*equality pairs* ``u`` (answered with the scale ``c = uᵀΦu / yᵀΦy`` against the
+design's anchor ``y``) or *ternary triplets* ``(a, b, c)``. Query ``i`` depends only
+on ``(design, target, seed, i)``, so a resumed run regenerates exactly the
+queries it had.
+
+| design        | paper  | queries                                   | count               |
+|---------------|--------|-------------------------------------------|---------------------|
+| eigen         | Thm 1  | ``v_i``, ``v_i+v_j`` (i<j≤r) vs ``y=Σv_i``, null ``v_k`` | ``r(r+1)/2 + p − r`` |
+| constructive  | Thm 2  | ``e_i``, ``e_i+e_j`` vs ``y = e_0``       | ``P = p(p+1)/2``    |
+| gaussian      | Thm 3  | i.i.d. ``N(0, I_p)`` vs a Gaussian anchor | ``P − 1``           |
+| sparse        | Thm 4  | coordinate 0 w.p. ``μ`` else U(0,1], ≤ s nonzeros, vs ``e_0`` | more than ``P`` |
+| triplet       | —      | random ternary triplets ``(a, b, c)``     | open-ended          |
+
+Choice (documented in the README): the sparse design never emits an all-zero
+activation (it carries no information); the number of nonzeros is drawn from
+``Binomial(p, 1 − μ)`` conditioned on ≥ 1 and capped at ``s``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from scipy import stats
+
+from . import seeding
+from .errors import ConfigError
+from .sparse import SparseBatch
+from .targets import Target
+
+DesignName = Literal["eigen", "constructive", "gaussian", "sparse", "triplet"]
+DESIGNS: tuple[str, ...] = ("eigen", "constructive", "gaussian", "sparse", "triplet")
+
+
+@dataclass(frozen=True)
+class DesignConfig:
+    name: DesignName = "gaussian"
+    mu: float = 0.9  # sparse/triplet: probability that a coordinate is zero
+    s: int = 3  # sparse/triplet: maximum nonzeros per activation
+    dist: Literal["sparse", "gaussian"] = "sparse"  # triplet: activation distribution
+
+    def __post_init__(self) -> None:
+        if self.name not in DESIGNS:
+            raise ConfigError(f"Unknown design {self.name!r}; expect one of {list(DESIGNS)}.")
+        if not 0.0 <= self.mu < 1.0:
+            raise ConfigError(f"Expect μ in [0, 1), got mu={self.mu}.")
+        if self.s < 1:
+            raise ConfigError(f"Expect s ≥ 1 nonzeros, got s={self.s}.")
+        if self.dist not in ("sparse", "gaussian"):
+            raise ConfigError(f"Expect dist 'sparse' or 'gaussian', got {self.dist!r}.")
+
+
+@dataclass(frozen=True)
+class Queries:
+    """A chunk of queries. Pairs use ``a`` only; triplets ``a``, ``b``, ``c``."""
+
+    kind: Literal["pair", "triplet"]
+    seq: np.ndarray  # (n,) int64 positions in the run's query sequence
+    a: SparseBatch
+    b: SparseBatch | None = None
+    c: SparseBatch | None = None
+
+    def __len__(self) -> int:
+        return len(self.seq)
+
+    def select(self, mask: np.ndarray) -> Queries:
+        pick = lambda x: None if x is None else x[mask]  # noqa: E731
+        return Queries(self.kind, self.seq[mask], self.a[mask], pick(self.b), pick(self.c))
+
+
+# ---------------------------------------------------------------- bounds
+
+
+def n_params(p: int) -> int:
+    """``P = p(p+1)/2``, the number of free entries of a symmetric ``p × p`` matrix."""
+    return p * (p + 1) // 2
+
+
+def design_count(name: str, p: int, r: int) -> int | None:
+    """Pairs a design needs (and, for the constructive ones, emits) for ``(p, r)``.
+
+    ``None`` for sampling designs without a closed form (sparse, triplet).
+    """
+    if name == "eigen":
+        return r * (r + 1) // 2 + (p - r)
+    if name == "constructive":
+        return n_params(p)
+    if name == "gaussian":
+        return n_params(p) - 1
+    if name in ("sparse", "triplet"):
+        return None
+    raise ConfigError(f"Unknown design {name!r}; expect one of {list(DESIGNS)}.")
+
+
+def bound(name: str, p: int, r: int) -> dict:
+    """The design's pair count beside the paper's lower bound for a full-rank ``Φ*``."""
+    if p < 1 or not 1 <= r <= p:
+        raise ConfigError(f"Expect p ≥ 1 and 1 ≤ r ≤ p, got p={p}, r={r}.")
+    return {"design": name, "p": p, "r": r, "pairs": design_count(name, p, r),
+            "full_rank_lower_bound": n_params(p) - 1}
+
+
+# ---------------------------------------------------------------- samplers
+
+
+def sample_sparse(rng: np.random.Generator, n: int, p: int, mu: float, s: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` sparse activations: ``(indices, values)`` of shape ``(n, min(s, p))``.
+
+    Nonzero count ``k ~ min(Binomial(p, 1−μ) | k ≥ 1, s)``; distinct uniform
+    indices; values ``Uniform(0, 1]``; unused slots hold value 0.
+    """
+    s = min(s, p)
+    ks = np.arange(1, s + 1)
+    pmf = stats.binom.pmf(ks, p, 1 - mu)
+    pmf[-1] = stats.binom.sf(s - 1, p, 1 - mu)  # P(k ≥ s) goes to the cap
+    if pmf.sum() <= 0:  # μ so close to 1 that only k = 1 is representable
+        pmf = np.eye(s)[0]
+    k = rng.choice(ks, size=n, p=pmf / pmf.sum())  # (n,)
+    if p <= 512:
+        idx = np.argsort(rng.random((n, p)), axis=1)[:, :s]
+    else:  # rejection: redraw rows with a repeated index (rare for large p)
+        idx = rng.integers(0, p, size=(n, s))
+        while True:
+            srt = np.sort(idx, axis=1)
+            bad = np.any(srt[:, 1:] == srt[:, :-1], axis=1)
+            if not bad.any():
+                break
+            idx[bad] = rng.integers(0, p, size=(int(bad.sum()), s))
+    values = 1.0 - rng.random((n, s))  # (0, 1]
+    values[np.arange(s)[None, :] >= k[:, None]] = 0.0
+    idx = np.where(values > 0, idx, 0)
+    return idx, values
+
+
+class Design:
+    """A deterministic query sequence for one target and seed."""
+
+    kind: Literal["pair", "triplet"] = "pair"
+
+    def __init__(self, config: DesignConfig, target: Target, seed: int):
+        self.config = config
+        self.p = target.p
+        self.rank = target.rank
+        self.seed = seed
+
+    @property
+    def total(self) -> int | None:
+        """Distinct queries the design has, or ``None`` when it is open-ended."""
+        return None
+
+    @property
+    def count(self) -> int | None:
+        """The design's theoretical pair count for this target."""
+        return design_count(self.config.name, self.p, self.rank)
+
+    def anchor(self) -> SparseBatch:
+        """The fixed anchor ``y`` (one row); triplet designs have none but return ``e_0``."""
+        return SparseBatch(np.zeros((1, 1), np.int64), np.ones((1, 1)), self.p)
+
+    def queries(self, start: int, stop: int) -> Queries:
+        """Queries ``start:stop`` of the sequence."""
+        total = self.total
+        if start < 0 or stop <= start or (total is not None and stop > total):
+            raise ConfigError(f"Query range [{start}, {stop}) is outside design "
+                              f"{self.config.name!r} of {total} queries.")
+        return self._queries(start, stop)
+
+    def _queries(self, start: int, stop: int) -> Queries:
+        raise NotImplementedError
+
+
+class EigenDesign(Design):
+    """Thm 1: eigenvectors and their pairwise sums against ``y = Σ_{i≤r} v_i``."""
+
+    def __init__(self, config: DesignConfig, target: Target, seed: int):
+        super().__init__(config, target, seed)
+        self.vectors = target.eigenvectors()  # (p, p) dense: constructive designs know Φ*
+        r = self.rank
+        iu, ju = np.triu_indices(r, k=1)
+        self.plan = np.concatenate([
+            np.stack([np.arange(r), np.full(r, -1)], 1),  # v_i
+            np.stack([iu, ju], 1),  # v_i + v_j
+            np.stack([np.arange(r, self.p), np.full(self.p - r, -1)], 1),  # null v_k
+        ])  # (count, 2)
+
+    @property
+    def total(self) -> int:
+        return len(self.plan)
+
+    def anchor(self) -> SparseBatch:
+        return SparseBatch.from_dense(self.vectors[:, : self.rank].sum(axis=1))
+
+    def _queries(self, start: int, stop: int) -> Queries:
+        plan = self.plan[start:stop]
+        u = self.vectors[:, plan[:, 0]].T.copy()  # (n, p)
+        has_j = plan[:, 1] >= 0
+        u[has_j] += self.vectors[:, plan[has_j, 1]].T
+        return Queries("pair", np.arange(start, stop), SparseBatch.from_dense(u))
+
+
+class ConstructiveDesign(Design):
+    """Thm 2: ``e_i`` and ``e_i + e_j`` against ``y = e_0`` (2-sparse)."""
+
+    @property
+    def total(self) -> int:
+        return n_params(self.p)
+
+    def _queries(self, start: int, stop: int) -> Queries:
+        seq = np.arange(start, stop)
+        p = self.p
+        # Position q < p is e_q; the rest enumerate i < j row by row.
+        idx = np.zeros((len(seq), 2), np.int64)
+        val = np.zeros((len(seq), 2))
+        single = seq < p
+        idx[single, 0] = seq[single]
+        val[single, 0] = 1.0
+        m = seq[~single] - p  # rank among pairs i<j
+        # Row i holds p−1−i pairs; invert the cumulative count.
+        starts = np.cumsum(np.concatenate([[0], np.arange(p - 1, 0, -1)]))  # (p,)
+        i = np.searchsorted(starts, m, side="right") - 1
+        j = i + 1 + (m - starts[i])
+        idx[~single] = np.stack([i, j], 1)
+        val[~single] = 1.0
+        return Queries("pair", seq, SparseBatch(idx, val, p))
+
+
+class GaussianDesign(Design):
+    """Thm 3: i.i.d. dense Gaussian activations against a Gaussian anchor."""
+
+    def anchor(self) -> SparseBatch:
+        rng = seeding.block_rng(self.seed, "anchor", 0)
+        return SparseBatch.from_dense(rng.standard_normal(self.p))
+
+    def _queries(self, start: int, stop: int) -> Queries:
+        p = self.p
+        (u,) = seeding.draw(self.seed, "design", start, stop,
+                            lambda rng, n: (rng.standard_normal((n, p)),))
+        return Queries("pair", np.arange(start, stop), SparseBatch.from_dense(u))
+
+
+class SparseDesign(Design):
+    """Thm 4: sparse activations with zero-probability ``μ``, at most ``s`` nonzeros, vs ``e_0``."""
+
+    def _queries(self, start: int, stop: int) -> Queries:
+        cfg = self.config
+        idx, val = seeding.draw(self.seed, "design", start, stop,
+                                lambda rng, n: sample_sparse(rng, n, self.p, cfg.mu, cfg.s))
+        return Queries("pair", np.arange(start, stop), SparseBatch(idx, val, self.p))
+
+
+class TripletDesign(Design):
+    """Random ternary triplets ``(a, b, c)`` from the sparse or Gaussian distribution."""
+
+    kind = "triplet"
+
+    def _queries(self, start: int, stop: int) -> Queries:
+        cfg, p = self.config, self.p
+
+        def sample(rng: np.random.Generator, n: int) -> tuple[np.ndarray, ...]:
+            if cfg.dist == "gaussian":
+                x = rng.standard_normal((3, n, p))
+                idx = np.broadcast_to(np.arange(p), (3, n, p))
+                return idx[0], x[0], idx[1], x[1], idx[2], x[2]
+            parts = [sample_sparse(rng, n, p, cfg.mu, cfg.s) for _ in range(3)]
+            return tuple(arr for part in parts for arr in part)
+
+        ia, va, ib, vb, ic, vc = seeding.draw(self.seed, "design", start, stop, sample)
+        return Queries("triplet", np.arange(start, stop), SparseBatch(ia, va, p),
+                       SparseBatch(ib, vb, p), SparseBatch(ic, vc, p))
+
+
+_CLASSES: dict[str, type[Design]] = {
+    "eigen": EigenDesign,
+    "constructive": ConstructiveDesign,
+    "gaussian": GaussianDesign,
+    "sparse": SparseDesign,
+    "triplet": TripletDesign,
+}
+
+
+def make_design(config: DesignConfig, target: Target, seed: int) -> Design:
+    return _CLASSES[config.name](config, target, seed)

@@ -1,0 +1,313 @@
+"""Ground-truth feature matrices ``Φ* = Dᵀ D``.
+
+Every target is held as a factor ``V`` of shape ``(p, k)`` with ``Φ* = V Vᵀ``
+(for a dictionary ``D`` of shape ``(d, p)``, ``V = Dᵀ``). The oracle, the
+factored PCC and the eigendecomposition design all work from ``V``, so a
+``p = 32768`` target never has to be formed as a dense ``p × p`` matrix.
+
+Target specs are short strings, stored with every run::
+
+    synthetic:p=40,rank=5,d=64,norms=unit,coherence=0.0,seed=0
+    rfm                         (the paper's Figure 1 RFM, p = 10)
+    rfm:figure=2,seed=0
+    phi:path/to/phi.npy         (a p × p feature matrix)
+    dict:path/to/dictionary.safetensors   (a (d, p) dictionary; key "D", "W_dec" or the only tensor)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from .errors import ConfigError, NonFiniteError, NonPSDError, ShapeError, TargetFileError
+
+RANK_TOL = 1e-6  # eigenvalues below RANK_TOL × largest count as zero (numerical rank)
+
+
+@dataclass(frozen=True, eq=False)
+class Target:
+    """A ground-truth ``Φ* = V Vᵀ`` with inspectable rank and spectrum."""
+
+    name: str
+    factor: np.ndarray  # (p, k) V, Φ* = V Vᵀ
+    descriptions: tuple[str, ...] | None = None
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        v = np.asarray(self.factor, dtype=np.float64)
+        if v.ndim != 2 or v.shape[0] < 2 or v.shape[1] < 1:
+            raise ShapeError(f"Expect a factor of shape (p, k) with p ≥ 2, got {v.shape}.")
+        if not np.all(np.isfinite(v)):
+            raise NonFiniteError(f"Target {self.name!r} holds NaN or Inf.")
+        if not np.any(v):
+            raise NonPSDError(f"Target {self.name!r} is the zero matrix: no features to recover.")
+        if self.descriptions is not None and len(self.descriptions) != v.shape[0]:
+            raise ShapeError(
+                f"Expect {v.shape[0]} feature descriptions, got {len(self.descriptions)}."
+            )
+        v.setflags(write=False)
+        object.__setattr__(self, "factor", v)
+
+    @property
+    def p(self) -> int:
+        return self.factor.shape[0]
+
+    @cached_property
+    def _svd(self) -> tuple[np.ndarray, np.ndarray]:
+        # Left singular vectors of V are Φ*'s eigenvectors; σ² its eigenvalues.
+        q, s, _ = np.linalg.svd(self.factor, full_matrices=False)
+        return q, s**2
+
+    @property
+    def eigenvalues(self) -> np.ndarray:
+        """All ``p`` eigenvalues of ``Φ*``, descending (zeros past ``k``)."""
+        ev = np.zeros(self.p)
+        lam = self._svd[1]
+        ev[: len(lam)] = lam
+        return ev
+
+    @property
+    def rank(self) -> int:
+        ev = self.eigenvalues
+        return int(np.sum(ev > RANK_TOL * ev[0]))
+
+    def eigenvectors(self) -> np.ndarray:
+        """Orthonormal ``(p, p)`` eigenvector matrix, columns matching ``eigenvalues``.
+
+        The leading ``rank`` columns span ``Φ*``'s range; the rest complete the basis.
+        """
+        q = self._svd[0][:, : self.rank]
+        # Complete the basis with the null space (dense p×p: only for constructive designs).
+        full, _ = np.linalg.qr(np.hstack([q, np.eye(self.p)]))
+        full = full[:, : self.p]
+        full[:, : self.rank] = q  # keep the exact range vectors (QR may flip signs)
+        return full
+
+    def phi(self) -> np.ndarray:
+        """Dense ``Φ* = V Vᵀ``; ``p × p``, so only for moderate ``p``."""
+        return self.factor @ self.factor.T
+
+    def summary(self) -> dict:
+        ev = self.eigenvalues
+        return {
+            "name": self.name,
+            "p": self.p,
+            "rank": self.rank,
+            "top_eigenvalues": [float(x) for x in ev[: min(8, self.p)]],
+            **{k: v for k, v in self.meta.items() if isinstance(v, (int, float, str))},
+        }
+
+
+# ---------------------------------------------------------------- constructors
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """A random dictionary ``D`` (``d × p``) whose atoms span a ``rank``-dim subspace."""
+
+    p: int = 40
+    rank: int = 5
+    d: int | None = None  # representation dimension; defaults to max(rank, p)
+    norms: Literal["unit", "lognormal"] = "unit"  # atom norms
+    coherence: float = 0.0  # expected cosine between atoms, in [0, 1)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.p < 2:
+            raise ConfigError(f"Expect p ≥ 2, got p={self.p}.")
+        d = self.d if self.d is not None else max(self.rank, self.p)
+        if d < 1:
+            raise ConfigError(f"Expect d ≥ 1, got d={self.d}.")
+        if not 1 <= self.rank <= min(d, self.p):
+            raise ConfigError(f"Expect 1 ≤ rank ≤ min(d, p) = {min(d, self.p)}, got rank={self.rank}.")
+        if self.norms not in ("unit", "lognormal"):
+            raise ConfigError(f"Expect norms 'unit' or 'lognormal', got {self.norms!r}.")
+        if not 0.0 <= self.coherence < 1.0:
+            raise ConfigError(f"Expect coherence in [0, 1), got {self.coherence}.")
+
+
+def synthetic(config: SyntheticConfig) -> Target:
+    """Atoms ``D[:, j] = Q c_j`` with ``Q`` an orthonormal ``d × rank`` basis.
+
+    ``c_j = sqrt(1 − ρ) g_j + sqrt(ρ) g_0`` with Gaussian ``g`` gives pairwise
+    cosines near ``ρ = coherence``; atoms are then scaled to unit norm or to
+    log-normal norms (σ = 0.5).
+    """
+    rng = np.random.default_rng(config.seed)
+    d = config.d if config.d is not None else max(config.rank, config.p)
+    q, _ = np.linalg.qr(rng.standard_normal((d, config.rank)))  # (d, r)
+    g0 = rng.standard_normal((config.rank, 1))
+    c = np.sqrt(1 - config.coherence) * rng.standard_normal((config.rank, config.p))
+    c += np.sqrt(config.coherence) * g0  # (r, p)
+    c /= np.linalg.norm(c, axis=0, keepdims=True)
+    if config.norms == "lognormal":
+        c *= rng.lognormal(0.0, 0.5, size=config.p)
+    dictionary = q @ c  # (d, p)
+    return from_dictionary(dictionary, name=f"synthetic(p={config.p},rank={config.rank})",
+                           meta={"d": d, "coherence": config.coherence, "norms": config.norms})
+
+
+def from_dictionary(dictionary: np.ndarray, *, name: str = "dictionary",
+                    descriptions: tuple[str, ...] | None = None, meta: dict | None = None) -> Target:
+    """Target from a dictionary ``D`` of shape ``(d, p)``: atoms are columns."""
+    D = np.asarray(dictionary, dtype=np.float64)
+    if D.ndim != 2:
+        raise ShapeError(f"Expect a dictionary of shape (d, p), got {D.shape}.")
+    if not np.all(np.isfinite(D)):
+        raise NonFiniteError(f"Dictionary {name!r} holds NaN or Inf.")
+    v = D.T  # (p, d)
+    if v.shape[1] > v.shape[0]:
+        # d > p: compress to a (p, p) factor with the same V Vᵀ.
+        v = np.linalg.qr(v.T, mode="r").T
+    return Target(name, v, descriptions, {"kind": "dictionary", **(meta or {})})
+
+
+def from_phi(phi: np.ndarray, *, name: str = "phi", tol: float = 1e-8,
+             descriptions: tuple[str, ...] | None = None) -> Target:
+    """Target from a symmetric PSD ``Φ`` (``p × p``); rejects anything else.
+
+    ``tol`` is relative to the largest absolute entry / eigenvalue.
+    """
+    phi = np.asarray(phi, dtype=np.float64)
+    if phi.ndim != 2 or phi.shape[0] != phi.shape[1]:
+        raise ShapeError(f"Expect a square feature matrix Φ, got shape {phi.shape}.")
+    if not np.all(np.isfinite(phi)):
+        raise NonFiniteError(f"Φ {name!r} holds NaN or Inf.")
+    scale = float(np.max(np.abs(phi))) or 1.0
+    asym = float(np.max(np.abs(phi - phi.T)))
+    if asym > tol * scale:
+        raise NonPSDError(f"Φ {name!r} is not symmetric: max |Φ − Φᵀ| = {asym:.3g}.")
+    lam, vec = np.linalg.eigh((phi + phi.T) / 2)
+    if lam[0] < -tol * max(lam[-1], scale) * phi.shape[0]:
+        raise NonPSDError(f"Φ {name!r} is not PSD: smallest eigenvalue {lam[0]:.3g} "
+                          f"(largest {lam[-1]:.3g}).")
+    if lam[-1] <= 0:
+        raise NonPSDError(f"Φ {name!r} is the zero matrix: no features to recover.")
+    keep = lam > RANK_TOL * lam[-1]
+    v = vec[:, keep] * np.sqrt(lam[keep])
+    return Target(name, v[:, ::-1], descriptions, {"kind": "phi"})
+
+
+def rfm(figure: int = 1, seed: int = 0) -> Target:
+    """The paper's Recursive Feature Machine target: ``Φ* = M`` (10 × 10)."""
+    from . import rfm as rfm_mod
+
+    result = rfm_mod.fit_rfm(rfm_mod.RFMConfig(figure=figure, seed=seed))
+    target = from_phi(result.M, name=f"rfm(figure={figure},seed={seed})")
+    return Target(target.name, target.factor,
+                  tuple(f"input coordinate x{i}" for i in range(target.p)),
+                  {"kind": "rfm", "figure": figure, "seed": seed})
+
+
+# ---------------------------------------------------------------- files
+
+_DICT_KEYS = ("D", "dictionary", "W_dec")
+_PHI_KEYS = ("phi", "Phi", "M")
+
+
+def _read_array(path: Path, keys: tuple[str, ...]) -> np.ndarray:
+    if not path.exists():
+        raise TargetFileError(f"{path}: no such file.")
+    try:
+        if path.suffix == ".npy":
+            return np.load(path, allow_pickle=False)
+        if path.suffix == ".safetensors":
+            from safetensors.numpy import load_file
+
+            tensors = load_file(str(path))
+            for key in keys:
+                if key in tensors:
+                    return tensors[key]
+            if len(tensors) == 1:
+                return next(iter(tensors.values()))
+            raise TargetFileError(f"{path}: expect one tensor or a key among {list(keys)}, "
+                                  f"got keys {sorted(tensors)}.")
+    except TargetFileError:
+        raise
+    except Exception as exc:  # truncated or corrupt file: numpy/safetensors raise many types
+        raise TargetFileError(f"{path}: cannot read ({type(exc).__name__}: {exc}).") from exc
+    raise TargetFileError(f"{path}: unknown file type {path.suffix!r}; expect .npy or .safetensors.")
+
+
+def load_phi(path: str | Path) -> Target:
+    path = Path(path)
+    return from_phi(_read_array(path, _PHI_KEYS), name=path.name)
+
+
+def load_dictionary(path: str | Path) -> Target:
+    path = Path(path)
+    return from_dictionary(_read_array(path, _DICT_KEYS), name=path.name)
+
+
+def save_target(target: Target, path: str | Path) -> None:
+    """Write a target's factor as a dictionary ``D = Vᵀ`` (``.npy`` or ``.safetensors``)."""
+    path = Path(path)
+    D = np.ascontiguousarray(target.factor.T)
+    if path.suffix == ".safetensors":
+        from safetensors.numpy import save_file
+
+        save_file({"D": D}, str(path))
+    else:
+        np.save(path, D)
+
+
+# ---------------------------------------------------------------- specs
+
+
+def parse_spec(spec: str) -> tuple[str, dict[str, str], str | None]:
+    """``"kind:k=v,k=v"`` → ``(kind, params, path)``; file kinds carry a path instead."""
+    kind, _, rest = spec.partition(":")
+    kind = kind.strip()
+    if kind in ("phi", "dict"):
+        if not rest:
+            raise ConfigError(f"Target {spec!r} needs a file: '{kind}:path/to/file.npy'.")
+        return kind, {}, rest
+    params: dict[str, str] = {}
+    for item in filter(None, (x.strip() for x in rest.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ConfigError(f"Target parameter {item!r} in {spec!r} is not key=value.")
+        params[key.strip()] = value.strip()
+    return kind, params, None
+
+
+TARGET_KINDS = ("synthetic", "rfm", "phi", "dict")
+
+
+def load_target(spec: str) -> Target:
+    """Build the target a spec string names (see the module docstring)."""
+    kind, params, path = parse_spec(spec)
+    try:
+        if kind == "synthetic":
+            allowed = {"p", "rank", "d", "norms", "coherence", "seed"}
+            unknown = set(params) - allowed
+            if unknown:
+                raise ConfigError(f"Unknown synthetic target parameter(s) {sorted(unknown)}; "
+                                  f"expect {sorted(allowed)}.")
+            cfg = SyntheticConfig(
+                p=int(params.get("p", 40)),
+                rank=int(params.get("rank", 5)),
+                d=int(params["d"]) if "d" in params else None,
+                norms=params.get("norms", "unit"),  # type: ignore[arg-type]
+                coherence=float(params.get("coherence", 0.0)),
+                seed=int(params.get("seed", 0)),
+            )
+            return synthetic(cfg)
+        if kind == "rfm":
+            unknown = set(params) - {"figure", "seed"}
+            if unknown:
+                raise ConfigError(f"Unknown rfm target parameter(s) {sorted(unknown)}; expect figure, seed.")
+            return rfm(int(params.get("figure", 1)), int(params.get("seed", 0)))
+    except ValueError as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"Bad target spec {spec!r}: {exc}.") from exc
+    if kind == "phi":
+        return load_phi(path)  # type: ignore[arg-type]
+    if kind == "dict":
+        return load_dictionary(path)  # type: ignore[arg-type]
+    raise ConfigError(f"Unknown target kind {kind!r}; expect one of {list(TARGET_KINDS)}.")

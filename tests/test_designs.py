@@ -1,0 +1,90 @@
+import numpy as np
+import pytest
+
+from fbloop import designs, targets
+from fbloop.designs import DesignConfig, make_design
+from fbloop.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def target():
+    return targets.synthetic(targets.SyntheticConfig(p=12, rank=4, seed=1))
+
+
+def test_counts_match_the_paper():
+    assert designs.design_count("eigen", 4096, 512) == 134_912  # the paper's Fig. 3 count
+    assert designs.design_count("constructive", 4096, 512) == 8_390_656
+    assert designs.design_count("gaussian", 10, 10) == 54
+    assert designs.design_count("sparse", 10, 4) is None
+    assert designs.bound("gaussian", 10, 4)["full_rank_lower_bound"] == 54
+    with pytest.raises(ConfigError, match="r=11"):
+        designs.bound("eigen", 10, 11)
+
+
+@pytest.mark.parametrize("name", ["eigen", "constructive"])
+def test_constructive_designs_are_finite_and_complete(target, name):
+    d = make_design(DesignConfig(name=name), target, 0)
+    assert d.total == d.count
+    q = d.queries(0, d.total)
+    dense = q.a.to_dense()
+    assert np.linalg.matrix_rank(dense) == target.p
+    with pytest.raises(ConfigError, match="outside design"):
+        d.queries(0, d.total + 1)
+
+
+def test_constructive_enumerates_every_pair_once(target):
+    d = make_design(DesignConfig(name="constructive"), target, 0)
+    dense = d.queries(0, d.total).a.to_dense()
+    supports = {tuple(np.flatnonzero(row)) for row in dense}
+    expected = {(i,) for i in range(12)} | {(i, j) for i in range(12) for j in range(i + 1, 12)}
+    assert supports == expected and len(dense) == len(expected)
+
+
+def test_eigen_design_uses_the_range_and_null_space(target):
+    d = make_design(DesignConfig(name="eigen"), target, 0)
+    phi = target.phi()
+    u = d.queries(0, d.total).a.to_dense()
+    q = np.einsum("np,pq,nq->n", u, phi, u)
+    r = target.rank
+    assert np.all(q[: r * (r + 1) // 2] > 1e-6) and np.allclose(q[r * (r + 1) // 2:], 0, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", ["gaussian", "sparse", "triplet"])
+def test_queries_do_not_depend_on_chunking(target, name):
+    d = make_design(DesignConfig(name=name, mu=0.7), target, 5)
+    whole = d.queries(4000, 4300)
+    part = d.queries(4100, 4150)
+    np.testing.assert_array_equal(part.a.to_dense(), whole.a.to_dense()[100:150])
+    if name == "triplet":
+        np.testing.assert_array_equal(part.c.to_dense(), whole.c.to_dense()[100:150])
+    other_seed = make_design(DesignConfig(name=name, mu=0.7), target, 6).queries(4100, 4150)
+    assert not np.array_equal(other_seed.a.to_dense(), part.a.to_dense())
+
+
+@pytest.mark.parametrize("p, mu, s", [(10, 0.97, 10), (12, 0.5, 3), (5000, 0.999, 3), (50, 0.0, 2)])
+def test_sparse_sampling_distribution(p, mu, s):
+    rng = np.random.default_rng(0)
+    idx, val = designs.sample_sparse(rng, 2000, p, mu, s)
+    nnz = np.count_nonzero(val, axis=1)
+    assert nnz.min() >= 1 and nnz.max() <= s
+    assert np.all((val >= 0) & (val <= 1))
+    for row_i, row_v in zip(idx[:200], val[:200]):
+        live = row_i[row_v > 0]
+        assert len(set(live)) == len(live)  # distinct coordinates
+    if mu == 0.0:
+        assert np.all(nnz == s)
+
+
+def test_triplets_and_gaussian_triplets(target):
+    d = make_design(DesignConfig(name="triplet", dist="gaussian"), target, 0)
+    q = d.queries(0, 10)
+    assert q.kind == "triplet" and q.a.s == 12 and q.b is not None
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"name": "random"}, "Unknown design 'random'"), ({"mu": 1.0}, "mu=1.0"),
+    ({"mu": -0.1}, "mu=-0.1"), ({"s": 0}, "s=0"), ({"dist": "cauchy"}, "cauchy"),
+])
+def test_config_errors(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        DesignConfig(**kwargs)

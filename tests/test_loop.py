@@ -1,0 +1,131 @@
+"""End to end: target → design → oracle → SQLite → learner, at the information bound."""
+
+import numpy as np
+import pytest
+
+from fbloop import metrics, targets
+from fbloop.agents import OracleAgent
+from fbloop.designs import DesignConfig, make_design, n_params
+from fbloop.errors import ConfigError
+from fbloop.exact import constraint_matrix, unvech, vech
+from fbloop.learner import LearnerConfig
+from fbloop.loop import RunConfig, run_loop
+from fbloop.store import Store
+
+DESIGNS = ("eigen", "constructive", "gaussian")
+SEEDS = range(10)
+SYNTHETIC = ["synthetic:p=10,rank=4", "synthetic:p=20,rank=5", "synthetic:p=40,rank=6", "synthetic:p=40,rank=40"]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    with Store(tmp_path_factory.mktemp("loop") / "runs.db") as s:
+        yield s
+
+
+def spec_for(spec: str, seed: int) -> str:
+    return spec if spec.startswith("rfm") else f"{spec},seed={seed}"
+
+
+def run_at_bound(store, spec, design, seed, learner, mse=False):
+    cfg = RunConfig(target=spec, design=DesignConfig(name=design), learner=learner,
+                    learner_config=LearnerConfig(seed=seed), seed=seed, rfm_mse=mse)
+    result = run_loop(cfg, store)
+    assert result.answers == result.bound == result.budget
+    return result
+
+
+@pytest.mark.parametrize("spec", ["rfm", *SYNTHETIC])
+@pytest.mark.parametrize("design", DESIGNS)
+def test_exact_learner_reaches_the_bound_on_every_seed(store, spec, design):
+    pccs = [run_at_bound(store, spec_for(spec, s), design, s, "exact").pcc for s in SEEDS]
+    assert min(pccs) >= 0.9999, pccs
+
+
+@pytest.mark.parametrize("spec", ["rfm", "synthetic:p=10,rank=4"])
+@pytest.mark.parametrize("design", DESIGNS)
+def test_gradient_learner_reaches_the_bound_on_every_seed(store, spec, design):
+    pccs = [run_at_bound(store, spec_for(spec, s), design, s, "gradient").pcc for s in SEEDS]
+    assert min(pccs) >= 0.9999, pccs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spec", SYNTHETIC[1:])
+@pytest.mark.parametrize("design", DESIGNS)
+def test_gradient_learner_reaches_the_bound_up_to_p40(store, spec, design):
+    pccs = [run_at_bound(store, spec_for(spec, s), design, s, "gradient").pcc for s in SEEDS]
+    assert min(pccs) >= 0.9999, pccs
+
+
+@pytest.mark.parametrize("p", [6, 10])
+def test_below_the_bound_the_gaussian_design_leaves_phi_undetermined(p):
+    """With P − 2 Gaussian pairs, two clearly different PSD matrices fit every answer; P − 1 pin Φ down."""
+    rng = np.random.default_rng(p)
+    w = rng.standard_normal((p, p))
+    target = targets.from_phi(np.eye(p) + w @ w.T / p)  # full rank and well conditioned
+    design = make_design(DesignConfig(name="gaussian"), target, 0)
+    y = design.anchor().to_dense()[0]
+    q = design.queries(0, n_params(p) - 2)
+    c = OracleAgent(target.factor, design.anchor()).answer(q).value
+    A, b = constraint_matrix(q.a, c, design.anchor())  # (n + 1, P): the answers and yᵀΦy = 1
+    null = unvech(np.linalg.svd(A)[2][-1], p)  # a symmetric direction no answer sees
+    truth = target.phi() / (y @ target.phi() @ y)
+    # Largest step along the null direction that keeps Φ PSD: Φ + tN ⪰ 0 ⟺ t ≤ 1/λmax(−L⁻¹NL⁻ᵀ).
+    chol = np.linalg.cholesky(truth)
+    inv = np.linalg.inv(chol)
+    t_max = 1.0 / np.linalg.eigvalsh(-inv @ null @ inv.T)[-1]
+    other = truth + 0.9 * t_max * null
+    assert np.linalg.eigvalsh(other)[0] > 0  # PSD
+    np.testing.assert_allclose(A @ vech(other), b, atol=1e-8)  # fits every answer
+    np.testing.assert_allclose(A @ vech(truth), b, atol=1e-8)
+    assert metrics.pcc(other, truth) < 0.99  # yet a different feature matrix
+    q1 = design.queries(0, n_params(p) - 1)
+    c1 = OracleAgent(target.factor, design.anchor()).answer(q1).value
+    A1, _ = constraint_matrix(q1.a, c1, design.anchor())
+    assert np.linalg.matrix_rank(A1) == n_params(p)  # one more pair pins it down
+
+
+def test_below_the_bound_pcc_stays_short(store):
+    cfg = RunConfig(target="synthetic:p=10,rank=10,seed=1", design=DesignConfig(name="gaussian"),
+                    budget=n_params(10) // 2, learner="gradient")
+    assert run_loop(cfg, store).pcc < 0.999
+
+
+def test_snapshots_trace_the_run(store):
+    cfg = RunConfig(target="synthetic:p=8,rank=3", design=DesignConfig(name="sparse", mu=0.7), budget=600,
+                    chunk=32, snapshot_every=100)
+    result = run_loop(cfg, store)
+    snaps = store.snapshots(result.run_id)
+    assert len(snaps) >= 5 and snaps[-1]["extra"]["final"]
+    assert [s["answers"] for s in snaps] == sorted(s["answers"] for s in snaps)
+    assert result.pcc > 0.99
+    np.testing.assert_allclose(store.load_factor(result.run_id), result.factor)
+
+
+def test_triplet_run(store):
+    cfg = RunConfig(target="synthetic:p=8,rank=3", design=DesignConfig(name="triplet", dist="gaussian"),
+                    budget=800, chunk=100)
+    result = run_loop(cfg, store)
+    assert result.pcc > 0.9 and store.count_answers(result.run_id) == 800
+
+
+def test_rfm_run_reports_the_papers_mse(store):
+    result = run_at_bound(store, "rfm", "eigen", 0, "gradient", mse=True)
+    assert result.extra["mse"] == pytest.approx(result.extra["mse_truth"], rel=1e-3)
+    assert result.extra["mse"] < result.extra["mse_identity"]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"budget": 0}, "budget=0"), ({"chunk": 0}, "chunk=0"), ({"learner": "magic"}, "magic"),
+])
+def test_config_errors(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        RunConfig(**kwargs)
+
+
+def test_budget_beyond_a_finite_design(store):
+    cfg = RunConfig(target="synthetic:p=6,rank=2", design=DesignConfig(name="constructive"), budget=22)
+    before = len(store.runs())
+    with pytest.raises(ConfigError, match="Budget 22 exceeds the 21"):
+        run_loop(cfg, store)
+    assert len(store.runs()) == before  # nothing half-written

@@ -1,0 +1,90 @@
+import numpy as np
+import pytest
+
+from fbloop import targets
+from fbloop.errors import ConfigError, NonFiniteError, NonPSDError, ShapeError, TargetFileError
+
+
+@pytest.mark.parametrize("p, rank, d", [(10, 4, None), (40, 40, None), (32, 8, 16), (6, 1, 3)])
+def test_synthetic_rank_and_spectrum(p, rank, d):
+    t = targets.synthetic(targets.SyntheticConfig(p=p, rank=rank, d=d, seed=3))
+    assert t.p == p and t.rank == rank
+    phi = t.phi()
+    np.testing.assert_allclose(phi, phi.T)
+    np.testing.assert_allclose(np.sort(np.linalg.eigvalsh(phi))[::-1], t.eigenvalues, atol=1e-9)
+    np.testing.assert_allclose(np.diag(phi), 1.0)  # unit atoms
+    q = t.eigenvectors()
+    np.testing.assert_allclose(q.T @ q, np.eye(p), atol=1e-10)
+    np.testing.assert_allclose(q[:, :rank] * t.eigenvalues[:rank] @ q[:, :rank].T, phi, atol=1e-9)
+
+
+def test_coherence_and_norms():
+    loose = targets.synthetic(targets.SyntheticConfig(p=200, rank=50, coherence=0.0)).phi()
+    tight = targets.synthetic(targets.SyntheticConfig(p=200, rank=50, coherence=0.6)).phi()
+    off = ~np.eye(200, dtype=bool)
+    assert abs(loose[off].mean()) < 0.05 and tight[off].mean() > 0.4
+    ln = targets.synthetic(targets.SyntheticConfig(p=50, rank=5, norms="lognormal")).phi()
+    assert np.std(np.diag(ln)) > 0.1
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"p": 1}, "p ≥ 2"), ({"rank": 0}, "rank=0"), ({"p": 5, "rank": 6}, "rank=6"),
+    ({"coherence": 1.0}, "coherence"), ({"norms": "big"}, "'big'"),
+])
+def test_synthetic_config_errors(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        targets.SyntheticConfig(**kwargs)
+
+
+def test_from_phi_checks():
+    with pytest.raises(ShapeError, match=r"\(3, 4\)"):
+        targets.from_phi(np.ones((3, 4)))
+    with pytest.raises(NonFiniteError):
+        targets.from_phi(np.array([[1.0, np.nan], [np.nan, 1.0]]))
+    with pytest.raises(NonPSDError, match="not symmetric"):
+        targets.from_phi(np.array([[1.0, 0.5], [0.0, 1.0]]))
+    with pytest.raises(NonPSDError, match="smallest eigenvalue"):
+        targets.from_phi(np.diag([1.0, -1.0, 1.0]))
+    with pytest.raises(NonPSDError, match="zero matrix"):
+        targets.from_phi(np.zeros((3, 3)))
+    t = targets.from_phi(np.diag([3.0, 1.0, 0.0]))
+    assert t.rank == 2 and t.eigenvalues[0] == pytest.approx(3.0)
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".safetensors"])
+def test_file_round_trip(tmp_path, suffix):
+    t = targets.synthetic(targets.SyntheticConfig(p=12, rank=3))
+    path = tmp_path / f"dict{suffix}"
+    targets.save_target(t, path)
+    back = targets.load_target(f"dict:{path}")
+    np.testing.assert_allclose(back.phi(), t.phi(), atol=1e-12)
+    np.save(tmp_path / "phi.npy", t.phi())
+    assert targets.load_target(f"phi:{tmp_path / 'phi.npy'}").rank == 3
+
+
+def test_file_errors(tmp_path):
+    with pytest.raises(TargetFileError, match="no such file"):
+        targets.load_target(f"phi:{tmp_path / 'missing.npy'}")
+    good = tmp_path / "good.npy"
+    np.save(good, np.eye(5))
+    bad = tmp_path / "truncated.npy"
+    bad.write_bytes(good.read_bytes()[:-17])
+    with pytest.raises(TargetFileError, match="truncated.npy: cannot read"):
+        targets.load_target(f"phi:{bad}")
+    other = tmp_path / "phi.txt"
+    other.write_text("1 0\n0 1\n")
+    with pytest.raises(TargetFileError, match="unknown file type"):
+        targets.load_target(f"phi:{other}")
+
+
+@pytest.mark.parametrize("spec, match", [
+    ("nope", "Unknown target kind 'nope'"),
+    ("synthetic:p=10,colour=red", "colour"),
+    ("synthetic:p=ten", "p=ten"),
+    ("synthetic:p", "not key=value"),
+    ("phi:", "needs a file"),
+    ("rfm:figure=3", "figure"),
+])
+def test_spec_errors(spec, match):
+    with pytest.raises(ConfigError, match=match):
+        targets.load_target(spec)
