@@ -233,14 +233,22 @@ def _read_array(path: Path, keys: tuple[str, ...]) -> np.ndarray:
     raise TargetFileError(f"{path}: unknown file type {path.suffix!r}; expect .npy or .safetensors.")
 
 
+def _naming_file(path: Path, build):
+    """Build a target from a file; any validation error names the file."""
+    try:
+        return build()
+    except (ShapeError, NonFiniteError, NonPSDError) as exc:
+        raise type(exc)(f"{path}: {exc}") from exc
+
+
 def load_phi(path: str | Path) -> Target:
     path = Path(path)
-    return from_phi(_read_array(path, _PHI_KEYS), name=path.name)
+    return _naming_file(path, lambda: from_phi(_read_array(path, _PHI_KEYS), name=path.name))
 
 
 def load_dictionary(path: str | Path) -> Target:
     path = Path(path)
-    return from_dictionary(_read_array(path, _DICT_KEYS), name=path.name)
+    return _naming_file(path, lambda: from_dictionary(_read_array(path, _DICT_KEYS), name=path.name))
 
 
 def save_target(target: Target, path: str | Path) -> None:

@@ -1,0 +1,278 @@
+"""The SQLite store: migrations, round trips, idempotent answers, export."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sqlite3
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import ok_answers, pair_queries, sql_rows
+from fbloop.agents.base import Answers
+from fbloop.designs import Queries
+from fbloop.errors import StoreError
+from fbloop.sparse import SparseBatch
+from fbloop.store import MIGRATIONS, Store, migrate
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    """A fresh store with one pair run ``R`` (p = 5) and no queries."""
+    with Store(tmp_path / "s.db") as db:
+        db.create_run("R", kind="pair", p=5, budget=100, config={"x": 1}, target={"name": "t"},
+                      anchor=SparseBatch(np.zeros((1, 1), np.int64), np.ones((1, 1)), 5))
+        yield db
+
+
+# ---------------------------------------------------------------- migrations
+
+
+def test_new_db_gets_every_migration_and_reopening_applies_none(tmp_path):
+    path = tmp_path / "m.db"
+    with Store(path) as db:
+        ids = [r[0] for r in db.db.execute("SELECT id FROM _migrations ORDER BY id")]
+        assert ids == [m[0] for m in MIGRATIONS]
+        assert {"runs", "queries", "answers", "snapshots", "factors"} <= set(db.db.table_names())
+        assert migrate(db.db) == []  # already current
+    with Store(path) as db:
+        assert migrate(db.db) == []
+        assert db.db.execute("SELECT COUNT(*) FROM _migrations").fetchone()[0] == len(MIGRATIONS)
+
+
+def test_wal_journal_mode(tmp_path):
+    with Store(tmp_path / "w.db") as db:
+        assert db.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    # WAL is a property of the file: a plain connection sees it too
+    con = sqlite3.connect(tmp_path / "w.db")
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    con.close()
+
+
+def test_future_migration_is_refused(tmp_path):
+    path = tmp_path / "f.db"
+    Store(path).close()
+    con = sqlite3.connect(path)
+    con.execute("INSERT INTO _migrations VALUES (999, 'from the future', 0)")
+    con.commit()
+    con.close()
+    with pytest.raises(StoreError, match="999"):
+        Store(path)
+
+
+def test_non_sqlite_file_is_refused_naming_the_path(tmp_path):
+    path = tmp_path / "noise.db"
+    path.write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(StoreError) as info:
+        Store(path)
+    assert str(path) in str(info.value)
+
+
+def test_missing_folder_is_refused(tmp_path):
+    path = tmp_path / "nowhere" / "x.db"
+    with pytest.raises(StoreError, match="nowhere"):
+        Store(path)
+    assert not path.parent.exists()
+
+
+# ---------------------------------------------------------------- round trips
+
+
+@st.composite
+def sparse_batches(draw, n: int, p: int):
+    s = draw(st.integers(1, p))
+    idx = np.array([draw(st.permutations(range(p)))[:s] for _ in range(n)], dtype=np.int64).reshape(n, s)
+    vals = draw(st.lists(st.one_of(st.just(0.0), st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False)),
+                         min_size=n * s, max_size=n * s))
+    return SparseBatch(idx, np.array(vals, dtype=np.float64).reshape(n, s), p)
+
+
+@st.composite
+def query_sets(draw):
+    kind = draw(st.sampled_from(["pair", "triplet"]))
+    p = draw(st.integers(1, 7))
+    n = draw(st.integers(1, 12))
+    seq = np.array(sorted(draw(st.sets(st.integers(0, 500), min_size=n, max_size=n))), dtype=np.int64)
+    a = draw(sparse_batches(n, p))
+    if kind == "pair":
+        return Queries("pair", seq, a)
+    return Queries("triplet", seq, a, draw(sparse_batches(n, p)), draw(sparse_batches(n, p)))
+
+
+@given(query_sets(), st.data())
+@settings(max_examples=30, deadline=None)
+def test_queries_and_answers_round_trip(queries, data):
+    n = len(queries)
+    values = np.array(data.draw(st.lists(st.floats(-1e9, 1e9, allow_nan=False), min_size=n, max_size=n)))
+    with tempfile.TemporaryDirectory() as tmp, Store(Path(tmp) / "rt.db") as store:
+        store.create_run("R", kind=queries.kind, p=queries.a.p, budget=n, config={}, target={}, anchor=None)
+        assert store.record("R", queries, ok_answers(queries.seq, values)) == n
+
+        loaded = store.load_queries("R")
+        assert loaded.kind == queries.kind
+        np.testing.assert_array_equal(loaded.seq, queries.seq)
+        for name in ("a", "b", "c"):
+            want, got = getattr(queries, name), getattr(loaded, name)
+            assert (want is None) == (got is None)
+            if want is not None:
+                np.testing.assert_array_equal(got.to_dense(), want.to_dense())
+
+        some = queries.seq[::2]
+        part = store.load_queries("R", some)
+        np.testing.assert_array_equal(part.seq, some)
+        np.testing.assert_array_equal(part.a.to_dense(), queries.a.to_dense()[::2])
+
+        chunks = list(store.iter_answered("R", chunk=5))
+        assert sum(len(q) for q, _ in chunks) == n
+        got_q = Queries(queries.kind, np.concatenate([q.seq for q, _ in chunks]),
+                        SparseBatch.concat([q.a for q, _ in chunks]),
+                        *([SparseBatch.concat([q.b for q, _ in chunks]), SparseBatch.concat([q.c for q, _ in chunks])]
+                          if queries.kind == "triplet" else []))
+        got_v = np.concatenate([a.value for _, a in chunks])
+        order = np.argsort(got_q.seq)
+        np.testing.assert_array_equal(got_q.seq[order], queries.seq)
+        np.testing.assert_array_equal(got_v[order], values)  # bit-identical floats
+        for name in ("a", "b", "c"):
+            want = getattr(queries, name)
+            if want is not None:
+                np.testing.assert_array_equal(getattr(got_q, name).to_dense()[order], want.to_dense())
+        for q, a in chunks:
+            np.testing.assert_array_equal(q.seq, a.seq)
+            assert a.agent == "oracle" and set(a.status) == {"ok"}
+
+
+def test_factor_and_anchor_round_trip(store):
+    u = np.random.default_rng(3).standard_normal((5, 2))
+    store.save_factor("R", u)
+    np.testing.assert_array_equal(store.load_factor("R"), u)
+    store.save_factor("R", 2 * u)  # replaced, not duplicated
+    np.testing.assert_array_equal(store.load_factor("R"), 2 * u)
+    assert store.load_factor("other") is None
+    run = store.get_run("R")
+    assert run["config"] == {"x": 1} and run["target"] == {"name": "t"}
+    np.testing.assert_array_equal(run["anchor"].to_dense(), [[1, 0, 0, 0, 0]])
+    assert store.get_run("nope") is None
+    with pytest.raises(StoreError, match="nope"):
+        store.require_run("nope")
+
+
+# ---------------------------------------------------------------- idempotency
+
+
+def test_recording_twice_stores_once(store):
+    q = pair_queries(0, 10)
+    a = ok_answers(q.seq)
+    assert store.record("R", q, a) == 10
+    assert store.record("R", q, a) == 0
+    assert store.add_answers("R", a) == 0
+    assert store.add_queries("R", q) == 0
+    assert store.count_answers("R") == 10
+    assert sql_rows(store.path, "SELECT COUNT(*) FROM queries")[0][0] == 10
+    # another attempt or agent is a new answer
+    assert store.add_answers("R", a, attempt=1) == 10
+    assert store.add_answers("R", ok_answers(q.seq, agent="human")) == 10
+    assert store.count_answers("R") == 30
+    dup = sql_rows(store.path, "SELECT run_id, seq, agent, attempt FROM answers "
+                               "GROUP BY run_id, seq, agent, attempt HAVING COUNT(*) > 1")
+    assert dup == []
+
+
+def test_answers_to_unknown_queries_are_refused(store):
+    store.add_queries("R", pair_queries(0, 4))
+    with pytest.raises(StoreError, match="7"):
+        store.add_answers("R", ok_answers([2, 3, 7]))
+    assert store.count_answers("R", status=None) == 0  # the transaction rolled back whole
+    with pytest.raises(StoreError):
+        store.add_answers("other-run", ok_answers([0]))
+
+
+def test_invalid_answers_are_kept_but_not_used(store):
+    q = pair_queries(0, 4)
+    answers = Answers("llm", q.seq, np.array([1.5, np.nan, 2.5, np.nan]),
+                      np.array(["ok", "invalid", "ok", "skipped"]),
+                      raw=["1.5", "I think it's about twelve-ish", "2.5", None],
+                      meta=[{"latency": 0.1}, None, None, None])
+    assert store.record("R", q, answers) == 4
+    assert store.count_answers("R") == 2
+    assert store.count_answers("R", status="invalid") == 1
+    assert store.count_answers("R", status=None) == 4
+    ((_, got),) = list(store.iter_answered("R"))
+    np.testing.assert_array_equal(got.seq, [0, 2])
+    np.testing.assert_array_equal(got.value, [1.5, 2.5])
+    rows = {r["seq"]: r for r in store.answer_rows("R")}
+    assert rows[1]["status"] == "invalid" and rows[1]["value"] is None
+    assert rows[1]["raw"] == "I think it's about twelve-ish"
+    assert json.loads(rows[0]["meta"]) == {"latency": 0.1}
+    # every status is final: the loop will not ask these again
+    np.testing.assert_array_equal(store.answered("R", 0, 10), [0, 1, 2, 3])
+    np.testing.assert_array_equal(store.answered("R", 0, 10, agent="oracle"), [])
+    assert store.runs()[0]["answers"] == 2
+
+
+# ---------------------------------------------------------------- export
+
+
+def _run_with_answers(store):
+    q = pair_queries(0, 6)
+    answers = Answers("oracle", q.seq, np.array([0.5, 1.0, np.nan, 2.0, 3.0, 4.0]),
+                      np.array(["ok", "ok", "invalid", "ok", "ok", "ok"]), raw=[None, None, "??", None, None, None])
+    store.record("R", q, answers)
+    return q, answers
+
+
+def test_export_csv_and_jsonl(store, tmp_path):
+    q, answers = _run_with_answers(store)
+    dense = q.a.to_dense()
+
+    assert store.export("R", tmp_path / "a.csv") == 6
+    with open(tmp_path / "a.csv", newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["seq"]) for r in rows] == list(range(6))
+    for r in rows:
+        s = int(r["seq"])
+        idx, val = json.loads(r["a_indices"]), json.loads(r["a_values"])
+        row = np.zeros(5)
+        np.add.at(row, idx, val)
+        np.testing.assert_array_equal(row, dense[s])
+        assert r["kind"] == "pair" and r["b_indices"] == "" and r["run_id"] == "R"
+    assert rows[2]["status"] == "invalid" and rows[2]["raw"] == "??" and rows[2]["value"] == ""
+    assert float(rows[3]["value"]) == 2.0
+
+    assert store.export("R", tmp_path / "a.jsonl") == 6
+    lines = (tmp_path / "a.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 6
+    recs = [json.loads(x) for x in lines]
+    for rec in recs:
+        row = np.zeros(5)
+        np.add.at(row, rec["a_indices"], rec["a_values"])
+        np.testing.assert_array_equal(row, dense[rec["seq"]])
+        assert "b_indices" not in rec
+    assert [r["value"] for r in recs] == [0.5, 1.0, None, 2.0, 3.0, 4.0]
+    assert store.export("R", tmp_path / "a.txt", fmt="jsonl") == 6  # explicit format wins
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_export_triplets(tmp_path):
+    with Store(tmp_path / "t.db") as db:
+        db.create_run("T", kind="triplet", p=4, budget=2, config={}, target={}, anchor=None)
+        b = SparseBatch(np.array([[0, 1], [2, 3]]), np.array([[1.0, 2.0], [3.0, 0.0]]), 4)
+        db.record("T", Queries("triplet", np.array([0, 1]), b, b, b), ok_answers([0, 1], [1.0, -1.0]))
+        assert db.export("T", tmp_path / "t.jsonl") == 2
+    recs = [json.loads(x) for x in (tmp_path / "t.jsonl").read_text().splitlines()]
+    assert recs[1]["c_indices"] == [2] and recs[1]["c_values"] == [3.0]  # padding is not stored
+    assert [r["value"] for r in recs] == [1.0, -1.0]
+
+
+def test_export_unknown_format_and_run_leave_nothing(store, tmp_path):
+    _run_with_answers(store)
+    with pytest.raises(StoreError, match="xlsx"):
+        store.export("R", tmp_path / "a.xlsx")
+    with pytest.raises(StoreError, match="nope"):
+        store.export("nope", tmp_path / "b.csv")
+    assert [f for f in os.listdir(tmp_path) if not f.startswith("s.db")] == []
