@@ -1,61 +1,309 @@
-"""fbloop's Streamlit app: runs in a database, their PCC curves, Φ̂ beside Φ*.
+"""fbloop's Streamlit app: the annotation form for people, and a dashboard of the runs.
 
-Start it with `fbloop app` or `streamlit run app.py`; the database comes from
-the FBLOOP_DB environment variable (default runs/fbloop.db).
+Start it with `fbloop app` (or `streamlit run app.py`); the database comes from
+the FBLOOP_DB environment variable (default runs/fbloop.db). UI only: what the
+form stores goes through fbloop.human, what the dashboard shows comes from
+fbloop.views.
 """
 
 import os
+import time
 from pathlib import Path
 
+import altair as alt
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import streamlit as st  # noqa: E402
 
-from fbloop import views  # noqa: E402
+from fbloop import human, views  # noqa: E402
+from fbloop.errors import FbloopError  # noqa: E402
 from fbloop.store import Store  # noqa: E402
 
-st.set_page_config(page_title="fbloop", layout="wide")
-st.title("fbloop — features from feedback")
+PAGES = ("Annotate", "Dashboard")
+CHOICES = {  # answer: (button label, keyboard shortcut); the order is the buttons' order
+    "first": ("◀ Closer to first", "1"),
+    "equal": ("Equally close", "E"),
+    "skip": ("Skip", "S"),
+    "second": ("Closer to second ▶", "2"),
+}
+REPEAT_GUARD_S = 0.4  # a click this soon after a question is drawn is the tail of a double click or a held key
+DB = os.environ.get("FBLOOP_DB", "runs/fbloop.db")
 
-db_path = os.environ.get("FBLOOP_DB", "runs/fbloop.db")
-if not Path(db_path).exists():
-    st.info(f"No database at {db_path} yet. Run `fbloop demo` or `fbloop run` first.")
+st.set_page_config(page_title="fbloop", page_icon="🔁", layout="wide")
+
+# Session keys, set once per browser session.
+st.session_state.setdefault("page", "Dashboard" if st.query_params.get("page") == "dashboard" else "Annotate")
+st.session_state.setdefault("question", None)  # the Question on screen (with its token)
+st.session_state.setdefault("shown_at", 0.0)  # when it was first shown, for the response time
+st.session_state.setdefault("sent", set())  # tokens this session has already submitted
+st.session_state.setdefault("last", None)  # what the last click did, for a one-line receipt
+# Streamlit forgets a widget's value when its page is not drawn; writing it back keeps the
+# annotator's name and the chosen experiments across page switches.
+for kept in ("annotator", "annotate_run", "run"):
+    if kept in st.session_state:
+        st.session_state[kept] = st.session_state[kept]
+
+
+def open_store() -> Store:
+    return Store(DB)
+
+
+def pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.0f}%"
+
+
+with st.sidebar:
+    st.title("fbloop")
+    st.caption("Features from feedback")
+    page = st.radio("Page", PAGES, key="page", label_visibility="collapsed")
+    st.query_params["page"] = page.lower()
+
+if not Path(DB).exists():
+    st.info(f"No database at {DB} yet. Run `fbloop demo` or `fbloop run` first.")
     st.stop()
 
-store = Store(db_path)
-runs = store.runs()
-if not runs:
-    st.info(f"{db_path} holds no runs yet.")
-    st.stop()
 
-st.dataframe(
-    [{"run": r["id"], "status": r["status"], "kind": r["kind"], "p": r["p"],
-      "answers": f"{r['answers']}/{r['budget']}", "PCC": r["pcc"]} for r in runs],
-    hide_index=True, width="stretch",
-)
-run_id = st.selectbox("Run", [r["id"] for r in runs][::-1], key="run")
-curve = views.pcc_curve(store, run_id)
-left, right = st.columns(2)
-with left:
-    st.subheader("PCC against answers")
-    if curve["answers"]:
-        st.line_chart({"answers": curve["answers"], "PCC": curve["pcc"]}, x="answers", y="PCC")
-    else:
-        st.caption("No snapshot yet.")
-with right:
-    pair = views.phi_pair(store, run_id)
-    st.subheader("Φ̂ beside Φ*")
-    if pair is None:
-        st.caption("Shown once the run has finished (p ≤ 256).")
-    else:
-        fig, axes = plt.subplots(1, 2, figsize=(8, 3.8))
-        for ax, mat, title in zip(axes, pair, ("learned Φ̂", "target Φ*")):
-            im = ax.imshow(mat, cmap="RdBu_r", vmin=-1, vmax=1)
-            ax.set_title(title)
-            ax.set_xticks([])
-            ax.set_yticks([])
-        fig.colorbar(im, ax=axes, shrink=0.8)
-        st.pyplot(fig)
-store.close()
+# ---------------------------------------------------------------- the annotation form
+
+
+def on_answer(run_id: str, seq: int, token: str, annotator: str, choice: str) -> None:
+    """A button's callback, bound to the question on screen when it was drawn."""
+    if token in st.session_state.sent:  # a double click: this question was already sent
+        st.session_state.last = {"choice": choice, "stored": False, "seq": seq}
+        return
+    seconds = time.time() - st.session_state.shown_at
+    if seconds < REPEAT_GUARD_S:  # too soon to have read it: not an answer to this question
+        st.session_state.last = {"too_quick": True}
+        return
+    try:
+        with open_store() as store:
+            stored = human.submit(store, run_id, seq, annotator, choice, 1000 * seconds, token)
+    except FbloopError as exc:
+        st.session_state.last = {"error": str(exc)}
+        return
+    st.session_state.sent.add(token)
+    st.session_state.question = None  # draw the next one
+    st.session_state.last = {"choice": choice, "stored": stored, "seq": seq}
+
+
+def block(title: str, text: str) -> None:
+    with st.container(border=True):
+        st.markdown(f"**{title}**")
+        st.code(text, language=None, wrap_lines=True)
+
+
+def annotate_page() -> None:
+    with open_store() as store:
+        queued = store.queued_runs()
+        with st.sidebar:
+            annotator = st.text_input("Your name", key="annotator", max_chars=human.MAX_NAME,
+                                      placeholder="e.g. alice")
+            run_id = st.selectbox("Experiment", list(queued)[::-1], key="annotate_run",
+                                  format_func=lambda r: f"{r} ({queued[r]} triplets)")
+        st.header("Which candidate is the reference closer to?")
+        if not queued:
+            st.info(f"No experiment in {DB} has triplets queued for people yet. Queue some with "
+                    f"`fbloop run --design triplet --agent human --budget 50 --db {DB}`.")
+            st.stop()
+        if not annotator.strip():
+            st.info("Enter your name in the sidebar to start.")
+            st.stop()
+        try:
+            human.agent_name(annotator)
+        except FbloopError as exc:
+            st.error(str(exc))
+            st.stop()
+
+        q = st.session_state.question
+        if q is None or q.run_id != run_id or q.annotator != annotator:
+            q = human.next_query(store, run_id, annotator, views.descriptions(store, run_id))
+            st.session_state.question = q
+            st.session_state.shown_at = time.time()
+        prog = human.progress(store, run_id, annotator)
+
+    done = prog["queued"] - prog["remaining"]
+    st.progress(done / max(prog["queued"], 1), text=f"{done} of {prog['queued']} triplets done")
+    cols = st.columns(4)
+    cols[0].metric("Answered", prog["answered"])
+    cols[1].metric("Skipped", prog["skipped"])
+    cols[2].metric("Remaining", prog["remaining"])
+    cols[3].metric("Attention checks", pct(prog["check_accuracy"]),
+                   help="Share of the known-answer triplets you answered correctly "
+                        f"({prog['checks_correct']} of {prog['checks']}).")
+    last = st.session_state.last
+    if last and "error" in last:
+        st.error(last["error"])
+    elif last and "too_quick" in last:
+        st.caption("That click came right after the question appeared, so it was not taken as an answer.")
+    elif last and not last["stored"]:
+        st.caption(f"Your answer to triplet {last['seq']} was already stored; not stored twice.")
+    elif last:
+        st.caption(f"Stored your last answer: {CHOICES[last['choice']][0].strip('◀▶ ').lower()}.")
+
+    if q is None:
+        st.success("You have answered every queued triplet of this experiment. Thank you!")
+        return
+    texts = q.texts()
+    block("Reference", texts["reference"])
+    left, right = st.columns(2)
+    with left:
+        block("First candidate", texts["first"])
+    with right:
+        block("Second candidate", texts["second"])
+    # Keys carry the question's token: a click that arrives after the next question is drawn
+    # names a button that no longer exists, so it can never answer the new question.
+    for col, (choice, (label, key)) in zip(st.columns(4), CHOICES.items()):
+        col.button(label, key=f"answer-{choice}-{q.token}", shortcut=key, width="stretch",
+                   type="primary" if choice in ("first", "second") else "secondary",
+                   on_click=on_answer, args=(run_id, q.seq, q.token, annotator, choice))
+    st.caption("Keys: 1 = closer to first · 2 = closer to second · E = equally close · S = skip. "
+               "Weights are the features' activations; a feature without a description shows a placeholder.")
+
+
+# ---------------------------------------------------------------- the dashboard
+
+
+def pcc_chart(curve: dict[str, list]) -> alt.Chart:
+    data = alt.Data(values=[{"answers": a, "PCC": p} for a, p in zip(curve["answers"], curve["pcc"])])
+    low = min(0.0, min(curve["pcc"]))
+    base = alt.Chart(data).encode(
+        x=alt.X("answers:Q", axis=alt.Axis(format="d", title="answers")),
+        y=alt.Y("PCC:Q", scale=alt.Scale(domain=[low, 1.0])),
+        tooltip=["answers:Q", alt.Tooltip("PCC:Q", format=".4f")])
+    return (base.mark_line() + base.mark_point(filled=True, size=40)).properties(height=280)
+
+
+def share_chart(rows: list[dict], y: str, color: str | None = None) -> alt.Chart:
+    """Horizontal bars of a share in [0, 1] (``rows`` carry ``y``, ``share``, ``label``), labelled at their tips."""
+    base = alt.Chart(alt.Data(values=rows)).encode(
+        y=alt.Y(f"{y}:N", title=None),
+        x=alt.X("share:Q", scale=alt.Scale(domain=[0, 1.3]),  # room for the labels past 100%
+                axis=alt.Axis(format="%", title=None, values=[0, 0.25, 0.5, 0.75, 1])))
+    split = {"yOffset": f"{color}:N"} if color else {}
+    bars = base.mark_bar().encode(**split, **({"color": alt.Color(f"{color}:N", legend=alt.Legend(title=None))}
+                                              if color else {}))
+    text = base.mark_text(align="left", dx=4).encode(text="label:N", **split)
+    return (bars + text).properties(height=(70 if color else 45) * len({r[y] for r in rows}) + 20)
+
+
+def heatmaps(pair) -> None:
+    hat, star = pair
+    mats = [(hat, r"learned $\hat{\Phi}$")] + ([(star, r"target $\Phi^*$")] if star is not None else [])
+    fig, axes = plt.subplots(1, len(mats), figsize=(4 * len(mats), 3.6), squeeze=False)
+    for ax, (mat, title) in zip(axes[0], mats):
+        im = ax.imshow(mat, cmap="RdBu_r", vmin=-1, vmax=1)
+        ax.set_title(title)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
+    st.pyplot(fig)
+    plt.close(fig)
+
+
+def dashboard_body(run_id: str) -> None:
+    with open_store() as store:
+        run = store.require_run(run_id)
+        info = next(r for r in store.runs() if r["id"] == run_id)
+        queue = store.queue_progress(run_id)
+        curve = views.pcc_curve(store, run_id)
+        counts = views.answers_by_agent(store, run_id)
+        pair = views.phi_pair(store, run_id)
+        agree = views.agreement(store, run_id)
+        checks = views.check_accuracy(store, run_id)
+        llm = views.llm_stats(store, run_id)
+
+    cols = st.columns(4)
+    cols[0].metric("Status", info["status"])
+    cols[1].metric("Answers", f"{ok_answers(counts)}", help=f"budget {run['budget']}; attention checks not counted")
+    cols[2].metric("PCC", "—" if info["pcc"] is None else f"{info['pcc']:.4f}", help="latest snapshot")
+    cols[3].metric("Queued for people", f"{queue['answered']}/{queue['queued']}" if queue["queued"] else "—",
+                   help="queued triplets with an answer or skip from anyone")
+
+    left, right = st.columns(2)
+    with left:
+        st.subheader("PCC against answers")
+        if curve["answers"]:
+            st.altair_chart(pcc_chart(curve), width="stretch")
+        else:
+            st.caption("No snapshot yet.")
+    with right:
+        st.subheader("Answers per agent")
+        if counts["agent"]:
+            st.bar_chart(counts, x="agent", y="count", color="answer", horizontal=True,
+                         height=60 * len(set(counts["agent"])) + 100)
+        else:
+            st.caption("No answers yet.")
+
+    left, right = st.columns(2)
+    with left:
+        st.subheader(r"$\hat\Phi$ beside $\Phi^*$")
+        if pair is None:
+            st.caption(f"Shown once a factor is stored (p ≤ {views.HEATMAP_MAX_P}).")
+        else:
+            heatmaps(pair)
+            if pair[1] is None:
+                st.caption(r"$\Phi^*$ is not available here; the agreement on the right is the readout.")
+    with right:
+        st.subheader(r"Agreement of $\hat\Phi$ with the answers")
+        rows = [{"agent": a["agent"], "answers": label, "share": a[key], "label": f"{a[key]:.0%} of {a['n_' + key]}"}
+                for a in agree for key, label in (("held_out", "held out"), ("fit", "fit")) if a[key] is not None]
+        if rows:
+            st.altair_chart(share_chart(rows, "agent", color="answers"), width="stretch")
+            st.caption(r"Share of triplet answers $\hat\Phi$ predicts; held out = stored after $\hat\Phi$ was fit.")
+        else:
+            st.caption("Triplet runs with a stored factor only.")
+
+    left, right = st.columns(2)
+    with left:
+        st.subheader("Attention checks")
+        if checks:
+            rows = [{"annotator": c["agent"], "share": c["accuracy"] or 0.0,
+                     "label": f"{c['correct']}/{c['checks']} correct, {c['skipped']} skipped"} for c in checks]
+            st.altair_chart(share_chart(rows, "annotator"), width="stretch")
+            st.caption("Triplets with a known answer, mixed into the queue; their answers never reach a learner.")
+        else:
+            st.caption("No attention check answered yet.")
+    with right:
+        st.subheader("LLM agents")
+        for m in llm or [None]:
+            if m is not None:
+                st.markdown(f"**{m['model']}** · {m['answers']} answers, {m['requests']} requests")
+            cols = st.columns(2) + st.columns(2)
+            cols[0].metric("Invalid replies", pct(m and m["invalid_rate"]))
+            cols[1].metric("Position bias", pct(m and m["position_bias"]),
+                           help="how often the answer changes when the candidates are swapped")
+            cols[2].metric("Tokens", "—" if m is None else f"{m['prompt_tokens'] + m['completion_tokens']:,}")
+            cols[3].metric("Cost", "—" if m is None or m["cost"] is None else f"${m['cost']:.4f}")
+        if not llm:
+            st.caption("No LLM answers in this run.")
+
+
+def ok_answers(counts: dict[str, list]) -> int:
+    return sum(n for a, n in zip(counts["answer"], counts["count"]) if a == "ok")
+
+
+def dashboard_page() -> None:
+    with open_store() as store:
+        runs = store.runs()
+    if not runs:
+        st.info(f"{DB} holds no runs yet.")
+        st.stop()
+    with st.sidebar:
+        run_id = st.selectbox("Experiment", [r["id"] for r in runs][::-1], key="run")
+        live = st.toggle("Live (refresh every 5 s)", key="live")
+    st.header(run_id)
+    st.fragment(run_every=5 if live else None)(dashboard_body)(run_id)
+    with st.expander("All experiments"):
+        st.dataframe(
+            [{"run": r["id"], "status": r["status"], "kind": r["kind"], "p": r["p"],
+              "answers": f"{r['answers']}/{r['budget']}", "PCC": r["pcc"]} for r in runs],
+            hide_index=True, width="stretch",
+        )
+
+
+if page == "Annotate":
+    annotate_page()
+else:
+    dashboard_page()

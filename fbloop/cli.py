@@ -63,7 +63,25 @@ def run_options(fn):
         click.option("--s", "max_nnz", default=3, show_default=True, type=int, help="Sparse/triplet: max nonzeros."),
         click.option("--dist", default="sparse", show_default=True, type=click.Choice(["sparse", "gaussian"]),
                      help="Triplet activations."),
-        click.option("--agent", default="oracle", show_default=True, type=click.Choice(["oracle"])),
+        click.option("--agent", default="oracle", show_default=True, type=click.Choice(["oracle", "human", "llm"]),
+                     help="human: queue the triplets for `fbloop app`; run again to learn from the answers."),
+        click.option("--check-rate", default=None, type=float,
+                     help="Human agent: share of attention checks in the queue [default: 0.1]."),
+        click.option("--base-url", default="http://127.0.0.1:8011/v1", show_default=True,
+                     help="LLM agent: an OpenAI-compatible endpoint (`fbloop serve-oracle` serves this one)."),
+        click.option("--model", default="fbloop-oracle", show_default=True, help="LLM agent: model name."),
+        click.option("--api-key-env", default="OPENAI_API_KEY", show_default=True,
+                     help="LLM agent: name of the environment variable holding the API key (never stored)."),
+        click.option("--batch-size", default=1, show_default=True, type=click.IntRange(1),
+                     help="LLM agent: triplets per request."),
+        click.option("--concurrency", default=4, show_default=True, type=click.IntRange(1),
+                     help="LLM agent: requests in flight at once."),
+        click.option("--order-swap", is_flag=True,
+                     help="LLM agent: also ask every triplet with its candidates swapped (position bias)."),
+        click.option("--cost-prompt-1k", default=0.0, show_default=True, type=float,
+                     help="LLM agent: price per 1000 prompt tokens, for the run's cost."),
+        click.option("--cost-completion-1k", default=0.0, show_default=True, type=float,
+                     help="LLM agent: price per 1000 completion tokens."),
         click.option("--noise", default="none", show_default=True, type=click.Choice(["none", "logistic", "flip"])),
         click.option("--temperature", default=0.05, show_default=True, type=float),
         click.option("--flip", default=0.1, show_default=True, type=float),
@@ -100,7 +118,17 @@ def _run_config(opts: dict):
         learner_config=LearnerConfig(rank=opts["rank"], lr=opts["lr"], device=opts["device"], seed=opts["seed"]),
         chunk=opts["chunk"],
         seed=opts["seed"],
+        check_rate=opts["check_rate"],
+        llm=_llm_config(opts) if opts["agent"] == "llm" else None,
     )
+
+
+def _llm_config(opts: dict):
+    from .agents import LLMConfig
+
+    return LLMConfig(base_url=opts["base_url"], model=opts["model"], api_key_env=opts["api_key_env"],
+                     batch_size=opts["batch_size"], concurrency=opts["concurrency"], order_swap=opts["order_swap"],
+                     cost_prompt_1k=opts["cost_prompt_1k"], cost_completion_1k=opts["cost_completion_1k"])
 
 
 def _progress_bar(label: str, bound: int | None, quiet: bool):
@@ -150,6 +178,12 @@ def _print_result(result, as_json: bool) -> None:
     if "mse" in s:
         click.echo(f"RFM test MSE with Φ̂ {s['mse']:.5f} vs with Φ* {s['mse_truth']:.5f} "
                    f"(identity kernel {s['mse_identity']:.5f})")
+    if "llm" in s:
+        u = s["llm"]
+        bias = u.get("position_bias_rate")
+        click.echo(f"LLM {u['model']}: {u['requests']} requests, {u['prompt_tokens']} + {u['completion_tokens']} "
+                   f"tokens, cost {u['cost']:.4f}; answers {u['answers']}"
+                   + ("" if bias is None else f"; position-bias rate {bias:.3f} over {u['swap_pairs']} swapped pairs"))
 
 
 @main.command()
@@ -161,7 +195,27 @@ def run(db_path: str, as_json: bool, run_id: str | None, **opts) -> None:
     """Run (or resume, with an existing --run-id) one feedback loop."""
     config = _run_config(opts)
     result = execute_run(config, db_path, run_id, quiet=as_json)
-    _print_result(result, as_json)
+    if config.agent == "human":
+        _print_human(result, db_path, as_json)
+    else:
+        _print_result(result, as_json)
+
+
+def _print_human(result, db_path: str, as_json: bool) -> None:
+    from .human import waiting
+    from .store import Store
+
+    with Store(db_path) as store:
+        info = {**result.summary(), **store.queue_progress(result.run_id), "waiting": waiting(store, result.run_id)}
+    if as_json:
+        click.echo(json.dumps(info, default=float))
+        return
+    click.echo(f"run {info['run_id']}: {info['queued']} triplets queued for people "
+               f"({info['checks']} attention checks), {info['answered']} answered so far.")
+    if info["pcc"] is not None:
+        click.echo(f"learned from {info['answers']} answers: PCC {info['pcc']:.6f}")
+    click.echo(f"Answer them in the app: fbloop app --db {db_path}; run this command again "
+               f"with --run-id {info['run_id']} to learn from the answers.")
 
 
 @main.command()
@@ -183,6 +237,81 @@ def demo(db_path: str, seed: int) -> None:
         click.echo(f"{name:<14}{r.answers:>8}{r.bound or 0:>7}{r.pcc:>12.7f}{r.extra.get('mse', float('nan')):>10.5f}"
                    f"{r.extra.get('mse_truth', float('nan')):>10.5f}{r.elapsed_s:>7.1f}s")
     click.echo(f"Runs stored in {db_path}; export with: fbloop export RUN_ID --db {db_path} --out answers.csv")
+
+
+# ---------------------------------------------------------------- the app
+
+
+def app_command(db_path: str, port: int) -> tuple[list[str], dict[str, str]]:
+    """``(argv, env)`` that serve ``app.py`` on 127.0.0.1:``port`` with the database ``db_path``."""
+    import os
+
+    script = Path(__file__).resolve().parent.parent / "app.py"  # beside the package in a source checkout
+    if not script.is_file():
+        raise click.UsageError(f"The app's script is not at {script}; run fbloop from a source checkout "
+                               "(pip install -e .).")
+    argv = [sys.executable, "-m", "streamlit", "run", str(script), "--server.address", "127.0.0.1",
+            "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
+            "--client.toolbarMode", "minimal"]
+    return argv, {**os.environ, "FBLOOP_DB": str(Path(db_path).resolve())}
+
+
+@main.command()
+@db_option
+@click.option("--port", default=8501, show_default=True, type=click.IntRange(1, 65535))
+def app(db_path: str, port: int) -> None:
+    """Serve the annotation form and the dashboard on http://127.0.0.1:PORT."""
+    import subprocess
+
+    argv, env = app_command(db_path, port)
+    click.echo(f"fbloop app on http://127.0.0.1:{port} (database {env['FBLOOP_DB']}); Ctrl+C stops it.", err=True)
+    try:
+        sys.exit(subprocess.call(argv, env=env))
+    except KeyboardInterrupt:  # the server got the same Ctrl+C and stops on its own
+        sys.exit(130)
+
+
+# ---------------------------------------------------------------- the local LLM stand-in
+
+
+@main.command("serve-oracle")
+@click.option("--target", default="rfm", show_default=True, help="Target spec of the simulated Φ*.")
+@click.option("--port", default=8011, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--model", default="fbloop-oracle", show_default=True, help="The model name it answers as.")
+@click.option("--latency-ms", default=0.0, show_default=True, type=click.FloatRange(0), help="Added per request.")
+@click.option("--malformed", default=0.0, show_default=True, type=click.FloatRange(0, 1),
+              help="Share of replies that break the answer format.")
+@click.option("--error-rate", default=0.0, show_default=True, type=click.FloatRange(0, 1),
+              help="Share of requests answered 429 or 500.")
+@click.option("--first-bias", default=0.0, show_default=True, type=click.FloatRange(0, 1),
+              help="Probability of answering 'first' whatever the question.")
+@click.option("--noise", default="none", show_default=True, type=click.Choice(["none", "logistic", "flip"]))
+@click.option("--temperature", default=0.05, show_default=True, type=float)
+@click.option("--flip", default=0.1, show_default=True, type=float)
+@click.option("--tie-band", default=0.0, show_default=True, type=float)
+@click.option("--api-key-env", default=None, help="Require the key in this environment variable [default: any key].")
+@click.option("--seed", default=0, show_default=True, type=int)
+@_fail_cleanly
+def serve_oracle(target: str, port: int, model: str, latency_ms: float, malformed: float, error_rate: float,
+                 first_bias: float, noise: str, temperature: float, flip: float, tie_band: float,
+                 api_key_env: str | None, seed: int) -> None:
+    """Serve an OpenAI-compatible chat endpoint on 127.0.0.1 that answers fbloop's prompts from Φ*."""
+    import os
+
+    from .agents import OracleConfig
+    from .server import HOST, ServerConfig, run_forever
+
+    key = None
+    if api_key_env:
+        key = os.environ.get(api_key_env) or None
+        if key is None:
+            raise click.UsageError(f"The environment variable {api_key_env} is not set.")
+    config = ServerConfig(target=target, model=model, latency_ms=latency_ms, malformed=malformed,
+                          error_rate=error_rate, first_bias=first_bias, api_key=key, seed=seed,
+                          oracle=OracleConfig(noise=noise, temperature=temperature, flip=flip, tie_band=tie_band,
+                                              seed=seed))
+    click.echo(f"fbloop oracle ({target}) as model {model!r} on http://{HOST}:{port}/v1; Ctrl+C stops it.", err=True)
+    run_forever(config, port)
 
 
 # ---------------------------------------------------------------- inspection

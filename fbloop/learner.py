@@ -49,7 +49,7 @@ class LearnerConfig:
     polish: bool = True  # full-batch L-BFGS at the end when the problem is small
     weight_decay: float = 1e-4  # λ of Algorithm 3
     clip: float = 10.0  # gradient-norm clip per step
-    sharpness: float = 20.0  # κ of the triplet logistic loss
+    sharpness: float = 50.0  # κ of the triplet logistic loss
     tie_band: float = 0.02  # |ρ| allowed for a tie answer
     pair_loss: Literal["root", "paper"] = "root"  # residual form, see the module docstring
     threads: int | None = None  # torch CPU threads; None → 1 for small problems, else torch's default

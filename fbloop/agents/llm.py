@@ -1,0 +1,562 @@
+"""The LLM agent: triplet questions to any OpenAI-compatible chat endpoint.
+
+Each triplet ``(a, b, c)`` is rendered with :mod:`fbloop.render` (the same text
+the human form shows) into the ``prompts/`` templates and sent through the
+official ``openai`` client. Only the structured reply counts:
+
+- one triplet per request: ``{"answer": "first" | "second" | "equal"}``;
+- ``k`` triplets per request: ``{"answers": [{"id": 1, "answer": ...}, ...]}``.
+
+``"first"`` is ``+1`` (the reference ``a`` is closer to the first candidate),
+``"second"`` is ``−1``, ``"equal"`` is ``0``. Parsing is strict: leading or
+trailing whitespace is the only slack; prose around the JSON, code fences,
+extra or duplicate keys, a missing or unknown id, or any other token make that
+answer ``invalid``, stored with the raw reply text — never an exception that
+loses the batch. ``response_format`` (a JSON schema) is sent where the server
+accepts it, but the reply is parsed as if it had not been. Feature
+descriptions are untrusted text: they only ever reach the prompt, and nothing
+in them can change how the reply is read.
+
+Choices (see also :class:`LLMConfig`):
+
+- **Order swap** (``order_swap``): every triplet is also asked with its two
+  candidates swapped, in separate requests. The swapped answers are stored under
+  their own agent name ``llm:<model>#swap`` (the store keys answers by
+  ``(run, seq, agent, attempt)``; ``attempt`` stays free for re-asks) with
+  ``meta["order"] == "ba"``. Every stored ``value`` is in the stored query's
+  orientation (``+1`` = closer to ``b``), so a swapped reply ``"first"`` is stored
+  as ``−1``; ``raw`` keeps the reply as given. Both answers feed the learner, which
+  averages a position bias out; the rate at which the two orders disagree is the
+  *position-bias rate* reported per run.
+- **Batches** of ``batch_size`` triplets per request, numbered ``1..k`` inside
+  the request. With ``batch_size == 1`` the single-answer template is used.
+- **Retries**: 429, 408, 409, 5xx, connection errors and timeouts are retried with
+  exponential backoff (``backoff_s · 2^i``, capped, with jitter) up to
+  ``max_attempts`` tries; after the last, every answer of the request is
+  ``invalid`` with the error text as ``raw``. Other 4xx are not retried. A 400
+  that names ``response_format`` switches the schema off for the rest of the run.
+- **Cache**: a reply whose every answer parsed is stored in the run database
+  (``llm_cache``), keyed by ``sha256(base URL, model, temperature, template
+  hash, rendered prompt)`` — the endpoint and temperature are in the key so
+  that one model name served by two servers never shares replies; an identical
+  request later (a resumed run, a rerun) reads it instead of paying again.
+  Invalid replies and failed requests are never cached. At ``temperature > 0``
+  the cache keeps the first sample.
+- **Usage**: each answer's ``meta`` carries its request's tokens; only the first
+  answer of a request (``batch_index`` 0) counts them in
+  :meth:`LLMAgent.run_summary`, and cached replies cost nothing. Cost is tokens
+  times the configured price per 1k tokens (default 0).
+- **Pre-flight** (:meth:`LLMAgent.check`): a missing key (the environment
+  variable named by ``api_key_env`` — the key itself is never stored or logged),
+  an unreachable endpoint, a rejected key, or a model the endpoint does not serve
+  raise one :class:`EndpointError` naming the URL before any query is spent.
+- Requests run on ``asyncio`` with a semaphore of ``concurrency``. Called from a
+  thread with a running event loop (a notebook), the requests run on a worker
+  thread and cache writes wait until the chunk is done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import hashlib
+import json
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .. import prompts, render
+from ..designs import Queries
+from ..errors import ConfigError
+from .base import Answers
+
+TOKENS: dict[str, float] = {"first": 1.0, "second": -1.0, "equal": 0.0}
+RETRY_STATUS = {408, 409, 429}  # plus every 5xx
+
+
+class EndpointError(ConfigError):
+    """The LLM endpoint is unreachable, its key is missing or rejected, or it lacks the model."""
+
+
+@dataclass(frozen=True)
+class LLMConfig:
+    base_url: str = "http://127.0.0.1:8011/v1"  # any OpenAI-compatible endpoint; `fbloop serve-oracle`'s default
+    model: str = "fbloop-oracle"
+    api_key_env: str = "OPENAI_API_KEY"  # name of the environment variable holding the key
+    template: str = "triplet"  # one triplet per request
+    batch_template: str = "triplet_batch"  # k triplets per request ...
+    item_template: str = "triplet_item"  # ... each rendered with this one
+    system_template: str = "system"
+    batch_size: int = 1  # triplets per request
+    concurrency: int = 4  # requests in flight at once
+    order_swap: bool = False  # also ask every triplet with its candidates swapped
+    max_attempts: int = 4  # tries per request (first + retries)
+    backoff_s: float = 0.5  # wait before the first retry; doubles each time
+    backoff_max_s: float = 8.0
+    timeout_s: float = 60.0  # per request
+    temperature: float | None = 0.0  # None → not sent (some reasoning models refuse the parameter)
+    max_tokens: int | None = None  # completion cap; None → the server's default
+    json_schema: bool = True  # send response_format=json_schema (the reply is parsed strictly anyway)
+    cache: bool = True  # reuse understood replies stored in the run database
+    top_features: int = 12  # features shown per activation (strongest first)
+    cost_prompt_1k: float = 0.0  # price per 1000 prompt tokens
+    cost_completion_1k: float = 0.0  # price per 1000 completion tokens
+
+    def __post_init__(self) -> None:
+        if not self.base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"Expect an http(s) base URL like http://127.0.0.1:8011/v1, got {self.base_url!r}.")
+        if not self.model:
+            raise ConfigError("Expect a model name, got an empty string.")
+        if not self.api_key_env or not self.api_key_env.replace("_", "").isalnum():
+            raise ConfigError(f"Expect the name of an environment variable, got api_key_env={self.api_key_env!r}.")
+        for name in ("batch_size", "concurrency", "max_attempts", "top_features"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"Expect {name} ≥ 1, got {getattr(self, name)}.")
+        for name in ("backoff_s", "backoff_max_s", "cost_prompt_1k", "cost_completion_1k", "temperature"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise ConfigError(f"Expect {name} ≥ 0, got {getattr(self, name)}.")
+        if not self.timeout_s > 0:
+            raise ConfigError(f"Expect timeout_s > 0, got {self.timeout_s}.")
+
+
+# ---------------------------------------------------------------- strict parsing
+
+
+def _no_duplicates(pairs: list[tuple[str, object]]) -> dict:
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"duplicate key in {keys}")
+    return dict(pairs)
+
+
+def _load_json(text: str) -> tuple[object, str | None]:
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicates), None
+    except (ValueError, TypeError) as exc:
+        return None, f"not a JSON object ({exc})"
+
+
+def _token(value: object) -> str | None:
+    return value if isinstance(value, str) and value in TOKENS else None
+
+
+def parse_single(text: str) -> tuple[str | None, str | None]:
+    """``(token, None)`` for exactly ``{"answer": "first"|"second"|"equal"}``, else ``(None, reason)``."""
+    obj, err = _load_json(text)
+    if err:
+        return None, err
+    if not isinstance(obj, dict) or set(obj) != {"answer"}:
+        got = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
+        return None, f"expect exactly the key 'answer', got {got}"
+    token = _token(obj["answer"])
+    if token is None:
+        return None, f"unknown answer {obj['answer']!r}; expect one of {list(TOKENS)}"
+    return token, None
+
+
+def parse_batch(text: str, ids: list[int]) -> dict[int, tuple[str | None, str | None]]:
+    """For each asked id: ``(token, None)`` or ``(None, reason)``.
+
+    The reply must be exactly ``{"answers": [{"id": int, "answer": token}, ...]}``; an
+    id that is missing, repeated, or carries a bad entry is invalid, the others stand.
+    """
+    obj, err = _load_json(text)
+    if err is None and (not isinstance(obj, dict) or set(obj) != {"answers"} or not isinstance(obj["answers"], list)):
+        err = "expect exactly {\"answers\": [...]}"
+    if err:
+        return {i: (None, err) for i in ids}
+    found: dict[int, list[tuple[str | None, str | None]]] = {}
+    for entry in obj["answers"]:
+        if not isinstance(entry, dict) or "id" not in entry:
+            continue  # no id to charge it to; every asked id it might have meant stays missing
+        k = entry["id"]
+        if not isinstance(k, int) or isinstance(k, bool) or k not in ids:
+            continue
+        if set(entry) != {"id", "answer"}:
+            found.setdefault(k, []).append((None, f"expect keys id and answer, got {sorted(entry)}"))
+            continue
+        token = _token(entry["answer"])
+        found.setdefault(k, []).append(
+            (token, None) if token else (None, f"unknown answer {entry['answer']!r}; expect one of {list(TOKENS)}"))
+    out = {}
+    for i in ids:
+        got = found.get(i, [])
+        out[i] = got[0] if len(got) == 1 else (None, "missing id" if not got else "id answered more than once")
+    return out
+
+
+def response_format(batch: bool) -> dict:
+    """The JSON schema sent as ``response_format`` (a hint; replies are parsed strictly regardless)."""
+    answer = {"type": "string", "enum": list(TOKENS)}
+    if batch:
+        item = {"type": "object", "properties": {"id": {"type": "integer"}, "answer": answer},
+                "required": ["id", "answer"], "additionalProperties": False}
+        schema = {"type": "object", "properties": {"answers": {"type": "array", "items": item}},
+                  "required": ["answers"], "additionalProperties": False}
+    else:
+        schema = {"type": "object", "properties": {"answer": answer}, "required": ["answer"],
+                  "additionalProperties": False}
+    return {"type": "json_schema",
+            "json_schema": {"name": "triplet_answers" if batch else "triplet_answer", "strict": True,
+                            "schema": schema}}
+
+
+# ---------------------------------------------------------------- requests
+
+
+@dataclass
+class _Request:
+    rows: list[int]  # positions within the chunk's queries
+    order: str  # "ab": candidates as stored; "ba": swapped
+    prompt: str
+    key: str  # cache key
+
+
+@dataclass
+class _Reply:
+    text: str  # the reply text, or the error text when the request failed
+    failed: bool = False  # no reply came back (after retries)
+    cached: bool = False
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_s: float = 0.0
+    attempts: int = 0
+    request_id: str | None = None
+    response_id: str | None = None
+    served_model: str | None = None
+
+
+@dataclass
+class Usage:
+    """What this agent object has spent so far (all runs it answered for)."""
+
+    requests: int = 0  # HTTP requests sent, retries included
+    retries: int = 0
+    failed_requests: int = 0  # gave up after max_attempts or a non-retryable error
+    cache_hits: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    ok: int = 0
+    invalid: int = 0
+    swap_pairs: int = 0  # triplets answered ok in both orders
+    swap_disagreements: int = 0
+
+    def cost(self, config: LLMConfig) -> float:
+        return (self.prompt_tokens * config.cost_prompt_1k + self.completion_tokens * config.cost_completion_1k) / 1000
+
+    def to_dict(self, config: LLMConfig) -> dict:
+        out = asdict(self)
+        out["cost"] = self.cost(config)
+        out["position_bias_rate"] = self.swap_disagreements / self.swap_pairs if self.swap_pairs else None
+        return out
+
+
+def _describe(exc: Exception) -> str:
+    import openai
+
+    if isinstance(exc, openai.APIStatusError):
+        return f"HTTP {exc.status_code}: {exc.message}"
+    cause = exc.__cause__ or exc.__context__
+    return f"{type(exc).__name__}: {exc}" + (f" ({cause})" if cause else "")
+
+
+def _retryable(exc: Exception) -> bool:
+    import openai
+
+    if isinstance(exc, openai.APIStatusError):
+        return exc.status_code in RETRY_STATUS or exc.status_code >= 500
+    return isinstance(exc, openai.APIConnectionError)  # includes timeouts
+
+
+class LLMAgent:
+    """Answers triplet queries by asking an OpenAI-compatible chat model.
+
+    ``descriptions`` (one per feature, or ``None``) label the features in the prompt;
+    ``cache`` is a :class:`fbloop.store.Store` (or ``None`` for no cache).
+    """
+
+    def __init__(self, config: LLMConfig = LLMConfig(), descriptions: tuple[str, ...] | None = None,
+                 cache=None, prompt_dir=None):
+        self.config = config
+        self.descriptions = descriptions
+        self.cache = cache if config.cache else None
+        self.name = f"llm:{config.model}"
+        self.swap_name = f"{self.name}#swap"
+        self.system = prompts.load(config.system_template, prompt_dir)
+        self.single = prompts.load(config.template, prompt_dir)
+        self.batch = prompts.load(config.batch_template, prompt_dir)
+        self.item = prompts.load(config.item_template, prompt_dir)
+        self.batched = config.batch_size > 1
+        if self.batched:
+            self.template_name = self.batch.name
+            self.template_hash = prompts.combined_hash(self.system, self.batch, self.item)
+        else:
+            self.template_name = self.single.name
+            self.template_hash = prompts.combined_hash(self.system, self.single)
+        self.system_text = self.system.render()
+        self.usage = Usage()
+        self._use_schema = config.json_schema
+
+    # ------------------------------------------------------------ pre-flight
+
+    def api_key(self) -> str:
+        key = os.environ.get(self.config.api_key_env, "")
+        if not key:
+            raise EndpointError(f"The environment variable {self.config.api_key_env} holding the API key for "
+                                f"{self.config.base_url} is not set (any non-empty string for a local server; "
+                                "--api-key-env names another variable).")
+        return key
+
+    def check(self) -> None:
+        """Fail before any query is spent: key missing or rejected, endpoint unreachable, model not served."""
+        import openai
+
+        cfg = self.config
+        client = openai.OpenAI(base_url=cfg.base_url, api_key=self.api_key(), max_retries=0,
+                               timeout=min(cfg.timeout_s, 10.0))
+        try:
+            models = [m.id for m in client.models.list().data]
+        except openai.NotFoundError:
+            return  # no /models route: the server answered, which is what we needed to know
+        except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
+            raise EndpointError(f"The LLM endpoint {cfg.base_url} rejected the key in ${cfg.api_key_env} "
+                                f"({_describe(exc)}).") from None
+        except openai.APIStatusError as exc:
+            raise EndpointError(f"The LLM endpoint {cfg.base_url} answered {_describe(exc)} to GET /models.") from None
+        except openai.APIConnectionError as exc:
+            raise EndpointError(f"Cannot reach the LLM endpoint {cfg.base_url}: {_describe(exc)}. "
+                                "Is the server running? (`fbloop serve-oracle` starts a local one.)") from None
+        finally:
+            client.close()
+        if models and cfg.model not in models:
+            raise EndpointError(f"The LLM endpoint {cfg.base_url} serves no model {cfg.model!r}; "
+                                f"it serves {models[:10]}.")
+
+    # ------------------------------------------------------------ the agent protocol
+
+    def answer(self, queries: Queries) -> Answers:
+        """Answers in the stored order only (the order swap, when on, goes through :meth:`answer_sets`)."""
+        return self._answer(queries, ("ab",))[0]
+
+    def answer_sets(self, queries: Queries) -> list[Answers]:
+        """``[answers]``, or ``[answers, swapped answers]`` with ``order_swap``; asked concurrently."""
+        return self._answer(queries, ("ab", "ba") if self.config.order_swap else ("ab",))
+
+    def run_summary(self, store, run_id: str) -> dict:
+        """Requests, tokens, cost and (with the order swap) the position-bias rate of a run, from the store."""
+        names = [self.name, self.swap_name]
+        use = store.request_usage(run_id, names)
+        cfg = self.config
+        use["cost"] = (use["prompt_tokens"] * cfg.cost_prompt_1k
+                       + use["completion_tokens"] * cfg.cost_completion_1k) / 1000
+        if cfg.order_swap:
+            ag = store.agreement(run_id, self.name, self.swap_name)
+            use["swap_pairs"] = ag["both"]
+            use["position_bias_rate"] = (ag["both"] - ag["agree"]) / ag["both"] if ag["both"] else None
+        return {"model": cfg.model, "template": self.template_name, **use}
+
+    # ------------------------------------------------------------ building requests
+
+    def _texts(self, queries: Queries) -> list[dict[str, str]]:
+        top, desc = self.config.top_features, self.descriptions
+        return [render.triplet_text(render.features(queries.a, i, desc, top), render.features(queries.b, i, desc, top),
+                                    render.features(queries.c, i, desc, top)) for i in range(len(queries))]
+
+    def _prompt(self, blocks: list[dict[str, str]]) -> str:
+        if not self.batched:
+            (b,) = blocks
+            return self.single.render(reference=b["reference"], first=b["first"], second=b["second"])
+        items = [self.item.render(id=k + 1, reference=b["reference"], first=b["first"], second=b["second"]).strip()
+                 for k, b in enumerate(blocks)]
+        return self.batch.render(count=len(blocks), comparisons="\n\n".join(items))
+
+    def _key(self, prompt: str) -> str:
+        # The endpoint and temperature join (model, template hash, prompt): one model name on two servers
+        # (a local stand-in for another target, vLLM vs Ollama) must not share replies.
+        cfg = self.config
+        temp = None if cfg.temperature is None else float(cfg.temperature)
+        parts = [cfg.base_url.rstrip("/"), cfg.model, repr(temp), self.template_hash, prompt]
+        return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+    def _requests(self, texts: list[dict[str, str]], order: str) -> list[_Request]:
+        out = []
+        k = self.config.batch_size
+        for lo in range(0, len(texts), k):
+            rows = list(range(lo, min(lo + k, len(texts))))
+            blocks = [texts[r] if order == "ab" else
+                      {"reference": texts[r]["reference"], "first": texts[r]["second"], "second": texts[r]["first"]}
+                      for r in rows]
+            prompt = self._prompt(blocks)
+            out.append(_Request(rows, order, prompt, self._key(prompt)))
+        return out
+
+    # ------------------------------------------------------------ asking
+
+    def _answer(self, queries: Queries, orders: tuple[str, ...]) -> list[Answers]:
+        if queries.kind != "triplet":
+            raise ConfigError("The llm agent answers triplet queries only; pair designs need the bisection route "
+                              "(triplets (0, u, t·y) over t), not a direct question. Use --design triplet.")
+        texts = self._texts(queries)
+        requests = [r for order in orders for r in self._requests(texts, order)]
+        hits = {}
+        if self.cache is not None:
+            for r in requests:
+                got = self.cache.cache_get(r.key)
+                if got is not None:
+                    hits[r.key] = got
+        try:
+            asyncio.get_running_loop()
+            in_loop = True
+        except RuntimeError:
+            in_loop = False
+        pending_puts: list[tuple[_Request, _Reply]] = []
+        if in_loop:  # e.g. a notebook: run on a worker thread, write the cache afterwards
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                replies = pool.submit(asyncio.run, self._gather(requests, hits, pending_puts.append)).result()
+        else:
+            replies = asyncio.run(self._gather(requests, hits, self._put))
+        for item in pending_puts:
+            self._put(item)
+        return self._collect(queries, orders, requests, replies)
+
+    def _put(self, item: tuple[_Request, _Reply]) -> None:
+        req, rep = item
+        if self.cache is None:
+            return
+        meta = {"prompt_tokens": rep.prompt_tokens, "completion_tokens": rep.completion_tokens,
+                "latency_s": rep.latency_s, "request_id": rep.request_id, "response_id": rep.response_id,
+                "served_model": rep.served_model}
+        self.cache.cache_put(req.key, model=self.config.model, template_hash=self.template_hash,
+                             prompt=req.prompt, reply=rep.text, meta=meta)
+
+    def _understood(self, req: _Request, rep: _Reply) -> bool:
+        if rep.failed:
+            return False
+        if not self.batched:
+            return parse_single(rep.text)[0] is not None
+        ids = list(range(1, len(req.rows) + 1))
+        return all(tok is not None for tok, _ in parse_batch(rep.text, ids).values())
+
+    async def _gather(self, requests: list[_Request], hits: dict, put) -> list[_Reply]:
+        import openai
+
+        cfg = self.config
+        client = openai.AsyncOpenAI(base_url=cfg.base_url, api_key=self.api_key(), max_retries=0,
+                                    timeout=cfg.timeout_s)
+        sem = asyncio.Semaphore(cfg.concurrency)
+
+        async def one(req: _Request) -> _Reply:
+            if req.key in hits:
+                got = hits[req.key]
+                self.usage.cache_hits += 1
+                m = got["meta"]
+                return _Reply(got["reply"], cached=True, prompt_tokens=m.get("prompt_tokens", 0),
+                              completion_tokens=m.get("completion_tokens", 0), request_id=m.get("request_id"),
+                              response_id=m.get("response_id"), served_model=m.get("served_model"))
+            async with sem:
+                rep = await self._ask(client, req)
+            if self._understood(req, rep):
+                put((req, rep))  # at once: a process killed later in this chunk keeps what it paid for
+            return rep
+
+        try:
+            return list(await asyncio.gather(*(one(r) for r in requests)))
+        finally:
+            await client.close()
+
+    async def _ask(self, client, req: _Request) -> _Reply:
+        import openai
+
+        cfg = self.config
+        messages = [{"role": "system", "content": self.system_text}, {"role": "user", "content": req.prompt}]
+        attempts, error = 0, ""
+        while attempts < cfg.max_attempts:
+            attempts += 1
+            kwargs: dict = {"model": cfg.model, "messages": messages}
+            if cfg.temperature is not None:
+                kwargs["temperature"] = cfg.temperature
+            if cfg.max_tokens is not None:
+                kwargs["max_tokens"] = cfg.max_tokens
+            if self._use_schema:
+                kwargs["response_format"] = response_format(self.batched)
+            t0 = time.perf_counter()
+            self.usage.requests += 1
+            try:
+                resp = await client.chat.completions.create(**kwargs)
+            except openai.BadRequestError as exc:
+                if self._use_schema and "response_format" in str(exc).lower():
+                    self._use_schema = False  # the server does not take the schema; parsing is strict anyway
+                    attempts -= 1
+                    continue
+                error = _describe(exc)
+                break
+            except (openai.APIStatusError, openai.APIConnectionError) as exc:
+                error = _describe(exc)
+                if not _retryable(exc):
+                    break
+                if attempts < cfg.max_attempts:
+                    self.usage.retries += 1
+                    delay = min(cfg.backoff_s * 2 ** (attempts - 1), cfg.backoff_max_s)
+                    await asyncio.sleep(delay * (0.5 + 0.5 * random.random()))  # jitter: no thundering herd
+                continue
+            latency = time.perf_counter() - t0
+            choice = resp.choices[0] if resp.choices else None
+            text = (choice.message.content if choice is not None and choice.message is not None else None) or ""
+            usage = resp.usage
+            rep = _Reply(text, prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+                         completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0), latency_s=latency,
+                         attempts=attempts, request_id=getattr(resp, "_request_id", None) or None,
+                         response_id=resp.id, served_model=resp.model)
+            self.usage.prompt_tokens += rep.prompt_tokens
+            self.usage.completion_tokens += rep.completion_tokens
+            return rep
+        self.usage.failed_requests += 1
+        return _Reply(f"error: {error} (gave up after {attempts} attempt{'s' * (attempts != 1)})", failed=True,
+                      attempts=attempts)
+
+    # ------------------------------------------------------------ answers
+
+    def _collect(self, queries: Queries, orders: tuple[str, ...], requests: list[_Request],
+                 replies: list[_Reply]) -> list[Answers]:
+        n = len(queries)
+        sets = {o: (np.full(n, np.nan), np.full(n, "invalid", dtype=object), [None] * n, [None] * n)
+                for o in orders}
+        for req, rep in zip(requests, replies):
+            value, status, raw, meta = sets[req.order]
+            sign = 1.0 if req.order == "ab" else -1.0  # values are stored in the query's orientation
+            if rep.failed:
+                parsed = {k: (None, rep.text) for k in range(len(req.rows))}
+            elif self.batched:
+                by_id = parse_batch(rep.text, list(range(1, len(req.rows) + 1)))
+                parsed = {k: by_id[k + 1] for k in range(len(req.rows))}
+            else:
+                parsed = {0: parse_single(rep.text)}
+            for k, row in enumerate(req.rows):
+                token, why = parsed[k]
+                m = {"template": self.template_name, "template_hash": self.template_hash, "model": self.config.model,
+                     "served_model": rep.served_model, "prompt_tokens": rep.prompt_tokens,
+                     "completion_tokens": rep.completion_tokens, "latency_s": round(rep.latency_s, 6),
+                     "order": req.order, "request_id": rep.request_id, "response_id": rep.response_id,
+                     "batch_index": k, "batch_size": len(req.rows), "cached": rep.cached, "attempts": rep.attempts}
+                if token is None:
+                    m["error"] = why
+                    self.usage.invalid += 1
+                else:
+                    value[row] = sign * TOKENS[token]
+                    status[row] = "ok"
+                    self.usage.ok += 1
+                raw[row] = rep.text
+                meta[row] = m
+        out = []
+        for o in orders:
+            value, status, raw, meta = sets[o]
+            out.append(Answers(self.name if o == "ab" else self.swap_name, queries.seq.copy(), value,
+                               status.astype(str), raw, meta))
+        if len(out) == 2:
+            both = out[0].ok & out[1].ok
+            self.usage.swap_pairs += int(both.sum())
+            self.usage.swap_disagreements += int((out[0].value[both] != out[1].value[both]).sum())
+        return out

@@ -1,0 +1,240 @@
+"""People in the loop: a run's triplets queued for the annotation form, and their answers.
+
+The form (``app.py``) is only a face for these functions:
+
+- :func:`queue` puts a run's triplets in the annotation queue and mixes in
+  *attention checks* (triplets whose answer is known) at a configurable rate;
+- :func:`next_query` gives an annotator the first queued triplet they have not
+  answered or skipped, in one deterministic order shared by every annotator;
+- :func:`submit` stores one answer through the same store call every agent
+  uses, as :class:`~fbloop.agents.base.Answers` of agent ``human:<name>``.
+
+Answers follow the triplet sign: ``+1`` the reference is closer to the first
+candidate, ``−1`` to the second, ``0`` equally close; a skip is stored with
+status ``skipped`` so it is never asked again.
+
+**Never twice.** Every displayed question carries a fresh token. The form binds
+its buttons to ``(seq, token)`` of the question on screen, so a double click or
+a resubmitted form names the same question again, and the store's unique key
+``(run, seq, agent, attempt)`` ignores the repeat: :func:`submit` returns
+``False`` and the first answer (with its token in ``meta``) stands.
+
+**Attention checks** sit at negative positions, outside every design's query
+sequence, are marked in the ``checks`` table and are never given to a learner
+(``Store.iter_answered`` leaves them out). Two kinds:
+
+- ``identical``: one candidate *is* the reference (expected: that candidate);
+- ``lopsided``: a queued triplet the oracle finds very one-sided
+  (``|Δ| / (d_ab + d_ac) ≥ LOPSIDED`` under ``Φ*``), shown with its candidates
+  swapped so it is not a verbatim repeat; only when the run has a ``Φ*``.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from . import render
+from .agents.base import Answers
+from .agents.oracle import triplet_margins
+from .designs import Queries
+from .errors import ConfigError
+from .sparse import SparseBatch
+from .store import Store
+
+Choice = Literal["first", "second", "equal", "skip"]
+CHOICES: dict[str, float] = {"first": 1.0, "second": -1.0, "equal": 0.0, "skip": math.nan}
+CHECK_RATE = 0.1  # share of the queue that is attention checks
+LOPSIDED = 0.8  # |Δ| / (d_ab + d_ac) at or above which the oracle's answer counts as obvious
+MAX_NAME = 40  # characters in an annotator's name
+
+
+def agent_name(annotator: str) -> str:
+    """``human:<name>`` for an annotator; the name is stripped and must be 1–40 printable characters."""
+    name = " ".join(str(annotator).split())
+    if not name or len(name) > MAX_NAME or not name.isprintable():
+        raise ConfigError(f"Expect an annotator name of 1 to {MAX_NAME} printable characters, got {annotator!r}.")
+    return f"human:{name}"
+
+
+# ---------------------------------------------------------------- queueing
+
+
+def make_checks(queries: Queries, n: int, rng: np.random.Generator, factor: np.ndarray | None = None,
+                first_seq: int = -1) -> tuple[Queries, dict[int, tuple[str, float]]]:
+    """``n`` attention checks built from ``queries``, at positions ``first_seq, first_seq − 1, …``.
+
+    Returns the checks as triplet :class:`Queries` and ``{seq: (kind, expected)}``.
+    Half are ``lopsided`` when ``factor`` (``Φ* = V Vᵀ``) finds one-sided triplets, the rest ``identical``.
+    """
+    src = rng.integers(0, len(queries), size=n)  # (n,) the triplet each identical check starts from
+    pool = np.empty(0, dtype=np.int64)
+    if factor is not None:
+        delta, total = triplet_margins(queries.a, queries.b, queries.c, factor)
+        rel = np.where(total > 0, delta, 0.0) / np.where(total > 0, total, 1.0)  # in [−1, 1]
+        pool = np.flatnonzero(np.abs(rel) >= LOPSIDED)
+    lopsided = (rng.random(n) < 0.5) & (len(pool) > 0)
+    first_side = rng.random(n) < 0.5  # identical checks: which candidate repeats the reference
+    q = queries
+    parts: tuple[list[SparseBatch], ...] = ([], [], [])  # reference, first, second rows
+    kinds, expected = [], []
+    for i in range(n):
+        if lopsided[i]:  # candidates swapped, so the oracle's answer flips
+            j = int(rng.choice(pool))
+            shown, kind, want = (q.a, q.c, q.b), "lopsided", -float(np.sign(rel[j]))
+        elif first_side[i]:
+            j = int(src[i])
+            shown, kind, want = (q.a, q.a, q.c), "identical", 1.0
+        else:
+            j = int(src[i])
+            shown, kind, want = (q.a, q.b, q.a), "identical", -1.0
+        for out, batch in zip(parts, shown):
+            out.append(batch[j:j + 1])
+        kinds.append(kind)
+        expected.append(want)
+    seq = first_seq - np.arange(n, dtype=np.int64)
+    checks = {int(s): (k, e) for s, k, e in zip(seq, kinds, expected)}
+    batches = (SparseBatch.concat(x) for x in parts)
+    return Queries("triplet", seq, *batches), checks
+
+
+def queue(store: Store, run_id: str, queries: Queries, *, check_rate: float = CHECK_RATE,
+          factor: np.ndarray | None = None, seed: int = 0) -> dict[str, int]:
+    """Queue a run's triplets for the annotation form, with attention checks mixed in.
+
+    Queries queued before keep their place and get no new checks, so queueing
+    again (a resumed run) changes nothing. About ``check_rate`` of the new queue
+    entries are checks, at positions drawn from ``seed``. ``factor`` (``Φ*``'s
+    factor, ``(p, k)``) enables lopsided checks. Returns ``{"queued", "checks"}``.
+    """
+    if queries.kind != "triplet":
+        raise ConfigError("The annotation form asks triplets; queue a triplet design (--design triplet), "
+                          f"got {queries.kind} queries.")
+    if not 0.0 <= check_rate <= 0.5:
+        raise ConfigError(f"Expect a check rate in [0, 0.5], got {check_rate}.")
+    have = store.queued(run_id)
+    new = queries.select(~np.isin(queries.seq, have))
+    if len(new) == 0:
+        return {"queued": 0, "checks": 0}
+    n_checks = int(round(len(new) * check_rate / (1.0 - check_rate)))
+    rng = np.random.default_rng([seed, len(have)])  # explicit and resume-stable
+    first_seq = int(min(-1, have.min() - 1)) if len(have) else -1
+    parts, checks = [new], {}
+    if n_checks:
+        check_q, checks = make_checks(new, n_checks, rng, factor, first_seq)
+        parts.append(check_q)
+    total = len(new) + n_checks
+    # Checks at random slots, never first: an annotator's first question is a real one.
+    slots = np.sort(rng.choice(np.arange(1, total), size=n_checks, replace=False)) if n_checks else []
+    order = np.empty(total, dtype=np.int64)
+    is_check = np.zeros(total, dtype=bool)
+    is_check[slots] = True
+    order[~is_check] = np.arange(len(new))
+    order[is_check] = len(new) + np.arange(n_checks)
+    seq = np.concatenate([q.seq for q in parts])[order]
+    merged = Queries("triplet", seq, *(SparseBatch.concat([getattr(q, x) for q in parts])[order]
+                                       for x in ("a", "b", "c")))
+    queued = store.enqueue(run_id, merged, checks)
+    return {"queued": queued - n_checks, "checks": n_checks}
+
+
+# ---------------------------------------------------------------- asking and answering
+
+
+@dataclass(frozen=True)
+class Question:
+    """One triplet as the form shows it. ``token`` names this display of it."""
+
+    run_id: str
+    seq: int
+    annotator: str
+    token: str
+    reference: list[render.Feature]
+    first: list[render.Feature]
+    second: list[render.Feature]
+
+    def texts(self) -> dict[str, str]:
+        """The three blocks as text, exactly as an LLM prompt shows them."""
+        return render.triplet_text(self.reference, self.first, self.second)
+
+
+def next_query(store: Store, run_id: str, annotator: str,
+               descriptions: tuple[str, ...] | None = None) -> Question | None:
+    """The next queued triplet ``annotator`` has neither answered nor skipped, or ``None`` when done.
+
+    Every call issues a new token; keep the question (and its token) while it is on screen.
+    """
+    seq = store.next_queued(run_id, agent_name(annotator))
+    if seq is None:
+        return None
+    q = store.load_queries(run_id, np.array([seq]))
+    feats = [render.features(batch, 0, descriptions) for batch in (q.a, q.b, q.c)]
+    return Question(run_id, seq, annotator, uuid.uuid4().hex, *feats)
+
+
+def submit(store: Store, run_id: str, seq: int, annotator: str, answer: Choice, response_ms: float | None,
+           token: str) -> bool:
+    """Store one annotator's answer to queued position ``seq``; ``False`` when it was answered already.
+
+    ``answer`` is ``first`` (+1), ``second`` (−1), ``equal`` (0) or ``skip``
+    (status ``skipped``). ``meta`` keeps the annotator, the response time in
+    milliseconds and the question's token.
+    """
+    if answer not in CHOICES:
+        raise ConfigError(f"Unknown answer {answer!r}; expect one of {list(CHOICES)}.")
+    if not token:
+        raise ConfigError("Expect the token of the displayed question, got an empty one.")
+    agent = agent_name(annotator)
+    if int(seq) not in set(store.queued(run_id).tolist()):
+        raise ConfigError(f"Position {seq} of run {run_id!r} is not in the annotation queue.")
+    meta = {"annotator": agent.split(":", 1)[1], "response_ms": None if response_ms is None else int(response_ms),
+            "token": token}
+    answers = Answers(agent, np.array([int(seq)]), np.array([CHOICES[answer]]),
+                      np.array(["skipped" if answer == "skip" else "ok"]), meta=[meta])
+    return store.add_answers(run_id, answers) == 1
+
+
+def waiting(store: Store, run_id: str) -> bool:
+    """Whether some queued triplet has no answer (or skip) from anyone yet."""
+    info = store.queue_progress(run_id)
+    return info["answered"] < info["queued"]
+
+
+# ---------------------------------------------------------------- how annotators do
+
+
+def progress(store: Store, run_id: str, annotator: str) -> dict:
+    """One annotator on one run: ``answered`` (ok), ``skipped``, ``remaining`` and their check record."""
+    agent = agent_name(annotator)
+    queue_info = store.queue_progress(run_id, agent)
+    counts = {"ok": 0, "skipped": 0}
+    for row in store.answer_counts(run_id):
+        if row["agent"] == agent and row["status"] in counts:
+            counts[row["status"]] += row["n"]
+    record = next((r for r in check_accuracy(store, run_id) if r["agent"] == agent),
+                  {"checks": 0, "correct": 0, "accuracy": None})
+    return {"answered": counts["ok"], "skipped": counts["skipped"],
+            "remaining": queue_info["queued"] - queue_info["answered"], "queued": queue_info["queued"],
+            "checks": record["checks"], "checks_correct": record["correct"], "check_accuracy": record["accuracy"]}
+
+
+def check_accuracy(store: Store, run_id: str) -> list[dict]:
+    """Per agent: attention checks answered (ok), answered correctly, and the share correct.
+
+    Skipped checks count in ``skipped`` only; ``accuracy`` is ``None`` before a first answered check.
+    """
+    out: dict[str, dict] = {}
+    for row in store.check_answers(run_id):
+        rec = out.setdefault(row["agent"], {"agent": row["agent"], "checks": 0, "correct": 0, "skipped": 0})
+        if row["status"] == "ok":
+            rec["checks"] += 1
+            rec["correct"] += int(row["value"] == row["expected"])
+        elif row["status"] == "skipped":
+            rec["skipped"] += 1
+    for rec in out.values():
+        rec["accuracy"] = rec["correct"] / rec["checks"] if rec["checks"] else None
+    return sorted(out.values(), key=lambda r: r["agent"])

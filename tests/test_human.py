@@ -1,0 +1,220 @@
+"""People in the loop: the annotation queue, answers stored once, attention checks."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from fbloop import human
+from fbloop.agents import OracleAgent
+from fbloop.agents.oracle import triplet_margins
+from fbloop.cli import main
+from fbloop.designs import DesignConfig, make_design
+from fbloop.errors import ConfigError
+from fbloop.learner import LearnerConfig
+from fbloop.loop import RunConfig, run_loop
+from fbloop.store import Store
+from fbloop.targets import load_target
+
+from conftest import pair_queries, sql_rows
+
+SPEC = "synthetic:p=8,rank=3"
+
+
+@pytest.fixture()
+def target():
+    return load_target(SPEC)
+
+
+@pytest.fixture()
+def store(tmp_path, target):
+    with Store(tmp_path / "runs.db") as s:
+        s.create_run("r", kind="triplet", p=target.p, budget=40, config={"target": SPEC}, target={}, anchor=None)
+        yield s
+
+
+def triplets(target, start=0, stop=40):
+    return make_design(DesignConfig(name="triplet", mu=0.7), target, seed=0).queries(start, stop)
+
+
+def answer_all(store, annotator, choice="first", limit=1000):
+    n = 0
+    while (q := human.next_query(store, "r", annotator)) is not None and n < limit:
+        human.submit(store, "r", q.seq, annotator, choice, 10, q.token)
+        n += 1
+    return n
+
+
+def test_queue_mixes_in_checks_at_negative_positions(store, target):
+    info = human.queue(store, "r", triplets(target), check_rate=0.2)
+    assert info == {"queued": 40, "checks": 10}  # 10 of 50 = 0.2
+    order = store.queued("r")
+    checks = store.checks("r")
+    assert sorted(checks) == list(range(-10, 0))
+    assert order[0] >= 0  # a real question comes first
+    assert [s for s in order if s >= 0] == list(range(40))  # real ones keep the design's order
+    assert set(order) == set(range(40)) | set(checks)
+    # Queueing again (a resumed run) changes nothing; more queries append after the old ones.
+    assert human.queue(store, "r", triplets(target), check_rate=0.2) == {"queued": 0, "checks": 0}
+    assert human.queue(store, "r", triplets(target, 0, 50), check_rate=0.2)["queued"] == 10
+    new = store.queued("r")
+    assert list(new[:50]) == list(order) and min(store.checks("r")) < -10
+
+
+def test_identical_checks_know_their_answer(store, target):
+    human.queue(store, "r", triplets(target), check_rate=0.3)
+    checks = store.checks("r")
+    q = store.load_queries("r", np.array(sorted(checks)))
+    for i, s in enumerate(q.seq):
+        kind, expected = checks[int(s)]
+        assert kind == "identical"
+        same = q.b if expected == 1 else q.c
+        assert np.array_equal(q.a.to_dense()[i], same.to_dense()[i])
+
+
+def test_lopsided_checks_agree_with_the_oracle(store, target):
+    human.queue(store, "r", triplets(target, 0, 200), check_rate=0.3, factor=target.factor)
+    checks = store.checks("r")
+    lop = sorted(s for s, (kind, _) in checks.items() if kind == "lopsided")
+    assert lop, "expected some lopsided checks"
+    q = store.load_queries("r", np.array(lop))
+    delta, total = triplet_margins(q.a, q.b, q.c, target.factor)
+    assert np.all(np.abs(delta) >= human.LOPSIDED * total - 1e-12)
+    assert [checks[int(s)][1] for s in q.seq] == list(np.sign(delta))
+
+
+@pytest.mark.parametrize("rate", [-0.1, 0.6])
+def test_queue_rejects_bad_input(store, target, rate):
+    with pytest.raises(ConfigError, match="check rate"):
+        human.queue(store, "r", triplets(target), check_rate=rate)
+    with pytest.raises(ConfigError, match="triplet"):
+        human.queue(store, "r", pair_queries(0, 5, p=8))
+
+
+def test_next_query_is_deterministic_and_per_annotator(store, target):
+    human.queue(store, "r", triplets(target), check_rate=0.2)
+    first = store.queued("r")[0]
+    a, b = human.next_query(store, "r", "alice"), human.next_query(store, "r", "bob")
+    assert a.seq == b.seq == first and a.token != b.token
+    assert human.submit(store, "r", a.seq, "alice", "first", 1234.5, a.token)
+    assert human.next_query(store, "r", "alice").seq == store.queued("r")[1]
+    assert human.next_query(store, "r", "bob").seq == first  # bob has not answered it
+    texts = a.texts()
+    assert set(texts) == {"reference", "first", "second"} and "feature" in texts["reference"]
+
+
+def test_descriptions_and_placeholders_reach_the_question(store, target):
+    human.queue(store, "r", triplets(target), check_rate=0.0)
+    desc = tuple(f"concept number {i}" if i % 2 else "" for i in range(target.p))
+    text = "\n".join(human.next_query(store, "r", "alice", desc).texts().values())
+    assert "concept number" in text or "no description available" in text
+    assert all(('"concept number' in line) == (int(line.split()[2]) % 2 == 1)
+               for line in text.splitlines())
+
+
+def test_submit_maps_answers_and_keeps_meta(store, target, tmp_path):
+    human.queue(store, "r", triplets(target), check_rate=0.0)
+    for choice, value in (("first", 1.0), ("second", -1.0), ("equal", 0.0)):
+        q = human.next_query(store, "r", "alice")
+        assert human.submit(store, "r", q.seq, "alice", choice, 700, q.token)
+        (row,) = sql_rows(tmp_path / "runs.db", "SELECT agent, value, status, meta FROM answers WHERE seq = ?",
+                          (q.seq,))
+        assert row[:3] == ("human:alice", value, "ok")
+        assert json.loads(row[3]) == {"annotator": "alice", "response_ms": 700, "token": q.token}
+
+
+def test_a_double_submit_stores_once(store, target, tmp_path):
+    human.queue(store, "r", triplets(target), check_rate=0.0)
+    q = human.next_query(store, "r", "alice")
+    assert human.submit(store, "r", q.seq, "alice", "first", 500, q.token) is True
+    assert human.submit(store, "r", q.seq, "alice", "first", 510, q.token) is False  # double click
+    assert human.submit(store, "r", q.seq, "alice", "second", 900, "another-tab") is False  # second tab
+    rows = sql_rows(tmp_path / "runs.db", "SELECT value, meta FROM answers WHERE seq = ?", (q.seq,))
+    assert len(rows) == 1 and rows[0][0] == 1.0 and json.loads(rows[0][1])["token"] == q.token
+    assert human.progress(store, "r", "alice")["answered"] == 1
+
+
+def test_skip_is_stored_and_never_asked_again(store, target):
+    human.queue(store, "r", triplets(target, 0, 3), check_rate=0.0)
+    q = human.next_query(store, "r", "alice")
+    assert human.submit(store, "r", q.seq, "alice", "skip", None, q.token)
+    assert human.next_query(store, "r", "alice").seq != q.seq
+    assert answer_all(store, "alice") == 2
+    assert human.next_query(store, "r", "alice") is None
+    prog = human.progress(store, "r", "alice")
+    assert (prog["answered"], prog["skipped"], prog["remaining"]) == (2, 1, 0)
+    assert store.count_answers("r", status="skipped") == 1
+    assert sum(len(a) for _, a in store.iter_answered("r")) == 2  # a skip teaches nothing
+
+
+def test_attention_check_accuracy_and_exclusion_from_learning(store, target):
+    human.queue(store, "r", triplets(target, 0, 16), check_rate=0.2)  # 16 real + 4 checks
+    checks = store.checks("r")
+    wrong = sorted(checks)[0]
+    skipped = sorted(checks)[1]
+    while (q := human.next_query(store, "r", "alice")) is not None:
+        if q.seq == skipped:
+            choice = "skip"
+        elif q.seq in checks:
+            right = "first" if checks[q.seq][1] == 1 else "second"
+            choice = ("second" if right == "first" else "first") if q.seq == wrong else right
+        else:
+            choice = "equal"
+        human.submit(store, "r", q.seq, "alice", choice, 100, q.token)
+    (rec,) = human.check_accuracy(store, "r")
+    assert rec == {"agent": "human:alice", "checks": 3, "correct": 2, "skipped": 1, "accuracy": 2 / 3}
+    prog = human.progress(store, "r", "alice")
+    assert (prog["checks"], prog["checks_correct"]) == (3, 2) and prog["check_accuracy"] == pytest.approx(2 / 3)
+    learned = np.concatenate([q.seq for q, _ in store.iter_answered("r")])
+    assert sorted(learned) == list(range(16))  # no check reaches a learner
+    assert store.count_answers("r") == 16
+
+
+@pytest.mark.parametrize("name", ["", "   ", "x" * 41, "tab\tname\x00"])
+def test_bad_annotator_names(store, name):
+    with pytest.raises(ConfigError, match="annotator name"):
+        human.agent_name(name)
+
+
+def test_submit_rejects_what_the_form_never_asks(store, target):
+    human.queue(store, "r", triplets(target, 0, 5), check_rate=0.0)
+    with pytest.raises(ConfigError, match="Unknown answer"):
+        human.submit(store, "r", 0, "alice", "third", 1, "t")
+    with pytest.raises(ConfigError, match="not in the annotation queue"):
+        human.submit(store, "r", 99, "alice", "first", 1, "t")
+    with pytest.raises(ConfigError, match="token"):
+        human.submit(store, "r", 0, "alice", "first", 1, "")
+
+
+def test_run_loop_queues_then_learns_from_people(tmp_path):
+    cfg = RunConfig(target="synthetic:p=6,rank=2", design=DesignConfig(name="triplet", mu=0.6), agent="human",
+                    budget=30, check_rate=0.1, learner_config=LearnerConfig(final_steps=300, polish=False))
+    target = load_target(cfg.target)
+    design = make_design(cfg.design, target, cfg.seed)
+    queries = design.queries(0, 30)
+    truth = dict(zip(queries.seq.tolist(), OracleAgent(target.factor, design.anchor()).answer(queries).value))
+    with Store(tmp_path / "h.db") as store:
+        first = run_loop(cfg, store, run_id="h")
+        assert first.pcc is None and store.get_run("h")["status"] == "waiting"
+        assert store.queue_progress("h") == {"queued": 33, "checks": 3, "answered": 0}
+        checks = store.checks("h")
+        while (q := human.next_query(store, "h", "ann")) is not None:  # a perfect annotator
+            want = checks[q.seq][1] if q.seq in checks else truth[q.seq]
+            human.submit(store, "h", q.seq, "ann", {1.0: "first", -1.0: "second", 0.0: "equal"}[want], 1, q.token)
+        again = run_loop(cfg, store, run_id="h")
+        assert again.answers == 30 and again.pcc > 0.3  # learned from the 30 answers; checks left out
+        assert store.get_run("h")["status"] == "done"
+        assert store.queue_progress("h")["queued"] == 33  # resuming queued nothing twice
+
+
+def test_cli_queues_for_the_app(tmp_path):
+    db = tmp_path / "cli.db"
+    args = ["run", "--target", "synthetic:p=6,rank=2", "--design", "triplet", "--agent", "human", "--budget", "9",
+            "--check-rate", "0.1", "--db", str(db), "--run-id", "people"]
+    out = CliRunner().invoke(main, args)
+    assert out.exit_code == 0, out.output
+    assert "10 triplets queued for people (1 attention checks)" in out.output and "fbloop app" in out.output
+    out = CliRunner().invoke(main, ["run", "--target", "synthetic:p=6,rank=2", "--design", "eigen", "--agent", "human",
+                                    "--db", str(db)])
+    assert out.exit_code == 2 and "--design triplet" in out.output
