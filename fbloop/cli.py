@@ -65,6 +65,9 @@ def run_options(fn):
                      help="Triplet activations."),
         click.option("--agent", default="oracle", show_default=True, type=click.Choice(["oracle", "human", "llm"]),
                      help="human: queue the triplets for `fbloop app`; run again to learn from the answers."),
+        click.option("--bisection", default=None, type=float, metavar="EPS",
+                     help="Answer a pair design with ternary comparisons, bisecting each scale to relative "
+                          "precision EPS (e.g. 1e-3)."),
         click.option("--check-rate", default=None, type=float,
                      help="Human agent: share of attention checks in the queue [default: 0.1]."),
         click.option("--base-url", default="http://127.0.0.1:8011/v1", show_default=True,
@@ -103,6 +106,7 @@ def run_options(fn):
 
 def _run_config(opts: dict):
     from .agents import OracleConfig
+    from .bisection import BisectionConfig
     from .designs import DesignConfig
     from .learner import LearnerConfig
     from .loop import RunConfig
@@ -119,6 +123,7 @@ def _run_config(opts: dict):
         chunk=opts["chunk"],
         seed=opts["seed"],
         check_rate=opts["check_rate"],
+        bisection=BisectionConfig(precision=opts["bisection"]) if opts["bisection"] is not None else None,
         llm=_llm_config(opts) if opts["agent"] == "llm" else None,
     )
 
@@ -178,6 +183,9 @@ def _print_result(result, as_json: bool) -> None:
     if "mse" in s:
         click.echo(f"RFM test MSE with Φ̂ {s['mse']:.5f} vs with Φ* {s['mse_truth']:.5f} "
                    f"(identity kernel {s['mse_identity']:.5f})")
+    if "ternary_answers" in s:
+        click.echo(f"Ternary answers behind the {s['answers']} pairs (bisection): {s['ternary_answers']} "
+                   "(the paper's Figure 1 uses 55 scaled pairs)")
     if "llm" in s:
         u = s["llm"]
         bias = u.get("position_bias_rate")

@@ -23,6 +23,7 @@ import numpy as np
 from . import human, metrics
 from .agents import Answers, OracleAgent, OracleConfig
 from .agents.llm import LLMAgent, LLMConfig
+from .bisection import BisectionAgent, BisectionConfig
 from .designs import Design, DesignConfig, Queries, make_design, n_params
 from .errors import ConfigError, StoreError
 from .learner import GradientLearner, LearnerConfig
@@ -44,6 +45,7 @@ class RunConfig:
     oracle: OracleConfig = field(default_factory=OracleConfig)
     llm: LLMConfig | None = None  # the llm agent's endpoint and options; None (oracle runs) keeps old configs equal
     check_rate: float | None = None  # human agent: share of attention checks in its queue; None → 0.1
+    bisection: BisectionConfig | None = None  # pair designs answered by ternary comparisons (fbloop.bisection)
     budget: int | None = None  # answers to collect; None → the design's count (or a default)
     learner: LearnerName = "gradient"
     learner_config: LearnerConfig = field(default_factory=LearnerConfig)
@@ -79,6 +81,8 @@ class RunConfig:
         data["learner_config"] = LearnerConfig(**data.get("learner_config", {}))
         if data.get("llm") is not None:
             data["llm"] = LLMConfig(**data["llm"])
+        if data.get("bisection") is not None:
+            data["bisection"] = BisectionConfig(**data["bisection"])
         return cls(**data)
 
 
@@ -234,12 +238,14 @@ def run_loop(config: RunConfig, store: Store, run_id: str | None = None,
                           f"{config.design.name!r} at p={target.p}, rank={target.rank}.")
     learner_name = choose_learner(config, design)
     learner = make_learner(learner_name, target.p, config.learner_config, anchor)
-    if config.agent == "llm" and design.kind != "triplet":
-        raise ConfigError("The llm agent answers triplets; pair designs need the bisection route. "
-                          "Use --design triplet.")
+    if config.agent == "llm" and design.kind != "triplet" and config.bisection is None:
+        raise ConfigError("The llm agent answers triplets; pair designs need the bisection route "
+                          "(--bisection 1e-3) or --design triplet.")
     if config.agent == "human" and design.kind != "triplet":
         raise ConfigError("People answer triplets in the app; use --design triplet with --agent human.")
     agent = make_agent(config, target, anchor, store)
+    if config.bisection is not None and design.kind == "pair":
+        agent = BisectionAgent(agent, anchor, config.bisection)
 
     run_id = run_id or new_run_id(config)
     cfg_json = json.loads(json.dumps(config.to_dict()))
@@ -307,6 +313,10 @@ def run_loop(config: RunConfig, store: Store, run_id: str | None = None,
     extra = readouts(target, factor) if config.rfm_mse else {}
     if hasattr(agent, "run_summary"):  # requests, tokens, cost, position bias
         extra["llm"] = agent.run_summary(store, run_id)
+    if isinstance(agent, BisectionAgent):  # every ternary answer behind the pairs
+        extra["ternary_answers"] = store.sum_meta(run_id, "triplets")
+        if hasattr(agent.agent, "run_summary"):
+            extra["llm"] = agent.agent.run_summary(store, run_id)
     if extra:
         store.add_snapshot(run_id, n_ok, pcc, time.perf_counter() - t0, {"final": True, **extra})
     store.set_status(run_id, "waiting" if config.agent == "human" and human.waiting(store, run_id) else "done")

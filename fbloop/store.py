@@ -486,6 +486,13 @@ class Store:
         row = self.db.execute("SELECT created_at FROM factors WHERE run_id = ?", [run_id]).fetchone()
         return None if row is None else float(row[0])
 
+    def sum_meta(self, run_id: str, key: str) -> int:
+        """Sum of a numeric ``meta`` field over a run's answers (e.g. triplets behind bisection pairs)."""
+        row = self.db.execute(
+            "SELECT COALESCE(SUM(json_extract(meta, ?)), 0) FROM answers WHERE run_id = ?",
+            [f"$.{key}", run_id]).fetchone()
+        return int(row[0])
+
     # ------------------------------------------------------------ snapshots and factors
 
     def add_snapshot(self, run_id: str, answers: int, pcc: float | None, elapsed_s: float,
