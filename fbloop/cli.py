@@ -404,6 +404,26 @@ def export(run_id: str, db_path: str, out: str, fmt: str | None) -> None:
 
 
 @main.command()
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory for the SAELens checkpoint.")
+@click.option("--layer", default=3, show_default=True, type=int, help="MiniLM hidden-state layer (0–6).")
+@click.option("--tokens", default=50_000, show_default=True, type=int, help="Tokens of stdlib docstrings.")
+@click.option("--features", default=1024, show_default=True, type=int, help="Dictionary size p.")
+@click.option("--k", default=32, show_default=True, type=int, help="TopK: active features per token.")
+@click.option("--steps", default=1000, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=int)
+@_fail_cleanly
+def sae(out: str, layer: int, tokens: int, features: int, k: int, steps: int, seed: int) -> None:
+    """Train a TopK SAE on a real transformer's activations (MiniLM, offline) and save it as a target."""
+    from . import sae as sae_mod
+
+    target = sae_mod.build_target(
+        sae_mod.ActivationConfig(layer=layer, n_tokens=tokens, seed=seed),
+        sae_mod.SAEConfig(n_features=features, k=k, steps=steps, seed=seed), out)
+    info = target.summary()
+    click.echo(f"saved {out} (p={info['p']}, rank={info['rank']}); use it with --target saelens:{out}")
+
+
+@main.command()
 @click.argument("figure", type=click.Choice(["fig1", "fig2"]))
 @click.option("--seeds", default=3, show_default=True, type=int, help="Seeds per design and budget.")
 @click.option("--db", "db_path", default=None, type=click.Path(dir_okay=False),
