@@ -10,6 +10,19 @@ the loss is built on the gathered rows (a leaf tensor of shape ``(rows, r)``)
 and a *row-lazy* Adam updates only those rows' moments, each row with its own
 step count. A pair therefore costs ``O(s·r)``, not ``O(p·r)``.
 
+Equality pairs alone (no triplets) take a fast path with no autograd: the
+forward is one ``embedding_bag`` over ``U`` (``proj = Σ_k val_k U[idx_k]``), the
+gradient is derived by hand (``∂ℓ/∂proj_i = 2ℓ'(q_i)·proj_i / B``) and summed
+into the touched rows by a second ``embedding_bag`` over the batch's slots
+sorted by row. It matches the autograd gradient (tested) and runs 2.5–3× faster
+(p = 1024–4096, r = 128–512, 2 CPU cores); triplets, and pairs mixed with
+triplets, keep the autograd path.
+
+Answers live in preallocated tensors on the learner's device that double when
+full (int32 indices, values in the learner's dtype — float32 above
+``p = 2048``), so adding a chunk costs ``O(chunk)`` however much is stored, and
+minibatches are drawn uniformly from everything stored.
+
 Losses
 - equality pairs ``(u, c)`` against the anchor ``y``, ``q_i = ‖Uᵀu_i‖²``:
   ``mean_i ℓ(q_i, c_i) + (‖Uᵀy‖² − 1)² + λ‖U_rows‖²`` where ``ℓ`` is the paper's
@@ -29,11 +42,13 @@ Losses
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .errors import ConfigError, NonFiniteError, ShapeError
 from .sparse import SparseBatch, difference
@@ -87,15 +102,69 @@ class _LazyAdam:
         self.t = torch.zeros(shape[0], device=device, dtype=dtype)
 
     def step(self, param: torch.Tensor, rows: torch.Tensor, grad: torch.Tensor) -> None:
+        """``rows`` (R,) unique int64, ``grad`` (R, r): ``param[rows]`` takes one Adam step."""
         b1, b2 = self.betas
-        self.t[rows] += 1
-        t = self.t[rows].unsqueeze(1)  # (R, 1)
-        m = self.m[rows].mul_(b1).add_(grad, alpha=1 - b1)
-        v = self.v[rows].mul_(b2).addcmul_(grad, grad, value=1 - b2)
-        self.m[rows], self.v[rows] = m, v
-        m_hat = m / (1 - b1**t)
-        v_hat = v / (1 - b2**t)
-        param[rows] -= self.lr * m_hat / (v_hat.sqrt() + self.eps)
+        t = self.t.index_select(0, rows).add_(1)  # (R,)
+        self.t.index_copy_(0, rows, t)
+        # 1 − β^t as −expm1(t·ln β): torch.pow(scalar, tensor) is ~10× slower on CPU here.
+        bc1 = torch.expm1(t * math.log(b1)).neg_()
+        bc2 = torch.expm1(t * math.log(b2)).neg_().sqrt_()
+        m = self.m.index_select(0, rows).lerp_(grad, 1 - b1)  # (R, r)
+        self.m.index_copy_(0, rows, m)
+        v = self.v.index_select(0, rows).mul_(b2).addcmul_(grad, grad, value=1 - b2)  # (R, r)
+        self.v.index_copy_(0, rows, v)
+        # lr·m̂/(√v̂ + ε) = (lr·√bc2/bc1)·m/(√v + ε·√bc2): one per-row scale instead of two divisions.
+        den = v.sqrt_().add_((self.eps * bc2).unsqueeze(1))
+        param.index_add_(0, rows, m.div_(den).mul_((-self.lr * bc2 / bc1).unsqueeze(1)))
+
+
+class _Columns:
+    """Rows of answers in preallocated tensors that double when full.
+
+    Each column is ``(n,)`` or ``(n, s)``; a chunk with wider rows widens the
+    stored ones (padding: index 0, value 0), a narrower one is padded. Appending
+    copies only the chunk (amortised ``O(chunk)``); :meth:`view` and
+    :meth:`take` read the first ``n`` rows without copying everything stored.
+    """
+
+    def __init__(self, dtypes: tuple[torch.dtype, ...], device: torch.device):
+        self.dtypes, self.device = dtypes, device
+        self.cols: list[torch.Tensor] | None = None
+        self.n = 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def append(self, *arrays: np.ndarray) -> None:
+        k = len(arrays[0])
+        if self.cols is None:
+            self.cols = [torch.zeros((0,) + a.shape[1:], dtype=dt, device=self.device)
+                         for a, dt in zip(arrays, self.dtypes)]
+        cap = self.cols[0].shape[0]
+        if self.n + k > cap:
+            cap = max(2 * cap, self.n + k, 1024)
+        for j, a in enumerate(arrays):
+            col = self.cols[j]
+            shape = (cap,) + tuple(max(x, y) for x, y in zip(a.shape[1:], col.shape[1:]))
+            if shape != col.shape:  # grow (rows double) or widen: one copy of what is stored
+                grown = col.new_zeros(shape)
+                grown[(slice(0, self.n),) + tuple(slice(0, w) for w in col.shape[1:])] = col[:self.n]
+                self.cols[j] = col = grown
+            new = torch.as_tensor(a).to(self.device, self.dtypes[j])
+            col[(slice(self.n, self.n + k),) + tuple(slice(0, w) for w in a.shape[1:])] = new
+        self.n += k
+
+    def view(self) -> tuple[torch.Tensor, ...]:
+        """Everything stored; index columns as int64."""
+        return tuple(self._long(c[:self.n]) for c in self.cols)
+
+    def take(self, sel: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        """Rows ``sel`` (all rows when None); index columns as int64."""
+        return self.view() if sel is None else tuple(self._long(c[sel]) for c in self.cols)
+
+    @staticmethod
+    def _long(c: torch.Tensor) -> torch.Tensor:
+        return c.long() if c.dtype == torch.int32 else c
 
 
 def _pair_residual(q: torch.Tensor, c: torch.Tensor, form: str) -> torch.Tensor:
@@ -138,9 +207,12 @@ class GradientLearner:
         u0 = torch.randn(p, self.rank, generator=self.gen, dtype=torch.float64) * scale / np.sqrt(self.rank)
         self.U = u0.to(self.device, self.dtype)  # (p, r)
         self.opt = _LazyAdam((p, self.rank), config.lr, self.device, self.dtype)
-        self._pairs: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        self._trips: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
-        self._cache: dict[str, tuple[torch.Tensor, ...]] = {}
+        i32, fl = torch.int32, self.dtype
+        self._pairs = _Columns((i32, fl, fl), self.device)  # idx (n, s), val (n, s), c (n,)
+        self._trips = _Columns((i32, fl, i32, fl, fl), self.device)  # a−b and a−c as idx/val, answer t
+        if anchor is not None:
+            self._anchor_idx = torch.as_tensor(anchor.indices[0], device=self.device)  # (s_a,) int64
+            self._anchor_val = torch.as_tensor(anchor.values[0], device=self.device, dtype=self.dtype)
         self.steps = 0
         self.last_loss = float("nan")
 
@@ -148,11 +220,11 @@ class GradientLearner:
 
     @property
     def n_pairs(self) -> int:
-        return sum(len(c) for _, _, c in self._pairs)
+        return len(self._pairs)
 
     @property
     def n_triplets(self) -> int:
-        return sum(len(t[-1]) for t in self._trips)
+        return len(self._trips)
 
     def add_pairs(self, u: SparseBatch, c: np.ndarray) -> None:
         """Equality pairs: ``uᵀΦu = c·yᵀΦy`` for each row of ``u``."""
@@ -164,8 +236,7 @@ class GradientLearner:
         if self.anchor is None:
             raise ConfigError("Pairs need an anchor: construct the learner with anchor=...")
         if len(c):
-            self._pairs.append((u.indices, u.values, c))
-            self._cache.pop("pairs", None)
+            self._pairs.append(u.indices, u.values, c)
 
     def add_triplets(self, a: SparseBatch, b: SparseBatch, c: SparseBatch, t: np.ndarray) -> None:
         """Ternary answers ``t`` (+1: a closer to b, −1: closer to c, 0: tie)."""
@@ -176,22 +247,7 @@ class GradientLearner:
             raise ConfigError(f"Expect triplet answers in {{-1, 0, 1}}, got {np.unique(t)[:5]}.")
         if len(t):
             ab, ac = difference(a, b), difference(a, c)
-            self._trips.append((ab.indices, ab.values, ac.indices, ac.values, t))
-            self._cache.pop("trips", None)
-
-    def _tensors(self, key: str) -> tuple[torch.Tensor, ...]:
-        if key not in self._cache:
-            parts = self._pairs if key == "pairs" else self._trips
-            cols = []
-            for col in zip(*parts):
-                width = max(x.shape[1] for x in col) if col[0].ndim == 2 else None
-                if width is not None:
-                    col = [np.pad(x, ((0, 0), (0, width - x.shape[1]))) for x in col]
-                arr = np.concatenate(col)
-                cols.append(torch.as_tensor(arr, device=self.device,
-                                            dtype=torch.int64 if arr.dtype.kind == "i" else self.dtype))
-            self._cache[key] = tuple(cols)
-        return self._cache[key]
+            self._trips.append(ab.indices, ab.values, ac.indices, ac.values, t)
 
     # ------------------------------------------------------------ optimisation
 
@@ -205,19 +261,12 @@ class GradientLearner:
         groups: list[torch.Tensor] = []  # index arrays to gather, in order
         pairs = trips = None
         if pick_pairs:
-            idx, val, c = self._tensors("pairs")
-            sel = self._batch(len(c))
-            if sel is not None:
-                idx, val, c = idx[sel], val[sel], c[sel]
-            a_idx = torch.as_tensor(self.anchor.indices, device=self.device)
-            a_val = torch.as_tensor(self.anchor.values, device=self.device, dtype=self.dtype)
+            idx, val, c = self._pairs.take(self._batch(len(self._pairs)))
+            a_idx, a_val = self._anchor_idx[None], self._anchor_val[None]
             pairs = (val, c, a_val)
             groups += [idx, a_idx]
         if pick_trips:
-            i_ab, v_ab, i_ac, v_ac, t = self._tensors("trips")
-            sel = self._batch(len(t))
-            if sel is not None:
-                i_ab, v_ab, i_ac, v_ac, t = i_ab[sel], v_ab[sel], i_ac[sel], v_ac[sel], t[sel]
+            i_ab, v_ab, i_ac, v_ac, t = self._trips.take(self._batch(len(self._trips)))
             trips = (v_ab, v_ac, t)
             groups += [i_ab, i_ac]
         flat = torch.cat([g.reshape(-1) for g in groups])
@@ -249,23 +298,86 @@ class GradientLearner:
             loss = loss + self.config.weight_decay * (W * W).sum() * (len(rows) / self.p)
         return loss, W, rows
 
+    def _pair_grad(self, want_loss: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """One minibatch of pairs without autograd: ``(rows, grad, loss)``.
+
+        The same loss as :meth:`_loss_rows` on pairs alone; ``rows`` (R,) are the
+        sorted unique rows the batch and the anchor touch, ``grad`` (R, r) its
+        gradient there. ``loss`` (a 0-d tensor) only when ``want_loss``.
+        """
+        cfg = self.config
+        idx, val, c = self._pairs.take(self._batch(len(self._pairs)))  # (B, s) int64, (B, s), (B,)
+        n, s = idx.shape
+        a_idx, a_val = self._anchor_idx, self._anchor_val  # (s_a,)
+        # The anchor rides along as bag n. Rows shorter than the wider of the two are padded with
+        # their own first index at value 0, so padding touches no row the autograd path would not.
+        w = max(s, len(a_idx))
+        if s < w:
+            idx, val = torch.cat([idx, idx[:, :1].expand(n, w - s)], 1), F.pad(val, (0, w - s))
+        a_idx = torch.cat([a_idx, a_idx[:1].expand(w - len(a_idx))])
+        idx = torch.cat([idx, a_idx.unsqueeze(0)])  # (B+1, w)
+        val = torch.cat([val, F.pad(a_val, (0, w - len(a_val))).unsqueeze(0)])  # (B+1, w)
+        proj = F.embedding_bag(idx, self.U, per_sample_weights=val, mode="sum")  # (B+1, r): Uᵀu_i, Uᵀy
+        norm = torch.linalg.vector_norm(proj, dim=1)  # (B+1,); 5× faster than (proj * proj).sum(1) here
+        q, qa = norm[:n] * norm[:n], norm[n] * norm[n]
+        if cfg.pair_loss == "paper":  # ℓ = (q − c)², ℓ' = 2(q − c)
+            res = q - c
+            dq = 2 * res
+        else:  # ℓ = (√q − √c)², ℓ' = 1 − √c/√q
+            root = torch.sqrt(q + 1e-30)
+            res = root - torch.sqrt(c)
+            dq = res / root
+        loss = (res @ res) / n + (qa - 1) ** 2 if want_loss else None
+        # ∂loss/∂proj_i = 2ℓ'(q_i)·proj_i / B for the pairs, 4(qa − 1)·Uᵀy for the anchor term.
+        g_proj = proj.mul_(torch.cat([dq * (2.0 / n), (4 * (qa - 1)).reshape(1)]).unsqueeze(1))  # (B+1, r)
+        # ∂loss/∂U[j] = Σ over slots (i, k) with idx_ik = j of val_ik·g_proj_i: sort the slots by row,
+        # then one embedding_bag sums each row's bag — 2–3× faster here than index_add_ of the
+        # per-slot products, and without their (B·s, r) temporary.
+        flat, order = idx.view(-1).sort()  # ((B+1)·w,)
+        rows, counts = torch.unique_consecutive(flat, return_counts=True)  # (R,) sorted
+        grad = F.embedding_bag(order // w, g_proj, counts.cumsum(0).sub_(counts),
+                               per_sample_weights=val.view(-1)[order], mode="sum")  # (R, r)
+        if cfg.weight_decay:
+            u_rows = self.U.index_select(0, rows)  # (R, r)
+            k = cfg.weight_decay * len(rows) / self.p
+            grad.add_(u_rows, alpha=2 * k)
+            if want_loss:
+                loss = loss + k * torch.linalg.vector_norm(u_rows) ** 2
+        return rows, grad, loss
+
     def step(self, n_steps: int = 1) -> float:
         """``n_steps`` Adam steps on minibatches of everything stored; returns the last loss."""
         has_p, has_t = bool(self._pairs), bool(self._trips)
         if not (has_p or has_t):
             return float("nan")
-        for _ in range(n_steps):
-            loss, W, rows = self._loss_rows(has_p, has_t)
-            (grad,) = torch.autograd.grad(loss, W)
-            norm = float(grad.norm())
-            if not np.isfinite(norm):
-                raise NonFiniteError(f"Learner gradient became {norm} at step {self.steps}; lower lr.")
-            if self.config.clip and norm > self.config.clip:
-                grad = grad * (self.config.clip / norm)
+        clip = self.config.clip
+        on_cpu = self.device.type == "cpu"  # on a GPU, check for a non-finite gradient once per call
+        bad = torch.zeros((), dtype=torch.bool, device=self.device)
+        for i in range(n_steps):
+            last = i == n_steps - 1
+            if has_t:
+                loss, W, rows = self._loss_rows(has_p, has_t)
+                (grad,) = torch.autograd.grad(loss, W)
+            else:
+                rows, grad, loss = self._pair_grad(want_loss=last)
+            norm = grad.norm()
+            if on_cpu:
+                norm = float(norm)
+                if not np.isfinite(norm):
+                    raise NonFiniteError(f"Learner gradient became {norm} at step {self.steps}; lower lr.")
+                if clip and norm > clip:
+                    grad.mul_(clip / norm)
+            else:
+                bad |= ~torch.isfinite(norm)
+                if clip:
+                    grad.mul_(torch.clamp(clip / norm, max=1.0))
             with torch.no_grad():
                 self.opt.step(self.U, rows, grad)
             self.steps += 1
-            self.last_loss = float(loss.detach())
+            if last:
+                self.last_loss = float(loss.detach())
+        if bool(bad):
+            raise NonFiniteError(f"Learner gradient became non-finite before step {self.steps}; lower lr.")
         return self.last_loss
 
     def finish(self, tol: float = 1e-16) -> float:
@@ -288,15 +400,14 @@ class GradientLearner:
     def _full_loss(self, U: torch.Tensor) -> torch.Tensor:
         loss = U.new_zeros(())
         if self._pairs:
-            idx, val, c = self._tensors("pairs")
-            a_idx = torch.as_tensor(self.anchor.indices, device=self.device)
-            a_val = torch.as_tensor(self.anchor.values, device=self.device, dtype=self.dtype)
+            idx, val, c = self._pairs.view()
+            a_idx, a_val = self._anchor_idx[None], self._anchor_val[None]
             q = _pair_quads(U, idx, val)
             qa = _pair_quads(U, a_idx, a_val)
             # No λ here: the polish fits the answers themselves.
             loss = loss + _pair_residual(q, c, self.config.pair_loss).mean() + ((qa - 1.0) ** 2).sum()
         if self._trips:
-            i_ab, v_ab, i_ac, v_ac, t = self._tensors("trips")
+            i_ab, v_ab, i_ac, v_ac, t = self._trips.view()
             d_ab = _pair_quads(U, i_ab, v_ab)
             d_ac = _pair_quads(U, i_ac, v_ac)
             rho = (d_ac - d_ab) / (d_ac + d_ab + 1e-30)

@@ -4,7 +4,7 @@ import torch
 
 from fbloop import metrics, targets
 from fbloop.agents import OracleAgent
-from fbloop.designs import DesignConfig, make_design
+from fbloop.designs import DesignConfig, make_design, sample_sparse
 from fbloop.errors import ConfigError, NonFiniteError, ShapeError
 from fbloop.learner import GradientLearner, LearnerConfig
 from fbloop.sparse import SparseBatch
@@ -111,3 +111,126 @@ def test_config_errors(kwargs):
 def test_cuda_request_without_cuda():
     with pytest.raises(ConfigError, match="cuda"):
         LearnerConfig(device="cuda")
+
+
+# ---------------------------------------------------------------- the pair fast path and the answer store
+
+
+def random_pairs(p, n, s, seed=0, zeros=3):
+    """``n`` sparse activations with up to ``s`` nonzeros (some padded) and positive scales, a few zero."""
+    rng = np.random.default_rng(seed)
+    idx, val = sample_sparse(rng, n, p, 0.8, s)
+    c = rng.uniform(0.2, 2.0, n)
+    c[:zeros] = 0.0  # null answers: the root form's ℓ' = 1 − √c/√q must stay finite
+    return SparseBatch(idx, val, p), c
+
+
+def autograd_pair_grad(learner):
+    """The reference: the autograd loss on gathered rows (the triplet path's machinery), pairs only."""
+    loss, W, rows = learner._loss_rows(True, False)
+    (grad,) = torch.autograd.grad(loss, W)
+    return rows, grad, loss.detach()
+
+
+ANCHORS = {
+    "e0": lambda p: SparseBatch(np.array([[0]]), np.array([[1.0]]), p),
+    "sparse": lambda p: SparseBatch(np.array([[7, 3]]), np.array([[0.6, -1.1]]), p),
+    "dense": lambda p: SparseBatch.from_dense(np.random.default_rng(1).standard_normal(p)),
+}
+
+
+@pytest.mark.parametrize("anchor", list(ANCHORS))
+@pytest.mark.parametrize("form", ["root", "paper"])
+def test_hand_gradient_matches_autograd(form, anchor):
+    p = 30
+    u, c = random_pairs(p, 60, 3)
+    learner = GradientLearner(p, LearnerConfig(rank=7, pair_loss=form, batch_size=64, seed=1), ANCHORS[anchor](p))
+    assert learner.dtype == torch.float64
+    learner.add_pairs(u, c)
+    learner.step(3)  # away from the initialisation: moments and step counts differ per row
+    rows, grad, loss = learner._pair_grad(want_loss=True)
+    ref_rows, ref_grad, ref_loss = autograd_pair_grad(learner)
+    assert torch.equal(rows, ref_rows)  # the same touched rows, padding and anchor included
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-10, atol=1e-13)
+    assert float(loss) == pytest.approx(float(ref_loss), rel=1e-12)
+
+
+@pytest.mark.parametrize("form", ["root", "paper"])
+def test_fast_steps_match_autograd_steps(form):
+    # Minibatches (60 pairs stored, 16 per step) and clipping (clip=0.5 binds): the fast path and
+    # the autograd path, fed the same generator, walk U the same way.
+    p = 25
+    u, c = random_pairs(p, 60, 3, seed=3)
+    anchor = ANCHORS["e0"](p)
+    runs = []
+    for fast in (True, False):
+        learner = GradientLearner(p, LearnerConfig(rank=5, pair_loss=form, batch_size=16, clip=0.5, seed=2), anchor)
+        learner.add_pairs(u, c)
+        if not fast:
+            learner._pair_grad = lambda want_loss, learner=learner: autograd_pair_grad(learner)
+        losses = [learner.step(1) for _ in range(40)]
+        runs.append((learner.factor(), losses))
+    np.testing.assert_allclose(runs[0][0], runs[1][0], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(runs[0][1], runs[1][1], rtol=1e-9)
+
+
+def test_float32_for_large_p_and_its_gradient():
+    p = 3000  # dtype "auto" → float32 above p = 2048
+    u, c = random_pairs(p, 500, 3)
+    learner = GradientLearner(p, LearnerConfig(rank=16, batch_size=512, seed=0), ANCHORS["e0"](p))
+    learner.add_pairs(u, c)
+    assert learner.dtype == learner.U.dtype == torch.float32
+    idx, val, cc = learner._pairs.cols
+    assert (idx.dtype, val.dtype, cc.dtype) == (torch.int32, torch.float32, torch.float32)
+    rows, grad, _ = learner._pair_grad(want_loss=False)
+    ref_rows, ref_grad, _ = autograd_pair_grad(learner)
+    assert torch.equal(rows, ref_rows)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-6)
+    first = learner.step(1)
+    assert learner.step(200) < first / 2
+
+
+def test_answers_are_stored_compactly_and_grow_by_doubling():
+    p = 50
+    learner = GradientLearner(p, LearnerConfig(rank=4), ANCHORS["e0"](p))
+    chunks, moves, ptr = [], 0, None
+    for i in range(300):
+        # widths 2, 3 and 1: a wider chunk widens what is stored, a narrower one is padded
+        u, c = random_pairs(p, 37, (2, 3, 1)[i % 3], seed=i, zeros=0)
+        learner.add_pairs(u, c)
+        chunks.append((u, c))
+        if learner._pairs.cols[0].data_ptr() != ptr:
+            moves, ptr = moves + 1, learner._pairs.cols[0].data_ptr()
+    assert learner.n_pairs == 300 * 37
+    assert moves <= 6  # 11,100 rows from a first capacity of 1024: doubling, not a copy per chunk
+    idx, val, c = learner._pairs.view()
+    want = SparseBatch.concat([u for u, _ in chunks])
+    np.testing.assert_array_equal(idx.numpy(), want.indices)
+    np.testing.assert_array_equal(val.numpy(), want.values)
+    np.testing.assert_array_equal(c.numpy(), np.concatenate([c for _, c in chunks]))
+
+
+def test_minibatches_draw_from_everything_stored():
+    p = 40
+    learner = GradientLearner(p, LearnerConfig(rank=4, batch_size=100, seed=0), ANCHORS["e0"](p))
+    for i in range(10):
+        learner.add_pairs(*random_pairs(p, 100, 2, seed=i, zeros=0))
+    picks = torch.cat([learner._batch(learner.n_pairs) for _ in range(200)])  # 20,000 draws
+    counts = torch.bincount(picks, minlength=1000).numpy()
+    assert counts.min() > 0 and counts[:100].sum() == pytest.approx(2000, rel=0.15)  # the first chunk too
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("form", ["root", "paper"])
+def test_cuda_fast_path_matches_cpu(form):
+    p = 40
+    u, c = random_pairs(p, 200, 3)
+    out = []
+    for device in ("cpu", "cuda"):
+        learner = GradientLearner(p, LearnerConfig(rank=6, pair_loss=form, batch_size=64, seed=0, device=device),
+                                  ANCHORS["e0"](p))
+        learner.add_pairs(u, c)
+        loss = learner.step(30)
+        out.append((learner.factor(), loss))
+    np.testing.assert_allclose(out[0][0], out[1][0], rtol=1e-8, atol=1e-10)
+    assert out[0][1] == pytest.approx(out[1][1], rel=1e-8)
