@@ -1,4 +1,4 @@
-"""Shared helpers for the store and CLI tests."""
+"""Shared helpers: store/CLI test data, and a local oracle server for the LLM and server tests."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import sqlite3
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from fbloop.agents.base import Answers
 from fbloop.designs import Queries
@@ -33,3 +34,23 @@ def sql_rows(db: Path, sql: str, args: tuple = ()) -> list[tuple]:
         return con.execute(sql, args).fetchall()
     finally:
         con.close()
+
+
+ORACLE_SPEC = "synthetic:p=8,rank=3"
+
+
+@pytest.fixture(scope="module")
+def target():
+    """The simulated target behind ``server``."""
+    from fbloop import targets
+
+    return targets.load_target(ORACLE_SPEC)
+
+
+@pytest.fixture(scope="module")
+def server(target):
+    """A local OpenAI-compatible server answering from ``target``'s oracle."""
+    from fbloop.server import ServerConfig, serve
+
+    with serve(ServerConfig(target=ORACLE_SPEC), target=target) as srv:
+        yield srv

@@ -7,7 +7,7 @@ import socket
 import numpy as np
 import pytest
 
-from fbloop import prompts, targets
+from fbloop import prompts
 from fbloop.agents import EndpointError, LLMAgent, LLMConfig, OracleAgent
 from fbloop.agents.llm import parse_batch, parse_single
 from fbloop.designs import DesignConfig, Queries, make_design
@@ -20,7 +20,7 @@ from fbloop.store import Store
 
 from conftest import sql_rows
 
-SPEC = "synthetic:p=8,rank=3"
+from conftest import ORACLE_SPEC as SPEC  # the target behind the shared `server` fixture
 KEY = "sk-test-never-stored"
 FAST = LearnerConfig(steps_per_chunk=1, final_steps=0, polish=False)  # where PCC is not the point
 
@@ -28,17 +28,6 @@ FAST = LearnerConfig(steps_per_chunk=1, final_steps=0, polish=False)  # where PC
 @pytest.fixture(autouse=True)
 def api_key(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
-
-
-@pytest.fixture(scope="module")
-def target():
-    return targets.load_target(SPEC)
-
-
-@pytest.fixture(scope="module")
-def server(target):
-    with serve(ServerConfig(target=SPEC), target=target) as srv:
-        yield srv
 
 
 def cfg(url, **kw) -> LLMConfig:

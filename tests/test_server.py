@@ -7,7 +7,7 @@ import numpy as np
 import openai
 import pytest
 
-from fbloop import prompts, render, targets
+from fbloop import prompts, render
 from fbloop.agents import OracleAgent
 from fbloop.agents.llm import parse_batch, parse_single
 from fbloop.designs import DesignConfig, Queries, make_design
@@ -15,18 +15,7 @@ from fbloop.errors import ConfigError
 from fbloop.server import ServerConfig, parse_prompt, serve
 from fbloop.sparse import SparseBatch
 
-SPEC = "synthetic:p=8,rank=3"
-
-
-@pytest.fixture(scope="module")
-def target():
-    return targets.load_target(SPEC)
-
-
-@pytest.fixture(scope="module")
-def server(target):
-    with serve(ServerConfig(target=SPEC), target=target) as srv:
-        yield srv
+from conftest import ORACLE_SPEC as SPEC  # the target behind the shared `server` fixture
 
 
 def client(url, key="test-key"):
