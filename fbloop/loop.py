@@ -161,9 +161,11 @@ def choose_learner(config: RunConfig, design: Design) -> str:
     if config.learner != "auto":
         if config.learner == "exact" and design.kind != "pair":
             raise ConfigError("The exact learner takes equality pairs; use --learner gradient for triplets.")
-        if config.learner == "exact" and design.p > EXACT_MAX_P * 2:
-            raise ConfigError(f"The exact learner handles p ≤ {EXACT_MAX_P * 2}, got p={design.p}; "
-                              "use --learner gradient.")
+        from .exact import ExactConfig
+
+        max_p = ExactConfig().max_p
+        if config.learner == "exact" and design.p > max_p:
+            raise ConfigError(f"The exact learner handles p ≤ {max_p}, got p={design.p}; use --learner gradient.")
         return config.learner
     return "exact" if design.kind == "pair" and design.p <= EXACT_MAX_P else "gradient"
 
