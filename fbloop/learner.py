@@ -174,6 +174,17 @@ def _pair_residual(q: torch.Tensor, c: torch.Tensor, form: str) -> torch.Tensor:
     return (torch.sqrt(q + 1e-30) - torch.sqrt(c)) ** 2
 
 
+def _triplet_loss(d_ab: torch.Tensor, d_ac: torch.Tensor, t: torch.Tensor, kappa: float, band: float
+                  ) -> torch.Tensor:
+    """Per-triplet loss on the scale-free margin ``ρ = (d_ac − d_ab)/(d_ac + d_ab)``.
+
+    ``softplus(−κ t ρ)`` for ``t = ±1``; for a tie (``t = 0``) a two-sided band loss keeping ``|ρ| ≤ band``.
+    """
+    rho = (d_ac - d_ab) / (d_ac + d_ab + 1e-30)
+    sp = torch.nn.functional.softplus
+    return torch.where(t != 0, sp(-kappa * t * rho), sp(kappa * (rho - band)) + sp(-kappa * (rho + band)))
+
+
 def _pair_quads(rows_u: torch.Tensor, inv: torch.Tensor, val: torch.Tensor) -> torch.Tensor:
     """``‖Uᵀa‖²`` per activation from gathered rows: ``inv``/``val`` are ``(n, s)``."""
     proj = torch.einsum("ns,nsr->nr", val, rows_u[inv])  # (n, r)
@@ -288,12 +299,7 @@ class GradientLearner:
             v_ab, v_ac, t = trips
             d_ab = _pair_quads(W, invs[k], v_ab)
             d_ac = _pair_quads(W, invs[k + 1], v_ac)
-            rho = (d_ac - d_ab) / (d_ac + d_ab + 1e-30)
-            kappa, band = self.config.sharpness, self.config.tie_band
-            sp = torch.nn.functional.softplus
-            lt = torch.where(t != 0, sp(-kappa * t * rho),
-                             sp(kappa * (rho - band)) + sp(-kappa * (rho + band)))
-            loss = loss + lt.mean()
+            loss = loss + _triplet_loss(d_ab, d_ac, t, self.config.sharpness, self.config.tie_band).mean()
         if self.config.weight_decay and pairs is not None:
             loss = loss + self.config.weight_decay * (W * W).sum() * (len(rows) / self.p)
         return loss, W, rows
@@ -410,11 +416,7 @@ class GradientLearner:
             i_ab, v_ab, i_ac, v_ac, t = self._trips.view()
             d_ab = _pair_quads(U, i_ab, v_ab)
             d_ac = _pair_quads(U, i_ac, v_ac)
-            rho = (d_ac - d_ab) / (d_ac + d_ab + 1e-30)
-            kappa, band = self.config.sharpness, self.config.tie_band
-            sp = torch.nn.functional.softplus
-            lt = torch.where(t != 0, sp(-kappa * t * rho), sp(kappa * (rho - band)) + sp(-kappa * (rho + band)))
-            loss = loss + lt.mean()
+            loss = loss + _triplet_loss(d_ab, d_ac, t, self.config.sharpness, self.config.tie_band).mean()
         return loss
 
     def _polish(self, max_iter: int = 300) -> None:

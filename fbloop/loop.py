@@ -313,12 +313,11 @@ def run_loop(config: RunConfig, store: Store, run_id: str | None = None,
     factor = learner.factor()
     store.save_factor(run_id, factor)
     extra = readouts(target, factor) if config.rfm_mse else {}
-    if hasattr(agent, "run_summary"):  # requests, tokens, cost, position bias
-        extra["llm"] = agent.run_summary(store, run_id)
-    if isinstance(agent, BisectionAgent):  # every ternary answer behind the pairs
+    asker = agent.agent if isinstance(agent, BisectionAgent) else agent  # who actually answered
+    if hasattr(asker, "run_summary"):  # requests, tokens, cost, position bias
+        extra["llm"] = asker.run_summary(store, run_id)
+    if asker is not agent:  # every ternary answer behind the bisected pairs
         extra["ternary_answers"] = store.sum_meta(run_id, "triplets")
-        if hasattr(agent.agent, "run_summary"):
-            extra["llm"] = agent.agent.run_summary(store, run_id)
     if extra:
         store.add_snapshot(run_id, n_ok, pcc, time.perf_counter() - t0, {"final": True, **extra})
     store.set_status(run_id, "waiting" if config.agent == "human" and human.waiting(store, run_id) else "done")

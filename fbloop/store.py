@@ -183,6 +183,11 @@ def _decode(rows: list[tuple[bytes, bytes]], p: int) -> SparseBatch:
     return SparseBatch(out_i, out_v, p)
 
 
+def _not_a_check(alias: str) -> str:
+    """SQL condition: answer row ``alias`` is not an attention check (checks test people, not ``Φ``)."""
+    return f"NOT EXISTS (SELECT 1 FROM checks k WHERE k.run_id = {alias}.run_id AND k.seq = {alias}.seq)"
+
+
 # ---------------------------------------------------------------- the store
 
 
@@ -246,8 +251,8 @@ class Store:
 
     def runs(self) -> list[dict]:
         sql = ("SELECT r.id, r.created_at, r.status, r.kind, r.p, r.budget, "
-               "(SELECT COUNT(*) FROM answers a WHERE a.run_id = r.id AND a.status = 'ok' AND NOT EXISTS "
-               "(SELECT 1 FROM checks k WHERE k.run_id = a.run_id AND k.seq = a.seq)) AS answers, "
+               f"(SELECT COUNT(*) FROM answers a WHERE a.run_id = r.id AND a.status = 'ok' AND {_not_a_check('a')}) "
+               "AS answers, "
                "(SELECT pcc FROM snapshots s WHERE s.run_id = r.id ORDER BY s.id DESC LIMIT 1) AS pcc "
                "FROM runs r ORDER BY r.created_at")
         return list(self.db.query(sql))
@@ -331,8 +336,7 @@ class Store:
 
     def count_answers(self, run_id: str, status: str | None = "ok") -> int:
         """Answers of a run (of ``status``, any when ``None``); attention checks are not counted."""
-        sql = ("SELECT COUNT(*) FROM answers WHERE run_id = ? AND NOT EXISTS "
-               "(SELECT 1 FROM checks k WHERE k.run_id = answers.run_id AND k.seq = answers.seq)")
+        sql = f"SELECT COUNT(*) FROM answers WHERE run_id = ? AND {_not_a_check('answers')}"
         args: list = [run_id]
         if status is not None:
             sql += " AND status = ?"
@@ -371,8 +375,7 @@ class Store:
         run = self.require_run(run_id)
         sql = ("SELECT q.seq, q.kind, q.a_idx, q.a_val, q.b_idx, q.b_val, q.c_idx, q.c_val, "
                "a.agent, a.value, a.id FROM answers a JOIN queries q ON q.run_id = a.run_id AND q.seq = a.seq "
-               "WHERE a.run_id = ? AND a.status = 'ok' AND a.id > ? "
-               "AND NOT EXISTS (SELECT 1 FROM checks k WHERE k.run_id = a.run_id AND k.seq = a.seq)"
+               f"WHERE a.run_id = ? AND a.status = 'ok' AND a.id > ? AND {_not_a_check('a')}"
                + (" AND a.agent = ?" if agent is not None else "")
                + (" AND a.created_at > ?" if since is not None else "") + " ORDER BY a.id LIMIT ?")
         last = -1
