@@ -165,13 +165,17 @@ def annotate_page() -> None:
 # ---------------------------------------------------------------- the dashboard
 
 
-def pcc_chart(curve: dict[str, list]) -> alt.Chart:
-    data = alt.Data(values=[{"answers": a, "PCC": p} for a, p in zip(curve["answers"], curve["pcc"])])
-    low = min(0.0, min(curve["pcc"]))
-    base = alt.Chart(data).encode(
+def readout_chart(curve: dict[str, list], held: dict[str, list]) -> alt.Chart:
+    """PCC and held-out agreement against answers, one line each (either may be empty)."""
+    rows = [{"answers": a, "value": v, "readout": "PCC"} for a, v in zip(curve["answers"], curve["pcc"])]
+    rows += [{"answers": a, "value": v, "readout": "held-out agreement"}
+             for a, v in zip(held["answers"], held["agreement"])]
+    low = min(0.0, min(r["value"] for r in rows))
+    base = alt.Chart(alt.Data(values=rows)).encode(
         x=alt.X("answers:Q", axis=alt.Axis(format="d", title="answers")),
-        y=alt.Y("PCC:Q", scale=alt.Scale(domain=[low, 1.0])),
-        tooltip=["answers:Q", alt.Tooltip("PCC:Q", format=".4f")])
+        y=alt.Y("value:Q", scale=alt.Scale(domain=[low, 1.0]), title=None),
+        color=alt.Color("readout:N", legend=alt.Legend(title=None, orient="bottom")),
+        tooltip=["readout:N", "answers:Q", alt.Tooltip("value:Q", format=".4f")])
     return (base.mark_line() + base.mark_point(filled=True, size=40)).properties(height=280)
 
 
@@ -208,6 +212,7 @@ def dashboard_body(run_id: str) -> None:
         info = next(r for r in store.runs() if r["id"] == run_id)
         queue = store.queue_progress(run_id)
         curve = views.pcc_curve(store, run_id)
+        held = views.holdout_curve(store, run_id)
         counts = views.answers_by_agent(store, run_id)
         pair = views.phi_pair(store, run_id)
         agree = views.agreement(store, run_id)
@@ -223,11 +228,14 @@ def dashboard_body(run_id: str) -> None:
 
     left, right = st.columns(2)
     with left:
-        st.subheader("PCC against answers")
-        if curve["answers"]:
-            st.altair_chart(pcc_chart(curve), width="stretch")
+        st.subheader("PCC and held-out agreement" if held["answers"] else "PCC against answers")
+        if curve["answers"] or held["answers"]:
+            st.altair_chart(readout_chart(curve, held), width="stretch")
         else:
             st.caption("No snapshot yet.")
+        if held["answers"]:
+            st.caption(f"Held-out agreement: the share of {held['n'][-1]} held-out triplet answers (never learned "
+                       r"from) whose sign $\hat\Phi$ predicts — the readout when there is no $\Phi^*$.")
     with right:
         st.subheader("Answers per agent")
         if counts["agent"]:

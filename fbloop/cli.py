@@ -56,7 +56,8 @@ def main() -> None:
 def run_options(fn):
     options = [
         click.option("--target", default="rfm", show_default=True,
-                     help="Target spec: rfm | rfm:figure=2 | synthetic:p=40,rank=5 | phi:FILE | dict:FILE."),
+                     help="Target spec: rfm | rfm:figure=2 | synthetic:p=40,rank=5 | chessgpt | pythia | "
+                          "phi:FILE | dict:FILE | saelens:DIR | dictlearn:DIR."),
         click.option("--design", default="eigen", show_default=True,
                      type=click.Choice(["eigen", "constructive", "gaussian", "sparse", "triplet"])),
         click.option("--mu", default=0.9, show_default=True, type=float, help="Sparse/triplet: P(coordinate = 0)."),
@@ -70,6 +71,9 @@ def run_options(fn):
                           "precision EPS (e.g. 1e-3)."),
         click.option("--check-rate", default=None, type=float,
                      help="Human agent: share of attention checks in the queue [default: 0.1]."),
+        click.option("--holdout", default=None, type=float, metavar="SHARE",
+                     help="Triplet runs: share of the queries asked and stored but never learned from; each "
+                          "snapshot scores Φ̂ on them (the readout without a Φ*), e.g. 0.1."),
         click.option("--base-url", default="http://127.0.0.1:8011/v1", show_default=True,
                      help="LLM agent: an OpenAI-compatible endpoint (`fbloop serve-oracle` serves this one)."),
         click.option("--model", default="fbloop-oracle", show_default=True, help="LLM agent: model name."),
@@ -90,12 +94,15 @@ def run_options(fn):
         click.option("--flip", default=0.1, show_default=True, type=float),
         click.option("--tie-band", default=0.0, show_default=True, type=float),
         click.option("--budget", default=None, type=int, help="Answers to collect [default: the design's bound]."),
-        click.option("--learner", default="gradient", show_default=True,
-                     type=click.Choice(["gradient", "exact", "auto"])),
+        click.option("--learner", default="auto", show_default=True,
+                     type=click.Choice(["auto", "gradient", "exact", "direct"]),
+                     help="auto: exact for pair designs up to p = 40, direct for the constructive and eigen "
+                          "designs, gradient otherwise."),
         click.option("--rank", default=None, type=int, help="Columns of U [default: min(p, 512)]."),
         click.option("--lr", default=0.01, show_default=True, type=float),
         click.option("--device", default="cpu", show_default=True, help="cpu or cuda."),
-        click.option("--chunk", default=64, show_default=True, type=int, help="Queries per transaction."),
+        click.option("--chunk", default=None, type=int,
+                     help="Queries per transaction [default: budget/500, within 64–16384]."),
         click.option("--seed", default=0, show_default=True, type=int),
         click.option("--run-id", default=None, help="Name the run; an existing id resumes it."),
     ]
@@ -123,6 +130,7 @@ def _run_config(opts: dict):
         chunk=opts["chunk"],
         seed=opts["seed"],
         check_rate=opts["check_rate"],
+        holdout=opts["holdout"],
         bisection=BisectionConfig(precision=opts["bisection"]) if opts["bisection"] is not None else None,
         llm=_llm_config(opts) if opts["agent"] == "llm" else None,
     )
@@ -144,7 +152,20 @@ def _progress_bar(label: str, bound: int | None, quiet: bool):
     bar = tqdm(total=None, desc=label, unit="ans", file=sys.stderr, disable=quiet, dynamic_ncols=True,
                delay=0.5)
 
+    fitting = [False]
+
     def update(event) -> None:
+        if event.fit is not None:  # every answer is in; the learner's final fit, in steps
+            done, total = event.fit
+            if not fitting[0]:
+                fitting[0] = True
+                bar.reset(total=total)
+                bar.unit = "step"
+                bar.set_description(f"{label}: final fit")
+            bar.update(done - bar.n)
+            bar.set_postfix({"pcc": f"{event.pcc:.6f}" if event.pcc is not None else "—",
+                             "loss": f"{event.loss:.3g}"}, refresh=False)
+            return
         if bar.total is None:
             bar.total = event.budget
         bar.update(event.answers - bar.n)
@@ -183,6 +204,8 @@ def _print_result(result, as_json: bool) -> None:
     if "mse" in s:
         click.echo(f"RFM test MSE with Φ̂ {s['mse']:.5f} vs with Φ* {s['mse_truth']:.5f} "
                    f"(identity kernel {s['mse_identity']:.5f})")
+    if s.get("holdout_agreement") is not None:
+        click.echo(f"Held-out agreement: Φ̂ predicts {s['holdout_agreement']:.4f} of the held-out triplet answers")
     if "ternary_answers" in s:
         click.echo(f"Ternary answers behind the {s['answers']} pairs (bisection): {s['ternary_answers']} "
                    "(the paper's Figure 1 uses 55 scaled pairs)")

@@ -8,11 +8,20 @@ queries it had.
 
 | design        | paper  | queries                                   | count               |
 |---------------|--------|-------------------------------------------|---------------------|
-| eigen         | Thm 1  | ``v_i``, ``v_i+v_j`` (i<j≤r) vs ``y=Σv_i``, null ``v_k`` | ``r(r+1)/2 + p − r`` |
+| eigen         | Thm 1  | ``v_i``, ``v_i+v_j`` (i<j≤r) vs ``y=Σv_i``, null ``v_k`` (in the eigenbasis) | ``r(r+1)/2 + p − r`` |
 | constructive  | Thm 2  | ``e_i``, ``e_i+e_j`` vs ``y = e_0``       | ``P = p(p+1)/2``    |
 | gaussian      | Thm 3  | i.i.d. ``N(0, I_p)`` vs a Gaussian anchor | ``P − 1``           |
 | sparse        | Thm 4  | coordinate 0 w.p. ``μ`` else U(0,1], ≤ s nonzeros, vs ``e_0`` | more than ``P`` |
 | triplet       | —      | random ternary triplets ``(a, b, c)``     | open-ended          |
+
+Coordinates: a design may carry an orthonormal ``basis`` ``B`` (``p × p``); its
+queries are then sparse *in that basis* and stand for the activations ``B w``.
+The eigendecomposition design does this: ``v_i + v_j`` is the 2-sparse
+``e_i + e_j`` over the eigenvectors, so its 134,912 queries at the ChessGPT shape
+are stored as 2 nonzeros each instead of 4096. :meth:`Design.to_native` turns
+such queries into feature coordinates (for the LLM and the form),
+:meth:`Design.design_factor` gives the oracle ``Φ*`` in the design's coordinates
+(``Bᵀ V``), and :meth:`Design.native_factor` maps a learned ``U`` back (``B U``).
 
 Choice (documented in the README): the sparse design never emits an all-zero
 activation (it carries no information); the number of nonzeros is drawn from
@@ -147,6 +156,21 @@ class Design:
         self.p = target.p
         self.rank = target.rank
         self.seed = seed
+        self.basis: np.ndarray | None = None  # (p, p) orthonormal; None: queries are in feature coordinates
+
+    def to_native(self, batch: SparseBatch) -> SparseBatch:
+        """Activations in feature coordinates (``B w``; dense when the design has a basis)."""
+        if self.basis is None:
+            return batch
+        return SparseBatch.from_dense(batch.to_dense() @ self.basis.T)
+
+    def design_factor(self, factor: np.ndarray) -> np.ndarray:
+        """A target factor ``V`` (p, k) in the design's coordinates: ``Bᵀ V``."""
+        return factor if self.basis is None else self.basis.T @ factor
+
+    def native_factor(self, factor: np.ndarray) -> np.ndarray:
+        """A learned factor ``U`` (p, r) in the design's coordinates, back in feature coordinates: ``B U``."""
+        return factor if self.basis is None else self.basis @ factor
 
     @property
     def total(self) -> int | None:
@@ -175,11 +199,11 @@ class Design:
 
 
 class EigenDesign(Design):
-    """Thm 1: eigenvectors and their pairwise sums against ``y = Σ_{i≤r} v_i``."""
+    """Thm 1: eigenvectors and their pairwise sums against ``y = Σ_{i≤r} v_i``, in the eigenbasis."""
 
     def __init__(self, config: DesignConfig, target: Target, seed: int):
         super().__init__(config, target, seed)
-        self.vectors = target.eigenvectors()  # (p, p) dense: constructive designs know Φ*
+        self.basis = target.eigenvectors()  # (p, p): constructive designs know Φ*
         r = self.rank
         iu, ju = np.triu_indices(r, k=1)
         self.plan = np.concatenate([
@@ -193,14 +217,15 @@ class EigenDesign(Design):
         return len(self.plan)
 
     def anchor(self) -> SparseBatch:
-        return SparseBatch.from_dense(self.vectors[:, : self.rank].sum(axis=1))
+        r = self.rank
+        return SparseBatch(np.arange(r)[None, :], np.ones((1, r)), self.p)  # Σ_{i<r} e_i over the basis
 
     def _queries(self, start: int, stop: int) -> Queries:
-        plan = self.plan[start:stop]
-        u = self.vectors[:, plan[:, 0]].T.copy()  # (n, p)
+        plan = self.plan[start:stop]  # (n, 2): basis indices, −1 for "none"
         has_j = plan[:, 1] >= 0
-        u[has_j] += self.vectors[:, plan[has_j, 1]].T
-        return Queries("pair", np.arange(start, stop), SparseBatch.from_dense(u))
+        idx = np.where(has_j[:, None], plan, np.stack([plan[:, 0], np.zeros(len(plan), plan.dtype)], 1))
+        val = np.stack([np.ones(len(plan)), has_j.astype(np.float64)], 1)
+        return Queries("pair", np.arange(start, stop), SparseBatch(idx, val, self.p))
 
 
 class ConstructiveDesign(Design):

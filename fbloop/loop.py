@@ -20,19 +20,21 @@ from typing import Literal
 
 import numpy as np
 
-from . import human, metrics
+from . import human, metrics, seeding
 from .agents import Answers, OracleAgent, OracleConfig
 from .agents.llm import LLMAgent, LLMConfig
 from .bisection import BisectionAgent, BisectionConfig
 from .designs import Design, DesignConfig, Queries, make_design, n_params
+from .direct import SolvedLearner
 from .errors import ConfigError, StoreError
 from .learner import GradientLearner, LearnerConfig
 from .sparse import SparseBatch
 from .store import Store
 from .targets import Target, load_target
 
-LearnerName = Literal["gradient", "exact", "auto"]
+LearnerName = Literal["gradient", "exact", "direct", "auto"]
 EXACT_MAX_P = 40  # "auto" uses the exact learner for pair runs up to this p
+DIRECT_DESIGNS = ("constructive", "eigen")  # 1- and 2-sparse pairs: "auto" solves them directly above EXACT_MAX_P
 
 
 @dataclass(frozen=True)
@@ -49,9 +51,10 @@ class RunConfig:
     budget: int | None = None  # answers to collect; None → the design's count (or a default)
     learner: LearnerName = "gradient"
     learner_config: LearnerConfig = field(default_factory=LearnerConfig)
-    chunk: int = 64  # queries per transaction / learner update
+    chunk: int | None = None  # queries per transaction / learner update; None → budget/500 within [64, 16384]
     snapshot_every: int | None = None  # answers between PCC snapshots; None → ~40 per run
     rfm_mse: bool = True  # RFM targets: score Φ̂ by the predictor's test MSE at the end (a 4000² solve)
+    holdout: float | None = None  # triplet runs: share of queries answered and stored, never learned from
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -61,14 +64,16 @@ class RunConfig:
             raise ConfigError(f"Expect a check rate in [0, 0.5], got check_rate={self.check_rate}.")
         if self.agent == "llm" and self.llm is None:
             object.__setattr__(self, "llm", LLMConfig())
-        if self.learner not in ("gradient", "exact", "auto"):
-            raise ConfigError(f"Unknown learner {self.learner!r}; expect gradient, exact or auto.")
+        if self.learner not in ("gradient", "exact", "direct", "auto"):
+            raise ConfigError(f"Unknown learner {self.learner!r}; expect gradient, exact, direct or auto.")
         if self.budget is not None and self.budget < 1:
             raise ConfigError(f"Expect a budget ≥ 1, got budget={self.budget}.")
-        if self.chunk < 1:
+        if self.chunk is not None and self.chunk < 1:
             raise ConfigError(f"Expect chunk ≥ 1, got chunk={self.chunk}.")
         if self.snapshot_every is not None and self.snapshot_every < 1:
             raise ConfigError(f"Expect snapshot_every ≥ 1, got {self.snapshot_every}.")
+        if self.holdout is not None and not 0.0 <= self.holdout < 1.0:
+            raise ConfigError(f"Expect a held-out share in [0, 1), got holdout={self.holdout}.")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -94,6 +99,7 @@ class Progress:
     budget: int
     pcc: float | None
     loss: float | None
+    fit: tuple[int, int] | None = None  # the final fit's (steps done, steps in all), once every answer is in
 
 
 @dataclass(frozen=True)
@@ -118,7 +124,7 @@ class RunResult:
 # ---------------------------------------------------------------- learners
 
 
-class ExactLearner:
+class ExactLearner(SolvedLearner):
     """Adapter giving the batch exact solver the incremental learner's interface."""
 
     name = "exact"
@@ -136,13 +142,6 @@ class ExactLearner:
         self._c.append(np.asarray(c, dtype=np.float64))
         self._factor = None
 
-    def step(self, n_steps: int = 1) -> float | None:
-        return self.last_loss
-
-    def finish(self) -> float | None:
-        self.factor()
-        return self.last_loss
-
     def factor(self) -> np.ndarray:
         if self._factor is None:
             from .exact import fit_exact
@@ -158,29 +157,87 @@ class ExactLearner:
 
 
 def choose_learner(config: RunConfig, design: Design) -> str:
+    """The learner a run uses: ``auto`` picks exact (small p), direct (1-/2-sparse designs) or gradient."""
+    from .direct import MAX_P as DIRECT_MAX_P
+
     if config.learner != "auto":
-        if config.learner == "exact" and design.kind != "pair":
-            raise ConfigError("The exact learner takes equality pairs; use --learner gradient for triplets.")
+        if config.learner in ("exact", "direct") and design.kind != "pair":
+            raise ConfigError(f"The {config.learner} learner takes equality pairs; use --learner gradient "
+                              "for triplets.")
         from .exact import ExactConfig
 
         max_p = ExactConfig().max_p
         if config.learner == "exact" and design.p > max_p:
             raise ConfigError(f"The exact learner handles p ≤ {max_p}, got p={design.p}; use --learner gradient.")
+        if config.learner == "direct" and (design.config.name not in DIRECT_DESIGNS or design.p > DIRECT_MAX_P):
+            raise ConfigError(f"The direct learner solves the {' and '.join(DIRECT_DESIGNS)} designs up to "
+                              f"p = {DIRECT_MAX_P}; got design {design.config.name!r} at p={design.p}. "
+                              "Use --learner gradient.")
         return config.learner
-    return "exact" if design.kind == "pair" and design.p <= EXACT_MAX_P else "gradient"
+    if design.kind == "pair" and design.p <= EXACT_MAX_P:
+        return "exact"
+    if design.config.name in DIRECT_DESIGNS and design.p <= DIRECT_MAX_P:
+        return "direct"
+    return "gradient"
 
 
 def make_learner(name: str, p: int, config: LearnerConfig, anchor: SparseBatch):
     if name == "exact":
         return ExactLearner(p, anchor)
+    if name == "direct":
+        from .direct import DirectLearner
+
+        return DirectLearner(p)
     learner = GradientLearner(p, config, anchor)
     learner.name = "gradient"
     return learner
 
 
-def feed(learner, queries: Queries, answers: Answers) -> None:
-    """Give the learner the ok answers of a chunk."""
+class HeldOut:
+    """A run's held-out triplets: asked and stored like the others, never given to the learner.
+
+    Which positions are held out is a pure function of ``(seed, seq)``
+    (:func:`fbloop.seeding.held_out`), so a resumed run — replaying its stored
+    answers — holds out the same ones. The first ``MAX_ROWS`` held-out ok answers
+    are kept in memory; :meth:`agreement` scores ``Φ̂``'s predicted signs on them,
+    the readout of a run with no ``Φ*`` (people, an LLM).
+    """
+
+    MAX_ROWS = 20_000
+
+    def __init__(self, share: float, seed: int):
+        self.share, self.seed = share, seed
+        self._kept: list[tuple[Queries, np.ndarray]] = []
+        self.n = 0
+
+    def mask(self, seq: np.ndarray) -> np.ndarray:
+        return seeding.held_out(self.seed, seq, self.share)
+
+    def keep(self, queries: Queries, answers: Answers) -> None:
+        """Remember the held-out ok answers among ``answers`` (to ``queries``, any order, a superset)."""
+        rows = np.flatnonzero(answers.ok & self.mask(answers.seq))[: self.MAX_ROWS - self.n]
+        if len(rows) == 0:
+            return
+        pos = {int(s): i for i, s in enumerate(queries.seq)}
+        self._kept.append((queries.select(np.array([pos[int(s)] for s in answers.seq[rows]])),
+                           answers.value[rows]))
+        self.n += len(rows)
+
+    def agreement(self, learner) -> float | None:
+        """Share of the kept held-out answers whose sign ``learner``'s ``Φ̂`` predicts; ``None`` without any."""
+        if not self.n or not hasattr(learner, "predict_triplets"):
+            return None
+        agree = sum(metrics.triplet_agreement(learner.predict_triplets(q.a, q.b, q.c), v) * len(v)
+                    for q, v in self._kept)
+        return agree / self.n
+
+
+def feed(learner, queries: Queries, answers: Answers, held: HeldOut | None = None) -> None:
+    """Give the learner the ok answers of a chunk; held-out ones go to ``held`` instead."""
     ok = answers.ok
+    if held is not None:
+        held.keep(queries, answers)
+        ok = ok & ~held.mask(answers.seq)
     if not ok.any():
         return
     pos = {int(s): i for i, s in enumerate(queries.seq)}
@@ -195,24 +252,60 @@ def feed(learner, queries: Queries, answers: Answers) -> None:
 # ---------------------------------------------------------------- the loop
 
 
+def answer_names(agent) -> list[str]:
+    """The agent names an agent's answers are stored under (the LLM agent's order swap adds one)."""
+    inner = agent.agent if isinstance(agent, NativeView) else agent  # bisection answers are pairs, one name
+    return [agent.name] + ([inner.swap_name] if isinstance(inner, LLMAgent) and inner.config.order_swap else [])
+
+
 def default_budget(design: Design) -> int:
     if design.count is not None:
         return design.count
     return 4 * n_params(design.p) if design.kind == "pair" else 20 * n_params(design.p)
 
 
+def auto_chunk(budget: int) -> int:
+    """Queries per transaction when the config leaves it open: ~500 chunks a run, 64 to 16,384 each."""
+    return int(min(max(budget // 500, 64), 16_384))
+
+
 def new_run_id(config: RunConfig) -> str:
     return f"{config.design.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
 
 
-def make_agent(config: RunConfig, target: Target, anchor: SparseBatch, store: Store | None = None
-               ) -> OracleAgent | LLMAgent:
-    """The run's agent; an LLM agent checks its endpoint first and caches replies in ``store``."""
+class NativeView:
+    """Shows an agent a basis design's queries in feature coordinates (see :class:`fbloop.designs.Design`)."""
+
+    def __init__(self, agent: LLMAgent, design: Design):
+        self.agent, self.design = agent, design
+        self.name = agent.name
+
+    def _native(self, q: Queries) -> Queries:
+        conv = lambda x: None if x is None else self.design.to_native(x)  # noqa: E731
+        return Queries(q.kind, q.seq, conv(q.a), conv(q.b), conv(q.c))
+
+    def answer(self, queries: Queries) -> Answers:
+        return self.agent.answer(self._native(queries))
+
+    def answer_sets(self, queries: Queries) -> list[Answers]:
+        return self.agent.answer_sets(self._native(queries))
+
+    def run_summary(self, store: Store, run_id: str) -> dict:
+        return self.agent.run_summary(store, run_id)
+
+
+def make_agent(config: RunConfig, target: Target, design: Design, store: Store | None = None
+               ) -> OracleAgent | LLMAgent | NativeView:
+    """The run's agent; an LLM agent checks its endpoint first and caches replies in ``store``.
+
+    The oracle answers in the design's coordinates (``Φ*`` rotated into its basis);
+    the LLM sees feature coordinates, as a person would.
+    """
     if config.agent == "llm":
         agent = LLMAgent(config.llm, target.descriptions, cache=store)
         agent.check()  # a missing key or a dead endpoint fails here, before any query is spent
-        return agent
-    return OracleAgent(target.factor, anchor, config.oracle)
+        return agent if design.basis is None else NativeView(agent, design)
+    return OracleAgent(design.design_factor(target.factor), design.anchor(), config.oracle)
 
 
 def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -245,7 +338,10 @@ def run_loop(config: RunConfig, store: Store, run_id: str | None = None,
                           "(--bisection 1e-3) or --design triplet.")
     if config.agent == "human" and design.kind != "triplet":
         raise ConfigError("People answer triplets in the app; use --design triplet with --agent human.")
-    agent = make_agent(config, target, anchor, store)
+    if config.holdout and design.kind != "triplet":
+        raise ConfigError(f"A held-out share scores triplet answers; design {config.design.name!r} asks pairs.")
+    held = HeldOut(config.holdout, config.seed) if config.holdout else None
+    agent = make_agent(config, target, design, store)
     if config.bisection is not None and design.kind == "pair":
         agent = BisectionAgent(agent, anchor, config.bisection)
 
@@ -261,18 +357,21 @@ def run_loop(config: RunConfig, store: Store, run_id: str | None = None,
             raise StoreError(f"Run {run_id!r} exists with another config ({'; '.join(diff[:3])}); "
                              "use a new --run-id.")
         for queries, answers in store.iter_answered(run_id):  # replay what was stored
-            feed(learner, queries, answers)
+            feed(learner, queries, answers, held)
         if config.learner_config.steps_per_chunk:
             learner.step(config.learner_config.steps_per_chunk)
 
-    every = config.snapshot_every or max(config.chunk, budget // 40)
+    chunk = config.chunk or auto_chunk(budget)
+    every = config.snapshot_every or max(chunk, budget // 40)
     history: list[tuple[int, float | None]] = [(s["answers"], s["pcc"]) for s in store.snapshots(run_id)]
     n_ok = store.count_answers(run_id)
     last_snap = history[-1][0] if history else 0
 
     def snapshot(final: bool = False) -> float:
-        pcc = metrics.pcc_factored(learner.factor(), target.factor)
+        pcc = metrics.pcc_factored(design.native_factor(learner.factor()), target.factor)
         extra = {"loss": learner.last_loss, "learner": learner_name, "final": final}
+        if held is not None:
+            extra["holdout_agreement"], extra["holdout_n"] = held.agreement(learner), held.n
         store.add_snapshot(run_id, n_ok, pcc, time.perf_counter() - t0, extra)
         history.append((n_ok, pcc))
         return pcc
@@ -287,37 +386,58 @@ def run_loop(config: RunConfig, store: Store, run_id: str | None = None,
             store.set_status(run_id, "waiting")
             return RunResult(run_id, None, 0, budget, design.count, learner_name, time.perf_counter() - t0,
                              np.zeros((target.p, 1)), history)
-    for start in range(0, budget if config.agent != "human" else 0, config.chunk):
-        stop = min(start + config.chunk, budget)
+    for start in range(0, budget if config.agent != "human" else 0, chunk):
+        stop = min(start + chunk, budget)
         done = store.answered(run_id, start, stop, agent.name)
-        if len(done) == stop - start:
+        # A resumed run asks again what got only invalid answers (an unparseable reply), one attempt later.
+        retry = store.invalid_only(run_id, start, stop, answer_names(agent)) if existing is not None else {}
+        if len(done) == stop - start and not retry:
             continue  # answered before a restart; already replayed
         queries = design.queries(start, stop)
-        pending = queries.select(~np.isin(queries.seq, done))
+        pending = queries.select(~np.isin(queries.seq, done) | np.isin(queries.seq, list(retry)))
         # An agent may give several answer sets per query (the LLM agent's order swap); all are kept.
         sets = agent.answer_sets(pending) if hasattr(agent, "answer_sets") else [agent.answer(pending)]
-        store.record(run_id, queries, sets)
+        if retry:
+            store.record_attempts(run_id, queries, sets, retry)
+        else:
+            store.record(run_id, queries, sets)
         for answers in sets:
             n_ok += int(answers.ok.sum())
-            feed(learner, pending, answers)
-        loss = learner.step(config.learner_config.steps_per_chunk) if learner_name == "gradient" else None
+            feed(learner, pending, answers, held)
+        loss = learner.step(learner.arrival_steps(stop - start)) if learner_name == "gradient" else None
         if n_ok - last_snap >= every and learner_name == "gradient":
             pcc, last_snap = snapshot(), n_ok
         if progress:
             progress(Progress(min(stop, budget), budget, pcc, loss))
 
-    learner.finish()
+    if isinstance(learner, GradientLearner):
+        fit_pcc, reports = pcc, [0]
+
+        def fit_progress(done: int, total: int, loss: float) -> None:
+            nonlocal fit_pcc
+            reports[0] += 1
+            if reports[0] % 10 == 0:  # a PCC readout costs O(p·r²): every tenth report
+                fit_pcc = metrics.pcc_factored(design.native_factor(learner.factor()), target.factor)
+            if progress:
+                progress(Progress(budget, budget, fit_pcc, loss, fit=(done, total)))
+
+        learner.finish(progress=fit_progress)
+    else:
+        learner.finish()
     pcc = snapshot(final=True)
     if progress:
         progress(Progress(budget, budget, pcc, learner.last_loss))
-    factor = learner.factor()
+    factor = design.native_factor(learner.factor())
     store.save_factor(run_id, factor)
     extra = readouts(target, factor) if config.rfm_mse else {}
     asker = agent.agent if isinstance(agent, BisectionAgent) else agent  # who actually answered
+    asker = asker.agent if isinstance(asker, NativeView) else asker
     if hasattr(asker, "run_summary"):  # requests, tokens, cost, position bias
         extra["llm"] = asker.run_summary(store, run_id)
-    if asker is not agent:  # every ternary answer behind the bisected pairs
+    if isinstance(agent, BisectionAgent):  # every ternary answer behind the bisected pairs
         extra["ternary_answers"] = store.sum_meta(run_id, "triplets")
+    if held is not None:
+        extra["holdout_agreement"], extra["holdout_n"] = held.agreement(learner), held.n
     if extra:
         store.add_snapshot(run_id, n_ok, pcc, time.perf_counter() - t0, {"final": True, **extra})
     store.set_status(run_id, "waiting" if config.agent == "human" and human.waiting(store, run_id) else "done")

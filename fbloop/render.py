@@ -4,6 +4,13 @@ One rendering serves the prompt templates and the Streamlit form, so an LLM and
 a person answer the same question. A feature without a description gets a
 clear placeholder. Descriptions are data, not instructions: they are quoted
 and length-capped, and the prompt tells the model so.
+
+Weights are shown to three decimals, and to three significant digits below
+0.1 (never in scientific notation): readable in the form, and fine enough that
+an LLM judging the prompt's numbers rarely meets a tie the rounding made (at
+two decimals a noise-free oracle reading the prompt disagreed with the direct
+oracle on about 1 in 300 Gaussian triplets). :func:`shown` is the value a
+reader of the text gets back.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from .sparse import SparseBatch
 
 PLACEHOLDER = "(no description available for feature {index})"
 MAX_DESCRIPTION = 160  # characters kept of one description
+DECIMALS = 3  # weights: this many decimals, or this many significant digits when smaller than 0.1
 
 
 @dataclass(frozen=True)
@@ -39,11 +47,23 @@ def features(batch: SparseBatch, row: int, descriptions: tuple[str, ...] | None 
     return out
 
 
+def weight_text(weight: float) -> str:
+    """A weight as shown: ``0.834``, ``-1.207``, ``0.0412``, ``0.000317`` (no exponent)."""
+    if weight == 0 or abs(weight) >= 0.1:
+        return f"{weight:.{DECIMALS}f}"
+    return np.format_float_positional(weight, precision=DECIMALS, unique=False, fractional=False, trim="k")
+
+
+def shown(weight: float) -> float:
+    """The weight a reader of the rendered text sees (what the local oracle server judges)."""
+    return float(weight_text(weight))
+
+
 def as_text(feats: list[Feature]) -> str:
-    """Plain text, one feature a line: ``- feature 12 (weight 0.83): "description"``."""
+    """Plain text, one feature a line: ``- feature 12 (weight 0.834): "description"``."""
     if not feats:
         return "- (no active features)"
-    return "\n".join(f'- feature {f.index} (weight {f.weight:.2f}): "{f.description}"' for f in feats)
+    return "\n".join(f'- feature {f.index} (weight {weight_text(f.weight)}): "{f.description}"' for f in feats)
 
 
 def triplet_text(a: list[Feature], b: list[Feature], c: list[Feature]) -> dict[str, str]:

@@ -37,3 +37,19 @@ def draw(seed: int, stream: str, start: int, stop: int,
         full = sample(block_rng(seed, stream, block), BLOCK)
         parts.append(tuple(x[lo:hi] for x in full))
     return tuple(np.concatenate(cols) for cols in zip(*parts))
+
+
+def held_out(seed: int, seq: np.ndarray, share: float) -> np.ndarray:
+    """Which positions ``seq`` fall in a run's held-out set: a boolean mask, ``share`` of them on average.
+
+    A pure function of ``(seed, position)`` (a splitmix64 hash), so a resumed run,
+    any chunking, and a replay of stored answers all agree on the same set.
+    """
+    if share <= 0:
+        return np.zeros(len(seq), dtype=bool)
+    with np.errstate(over="ignore"):
+        x = np.asarray(seq, dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15) * np.uint64(seed + 1)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x = x ^ (x >> np.uint64(31))
+    return (x >> np.uint64(11)).astype(np.float64) / 2.0**53 < share

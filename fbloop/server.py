@@ -7,8 +7,9 @@ candidate:`` and ``Second candidate:`` markers, one block per ``### Comparison
 k`` in a batch) and answers with the simulated oracle
 (:class:`fbloop.agents.OracleAgent`) in the JSON the prompt asks for. So an
 LLM-agent run against it is a genuine round trip through the prompt text: what
-the oracle judges is only what the prompt shows — weights at the rendering's
-two decimals, at most ``top_features`` features per activation.
+the oracle judges is only what the prompt shows — weights as
+:func:`fbloop.render.weight_text` writes them (three decimals, three significant
+digits below 0.1), at most ``top_features`` features per activation.
 ``GET /v1/models`` lists the one model it serves.
 
 Knobs, all deterministic under ``seed``: ``latency_ms`` per request; oracle

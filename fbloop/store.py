@@ -133,10 +133,17 @@ def _m3_llm_cache(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m4_lean_answers(db: sqlite_utils.Database) -> None:
+    # The unique key (run_id, seq, agent, attempt) already serves every (run_id, seq) lookup:
+    # the second index only slowed inserts (a third of the answers' write cost at millions of rows).
+    db.execute("DROP INDEX IF EXISTS answers_run_seq")
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
     (1, "core tables", _m1_core),
     (2, "human queue and attention checks", _m2_human),
     (3, "llm request cache", _m3_llm_cache),
+    (4, "drop the redundant answers(run_id, seq) index", _m4_lean_answers),
 ]
 
 
@@ -164,11 +171,19 @@ def migrate(db: sqlite_utils.Database) -> list[int]:
 
 
 def _encode(batch: SparseBatch) -> list[tuple[bytes, bytes]]:
-    out = []
-    for idx, val in zip(batch.indices, batch.values):
-        nz = val != 0
-        out.append((idx[nz].astype("<i4").tobytes(), val[nz].astype("<f8").tobytes()))
-    return out
+    """Each activation's nonzero slots as ``(int32 indices, float64 values)`` blobs, vectorised by count."""
+    nz = batch.values != 0  # (n, s)
+    order = np.argsort(~nz, axis=1, kind="stable")  # nonzeros first, in slot order
+    idx = np.take_along_axis(batch.indices, order, 1).astype("<i4")
+    val = np.take_along_axis(batch.values, order, 1).astype("<f8")
+    counts = nz.sum(axis=1)
+    out_i = np.full(len(batch), b"", dtype=object)
+    out_v = np.full(len(batch), b"", dtype=object)
+    for k in np.unique(counts[counts > 0]):
+        rows = np.flatnonzero(counts == k)
+        out_i[rows] = np.ascontiguousarray(idx[rows, :k]).view(f"V{4 * k}").ravel().tolist()
+        out_v[rows] = np.ascontiguousarray(val[rows, :k]).view(f"V{8 * k}").ravel().tolist()
+    return list(zip(out_i.tolist(), out_v.tolist()))
 
 
 def _decode(rows: list[tuple[bytes, bytes]], p: int) -> SparseBatch:
@@ -267,8 +282,8 @@ class Store:
         for extra in (queries.b, queries.c):
             cols.append(_encode(extra) if extra is not None else [(None, None)] * len(queries))
         return [
-            (run_id, int(s), queries.kind, *a, *b, *c)
-            for s, a, b, c in zip(queries.seq, *cols)
+            (run_id, s, queries.kind, *a, *b, *c)
+            for s, a, b, c in zip(np.asarray(queries.seq).tolist(), *cols)
         ]
 
     def _answer_rows(self, run_id: str, answers: Answers, attempt: int) -> list[tuple]:
@@ -276,9 +291,10 @@ class Store:
         raw = answers.raw or [None] * len(answers)
         meta = answers.meta or [None] * len(answers)
         return [
-            (run_id, int(s), answers.agent, attempt, float(v) if st == "ok" else None, str(st), r,
+            (run_id, s, answers.agent, attempt, v if st == "ok" else None, st, r,
              json.dumps(m) if m is not None else None, now)
-            for s, v, st, r, m in zip(answers.seq, answers.value, answers.status, raw, meta)
+            for s, v, st, r, m in zip(np.asarray(answers.seq).tolist(), np.asarray(answers.value, np.float64).tolist(),
+                                      [str(x) for x in answers.status], raw, meta)
         ]
 
     def add_queries(self, run_id: str, queries: Queries) -> int:
@@ -333,6 +349,29 @@ class Store:
             sql += " AND agent = ?"
             args.append(agent)
         return np.array(sorted(r[0] for r in self.db.execute(sql, args)), dtype=np.int64)
+
+    def invalid_only(self, run_id: str, start: int, stop: int, agents: list[str]) -> dict[int, int]:
+        """Positions in ``[start, stop)`` whose every answer by ``agents`` is ``invalid``, each with the
+        attempt a re-ask is stored under (one past the last): ``{seq: attempt}``."""
+        marks = ",".join("?" * len(agents))
+        rows = self.db.execute(
+            f"SELECT seq, MAX(attempt) + 1 FROM answers WHERE run_id = ? AND seq >= ? AND seq < ? "
+            f"AND agent IN ({marks}) GROUP BY seq HAVING SUM(status != 'invalid') = 0",
+            [run_id, start, stop, *agents])
+        return {int(r[0]): int(r[1]) for r in rows}
+
+    def record_attempts(self, run_id: str, queries: Queries, answers: list[Answers],
+                        attempts: dict[int, int]) -> int:
+        """Like :meth:`record`, each answer stored under ``attempts[seq]`` (0 where absent): a query asked
+        again keeps its earlier answers beside the new one. One transaction; returns new answers."""
+        with self.db.atomic():
+            self._insert_queries(run_id, queries)
+            n = 0
+            for a in answers:
+                att = np.array([attempts.get(int(s), 0) for s in a.seq], dtype=np.int64)
+                for k in np.unique(att):
+                    n += self._insert_answers(run_id, a.select(att == k), int(k))
+            return n
 
     def count_answers(self, run_id: str, status: str | None = "ok") -> int:
         """Answers of a run (of ``status``, any when ``None``); attention checks are not counted."""

@@ -8,12 +8,19 @@ factored PCC and the eigendecomposition design all work from ``V``, so a
 Target specs are short strings, stored with every run::
 
     synthetic:p=40,rank=5,d=64,norms=unit,coherence=0.0,seed=0
+    chessgpt                    (the paper's ChessGPT SAE shape: p = 4096, d = 512, rank 512)
+    pythia                      (the paper's Pythia-70M SAE shape: p = 32768, d = 512, rank 215)
     rfm                         (the paper's Figure 1 RFM, p = 10)
     rfm:figure=2,seed=0
     phi:path/to/phi.npy         (a p × p feature matrix)
     dict:path/to/dictionary.safetensors   (a (d, p) dictionary; key "D", "W_dec" or the only tensor)
     saelens:path/to/sae_dir     (a SAELens cfg.json + sae_weights.safetensors; D = W_decᵀ)
     dictlearn:path/to/ae_dir    (a dictionary_learning ae.pt + config.json)
+
+``chessgpt`` and ``pythia`` are synthetic targets with the *shapes* of the
+paper's Figure 3 and Figure 5 dictionaries (whose weights cannot be downloaded
+here): unit-norm atoms drawn as in :func:`synthetic`; they take the synthetic
+parameters too (``chessgpt:seed=1,coherence=0.1``).
 
 The two checkpoint kinds also take a file inside the directory, and attach
 ``explanations.jsonl`` / ``explanations.json`` found there as feature
@@ -291,13 +298,26 @@ def parse_spec(spec: str) -> tuple[str, dict[str, str], str | None]:
     return kind, params, None
 
 
-TARGET_KINDS = ("synthetic", "rfm", "phi", "dict", "saelens", "dictlearn")
+# The paper's SAE shapes (Figures 3 and 5): synthetic defaults each preset overrides.
+PRESETS: dict[str, dict[str, int]] = {
+    "chessgpt": {"p": 4096, "rank": 512, "d": 512},
+    "pythia": {"p": 32768, "rank": 215, "d": 512},
+}
+
+TARGET_KINDS = ("synthetic", "chessgpt", "pythia", "rfm", "phi", "dict", "saelens", "dictlearn")
 
 
 def load_target(spec: str) -> Target:
     """Build the target a spec string names (see the module docstring)."""
     kind, params, path = parse_spec(spec)
     try:
+        if kind in PRESETS:
+            params = {**{k: str(v) for k, v in PRESETS[kind].items()}, **params}
+            target = load_target("synthetic:" + ",".join(f"{k}={v}" for k, v in params.items()))
+            q, lam = target._svd  # keep a (p, rank) factor: the oracle's and the readouts' cost
+            factor = q[:, : target.rank] * np.sqrt(lam[: target.rank])
+            return Target(f"{kind}({target.name[len('synthetic('):]}", factor, None,
+                          {**target.meta, "preset": kind})
         if kind == "synthetic":
             allowed = {"p", "rank", "d", "norms", "coherence", "seed"}
             unknown = set(params) - allowed

@@ -1,7 +1,8 @@
 """What the app shows, computed outside the UI.
 
-PCC curves, Φ̂ beside Φ*, answers per agent, attention-check accuracy, the
-agreement of Φ̂ with stored triplet answers (the readout when there is no Φ*),
+PCC curves and held-out agreement curves, Φ̂ beside Φ*, answers per agent,
+attention-check accuracy, the agreement of Φ̂ with stored triplet answers (the
+readouts when there is no Φ*),
 and an LLM agent's invalid-reply rate, position bias and token cost. Every
 function takes an open :class:`~fbloop.store.Store` and returns plain numbers,
 lists and arrays; ``None`` where there is nothing to show yet.
@@ -47,6 +48,14 @@ def pcc_curve(store: Store, run_id: str) -> dict[str, list]:
     """The run's PCC snapshots: ``{"answers": [...], "pcc": [...]}``."""
     snaps = [s for s in store.snapshots(run_id) if s["pcc"] is not None]
     return {"answers": [s["answers"] for s in snaps], "pcc": [s["pcc"] for s in snaps]}
+
+
+def holdout_curve(store: Store, run_id: str) -> dict[str, list]:
+    """The run's held-out agreement snapshots (runs with ``holdout``): ``{"answers", "agreement", "n"}``,
+    ``agreement`` the share of held-out triplet answers ``Φ̂`` predicted, ``n`` how many it was scored on."""
+    snaps = [s for s in store.snapshots(run_id) if s["extra"].get("holdout_agreement") is not None]
+    return {"answers": [s["answers"] for s in snaps], "agreement": [s["extra"]["holdout_agreement"] for s in snaps],
+            "n": [s["extra"].get("holdout_n") for s in snaps]}
 
 
 def phi_pair(store: Store, run_id: str) -> tuple[np.ndarray, np.ndarray | None] | None:

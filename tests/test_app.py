@@ -237,6 +237,23 @@ def test_agreement_scores_held_out_answers(db):
         assert row["fit"] > 0.6 and row["held_out"] is None
 
 
+def test_dashboard_draws_the_held_out_agreement_curve(db):
+    with Store(db) as store:
+        run_loop(RunConfig(target="synthetic:p=8,rank=3", design=TRIPLETS, budget=300, snapshot_every=60,
+                           holdout=0.2, learner_config=FAST), store, run_id="held")
+        curve = views.holdout_curve(store, "held")
+        assert len(curve["answers"]) >= 4 and curve["agreement"][-1] > 0.8
+        assert views.holdout_curve(store, "oracle-run")["answers"] == []
+    at = app()
+    at.radio(key="page").set_value("Dashboard").run()
+    at.selectbox(key="run").set_value("held").run()
+    assert not at.exception
+    assert "PCC and held-out agreement" in [h.value for h in at.subheader]
+    assert any("held-out triplet answers" in c.value for c in at.caption)
+    spec = json.loads(at.get("vega_lite_chart")[0].proto.spec)
+    assert spec["layer"][0]["encoding"]["color"]["field"] == "readout"  # one line per readout
+
+
 def test_app_command_binds_to_localhost(tmp_path):
     argv, env = app_command(str(tmp_path / "x.db"), 8600)
     assert Path(argv[argv.index("run") + 1]) == Path(APP)

@@ -69,6 +69,18 @@ def test_run_json_prints_exactly_one_object(small_run):
     assert "error" not in proc.stderr
 
 
+def test_run_with_a_held_out_share_reports_its_agreement(tmp_path):
+    args = ["run", "--target", "synthetic:p=6,rank=2", "--design", "triplet", "--dist", "gaussian",
+            "--budget", "300", "--holdout", "0.2", "--db", tmp_path / "h.db"]
+    out = json.loads(cli(*args, "--json").stdout)
+    assert 0.8 < out["holdout_agreement"] <= 1 and out["holdout_n"] > 30
+    res = cli(*args[:-2], "--db", tmp_path / "h2.db")
+    assert "Held-out agreement: Φ̂ predicts" in res.stdout
+    bad = cli("run", "--design", "gaussian", "--target", "synthetic:p=6,rank=2", "--holdout", "0.2",
+              "--db", tmp_path / "b.db")
+    assert bad.exit_code == 2 and "held-out share scores triplet answers" in bad.stderr
+
+
 def test_runs_lists_the_run(small_run):
     db, proc = small_run
     run_id = json.loads(proc.stdout)["run_id"]

@@ -43,10 +43,16 @@ def test_constructive_enumerates_every_pair_once(target):
 def test_eigen_design_uses_the_range_and_null_space(target):
     d = make_design(DesignConfig(name="eigen"), target, 0)
     phi = target.phi()
-    u = d.queries(0, d.total).a.to_dense()
+    batch = d.queries(0, d.total).a
+    assert batch.s == 2 and np.all(np.count_nonzero(batch.values, axis=1) <= 2)  # sparse in the eigenbasis
+    u = d.to_native(batch).to_dense()
     q = np.einsum("np,pq,nq->n", u, phi, u)
     r = target.rank
     assert np.all(q[: r * (r + 1) // 2] > 1e-6) and np.allclose(q[r * (r + 1) // 2:], 0, atol=1e-9)
+    # The oracle's view (Φ* in the basis) gives the same scales as feature coordinates.
+    v = d.design_factor(target.factor)
+    np.testing.assert_allclose(np.sum((batch.to_dense() @ v) ** 2, axis=1), q, atol=1e-9)
+    np.testing.assert_allclose(d.native_factor(v) @ d.native_factor(v).T, phi, atol=1e-9)
 
 
 @pytest.mark.parametrize("name", ["gaussian", "sparse", "triplet"])

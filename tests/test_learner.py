@@ -6,14 +6,15 @@ from fbloop import metrics, targets
 from fbloop.agents import OracleAgent
 from fbloop.designs import DesignConfig, make_design, sample_sparse
 from fbloop.errors import ConfigError, NonFiniteError, ShapeError
-from fbloop.learner import GradientLearner, LearnerConfig
+from fbloop.learner import GradientLearner, LearnerConfig, gap_rank
 from fbloop.sparse import SparseBatch
 
 
 def pairs(target, name, n=None, seed=0, **kw):
     d = make_design(DesignConfig(name=name, **kw), target, seed)
     q = d.queries(0, n or d.count)
-    return d, q, OracleAgent(target.factor, d.anchor()).answer(q).value
+    # The learner sees the eigen design in its basis; the factor it learns is mapped back by the caller.
+    return d, q, OracleAgent(d.design_factor(target.factor), d.anchor()).answer(q).value
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +51,7 @@ def test_recovers_at_the_bound(target, name):
     learner = GradientLearner(target.p, LearnerConfig(seed=2), d.anchor())
     learner.add_pairs(q.a, c)
     learner.finish()
-    assert metrics.pcc_factored(learner.factor(), target.factor) >= 0.9999
+    assert metrics.pcc_factored(d.native_factor(learner.factor()), target.factor) >= 0.9999
 
 
 def test_pair_losses_agree(target):
@@ -84,6 +85,70 @@ def test_triplets_learn_the_metric(target):
     held = d.queries(5000, 5500)
     truth = OracleAgent(target.factor, d.anchor()).answer(held).value
     assert metrics.triplet_agreement(learner.predict_triplets(held.a, held.b, held.c, band=0), truth) > 0.9
+
+
+def gaussian_triplets(spec: str, n: int, seed: int):
+    t = targets.load_target(spec if spec == "rfm" else f"{spec},seed={seed}")
+    d = make_design(DesignConfig(name="triplet", dist="gaussian"), t, seed)
+    q = d.queries(0, n)
+    return t, q, OracleAgent(t.factor, d.anchor()).answer(q).value
+
+
+@pytest.mark.parametrize("lam, want", [
+    ([1, 0.62, 0.45, 0.33, 0.035, 0.009, 0.003, 0, 0], 4),  # a fit of a rank-4 target at full rank
+    ([1, 0.5, 0.3, 0.2, 0.005, 0.001], 4),  # the gap may fall below the 1% floor
+    ([1, 0.8, 0.6, 0.5, 0.4, 0.3], 6),  # no gap: every eigenvalue counts
+    ([1, 0.9, 0.35, 0.3], 4),  # a ratio under rank_gap is not a gap
+    ([1, 0, 0], 1), ([1.0], 1),
+])
+def test_gap_rank(lam, want):
+    assert gap_rank(np.array(lam, dtype=float), 3.0) == want
+
+
+def test_dense_triplet_loss_equals_the_gathered_one(target, monkeypatch):
+    import fbloop.learner
+
+    _, q, t = gaussian_triplets("synthetic:p=12,rank=3", 300, 0)
+    learner = GradientLearner(target.p, LearnerConfig(seed=0), None)
+    learner.add_triplets(q.a, q.b, q.c, np.where(np.arange(300) % 7 == 0, 0.0, t))  # ties too
+    U = learner.U.clone()
+    dense = float(learner._full_loss(U, 80.0))
+    assert learner._dense is not None
+    monkeypatch.setattr(fbloop.learner, "DENSE_TRIPLETS_MAX", 0)
+    learner._dense = None
+    assert float(learner._full_loss(U, 80.0)) == pytest.approx(dense, rel=1e-12)
+    assert learner._dense is None
+
+
+def test_triplets_at_full_rank_are_cut_at_the_eigengap():
+    t, q, ans = gaussian_triplets("synthetic:p=10,rank=4", 1000, 0)
+    learner = GradientLearner(t.p, LearnerConfig(seed=0), None)
+    learner.add_triplets(q.a, q.b, q.c, ans)
+    learner.finish()
+    assert learner.rank == 4 and learner.factor().shape == (10, 4)
+    assert metrics.pcc_factored(learner.factor(), t.factor) >= 0.998
+    fixed = GradientLearner(t.p, LearnerConfig(seed=0, rank=10), None)  # a rank the user chose stays
+    fixed.add_triplets(q.a, q.b, q.c, ans)
+    fixed.finish()
+    assert fixed.rank == 10
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spec, n, mean_pcc", [("synthetic:p=10,rank=4", 1000, 0.998),
+                                               ("synthetic:p=32,rank=8", 5000, 0.9979)])
+def test_ternary_learner_at_the_default_settings(spec, n, mean_pcc):
+    """The issue's targets, PCC ≥ 0.998 on noise-free Gaussian triplets: met at p = 10 (seeds 0–2:
+    0.99839, 0.99856, 0.99820); at p = 32 the mean sits on the line (0.99797, 0.99807, 0.99796), so this
+    guards 0.9979 there. See benchmarks/results/ternary_routes.json."""
+    pccs = []
+    for seed in range(3):
+        t, q, ans = gaussian_triplets(spec, n, seed)
+        learner = GradientLearner(t.p, LearnerConfig(seed=seed), None)
+        learner.add_triplets(q.a, q.b, q.c, ans)
+        learner.step(20)
+        learner.finish()
+        pccs.append(metrics.pcc_factored(learner.factor(), t.factor))
+    assert np.mean(pccs) >= mean_pcc and min(pccs) >= 0.9975, pccs
 
 
 def test_input_errors(target):

@@ -7,7 +7,7 @@ import socket
 import numpy as np
 import pytest
 
-from fbloop import prompts
+from fbloop import prompts, render
 from fbloop.agents import EndpointError, LLMAgent, LLMConfig, OracleAgent
 from fbloop.agents.llm import parse_batch, parse_single
 from fbloop.designs import DesignConfig, Queries, make_design
@@ -39,9 +39,9 @@ def design_queries(target, start, stop, dist="gaussian") -> Queries:
 
 
 def on_grid(q: Queries) -> Queries:
-    """The queries as the prompt shows them: every weight at the rendering's two decimals."""
+    """The queries as the prompt shows them: every weight as the rendering shows it."""
     def snap(b):
-        return SparseBatch(b.indices, np.vectorize(lambda v: float(f"{v:.2f}"))(b.values), b.p)
+        return SparseBatch(b.indices, np.vectorize(render.shown)(b.values), b.p)
     return Queries(q.kind, q.seq, snap(q.a), snap(q.b), snap(q.c))
 
 
@@ -125,7 +125,7 @@ def test_noise_free_answers_match_the_direct_oracle_exactly(server, target, batc
 
 
 def test_off_grid_weights_are_answered_as_the_prompt_shows_them(server, target):
-    q = design_queries(target, 0, 300)  # raw Gaussian weights; the prompt shows two decimals
+    q = design_queries(target, 0, 300)  # raw Gaussian weights; the prompt shows three decimals
     ans = LLMAgent(cfg(server.url, batch_size=10, concurrency=8)).answer(q)
     np.testing.assert_array_equal(ans.value, oracle(target, on_grid(q)))
     assert np.mean(ans.value == oracle(target, q)) >= 0.99  # only near-ties move
@@ -200,9 +200,14 @@ def test_llm_run_reaches_the_direct_oracle_pcc(server, tmp_path):
         direct = run_loop(RunConfig(target=SPEC, design=DesignConfig(name="triplet"), budget=600, rfm_mse=False),
                           store)
         llm = llm_run(server.url, 600, store, learner=LearnerConfig(), batch_size=4, concurrency=8)
+        said = {r["seq"]: r["value"] for r in store.answer_rows(llm.run_id)}
+        truth = {r["seq"]: r["value"] for r in store.answer_rows(direct.run_id)}
     assert llm.answers == direct.answers == 600
     assert direct.pcc > 0.99
-    assert abs(llm.pcc - direct.pcc) < 0.005, (llm.pcc, direct.pcc)
+    # At three decimals no rounded weight flips a near-tie here (at two, 2 of 600 answers did: PCC 0.99622
+    # against 0.99731), so the two runs learn from the same answers and end at the same PCC.
+    assert said == truth
+    assert llm.pcc == pytest.approx(direct.pcc, abs=1e-9)
     assert llm.extra["llm"]["requests"] == 150 and llm.extra["llm"]["answers"] == {"ok": 600}
 
 
@@ -224,6 +229,44 @@ def test_malformed_replies_are_stored_invalid_with_their_raw_text(target, tmp_pa
         assert len(bad_requests) == srv.stats["malformed"]  # every malformed reply, none else
         assert result.answers == 256 - len(invalid)
         assert store.cache_count() == 128 - srv.stats["malformed"]  # invalid replies are not cached
+
+
+def test_a_resumed_run_asks_invalid_answers_again(target, tmp_path):
+    with serve(ServerConfig(target=SPEC, malformed=0.3, seed=3), target=target) as srv, \
+            Store(tmp_path / "r.db") as store:
+        first = llm_run(srv.url, 128, store, run_id="re", batch_size=2, concurrency=8)
+        rows = list(store.answer_rows("re"))
+        invalid = {r["seq"] for r in rows if r["status"] == "invalid"}
+        assert len(rows) == 128 and invalid and {r["attempt"] for r in rows} == {0}
+        cached = store.cache_count()
+        second = llm_run(srv.url, 128, store, run_id="re", batch_size=2, concurrency=8)
+        rows = list(store.answer_rows("re"))
+        retried = [r for r in rows if r["attempt"] == 1]
+        assert sorted(r["seq"] for r in retried) == sorted(invalid)  # each asked again, once
+        assert len(rows) == 128 + len(invalid)  # the invalid answers stay stored
+        keys = [(r["seq"], r["agent"], r["attempt"]) for r in rows]
+        assert len(keys) == len(set(keys))
+        again_ok = sum(r["status"] == "ok" for r in retried)
+        assert 0 < again_ok < len(invalid) and second.answers == first.answers + again_ok
+        assert not any(json.loads(r["meta"])["cached"] for r in retried)  # no invalid reply was ever cached
+        assert store.cache_count() > cached
+        still = {r["seq"] for r in retried if r["status"] == "invalid"}
+        third = llm_run(srv.url, 128, store, run_id="re", batch_size=2, concurrency=8)
+        rows = list(store.answer_rows("re"))
+        assert sorted(r["seq"] for r in rows if r["attempt"] == 2) == sorted(still)
+        assert max(r["attempt"] for r in rows) == 2 and third.answers >= second.answers
+
+
+def test_the_cache_never_serves_a_reply_that_does_not_parse(server, target, tmp_path):
+    q = on_grid(design_queries(target, 0, 4))
+    with Store(tmp_path / "r.db") as store:
+        agent = LLMAgent(cfg(server.url), cache=store)
+        for i in range(4):  # a bad reply planted under each request's key (an older version, say)
+            prompt = agent._prompt(agent._texts(q.select(np.array([i]))))
+            store.cache_put(agent._key(prompt), model="m", template_hash="h", prompt=prompt, reply="first")
+        ans = agent.answer(q)
+    assert ans.ok.all() and agent.usage.cache_hits == 0 and agent.usage.requests == 4
+    np.testing.assert_array_equal(ans.value, oracle(target, q))
 
 
 def test_retries_recover_from_429_and_500(target, tmp_path):

@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 
-from fbloop import metrics, targets
+from fbloop import metrics, seeding, targets
 from fbloop.agents import OracleAgent
 from fbloop.designs import DesignConfig, make_design, n_params
 from fbloop.errors import ConfigError
 from fbloop.exact import constraint_matrix, unvech, vech
-from fbloop.learner import LearnerConfig
+from fbloop.learner import GradientLearner, LearnerConfig
 from fbloop.loop import RunConfig, run_loop
 from fbloop.store import Store
 
@@ -117,6 +117,7 @@ def test_rfm_run_reports_the_papers_mse(store):
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"budget": 0}, "budget=0"), ({"chunk": 0}, "chunk=0"), ({"learner": "magic"}, "magic"),
+    ({"holdout": 1.0}, "holdout=1.0"), ({"holdout": -0.1}, "holdout=-0.1"),
 ])
 def test_config_errors(kwargs, match):
     with pytest.raises(ConfigError, match=match):
@@ -129,3 +130,71 @@ def test_budget_beyond_a_finite_design(store):
     with pytest.raises(ConfigError, match="Budget 22 exceeds the 21"):
         run_loop(cfg, store)
     assert len(store.runs()) == before  # nothing half-written
+
+
+def test_held_out_positions_are_a_pure_function_of_seed_and_position():
+    every = seeding.held_out(3, np.arange(20_000), 0.1)
+    assert 0.09 < every.mean() < 0.11
+    np.testing.assert_array_equal(seeding.held_out(3, np.arange(7_000, 7_100), 0.1), every[7_000:7_100])
+    assert (every != seeding.held_out(4, np.arange(20_000), 0.1)).any()
+    assert not seeding.held_out(3, np.arange(100), 0.0).any()
+
+
+HOLDOUT = dict(target="synthetic:p=8,rank=3", design=DesignConfig(name="triplet", dist="gaussian"), budget=640,
+               chunk=64, snapshot_every=128, holdout=0.2, rfm_mse=False,
+               learner_config=LearnerConfig(final_steps=300, polish=False))
+
+
+def learned_rows(monkeypatch) -> list[int]:
+    """Rows every GradientLearner is given from here on, one count per add_triplets call."""
+    calls: list[int] = []
+    real = GradientLearner.add_triplets
+
+    def spy(self, a, b, c, t):
+        calls.append(len(t))
+        return real(self, a, b, c, t)
+
+    monkeypatch.setattr(GradientLearner, "add_triplets", spy)
+    return calls
+
+
+def test_held_out_triplets_are_stored_scored_and_never_learned(store, monkeypatch):
+    held = seeding.held_out(0, np.arange(640), 0.2)
+    calls = learned_rows(monkeypatch)
+    result = run_loop(RunConfig(**HOLDOUT), store, run_id="held")
+    assert store.count_answers("held") == 640  # asked and stored like the others
+    assert sum(calls) == 640 - held.sum()  # but never learned from
+    snaps = store.snapshots("held")
+    curve = [s["extra"]["holdout_agreement"] for s in snaps if "holdout_agreement" in s["extra"]]
+    assert len(curve) >= 5 and snaps[-1]["extra"]["holdout_n"] == held.sum()
+    assert curve[-1] > 0.9 and curve[-1] == result.extra["holdout_agreement"]
+    assert result.pcc > 0.95
+
+
+def test_a_resumed_run_keeps_its_held_out_set_and_never_learns_it(store, monkeypatch):
+    held = seeding.held_out(0, np.arange(640), 0.2)
+    real_record, chunks = store.record, []
+
+    def dies_in_chunk_4(*args, **kwargs):
+        chunks.append(1)
+        if len(chunks) == 4:
+            raise KeyboardInterrupt
+        return real_record(*args, **kwargs)
+
+    monkeypatch.setattr(store, "record", dies_in_chunk_4)
+    with pytest.raises(KeyboardInterrupt):
+        run_loop(RunConfig(**HOLDOUT), store, run_id="held-resumed")
+    assert store.count_answers("held-resumed") == 192
+    monkeypatch.setattr(store, "record", real_record)
+    calls = learned_rows(monkeypatch)
+    result = run_loop(RunConfig(**HOLDOUT), store, run_id="held-resumed")  # replays 192, asks 448
+    assert sum(calls) == 640 - held.sum()
+    assert store.snapshots("held-resumed")[-1]["extra"]["holdout_n"] == held.sum()
+    whole = run_loop(RunConfig(**HOLDOUT), store, run_id="held-whole")
+    assert result.extra["holdout_agreement"] == pytest.approx(whole.extra["holdout_agreement"], abs=0.03)
+
+
+def test_holdout_needs_a_triplet_design(store):
+    cfg = RunConfig(target="synthetic:p=6,rank=2", design=DesignConfig(name="gaussian"), holdout=0.1)
+    with pytest.raises(ConfigError, match="held-out share scores triplet answers"):
+        run_loop(cfg, store)

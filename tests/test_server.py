@@ -23,9 +23,9 @@ def client(url, key="test-key"):
 
 
 def on_grid(q: Queries) -> Queries:
-    """The queries with every weight at the rendering's two decimals (what a prompt can carry exactly)."""
+    """The queries with every weight as the rendering shows it (what a prompt can carry exactly)."""
     def snap(b):
-        return SparseBatch(b.indices, np.vectorize(lambda v: float(f"{v:.2f}"))(b.values), b.p)
+        return SparseBatch(b.indices, np.vectorize(render.shown)(b.values), b.p)
     return Queries(q.kind, q.seq, snap(q.a), snap(q.b), snap(q.c))
 
 
@@ -60,7 +60,7 @@ def test_prompt_parses_back_into_the_rendered_activations(queries):
     (cmp,) = parse_prompt(single_prompt(queries, 3))
     assert cmp.id is None
     for got, batch in zip((cmp.reference, cmp.first, cmp.second), (queries.a, queries.b, queries.c)):
-        want = {(f.index, round(f.weight, 2)) for f in render.features(batch, 3)}
+        want = {(f.index, render.shown(f.weight)) for f in render.features(batch, 3)}
         assert set(got) == want
     many = parse_prompt(batch_prompt(queries, [5, 6, 7]))
     assert [c.id for c in many] == [1, 2, 3]

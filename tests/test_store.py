@@ -215,6 +215,25 @@ def test_invalid_answers_are_kept_but_not_used(store):
     assert store.runs()[0]["answers"] == 2
 
 
+def test_invalid_only_positions_are_asked_again_one_attempt_later(store):
+    q = pair_queries(0, 5)
+    first = Answers("llm", q.seq, np.array([1.0, np.nan, np.nan, np.nan, 2.0]),
+                    np.array(["ok", "invalid", "invalid", "skipped", "ok"]), raw=["1", "?", "??", None, "2"])
+    swap = Answers("llm#swap", q.seq, np.array([1.0, np.nan, 3.0, np.nan, np.nan]),
+                   np.array(["ok", "invalid", "ok", "invalid", "invalid"]))
+    store.record("R", q, [first, swap])
+    assert store.invalid_only("R", 0, 5, ["llm"]) == {1: 1, 2: 1}
+    assert store.invalid_only("R", 0, 5, ["llm", "llm#swap"]) == {1: 1}  # an ok in either order stands
+    assert store.invalid_only("R", 0, 5, ["oracle"]) == {}
+    again = Answers("llm", np.array([1, 2]), np.array([np.nan, 4.0]), np.array(["invalid", "ok"]), raw=["?!", "4"])
+    assert store.record_attempts("R", q.select(np.array([1, 2])), [again], {1: 1, 2: 1}) == 2
+    assert store.record_attempts("R", q.select(np.array([1, 2])), [again], {1: 1, 2: 1}) == 0  # idempotent
+    assert store.invalid_only("R", 0, 5, ["llm"]) == {1: 2}  # still invalid: the next try is attempt 2
+    rows = [(r["seq"], r["attempt"], r["status"], r["raw"]) for r in store.answer_rows("R") if r["agent"] == "llm"]
+    assert (1, 0, "invalid", "?") in rows and (1, 1, "invalid", "?!") in rows and (2, 1, "ok", "4") in rows
+    assert store.count_answers("R") == 5  # 0, 4 and the re-asked 2 (llm); 0 and 2 (swap)
+
+
 # ---------------------------------------------------------------- export
 
 

@@ -88,3 +88,22 @@ def test_file_errors(tmp_path):
 def test_spec_errors(spec, match):
     with pytest.raises(ConfigError, match=match):
         targets.load_target(spec)
+
+
+def test_paper_shaped_presets_take_synthetic_parameters():
+    t = targets.load_target("chessgpt:p=100,rank=10,d=10,seed=3")
+    assert (t.p, t.rank, t.factor.shape[1]) == (100, 10, 10)
+    assert t.meta["preset"] == "chessgpt" and t.name.startswith("chessgpt(")
+    assert targets.PRESETS == {"chessgpt": {"p": 4096, "rank": 512, "d": 512},
+                               "pythia": {"p": 32768, "rank": 215, "d": 512}}
+    with pytest.raises(ConfigError, match="Unknown synthetic target parameter"):
+        targets.load_target("pythia:size=3")
+
+
+@pytest.mark.slow
+def test_paper_shapes():
+    chess = targets.load_target("chessgpt")
+    assert (chess.p, chess.rank) == (4096, 512)
+    assert np.allclose(np.einsum("pk,pk->p", chess.factor, chess.factor), 1.0)  # unit-norm atoms
+    pythia = targets.load_target("pythia")
+    assert (pythia.p, pythia.rank, pythia.factor.shape[1]) == (32768, 215, 215)

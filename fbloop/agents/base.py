@@ -53,6 +53,13 @@ class Answers:
     def ok(self) -> np.ndarray:
         return self.status == "ok"
 
+    def select(self, rows: np.ndarray) -> Answers:
+        """The answers at ``rows`` (a boolean mask or indices)."""
+        rows = np.flatnonzero(rows) if np.asarray(rows).dtype == bool else np.asarray(rows, dtype=np.int64)
+        pick = (lambda xs: None if xs is None else [xs[i] for i in rows])
+        return Answers(self.agent, self.seq[rows], self.value[rows], self.status[rows], pick(self.raw),
+                       pick(self.meta))
+
 
 class Agent(Protocol):
     """Anything that answers queries."""

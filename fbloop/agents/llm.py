@@ -40,8 +40,10 @@ Choices (see also :class:`LLMConfig`):
   hash, rendered prompt)`` — the endpoint and temperature are in the key so
   that one model name served by two servers never shares replies; an identical
   request later (a resumed run, a rerun) reads it instead of paying again.
-  Invalid replies and failed requests are never cached. At ``temperature > 0``
-  the cache keeps the first sample.
+  Invalid replies and failed requests are never cached (and a cached reply that
+  does not parse is never served). At ``temperature > 0`` the cache keeps the
+  first sample. A resumed run asks again every query whose only answers are
+  ``invalid``, stored under ``attempt`` + 1 beside them (:func:`fbloop.loop.run_loop`).
 - **Usage**: each answer's ``meta`` carries its request's tokens; only the first
   answer of a request (``batch_index`` 0) counts them in
   :meth:`LLMAgent.run_summary`, and cached replies cost nothing. Cost is tokens
@@ -405,7 +407,9 @@ class LLMAgent:
         if self.cache is not None:
             for r in requests:
                 got = self.cache.cache_get(r.key)
-                if got is not None:
+                # Only understood replies are cached; one that does not parse (a cache written by another
+                # version, say) is asked again rather than served.
+                if got is not None and self._understood(r, _Reply(got["reply"])):
                     hits[r.key] = got
         try:
             asyncio.get_running_loop()
