@@ -1,0 +1,288 @@
+"""Agent pools: several agents answer one experiment, each at its own cost and within its budget.
+
+An :class:`AgentPool` is itself an agent (it has ``name`` and answers queries), so the
+loop can use it where it uses one agent. It returns one :class:`~fbloop.agents.base.Answers`
+per agent that answered (:meth:`AgentPool.answer_sets`, the form the loop already stores
+and feeds for the LLM agent's order swap), each under that agent's own name.
+
+Routing, per batch of triplet queries with the learner's uncertainty per query
+(:func:`fbloop.active.uncertainty_scores` under the current ``Φ̂``, given as
+``uncertainty=`` or computed from :attr:`AgentPool.factor`):
+
+1. a random ``shared_share`` of the batch goes to *every* agent with budget left: these
+   shared queries measure agreement;
+2. of the rest, the ``hard_share`` the learner is least sure about go to the most
+   reliable agent;
+3. everything else goes to the cheapest agent.
+
+An agent whose budget cannot pay for all it was sent takes the most uncertain of them it
+can afford; the rest fall through to the next agent in the same order (most reliable →
+next most reliable; cheapest → next cheapest). Queries no agent can pay for come back as
+``skipped`` answers under the pool's name. Cost is charged per answer asked, invalid ones
+included (an LLM bills a malformed reply too).
+
+Reliability is an agent's estimated *accuracy* (the share of triplets it answers as the
+truth would), in order of preference:
+
+- against a ``reference`` member (an exact oracle standing in for the truth), on shared queries;
+- from pairwise agreement when three or more agents share queries: for ±1 answers with
+  independent symmetric errors ``2·agree_ij − 1 = r_i r_j`` with ``r = 2·accuracy − 1``, so
+  ``r_i = sqrt(s_ij s_ik / s_jk)`` (the median over pairs ``j, k``);
+- the member's prior ``accuracy`` until ``min_shared`` shared answers exist;
+- unknown (NaN): ranked after every known one, the costlier first (you pay more for a reason).
+
+Noise-aware learning (weighting answers by these estimates) is the learner's side and is
+not done here; :meth:`AgentPool.summary` exposes what it needs.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .active import NoiseModel, uncertainty_scores
+from .agents.base import Agent, Answers
+from .designs import Queries
+from .errors import ConfigError, ShapeError
+
+
+@dataclass(frozen=True)
+class MemberConfig:
+    cost: float = 1.0  # per answer asked
+    budget: float | None = None  # total spend allowed, in cost units; None: unlimited
+    accuracy: float | None = None  # prior accuracy in [0.5, 1], used until it is measured
+    reference: bool = False  # its answers count as the truth when scoring the others
+
+    def __post_init__(self) -> None:
+        if not self.cost >= 0:
+            raise ConfigError(f"Expect cost ≥ 0 per answer, got cost={self.cost}.")
+        if self.budget is not None and not self.budget >= 0:
+            raise ConfigError(f"Expect budget ≥ 0 (or None for unlimited), got budget={self.budget}.")
+        if self.accuracy is not None and not 0.5 <= self.accuracy <= 1.0:
+            raise ConfigError(f"Expect a prior accuracy in [0.5, 1], got accuracy={self.accuracy}.")
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    hard_share: float = 0.2  # the most uncertain share of each batch goes to the most reliable agent
+    shared_share: float = 0.05  # asked of every agent: agreement and accuracy
+    min_shared: int = 30  # shared answers before a measured accuracy replaces the prior
+    seed: int = 0  # chooses the shared queries
+
+    def __post_init__(self) -> None:
+        for name in ("hard_share", "shared_share"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"Expect {name} in [0, 1], got {name}={value}.")
+        if self.min_shared < 1:
+            raise ConfigError(f"Expect min_shared ≥ 1, got min_shared={self.min_shared}.")
+
+
+@dataclass(frozen=True)
+class Routing:
+    """Row indices of a batch per agent (shared rows appear under every agent that got them)."""
+
+    rows: dict[str, np.ndarray]  # agent name → (k,) int64 rows of the batch
+    shared: np.ndarray  # (n,) bool: asked of every agent with budget
+    hard: np.ndarray  # (n,) bool: among the least sure, routed by reliability
+    skipped: np.ndarray  # (k,) rows no agent could pay for
+
+
+class AgentPool:
+    """Several agents behind one ``answer_sets`` call; see the module docstring for the rule."""
+
+    name = "pool"
+
+    def __init__(self, members: Sequence[tuple[Agent, MemberConfig]], config: PoolConfig = PoolConfig(),
+                 noise: NoiseModel = NoiseModel()):
+        if not members:
+            raise ConfigError("Expect at least one agent in a pool, got none.")
+        names = [agent.name for agent, _ in members]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ConfigError(f"Expect distinct agent names in a pool, got {dupes} more than once; "
+                              "set each agent's .name.")
+        if self.name in names:
+            raise ConfigError(f"Agent name {self.name!r} is the pool's own; rename that agent.")
+        if sum(m.reference for _, m in members) > 1:
+            raise ConfigError("Expect at most one reference agent in a pool.")
+        self.agents = {agent.name: agent for agent, _ in members}
+        self.members = {agent.name: cfg for agent, cfg in members}
+        self.config = config
+        self.noise = noise
+        self.factor: np.ndarray | None = None  # the learner's current U (p, r), for uncertainty
+        self.rng = np.random.default_rng(config.seed)
+        self.spent_ = {n: 0.0 for n in names}
+        self.asked_ = {n: 0 for n in names}
+        self.routed_ = {"shared": 0, "hard": 0, "rest": 0, "skipped": 0}
+        self._shared: dict[int, dict[str, float]] = {}  # seq → agent → ok answer, for shared queries
+
+    # ------------------------------------------------------------ budgets and order
+
+    def affordable(self, name: str) -> int | float:
+        """How many more answers ``name`` can pay for (``inf`` when unlimited or free)."""
+        cfg = self.members[name]
+        if cfg.budget is None or cfg.cost == 0:
+            return np.inf
+        return int(np.floor((cfg.budget - self.spent_[name]) / cfg.cost + 1e-9))
+
+    def by_reliability(self) -> list[str]:
+        """Agents, most reliable first (unknown accuracy last, costlier first among ties)."""
+        acc = {n: est for n, (est, _) in self.accuracy().items()}
+        return sorted(self.agents, key=lambda n: (-(acc[n] if np.isfinite(acc[n]) else -1.0),
+                                                  -self.members[n].cost))
+
+    def by_cost(self) -> list[str]:
+        """Agents, cheapest first (more reliable first among equal costs)."""
+        acc = {n: est for n, (est, _) in self.accuracy().items()}
+        return sorted(self.agents, key=lambda n: (self.members[n].cost,
+                                                  -(acc[n] if np.isfinite(acc[n]) else -1.0)))
+
+    # ------------------------------------------------------------ routing
+
+    def route(self, uncertainty: np.ndarray, rng: np.random.Generator | None = None) -> Routing:
+        """Assign the rows of a batch (scores ``uncertainty`` (n,), larger = less sure) to agents.
+
+        Pure with respect to the pool's state (budgets are read, not charged).
+        """
+        u = np.asarray(uncertainty, dtype=np.float64)
+        if u.ndim != 1:
+            raise ShapeError(f"Expect one uncertainty per query, shape (n,), got {u.shape}.")
+        rng = self.rng if rng is None else rng
+        n = len(u)
+        cfg = self.config
+        left = {name: self.affordable(name) for name in self.agents}
+        rows: dict[str, list[np.ndarray]] = {name: [] for name in self.agents}
+        shared = np.zeros(n, bool)
+        n_shared = min(n, int(np.floor(cfg.shared_share * n + rng.random()))) if len(self.agents) > 1 else 0
+        shared[rng.choice(n, size=n_shared, replace=False)] = True
+        for name in self.agents:
+            if n_shared and left[name] > 0:
+                take = np.flatnonzero(shared)[: int(min(left[name], n_shared))]
+                rows[name].append(take)
+                left[name] -= len(take)
+        rest = np.flatnonzero(~shared)
+        order = rest[np.argsort(-u[rest], kind="stable")]  # least sure first
+        n_hard = int(round(cfg.hard_share * len(rest)))
+        hard, easy = order[:n_hard], order[n_hard:]
+        skipped = []
+        for group, agents in ((hard, self.by_reliability()), (easy, self.by_cost())):
+            pending = group  # kept least-sure first, so a short budget pays for the hardest
+            for name in agents:
+                if not len(pending):
+                    break
+                k = int(min(left[name], len(pending)))
+                if k:
+                    rows[name].append(pending[:k])
+                    left[name] -= k
+                    pending = pending[k:]
+            skipped.append(pending)
+        out = {name: np.sort(np.concatenate(r)).astype(np.int64) if r else np.zeros(0, np.int64)
+               for name, r in rows.items()}
+        is_hard = np.zeros(n, bool)
+        is_hard[hard] = True
+        return Routing(out, shared, is_hard, np.sort(np.concatenate(skipped)).astype(np.int64))
+
+    # ------------------------------------------------------------ answering
+
+    def answer_sets(self, queries: Queries, uncertainty: np.ndarray | None = None) -> list[Answers]:
+        """One :class:`Answers` per agent that was asked (plus ``skipped`` ones under the pool's name)."""
+        if uncertainty is None:
+            if self.factor is not None and queries.kind == "triplet":
+                uncertainty = uncertainty_scores(queries.a, queries.b, queries.c, self.factor, self.noise)
+            else:  # nothing known yet: every query is as hard as any other
+                uncertainty = np.zeros(len(queries))
+        if len(uncertainty) != len(queries):
+            raise ShapeError(f"Expect {len(queries)} uncertainties, got {len(uncertainty)}.")
+        routing = self.route(uncertainty)
+        sets = []
+        self.routed_["shared"] += int(routing.shared.sum())
+        self.routed_["hard"] += int(routing.hard.sum())
+        self.routed_["rest"] += int((~routing.shared & ~routing.hard).sum())
+        self.routed_["skipped"] += len(routing.skipped)
+        for name, rows in routing.rows.items():
+            if not len(rows):
+                continue
+            got = self.agents[name].answer(queries.select(rows))
+            self.spent_[name] += self.members[name].cost * len(rows)
+            self.asked_[name] += len(rows)
+            sets.append(got)
+            for seq, value, ok, sh in zip(got.seq, got.value, got.ok, routing.shared[rows]):
+                if sh and ok:
+                    self._shared.setdefault(int(seq), {})[name] = float(value)
+        if len(routing.skipped):
+            k = len(routing.skipped)
+            sets.append(Answers(self.name, queries.seq[routing.skipped].copy(), np.full(k, np.nan),
+                                np.full(k, "skipped"), meta=[{"reason": "no budget left"}] * k))
+        return sets
+
+    def answer(self, queries: Queries, uncertainty: np.ndarray | None = None) -> Answers:
+        """One answer per query: from its most reliable answering agent (``agent`` is the pool's name).
+
+        Use :meth:`answer_sets` to keep every agent's answers (the loop does).
+        """
+        sets = self.answer_sets(queries, uncertainty)
+        rank = {n: i for i, n in enumerate(self.by_reliability() + [self.name])}
+        best: dict[int, tuple[bool, int, float, str, str]] = {}  # seq → (not ok, rank, value, status, agent)
+        for s in sets:
+            for seq, value, status in zip(s.seq, s.value, s.status):
+                cand = (status != "ok", rank[s.agent], float(value), str(status), s.agent)
+                best[int(seq)] = min(best.get(int(seq), cand), cand)  # an ok answer first, then the most reliable
+        seq = queries.seq.copy()
+        value = np.array([best[int(q)][2] for q in seq])
+        status = np.array([best[int(q)][3] for q in seq])
+        return Answers(self.name, seq, value, status, meta=[{"agent": best[int(q)][4]} for q in seq])
+
+    # ------------------------------------------------------------ agreement and accuracy
+
+    def agreement(self) -> dict[tuple[str, str], tuple[float, int]]:
+        """Pairwise agreement on shared queries: ``(a, b) → (share of equal answers, count)``, a < b."""
+        out = {}
+        for x, y in itertools.combinations(sorted(self.agents), 2):
+            pairs = [(v[x], v[y]) for v in self._shared.values() if x in v and y in v]
+            out[(x, y)] = (float(np.mean([p == q for p, q in pairs])) if pairs else float("nan"), len(pairs))
+        return out
+
+    def accuracy(self) -> dict[str, tuple[float, str]]:
+        """Each agent's estimated accuracy and where it comes from (see the module docstring)."""
+        cfg = self.config
+        agree = self.agreement()
+
+        def pair(x: str, y: str) -> tuple[float, int]:
+            return agree[(x, y) if x < y else (y, x)]
+
+        ref = next((n for n, m in self.members.items() if m.reference), None)
+        out: dict[str, tuple[float, str]] = {}
+        for name in self.agents:
+            est, source = float("nan"), "unknown"
+            if name == ref:
+                est, source = 1.0, "reference"
+            elif ref is not None and pair(name, ref)[1] >= cfg.min_shared:
+                est, source = pair(name, ref)[0], f"against {ref}"
+            else:
+                others = [o for o in self.agents if o != name]
+                rs = []
+                for j, k in itertools.combinations(others, 2):
+                    (aij, nij), (aik, nik), (ajk, njk) = pair(name, j), pair(name, k), pair(j, k)
+                    if min(nij, nik, njk) >= cfg.min_shared and 2 * ajk - 1 > 0.05:
+                        rs.append(np.sqrt(max((2 * aij - 1) * (2 * aik - 1) / (2 * ajk - 1), 0.0)))
+                if rs:
+                    est, source = float(np.clip((1 + np.median(rs)) / 2, 0.0, 1.0)), "from agreement"
+                elif self.members[name].accuracy is not None:
+                    est, source = self.members[name].accuracy, "prior"
+            out[name] = (est, source)
+        return out
+
+    def summary(self) -> dict:
+        """Per agent: answers asked, cost spent, budget left, accuracy and its source; the routing split."""
+        acc = self.accuracy()
+        agents = {}
+        for name, cfg in self.members.items():
+            left = None if cfg.budget is None else cfg.budget - self.spent_[name]
+            agents[name] = {"asked": self.asked_[name], "cost_per_answer": cfg.cost, "spent": self.spent_[name],
+                            "budget_left": left, "accuracy": acc[name][0], "accuracy_source": acc[name][1]}
+        return {"agents": agents, "routing": dict(self.routed_), "total_cost": sum(self.spent_.values()),
+                "agreement": {f"{x}|{y}": {"agreement": a, "shared": k} for (x, y), (a, k) in self.agreement().items()}}

@@ -1,0 +1,154 @@
+import numpy as np
+import pytest
+
+from fbloop import targets
+from fbloop.active import ActiveStrategy, ActiveConfig
+from fbloop.agents import Answers, OracleAgent, OracleConfig
+from fbloop.designs import DesignConfig, make_design
+from fbloop.errors import ConfigError, ShapeError
+from fbloop.pool import AgentPool, MemberConfig, PoolConfig
+from fbloop.sparse import SparseBatch
+
+
+@pytest.fixture(scope="module")
+def target():
+    return targets.load_target("synthetic:p=12,rank=4,seed=2")
+
+
+def oracle(target, name: str, **noise) -> OracleAgent:
+    anchor = SparseBatch(np.zeros((1, 1), np.int64), np.ones((1, 1)), target.p)
+    agent = OracleAgent(target.factor, anchor, OracleConfig(**noise))
+    agent.name = name
+    return agent
+
+
+def queries(target, n: int, start: int = 0):
+    return make_design(DesignConfig(name="triplet", mu=0.7), target, 0).queries(start, start + n)
+
+
+class Counter:
+    """An agent that answers +1 to everything and remembers what it was asked."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.seen: list[int] = []
+
+    def answer(self, q) -> Answers:
+        self.seen += [int(s) for s in q.seq]
+        return Answers(self.name, q.seq.copy(), np.ones(len(q)), np.full(len(q), "ok"))
+
+
+def test_least_sure_go_to_the_reliable_agent_the_rest_to_the_cheapest():
+    people, llm = Counter("people"), Counter("llm")
+    pool = AgentPool([(people, MemberConfig(cost=1.0, accuracy=0.99)), (llm, MemberConfig(cost=0.01, accuracy=0.8))],
+                     PoolConfig(hard_share=0.25, shared_share=0.0))
+    u = np.arange(100, dtype=float)  # row 99 is the least sure
+    r = pool.route(u)
+    np.testing.assert_array_equal(r.rows["people"], np.arange(75, 100))
+    np.testing.assert_array_equal(r.rows["llm"], np.arange(75))
+    assert r.hard.sum() == 25 and not r.shared.any() and len(r.skipped) == 0
+
+
+def test_shared_queries_go_to_everyone_and_measure_agreement(target):
+    truth = oracle(target, "truth")
+    noisy = oracle(target, "noisy", noise="flip", flip=0.2, seed=3)
+    pool = AgentPool([(truth, MemberConfig(cost=1.0, reference=True)), (noisy, MemberConfig(cost=0.01))],
+                     PoolConfig(shared_share=0.5, min_shared=50))
+    sets = pool.answer_sets(queries(target, 2000))
+    assert {s.agent for s in sets} == {"truth", "noisy"}
+    agree = pool.agreement()[("noisy", "truth")]
+    assert agree[1] == pytest.approx(1000, abs=2)
+    acc = pool.accuracy()
+    assert acc["truth"] == (1.0, "reference")
+    assert acc["noisy"][0] == pytest.approx(0.8, abs=0.04) and acc["noisy"][1] == "against truth"
+    s = pool.summary()
+    assert s["routing"]["shared"] == pytest.approx(1000, abs=2)
+    assert s["total_cost"] == pytest.approx(s["agents"]["truth"]["asked"] * 1.0 + s["agents"]["noisy"]["asked"] * 0.01)
+
+
+def test_accuracy_from_agreement_of_three_agents_without_a_reference(target):
+    agents = [oracle(target, f"a{f}", noise="flip", flip=f, seed=i) for i, f in enumerate((0.05, 0.15, 0.3))]
+    pool = AgentPool([(a, MemberConfig(cost=1.0)) for a in agents], PoolConfig(shared_share=1.0))
+    pool.answer_sets(queries(target, 4000))
+    acc = pool.accuracy()
+    for a, f in zip(agents, (0.05, 0.15, 0.3)):
+        est, source = acc[a.name]
+        assert source == "from agreement" and est == pytest.approx(1 - f, abs=0.03)
+    assert pool.by_reliability() == ["a0.05", "a0.15", "a0.3"]
+
+
+def test_budgets_fall_through_and_then_skip():
+    people, llm = Counter("people"), Counter("llm")
+    pool = AgentPool([(people, MemberConfig(cost=1.0, budget=10, accuracy=0.99)),
+                      (llm, MemberConfig(cost=0.5, budget=20, accuracy=0.7))],
+                     PoolConfig(hard_share=0.5, shared_share=0.0))
+    target = targets.load_target("synthetic:p=12,rank=4,seed=2")
+    q = queries(target, 100)
+    u = np.linspace(0, 1, 100)
+    sets = pool.answer_sets(q, uncertainty=u)
+    by = {s.agent: s for s in sets}
+    assert len(by["people"]) == 10 and set(by["people"].seq) == set(range(90, 100))  # the 10 least sure
+    assert len(by["llm"]) == 40  # its budget: 20 / 0.5
+    assert len(by["pool"]) == 50 and np.all(by["pool"].status == "skipped")
+    assert pool.spent_ == {"people": 10.0, "llm": 20.0}
+    assert pool.affordable("people") == 0 and pool.affordable("llm") == 0
+    again = pool.answer_sets(queries(target, 5, start=100), uncertainty=np.ones(5))
+    assert [s.agent for s in again] == ["pool"]
+
+
+def test_pool_answer_prefers_the_reliable_ok_answer(target):
+    truth = oracle(target, "truth")
+    noisy = oracle(target, "noisy", noise="flip", flip=0.5, seed=1)
+    pool = AgentPool([(truth, MemberConfig(cost=1.0, accuracy=1.0)), (noisy, MemberConfig(cost=0.1, accuracy=0.6))],
+                     PoolConfig(shared_share=1.0))
+    q = queries(target, 200)
+    got = pool.answer(q)
+    assert got.agent == "pool" and len(got) == 200
+    np.testing.assert_array_equal(got.value, truth.answer(q).value)
+    assert {m["agent"] for m in got.meta} == {"truth"}
+
+
+def test_uncertainty_comes_from_the_factor_when_not_given(target):
+    people, llm = Counter("people"), Counter("llm")
+    pool = AgentPool([(people, MemberConfig(cost=1.0, accuracy=0.99)), (llm, MemberConfig(cost=0.01))],
+                     PoolConfig(hard_share=0.1, shared_share=0.0))
+    pool.factor = target.factor
+    q = ActiveStrategy(target.p, ActiveConfig(strategy="random"), DesignConfig(name="triplet", mu=0.7)
+                       ).next_queries(300, None, np.random.default_rng(0))
+    pool.answer_sets(q)
+    from fbloop.active import relative_margins
+
+    rho = np.abs(relative_margins(q.a, q.b, q.c, target.factor))
+    hard = np.isin(q.seq, people.seen)
+    assert hard.sum() == 30 and rho[hard].max() <= rho[~hard].min() + 1e-12
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"cost": -1.0}, "cost=-1.0"),
+    ({"budget": -5.0}, "budget=-5.0"),
+    ({"accuracy": 0.3}, "accuracy=0.3"),
+])
+def test_bad_member_configs(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        MemberConfig(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"hard_share": 1.2}, "hard_share=1.2"),
+    ({"shared_share": -0.1}, "shared_share=-0.1"),
+    ({"min_shared": 0}, "min_shared=0"),
+])
+def test_bad_pool_configs(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        PoolConfig(**kwargs)
+
+
+def test_bad_pools():
+    with pytest.raises(ConfigError, match="at least one"):
+        AgentPool([])
+    with pytest.raises(ConfigError, match="'x'"):
+        AgentPool([(Counter("x"), MemberConfig()), (Counter("x"), MemberConfig())])
+    with pytest.raises(ConfigError, match="at most one reference"):
+        AgentPool([(Counter("x"), MemberConfig(reference=True)), (Counter("y"), MemberConfig(reference=True))])
+    with pytest.raises(ShapeError, match=r"\(n,\)"):
+        AgentPool([(Counter("x"), MemberConfig())]).route(np.zeros((2, 2)))
