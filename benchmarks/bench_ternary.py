@@ -10,9 +10,9 @@
     same triplets. metric-learn 0.7.0 fails with scikit-learn ≥ 1.8 (fbloop's
     environment), so it runs in a subprocess of another interpreter:
 
-        python -m venv /tmp/venv-scml
-        /tmp/venv-scml/bin/pip install metric-learn==0.7.0 scikit-learn==1.5.2 "numpy<2.1"
-        python benchmarks/bench_ternary.py --scml-python /tmp/venv-scml/bin/python
+        python -m venv .venv-scml
+        .venv-scml/bin/pip install metric-learn==0.7.0 scikit-learn==1.5.2 "numpy<2.1"
+        python benchmarks/bench_ternary.py --scml-python .venv-scml/bin/python
 
     Without ``--scml-python`` it is imported here when it can be; otherwise the
     results file says why it did not run.
