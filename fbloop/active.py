@@ -81,7 +81,6 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
-from scipy import stats
 
 from .designs import DesignConfig, Queries, sample_sparse
 from .errors import ConfigError, ShapeError
@@ -174,25 +173,8 @@ def sample_sparse_fast(rng: np.random.Generator, n: int, p: int, mu: float, s: i
     random order (i.i.d. draws conditioned on being distinct), values ``U(0, 1]``,
     unused slots index 0 value 0.
     """
-    if p <= 64:  # rejection would redraw too often; the argsort is cheap here
-        return sample_sparse(rng, n, p, mu, s)
-    s = min(s, p)
-    ks = np.arange(1, s + 1)
-    pmf = stats.binom.pmf(ks, p, 1 - mu)
-    pmf[-1] = stats.binom.sf(s - 1, p, 1 - mu)
-    if pmf.sum() <= 0:
-        pmf = np.eye(s)[0]
-    k = rng.choice(ks, size=n, p=pmf / pmf.sum())  # (n,)
-    idx = rng.integers(0, p, size=(n, s))
-    while True:
-        srt = np.sort(idx, axis=1)
-        bad = np.any(srt[:, 1:] == srt[:, :-1], axis=1)
-        if not bad.any():
-            break
-        idx[bad] = rng.integers(0, p, size=(int(bad.sum()), s))
-    values = 1.0 - rng.random((n, s))  # (0, 1]
-    values[np.arange(s)[None, :] >= k[:, None]] = 0.0
-    return np.where(values > 0, idx, 0), values
+    # Up to p = 64 rejection would redraw too often; the argsort is cheap there.
+    return sample_sparse(rng, n, p, mu, s, argsort_max_p=64)
 
 
 def sample_triplets(rng: np.random.Generator, n: int, p: int, design: DesignConfig

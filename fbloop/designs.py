@@ -116,12 +116,14 @@ def bound(name: str, p: int, r: int) -> dict:
 # ---------------------------------------------------------------- samplers
 
 
-def sample_sparse(rng: np.random.Generator, n: int, p: int, mu: float, s: int
+def sample_sparse(rng: np.random.Generator, n: int, p: int, mu: float, s: int, argsort_max_p: int = 512
                   ) -> tuple[np.ndarray, np.ndarray]:
     """``n`` sparse activations: ``(indices, values)`` of shape ``(n, min(s, p))``.
 
     Nonzero count ``k ~ min(Binomial(p, 1−μ) | k ≥ 1, s)``; distinct uniform
-    indices; values ``Uniform(0, 1]``; unused slots hold value 0.
+    indices; values ``Uniform(0, 1]``; unused slots hold value 0. Indices come from
+    an argsort of ``(n, p)`` uniforms up to ``p = argsort_max_p``, by rejection above
+    (same law; the designs keep 512, since their draws are part of the run format).
     """
     s = min(s, p)
     ks = np.arange(1, s + 1)
@@ -130,7 +132,7 @@ def sample_sparse(rng: np.random.Generator, n: int, p: int, mu: float, s: int
     if pmf.sum() <= 0:  # μ so close to 1 that only k = 1 is representable
         pmf = np.eye(s)[0]
     k = rng.choice(ks, size=n, p=pmf / pmf.sum())  # (n,)
-    if p <= 512:
+    if p <= argsort_max_p:
         idx = np.argsort(rng.random((n, p)), axis=1)[:, :s]
     else:  # rejection: redraw rows with a repeated index (rare for large p)
         idx = rng.integers(0, p, size=(n, s))
