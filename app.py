@@ -30,6 +30,7 @@ CHOICES = {  # answer: (button label, keyboard shortcut); the order is the butto
 }
 REPEAT_GUARD_S = 0.4  # a click this soon after a question is drawn is the tail of a double click or a held key
 DB = os.environ.get("FBLOOP_DB", "runs/fbloop.db")
+ROUTE_COLOURS = ["#4c78a8", "#f58518", "#54a24b", "#e45756"]  # shared, hard, rest, skipped (views.ROUTES)
 
 st.set_page_config(page_title="fbloop", page_icon="🔁", layout="wide")
 
@@ -179,7 +180,7 @@ def readout_chart(curve: dict[str, list], held: dict[str, list]) -> alt.Chart:
     return (base.mark_line() + base.mark_point(filled=True, size=40)).properties(height=280)
 
 
-def share_chart(rows: list[dict], y: str, color: str | None = None) -> alt.Chart:
+def share_chart(rows: list[dict], y: str, color: str | None = None, tooltip: list | None = None) -> alt.Chart:
     """Horizontal bars of a share in [0, 1] (``rows`` carry ``y``, ``share``, ``label``), labelled at their tips."""
     base = alt.Chart(alt.Data(values=rows)).encode(
         y=alt.Y(f"{y}:N", title=None),
@@ -187,9 +188,58 @@ def share_chart(rows: list[dict], y: str, color: str | None = None) -> alt.Chart
                 axis=alt.Axis(format="%", title=None, values=[0, 0.25, 0.5, 0.75, 1])))
     split = {"yOffset": f"{color}:N"} if color else {}
     bars = base.mark_bar().encode(**split, **({"color": alt.Color(f"{color}:N", legend=alt.Legend(title=None))}
-                                              if color else {}))
+                                              if color else {}), **({"tooltip": tooltip} if tooltip else {}))
     text = base.mark_text(align="left", dx=4).encode(text="label:N", **split)
     return (bars + text).properties(height=(70 if color else 45) * len({r[y] for r in rows}) + 20)
+
+
+def compare_chart(rows: list[dict], x: str, y_title: str, strategies: list[str]) -> alt.Chart:
+    """A readout against ``x`` (answers or cost) for several runs: one line per run, coloured by strategy.
+
+    ``strategies`` fixes the colours, so that a strategy keeps its colour in every chart.
+    """
+    low = min(0.0, min(r["value"] for r in rows))
+    tooltip = ["run:N", "strategy:N", alt.Tooltip("answers:Q", format=",d")]
+    if any(r["cost"] is not None for r in rows):
+        tooltip.append(alt.Tooltip("cost:Q", format=",.2f"))
+    base = alt.Chart(alt.Data(values=rows)).encode(
+        x=alt.X(f"{x}:Q", axis=alt.Axis(format=",d" if x == "answers" else ",.4~g", title=x)),
+        y=alt.Y("value:Q", scale=alt.Scale(domain=[low, 1.0]), title=y_title),
+        color=alt.Color("strategy:N", scale=alt.Scale(domain=strategies, scheme="tableau10"),
+                        legend=alt.Legend(title=None, orient="bottom")),
+        detail="run:N",
+        tooltip=tooltip + [alt.Tooltip("value:Q", title=y_title, format=".4f")])
+    return (base.mark_line() + base.mark_point(filled=True, size=30)).properties(height=300)
+
+
+def amount_chart(rows: list[dict], x: str, label: str) -> alt.Chart:
+    """Horizontal bars of an amount per agent (``rows`` carry ``agent``, ``x``, ``label``), labelled at their tips."""
+    top = max([r[x] for r in rows] + [1e-9])
+    base = alt.Chart(alt.Data(values=rows)).encode(
+        y=alt.Y("agent:N", title=None),
+        x=alt.X(f"{x}:Q", scale=alt.Scale(domain=[0, 1.35 * top]), axis=alt.Axis(title=None, tickCount=4)))
+    bars = base.mark_bar().encode(tooltip=["agent:N", alt.Tooltip(f"{x}:Q", format=",.4~g")])
+    text = base.mark_text(align="left", dx=4).encode(text=f"{label}:N")
+    return (bars + text).properties(height=45 * len(rows) + 20)
+
+
+def routing_chart(routing: list[dict]) -> alt.Chart:
+    """The routing split as one stacked bar: shared / hard / rest / skipped queries, counted in the legend."""
+    rows = [{**r, "rank": i, "part": f"{r['route']}: {r['queries']:,} ({r['share']:.0%})"}
+            for i, r in enumerate(routing)]
+    return alt.Chart(alt.Data(values=rows)).mark_bar().encode(  # no y: the bar spans the chart's height
+        x=alt.X("queries:Q", stack="zero", title="queries routed"),
+        color=alt.Color("part:N", scale=alt.Scale(domain=[r["part"] for r in rows], range=ROUTE_COLOURS),
+                        legend=alt.Legend(title=None, orient="right")),
+        order=alt.Order("rank:Q"),
+        tooltip=["route:N", alt.Tooltip("queries:Q", format=",d"), alt.Tooltip("share:Q", format=".1%")],
+    ).properties(height=120)  # the whole chart, axis included (Streamlit fits it)
+
+
+def seconds(x: float) -> str:
+    if x < 1:  # scoring a small chunk, or an oracle's answers, take milliseconds
+        return f"{1000 * x:.1f} ms" if x < 0.01 else f"{1000 * x:.0f} ms"
+    return f"{x:.2f} s" if x < 10 else f"{x:,.0f} s"
 
 
 def heatmaps(pair) -> None:
@@ -218,6 +268,8 @@ def dashboard_body(run_id: str) -> None:
         agree = views.agreement(store, run_id)
         checks = views.check_accuracy(store, run_id)
         llm = views.llm_stats(store, run_id)
+        pool = views.pool_summary(store, run_id)
+        timing = views.active_timing(store, run_id)
 
     cols = st.columns(4)
     cols[0].metric("Status", info["status"])
@@ -286,6 +338,114 @@ def dashboard_body(run_id: str) -> None:
             cols[3].metric("Cost", "—" if m is None or m["cost"] is None else f"${m['cost']:.4f}")
         if not llm:
             st.caption("No LLM answers in this run.")
+
+    if run["config"].get("active"):
+        active_section(timing)
+    if run["config"].get("agent") == "pool" or pool is not None:
+        pool_section(pool)
+    compare_section(run_id)
+
+
+def active_section(timing: dict | None) -> None:
+    st.subheader("Active querying")
+    if timing is None:
+        st.caption("Scoring and waiting times are stored with the run's final snapshot.")
+        return
+    cols = st.columns(4)
+    cols[0].metric("Strategy", timing["strategy"] or "—")
+    cols[1].metric("Scoring", seconds(timing["score_s_total"]),
+                   help=f"seconds spent scoring candidate queries, over {timing['chunks']} chunks")
+    cols[2].metric("Waiting for answers", seconds(timing["wait_s_total"]),
+                   help="seconds the agent took to answer the chosen queries")
+    cols[3].metric("Longest wait", seconds(timing["wait_s_max"]), help="the longest the agent took on one chunk")
+    if timing["score_share"] is not None:
+        st.caption(f"Choosing the queries took {pct(timing['score_share'])} of the time spent choosing and "
+                   "answering them.")
+
+
+def pool_section(pool: dict | None) -> None:
+    st.subheader("Agent pool")
+    if pool is None:
+        st.caption("The pool's summary appears with its first snapshot.")
+        return
+    routes = {r["route"]: r for r in pool["routing"]}
+    cols = st.columns(4)
+    cols[0].metric("Total cost", f"{pool['total_cost']:,.2f}",
+                   help=f"every answer asked, invalid ones included; as of {pool['answers']} answers")
+    cols[1].metric("Shared queries", f"{routes['shared']['queries']:,}", help="asked of every agent with budget left")
+    cols[2].metric("Hard queries", f"{routes['hard']['queries']:,}",
+                   help="the learner's least sure, sent to the most reliable agent")
+    cols[3].metric("Skipped", f"{routes['skipped']['queries']:,}", help="no agent had budget left for them")
+
+    left, right = st.columns(2)
+    with left:
+        st.markdown("**Accuracy per agent**")
+        rows = [{"agent": a["agent"], "share": a["accuracy"] or 0.0, "source": a["accuracy_source"],
+                 "label": "unknown" if a["accuracy"] is None else f"{a['accuracy']:.0%} ({a['accuracy_source']})"}
+                for a in pool["agents"]]
+        st.altair_chart(share_chart(rows, "agent", tooltip=["agent:N", alt.Tooltip("share:Q", title="accuracy",
+                                                                                   format=".1%"), "source:N"]),
+                        width="stretch")
+        st.markdown("**Agreement on shared queries**")
+        rows = [{"pair": g["pair"], "share": g["agreement"], "label": f"{g['agreement']:.0%} of {g['shared']}"}
+                for g in pool["agreement"] if g["agreement"] is not None]
+        if rows:
+            st.altair_chart(share_chart(rows, "pair"), width="stretch")
+        else:
+            st.caption("No query answered by two agents yet.")
+    with right:
+        st.markdown("**Cost spent per agent**")
+        rows = [{**a, "label": f"{a['spent']:,.2f}" + ("" if a["budget_left"] is None
+                                                         else f" ({a['budget_left']:,.2f} left)")}
+                for a in pool["agents"]]
+        st.altair_chart(amount_chart(rows, "spent", "label"), width="stretch")
+        st.markdown("**Answers asked per agent**")
+        rows = [{**a, "label": f"{a['asked']:,} at {a['cost_per_answer'] or 0:,.4g} each"} for a in pool["agents"]]
+        st.altair_chart(amount_chart(rows, "asked", "label"), width="stretch")
+    st.markdown("**Routing split**")
+    st.altair_chart(routing_chart(pool["routing"]), width="stretch")
+    st.caption("Shared: asked of every agent, to measure agreement and accuracy · hard: the learner's least sure, "
+               "to the most reliable agent · rest: to the cheapest · skipped: no agent could pay. Accuracy comes "
+               "from a reference agent, from pairwise agreement, or from the agent's prior (hover a bar).")
+
+
+def compare_section(run_id: str) -> None:
+    st.subheader("Compare strategies")
+    with open_store() as store:
+        labels = views.strategy_labels(store)
+        default = views.same_target_runs(store, run_id)
+    chosen = st.multiselect("Runs to compare", list(labels)[::-1], default=default[::-1], key=f"compare-{run_id}",
+                            format_func=lambda r: f"{r} · {labels[r]}",
+                            help="By default every run on this run's target.")
+    if not chosen:
+        st.caption("Pick runs to compare.")
+        return
+    with open_store() as store:
+        curves = views.strategy_curves(store, chosen)
+    if curves["readout"] is None:
+        st.caption("None of these runs has a PCC or held-out agreement snapshot yet.")
+        return
+    rows, label = curves["rows"], curves["label"]
+    strategies = sorted({r["strategy"] for r in rows})
+    by_cost = [r for r in rows if r["cost"] is not None]
+    left, right = st.columns(2)
+    with left:
+        st.markdown(f"**{label} against answers**")
+        st.altair_chart(compare_chart(rows, "answers", label, strategies), width="stretch")
+    with right:
+        st.markdown(f"**{label} against cost**")
+        if by_cost:
+            st.altair_chart(compare_chart(by_cost, "cost", label, strategies), width="stretch")
+        else:
+            st.caption("No run here records its cost; pool runs do.")
+    notes = []
+    if curves["readout"] == "holdout":
+        notes.append(r"No $\Phi^*$ for these runs: the readout is the share of triplet answers $\hat\Phi$ "
+                     "predicted without having learned from them.")
+    if curves["missing"]:
+        notes.append(f"No {label} yet: {', '.join(curves['missing'])}.")
+    if notes:
+        st.caption(" ".join(notes))
 
 
 def ok_answers(counts: dict[str, list]) -> int:

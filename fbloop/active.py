@@ -390,26 +390,41 @@ class ActiveStrategy:
         return out
 
     def propose(self, n: int, factor: np.ndarray | None, rng: np.random.Generator | None = None,
-                start: int = 0) -> Proposal:
-        """``n`` triplet queries at positions ``start:start+n`` with their hold-out flags and scores."""
+                start: int = 0, random_mask: np.ndarray | None = None) -> Proposal:
+        """``n`` triplet queries at positions ``start:start+n`` with their hold-out flags and scores.
+
+        ``random_mask`` (n,) bool, when given, says which positions get the uniformly
+        random hold-out queries (the loop passes a pure function of the position, so a
+        resumed run agrees on them); otherwise the first ``floor(random_share·n + u)`` do.
+        """
         if n < 0:
             raise ConfigError(f"Expect n ≥ 0 queries, got n={n}.")
         cfg = self.config
         rng = self.rng if rng is None else rng
         adaptive = cfg.strategy != "random" and factor is not None
-        n_rand = n if not adaptive else min(n, int(np.floor(cfg.random_share * n + rng.random())))
+        if random_mask is not None:
+            random_mask = np.asarray(random_mask, dtype=bool)
+            if random_mask.shape != (n,):
+                raise ShapeError(f"Expect a random mask of shape ({n},), got {random_mask.shape}.")
+            holdout = random_mask.copy() if adaptive else np.ones(n, dtype=bool)
+        else:
+            n_rand = n if not adaptive else min(n, int(np.floor(cfg.random_share * n + rng.random())))
+            holdout = np.arange(n) < n_rand
+        n_rand = int(holdout.sum())
         n_pick = n - n_rand
-        parts = [sample_triplets(rng, n_rand, self.p, self.design)]
+        a, b, c = sample_triplets(rng, n_rand, self.p, self.design)
+        order = np.concatenate([np.flatnonzero(holdout), np.flatnonzero(~holdout)])  # batch row of each part row
+        parts = [(a, b, c)]
         score = np.full(n, np.nan)
         if n_pick:
             cand = sample_triplets(rng, cfg.pool * n_pick, self.p, self.design)
             s = self.scores(*cand, np.asarray(factor), rng)
             best = top_k(s, n_pick, rng)
             parts.append(tuple(x[best] for x in cand))  # type: ignore[arg-type]
-            score[n_rand:] = s[best]
+            score[order[n_rand:]] = s[best]
         a, b, c = _cat_triplets(parts)
-        queries = Queries("triplet", np.arange(start, start + n, dtype=np.int64), a, b, c)
-        holdout = np.arange(n) < n_rand
+        inv = np.argsort(order, kind="stable")  # part rows back into batch order
+        queries = Queries("triplet", np.arange(start, start + n, dtype=np.int64), a[inv], b[inv], c[inv])
         self.observe(queries)
         return Proposal(queries, holdout, score)
 

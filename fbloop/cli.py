@@ -64,8 +64,18 @@ def run_options(fn):
         click.option("--s", "max_nnz", default=3, show_default=True, type=int, help="Sparse/triplet: max nonzeros."),
         click.option("--dist", default="sparse", show_default=True, type=click.Choice(["sparse", "gaussian"]),
                      help="Triplet activations."),
-        click.option("--agent", default="oracle", show_default=True, type=click.Choice(["oracle", "human", "llm"]),
-                     help="human: queue the triplets for `fbloop app`; run again to learn from the answers."),
+        click.option("--agent", default="oracle", show_default=True,
+                     type=click.Choice(["oracle", "human", "llm", "pool"]),
+                     help="human: queue the triplets for `fbloop app`; run again to learn from the answers. "
+                          "pool: several agents (--member), routed by the learner's uncertainty."),
+        click.option("--active", default=None, type=click.Choice(["random", "uncertainty", "ensemble"]),
+                     help="Triplet design: choose each chunk's triplets from Φ̂ (uncertainty sampling, or "
+                          "BALD over an ensemble), 10%% of them uniformly random."),
+        click.option("--member", "members", multiple=True, metavar="NAME:AGENT[,key=value...]",
+                     help="Agent pool member (repeat): e.g. people:oracle,cost=1,reference  "
+                          "cheap:oracle,noise=flip,flip=0.2,cost=0.01  gpt:llm,cost=0.01."),
+        click.option("--hard-share", default=0.2, show_default=True, type=float,
+                     help="Agent pool: share of each chunk (the least sure) sent to the most reliable member."),
         click.option("--bisection", default=None, type=float, metavar="EPS",
                      help="Answer a pair design with ternary comparisons, bisecting each scale to relative "
                           "precision EPS (e.g. 1e-3)."),
@@ -117,6 +127,7 @@ def _run_config(opts: dict):
     from .designs import DesignConfig
     from .learner import LearnerConfig
     from .loop import RunConfig
+    from .pool import PoolConfig, parse_member
 
     return RunConfig(
         target=opts["target"],
@@ -132,8 +143,27 @@ def _run_config(opts: dict):
         check_rate=opts["check_rate"],
         holdout=opts["holdout"],
         bisection=BisectionConfig(precision=opts["bisection"]) if opts["bisection"] is not None else None,
-        llm=_llm_config(opts) if opts["agent"] == "llm" else None,
+        llm=_llm_config(opts) if opts["agent"] == "llm" or _has_llm_member(opts) else None,
+        active=_active_config(opts),
+        pool=tuple(parse_member(m) for m in opts["members"]) or None,
+        pool_config=PoolConfig(hard_share=opts["hard_share"], seed=opts["seed"]) if opts["members"] else None,
     )
+
+
+def _has_llm_member(opts: dict) -> bool:
+    return any(m.partition(",")[0].partition(":")[2].strip() == "llm" for m in opts["members"])
+
+
+def _active_config(opts: dict):
+    """The --active strategy, told the oracle's noise when it is simulated (a logistic guess otherwise)."""
+    from .active import ActiveConfig, NoiseModel
+
+    if opts["active"] is None:
+        return None
+    noise = NoiseModel()
+    if opts["agent"] == "oracle" and opts["noise"] != "none":
+        noise = NoiseModel(kind=opts["noise"], temperature=opts["temperature"], flip=min(opts["flip"], 0.49))
+    return ActiveConfig(strategy=opts["active"], noise=noise, seed=opts["seed"])
 
 
 def _llm_config(opts: dict):
@@ -209,6 +239,18 @@ def _print_result(result, as_json: bool) -> None:
     if "ternary_answers" in s:
         click.echo(f"Ternary answers behind the {s['answers']} pairs (bisection): {s['ternary_answers']} "
                    "(the paper's Figure 1 uses 55 scaled pairs)")
+    if "active" in s:
+        a = s["active"]
+        click.echo(f"Active ({a['strategy']}): {a['chunks']} chunks chosen, {a['score_s_total']:.2f}s scoring "
+                   f"candidates, {a['wait_s_total']:.3f}s of it waited for (longest wait {a['wait_s_max']:.3f}s)")
+    if "pool" in s:
+        pool = s["pool"]
+        for name, m in pool["agents"].items():
+            acc = "—" if m["accuracy"] != m["accuracy"] else f"{m['accuracy']:.3f} ({m['accuracy_source']})"
+            click.echo(f"  {name}: {m['asked']} answers, cost {m['spent']:.2f}, accuracy {acc}")
+        r = pool["routing"]
+        click.echo(f"Pool cost {pool['total_cost']:.2f}; routing: {r['shared']} shared, {r['hard']} hard to the "
+                   f"most reliable, {r['rest']} to the cheapest, {r['skipped']} skipped")
     if "llm" in s:
         u = s["llm"]
         bias = u.get("position_bias_rate")

@@ -21,6 +21,7 @@ from typing import Literal
 import numpy as np
 
 from . import human, metrics, seeding
+from .active import ActiveConfig, ActiveStrategy, NoiseModel
 from .agents import Answers, OracleAgent, OracleConfig
 from .agents.llm import LLMAgent, LLMConfig
 from .bisection import BisectionAgent, BisectionConfig
@@ -28,6 +29,8 @@ from .designs import Design, DesignConfig, Queries, make_design, n_params
 from .direct import SolvedLearner
 from .errors import ConfigError, StoreError
 from .learner import GradientLearner, LearnerConfig
+from .pool import AgentPool, MemberSpec, PoolConfig
+from .querying import ActiveQueries, Prequential, random_positions, stored_chunk
 from .sparse import SparseBatch
 from .store import Store
 from .targets import Target, load_target
@@ -35,6 +38,9 @@ from .targets import Target, load_target
 LearnerName = Literal["gradient", "exact", "direct", "auto"]
 EXACT_MAX_P = 40  # "auto" uses the exact learner for pair runs up to this p
 DIRECT_DESIGNS = ("constructive", "eigen")  # 1- and 2-sparse pairs: "auto" solves them directly above EXACT_MAX_P
+AGENTS = ("oracle", "llm", "human", "pool")
+ACTIVE_STEPS = 100  # active runs: learner steps after each chunk at least (the strategy scores under Φ̂)
+MAX_NOISE = 0.45  # noise-aware pools: a member's flip rate is capped here (0.5 would erase its answers)
 
 
 @dataclass(frozen=True)
@@ -43,7 +49,7 @@ class RunConfig:
 
     target: str = "rfm"  # a target spec, see fbloop.targets
     design: DesignConfig = field(default_factory=DesignConfig)
-    agent: Literal["oracle", "llm", "human"] = "oracle"
+    agent: Literal["oracle", "llm", "human", "pool"] = "oracle"
     oracle: OracleConfig = field(default_factory=OracleConfig)
     llm: LLMConfig | None = None  # the llm agent's endpoint and options; None (oracle runs) keeps old configs equal
     check_rate: float | None = None  # human agent: share of attention checks in its queue; None → 0.1
@@ -55,11 +61,28 @@ class RunConfig:
     snapshot_every: int | None = None  # answers between PCC snapshots; None → ~40 per run
     rfm_mse: bool = True  # RFM targets: score Φ̂ by the predictor's test MSE at the end (a 4000² solve)
     holdout: float | None = None  # triplet runs: share of queries answered and stored, never learned from
+    active: ActiveConfig | None = None  # triplet runs: choose each chunk's queries from Φ̂ (fbloop.active)
+    pool: tuple[MemberSpec, ...] | None = None  # agent "pool": its members (fbloop.pool)
+    pool_config: PoolConfig | None = None  # agent "pool": routing shares; None → PoolConfig(seed=seed)
+    stop_at: float | None = None  # stop asking once a snapshot's PCC reaches this (needs a Φ*; simulations)
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.agent not in ("oracle", "llm", "human"):
-            raise ConfigError(f"Unknown agent {self.agent!r}; expect 'oracle', 'llm' or 'human'.")
+        if self.agent not in AGENTS:
+            raise ConfigError(f"Unknown agent {self.agent!r}; expect one of {list(AGENTS)}.")
+        if self.pool is not None:
+            object.__setattr__(self, "pool", tuple(m if isinstance(m, MemberSpec) else MemberSpec(**m)
+                                                   for m in self.pool))
+        if self.agent == "pool":
+            if not self.pool:
+                raise ConfigError("Agent 'pool' needs members (--member NAME:AGENT,...); got none.")
+            names = [m.name for m in self.pool]
+            if len(set(names)) != len(names):
+                raise ConfigError(f"Expect distinct pool member names, got {names}.")
+            if any(m.agent == "llm" for m in self.pool) and self.llm is None:
+                object.__setattr__(self, "llm", LLMConfig())
+        elif self.pool:
+            raise ConfigError(f"Pool members are given but the agent is {self.agent!r}; use --agent pool.")
         if self.check_rate is not None and not 0.0 <= self.check_rate <= 0.5:
             raise ConfigError(f"Expect a check rate in [0, 0.5], got check_rate={self.check_rate}.")
         if self.agent == "llm" and self.llm is None:
@@ -72,6 +95,8 @@ class RunConfig:
             raise ConfigError(f"Expect chunk ≥ 1, got chunk={self.chunk}.")
         if self.snapshot_every is not None and self.snapshot_every < 1:
             raise ConfigError(f"Expect snapshot_every ≥ 1, got {self.snapshot_every}.")
+        if self.stop_at is not None and not 0.0 < self.stop_at <= 1.0:
+            raise ConfigError(f"Expect stop_at in (0, 1], a PCC, got stop_at={self.stop_at}.")
         if self.holdout is not None and not 0.0 <= self.holdout < 1.0:
             raise ConfigError(f"Expect a held-out share in [0, 1), got holdout={self.holdout}.")
 
@@ -88,6 +113,12 @@ class RunConfig:
             data["llm"] = LLMConfig(**data["llm"])
         if data.get("bisection") is not None:
             data["bisection"] = BisectionConfig(**data["bisection"])
+        if data.get("active") is not None:
+            data["active"] = ActiveConfig(**data["active"])
+        if data.get("pool") is not None:
+            data["pool"] = tuple(MemberSpec(**m) for m in data["pool"])
+        if data.get("pool_config") is not None:
+            data["pool_config"] = PoolConfig(**data["pool_config"])
         return cls(**data)
 
 
@@ -232,8 +263,12 @@ class HeldOut:
         return agree / self.n
 
 
-def feed(learner, queries: Queries, answers: Answers, held: HeldOut | None = None) -> None:
-    """Give the learner the ok answers of a chunk; held-out ones go to ``held`` instead."""
+def feed(learner, queries: Queries, answers: Answers, held: HeldOut | None = None, source: int = 0) -> None:
+    """Give the learner the ok answers of a chunk; held-out ones go to ``held`` instead.
+
+    ``source`` names the agent that gave them (a pool member's index), for a
+    learner that weighs agents by their reliability.
+    """
     ok = answers.ok
     if held is not None:
         held.keep(queries, answers)
@@ -245,6 +280,8 @@ def feed(learner, queries: Queries, answers: Answers, held: HeldOut | None = Non
     q = queries.select(rows)
     if q.kind == "pair":
         learner.add_pairs(q.a, answers.value[ok])
+    elif source and hasattr(learner, "set_source_noise"):
+        learner.add_triplets(q.a, q.b, q.c, answers.value[ok], source=source)
     else:
         learner.add_triplets(q.a, q.b, q.c, answers.value[ok])
 
@@ -254,6 +291,8 @@ def feed(learner, queries: Queries, answers: Answers, held: HeldOut | None = Non
 
 def answer_names(agent) -> list[str]:
     """The agent names an agent's answers are stored under (the LLM agent's order swap adds one)."""
+    if isinstance(agent, AgentPool):
+        return [*agent.agents, agent.name]
     inner = agent.agent if isinstance(agent, NativeView) else agent  # bisection answers are pairs, one name
     return [agent.name] + ([inner.swap_name] if isinstance(inner, LLMAgent) and inner.config.order_swap else [])
 
@@ -295,12 +334,22 @@ class NativeView:
 
 
 def make_agent(config: RunConfig, target: Target, design: Design, store: Store | None = None
-               ) -> OracleAgent | LLMAgent | NativeView:
+               ) -> OracleAgent | LLMAgent | NativeView | AgentPool:
     """The run's agent; an LLM agent checks its endpoint first and caches replies in ``store``.
 
     The oracle answers in the design's coordinates (``Φ*`` rotated into its basis);
-    the LLM sees feature coordinates, as a person would.
+    the LLM sees feature coordinates, as a person would. A pool builds each member
+    the same way, under the member's name.
     """
+    if config.agent == "pool":
+        members = []
+        for spec in config.pool or ():
+            member = make_agent(dataclasses.replace(config, agent=spec.agent, oracle=spec.oracle, pool=None),
+                                target, design, store)
+            member.name = spec.name
+            members.append((member, spec.terms))
+        noise = config.active.noise if config.active is not None else NoiseModel()
+        return AgentPool(members, config.pool_config or PoolConfig(seed=config.seed), noise)
     if config.agent == "llm":
         agent = LLMAgent(config.llm, target.descriptions, cache=store)
         agent.check()  # a missing key or a dead endpoint fails here, before any query is spent
@@ -336,14 +385,23 @@ def run_loop(config: RunConfig, store: Store, run_id: str | None = None,
     if config.agent == "llm" and design.kind != "triplet" and config.bisection is None:
         raise ConfigError("The llm agent answers triplets; pair designs need the bisection route "
                           "(--bisection 1e-3) or --design triplet.")
-    if config.agent == "human" and design.kind != "triplet":
-        raise ConfigError("People answer triplets in the app; use --design triplet with --agent human.")
+    if config.agent in ("human", "pool") and design.kind != "triplet":
+        raise ConfigError(f"The {config.agent} agent answers triplets; use --design triplet with --agent "
+                          f"{config.agent}.")
     if config.holdout and design.kind != "triplet":
         raise ConfigError(f"A held-out share scores triplet answers; design {config.design.name!r} asks pairs.")
+    if config.active is not None and config.design.name != "triplet":
+        raise ConfigError(f"Active strategies choose triplets; design {config.design.name!r} is fixed in "
+                          "advance. Use --design triplet with --active.")
     held = HeldOut(config.holdout, config.seed) if config.holdout else None
     agent = make_agent(config, target, design, store)
     if config.bisection is not None and design.kind == "pair":
         agent = BisectionAgent(agent, anchor, config.bisection)
+    pool = agent if isinstance(agent, AgentPool) else None
+    sources = {name: i for i, name in enumerate(pool.agents)} if pool is not None else {}
+    active = (ActiveQueries(ActiveStrategy(target.p, config.active, config.design), config.seed)
+              if config.active is not None else None)
+    preq = Prequential() if active is not None else None
 
     run_id = run_id or new_run_id(config)
     cfg_json = json.loads(json.dumps(config.to_dict()))
@@ -356,10 +414,18 @@ def run_loop(config: RunConfig, store: Store, run_id: str | None = None,
         if diff:
             raise StoreError(f"Run {run_id!r} exists with another config ({'; '.join(diff[:3])}); "
                              "use a new --run-id.")
-        for queries, answers in store.iter_answered(run_id):  # replay what was stored
-            feed(learner, queries, answers, held)
+        for who in (list(pool.agents) if pool is not None else [None]):  # replay what was stored
+            for queries, answers in store.iter_answered(run_id, agent=who):
+                feed(learner, queries, answers, held, sources.get(who, 0))
+                if active is not None:
+                    active.observe(queries)
+        if pool is not None:
+            pool.replay(store.answer_values(run_id))
+            if pool.config.noise_aware and hasattr(learner, "set_source_noise"):
+                learner.set_source_noise(member_noise(pool, sources))
         if config.learner_config.steps_per_chunk:
             learner.step(config.learner_config.steps_per_chunk)
+    stored_until = store.next_position(run_id) if active is not None and existing is not None else 0
 
     chunk = config.chunk or auto_chunk(budget)
     every = config.snapshot_every or max(chunk, budget // 40)
@@ -367,11 +433,24 @@ def run_loop(config: RunConfig, store: Store, run_id: str | None = None,
     n_ok = store.count_answers(run_id)
     last_snap = history[-1][0] if history else 0
 
-    def snapshot(final: bool = False) -> float:
-        pcc = metrics.pcc_factored(design.native_factor(learner.factor()), target.factor)
-        extra = {"loss": learner.last_loss, "learner": learner_name, "final": final}
+    def current_factor() -> np.ndarray | None:
+        return learner.factor() if getattr(learner, "n_triplets", 0) else None
+
+    def live_extra() -> dict:
+        extra: dict = {}
         if held is not None:
             extra["holdout_agreement"], extra["holdout_n"] = held.agreement(learner), held.n
+        elif preq is not None:
+            extra["holdout_agreement"], extra["holdout_n"] = preq.agreement(), preq.n
+            extra["holdout_kind"] = "prequential"
+        if pool is not None:
+            summary = pool.summary()
+            extra["cost"], extra["pool"] = summary["total_cost"], summary
+        return extra
+
+    def snapshot(final: bool = False) -> float:
+        pcc = metrics.pcc_factored(design.native_factor(learner.factor()), target.factor)
+        extra = {"loss": learner.last_loss, "learner": learner_name, "final": final, **live_extra()}
         store.add_snapshot(run_id, n_ok, pcc, time.perf_counter() - t0, extra)
         history.append((n_ok, pcc))
         return pcc
@@ -380,35 +459,64 @@ def run_loop(config: RunConfig, store: Store, run_id: str | None = None,
     store.set_status(run_id, "running")
     if config.agent == "human":  # people answer in the app: queue the triplets, learn from what is in so far
         rate = human.CHECK_RATE if config.check_rate is None else config.check_rate
-        human.queue(store, run_id, design.queries(0, budget), check_rate=rate, factor=target.factor,
-                    seed=config.seed)
+        if active is None:
+            human.queue(store, run_id, design.queries(0, budget), check_rate=rate, factor=target.factor,
+                        seed=config.seed)
+        else:
+            top_up_queue(store, run_id, active, budget, chunk, current_factor(), rate, target.factor, config.seed)
         if n_ok == 0:  # nothing answered yet, nothing to learn
             store.set_status(run_id, "waiting")
+            if active is not None:
+                active.close()
             return RunResult(run_id, None, 0, budget, design.count, learner_name, time.perf_counter() - t0,
                              np.zeros((target.p, 1)), history)
-    for start in range(0, budget if config.agent != "human" else 0, chunk):
-        stop = min(start + chunk, budget)
-        done = store.answered(run_id, start, stop, agent.name)
-        # A resumed run asks again what got only invalid answers (an unparseable reply), one attempt later.
-        retry = store.invalid_only(run_id, start, stop, answer_names(agent)) if existing is not None else {}
-        if len(done) == stop - start and not retry:
-            continue  # answered before a restart; already replayed
-        queries = design.queries(start, stop)
-        pending = queries.select(~np.isin(queries.seq, done) | np.isin(queries.seq, list(retry)))
-        # An agent may give several answer sets per query (the LLM agent's order swap); all are kept.
-        sets = agent.answer_sets(pending) if hasattr(agent, "answer_sets") else [agent.answer(pending)]
-        if retry:
-            store.record_attempts(run_id, queries, sets, retry)
-        else:
-            store.record(run_id, queries, sets)
-        for answers in sets:
-            n_ok += int(answers.ok.sum())
-            feed(learner, pending, answers, held)
-        loss = learner.step(learner.arrival_steps(stop - start)) if learner_name == "gradient" else None
-        if n_ok - last_snap >= every and learner_name == "gradient":
-            pcc, last_snap = snapshot(), n_ok
-        if progress:
-            progress(Progress(min(stop, budget), budget, pcc, loss))
+    names = answer_names(agent)
+    try:
+        for start in range(0, budget if config.agent != "human" else 0, chunk):
+            stop = min(start + chunk, budget)
+            done = store.answered(run_id, start, stop, None if pool is not None else agent.name)
+            # A resumed run asks again what got only invalid answers (an unparseable reply), one attempt later.
+            retry = store.invalid_only(run_id, start, stop, names) if existing is not None else {}
+            if len(done) == stop - start and not retry:
+                continue  # answered before a restart; already replayed
+            if active is None:
+                queries = design.queries(start, stop)
+            else:
+                queries = stored_chunk(store, run_id, start, stop) if start < stored_until else None
+                if queries is None:
+                    queries = active.get(start, stop, current_factor())
+                if stop < budget and stop >= stored_until:  # score the next chunk while this one is answered
+                    active.prefetch(stop, min(stop + chunk, budget), current_factor())
+            pending = queries.select(~np.isin(queries.seq, done) | np.isin(queries.seq, list(retry)))
+            if pool is not None:
+                pool.factor = current_factor()  # the pool routes the least sure queries to its most reliable
+            # An agent may give several answer sets per query (the LLM agent's order swap); all are kept.
+            sets = agent.answer_sets(pending) if hasattr(agent, "answer_sets") else [agent.answer(pending)]
+            if retry:
+                store.record_attempts(run_id, queries, sets, retry)
+            else:
+                store.record(run_id, queries, sets)
+            for answers in sets:
+                n_ok += int(answers.ok.sum())
+                if preq is not None:  # score the random share before learning from it
+                    preq.score(learner, pending, answers,
+                               random_positions(config.seed, answers.seq, config.active.random_share))
+                feed(learner, pending, answers, held, sources.get(answers.agent, 0))
+            if pool is not None and pool.config.noise_aware and hasattr(learner, "set_source_noise"):
+                learner.set_source_noise(member_noise(pool, sources))
+            loss = None
+            if learner_name == "gradient":
+                steps = learner.arrival_steps(stop - start)
+                loss = learner.step(max(steps, ACTIVE_STEPS) if active is not None else steps)
+            if n_ok - last_snap >= every and learner_name == "gradient":
+                pcc, last_snap = snapshot(), n_ok
+            if progress:
+                progress(Progress(min(stop, budget), budget, pcc, loss))
+            if config.stop_at is not None and pcc is not None and pcc >= config.stop_at:
+                break  # good enough: no more answers are paid for
+    finally:
+        if active is not None:
+            active.close()
 
     if isinstance(learner, GradientLearner):
         fit_pcc, reports = pcc, [0]
@@ -436,13 +544,45 @@ def run_loop(config: RunConfig, store: Store, run_id: str | None = None,
         extra["llm"] = asker.run_summary(store, run_id)
     if isinstance(agent, BisectionAgent):  # every ternary answer behind the bisected pairs
         extra["ternary_answers"] = store.sum_meta(run_id, "triplets")
-    if held is not None:
-        extra["holdout_agreement"], extra["holdout_n"] = held.agreement(learner), held.n
+    extra.update(live_extra())
+    if active is not None:
+        extra["active"] = active.summary()
     if extra:
         store.add_snapshot(run_id, n_ok, pcc, time.perf_counter() - t0, {"final": True, **extra})
+    if config.agent == "human" and active is not None:  # the next chunk, chosen under what was just learnt
+        rate = human.CHECK_RATE if config.check_rate is None else config.check_rate
+        top_up_queue(store, run_id, active, budget, chunk, learner.factor(), rate, target.factor, config.seed)
     store.set_status(run_id, "waiting" if config.agent == "human" and human.waiting(store, run_id) else "done")
     return RunResult(run_id, pcc, n_ok, budget, design.count, learner_name,
                      time.perf_counter() - t0, factor, history, extra)
+
+
+def member_noise(pool: AgentPool, sources: dict[str, int]) -> dict[int, float]:
+    """Each pool member's estimated flip rate ``1 − accuracy`` (capped at ``MAX_NOISE``) by source id;
+    members with no estimate yet are left out (the learner keeps their last, or 0)."""
+    out = {}
+    for name, (acc, _) in pool.accuracy().items():
+        if np.isfinite(acc):
+            out[sources[name]] = float(min(max(1.0 - acc, 0.0), MAX_NOISE))
+    return out
+
+
+def top_up_queue(store: Store, run_id: str, active: ActiveQueries, budget: int, chunk: int,
+                 factor: np.ndarray | None, check_rate: float, truth: np.ndarray | None, seed: int) -> int:
+    """Active runs with people: queue the next chunk of chosen triplets when fewer than a chunk wait.
+
+    People never wait for scoring: the queue always holds up to a chunk ahead, and
+    the run (``fbloop run`` again, or ``fbloop run --watch``) chooses the next one
+    under the ``Φ̂`` learnt from the answers in so far. Returns how many were queued.
+    """
+    info = store.queue_progress(run_id)
+    unanswered = info["queued"] - info["answered"]
+    start = store.next_position(run_id)
+    if unanswered >= chunk or start >= budget:
+        return 0
+    stop = min(start + chunk, budget)
+    queries = active.get(start, stop, factor)
+    return human.queue(store, run_id, queries, check_rate=check_rate, factor=truth, seed=seed)["queued"]
 
 
 def readouts(target: Target, factor: np.ndarray) -> dict:

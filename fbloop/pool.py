@@ -31,20 +31,24 @@ truth would), in order of preference:
 - the member's prior ``accuracy`` until ``min_shared`` shared answers exist;
 - unknown (NaN): ranked after every known one, the costlier first (you pay more for a reason).
 
-Noise-aware learning (weighting answers by these estimates) is the learner's side and is
-not done here; :meth:`AgentPool.summary` exposes what it needs.
+Noise-aware learning: with ``noise_aware`` (the default) the loop gives the learner each
+member's estimated flip rate ``1 − accuracy`` after every chunk
+(:func:`fbloop.loop.member_noise`); the learner's triplet loss then expects that share of
+the member's answers to be wrong (``GradientLearner.set_source_noise``).
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
 from .active import NoiseModel, uncertainty_scores
 from .agents.base import Agent, Answers
+from .agents.oracle import OracleConfig
 from .designs import Queries
 from .errors import ConfigError, ShapeError
 
@@ -70,6 +74,7 @@ class PoolConfig:
     hard_share: float = 0.2  # the most uncertain share of each batch goes to the most reliable agent
     shared_share: float = 0.05  # asked of every agent: agreement and accuracy
     min_shared: int = 30  # shared answers before a measured accuracy replaces the prior
+    noise_aware: bool = True  # the loop tells the learner each member's estimated flip rate (1 − accuracy)
     seed: int = 0  # chooses the shared queries
 
     def __post_init__(self) -> None:
@@ -79,6 +84,76 @@ class PoolConfig:
                 raise ConfigError(f"Expect {name} in [0, 1], got {name}={value}.")
         if self.min_shared < 1:
             raise ConfigError(f"Expect min_shared ≥ 1, got min_shared={self.min_shared}.")
+
+
+MEMBER_AGENTS = ("oracle", "llm")
+
+
+@dataclass(frozen=True)
+class MemberSpec:
+    """One member of a run's pool, as the run stores it: its name, which agent, and its terms.
+
+    ``agent="oracle"`` is a simulated oracle with its own noise (``oracle``): the
+    stand-in for people (exact) or for a cheap noisy agent; ``agent="llm"`` is the
+    run's LLM endpoint (``RunConfig.llm``). Parsed from the CLI's ``--member``
+    (:func:`parse_member`).
+    """
+
+    name: str
+    agent: Literal["oracle", "llm"] = "oracle"
+    oracle: OracleConfig = field(default_factory=OracleConfig)
+    terms: MemberConfig = field(default_factory=MemberConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.oracle, dict):  # from a stored run's JSON
+            object.__setattr__(self, "oracle", OracleConfig(**self.oracle))
+        if isinstance(self.terms, dict):
+            object.__setattr__(self, "terms", MemberConfig(**self.terms))
+        if not self.name or not self.name.replace("-", "").replace("_", "").isalnum():
+            raise ConfigError(f"Expect a member name of letters, digits, '-' or '_', got {self.name!r}.")
+        if self.name == AgentPool.name:
+            raise ConfigError(f"Member name {self.name!r} is the pool's own; choose another.")
+        if self.agent not in MEMBER_AGENTS:
+            raise ConfigError(f"Unknown pool member agent {self.agent!r}; expect one of {list(MEMBER_AGENTS)}.")
+
+
+_ORACLE_KEYS = {"noise": str, "temperature": float, "flip": float, "tie_band": float, "seed": int}
+_TERM_KEYS = {"cost": float, "budget": float, "accuracy": float}
+
+
+def parse_member(text: str) -> MemberSpec:
+    """``NAME:AGENT[,key=value…][,reference]``, e.g. ``people:oracle,cost=1,reference`` or
+    ``cheap:oracle,noise=flip,flip=0.2,cost=0.01`` or ``gpt:llm,cost=0.01``.
+
+    Keys: the oracle's ``noise``, ``temperature``, ``flip``, ``tie_band``, ``seed``; the
+    terms' ``cost``, ``budget``, ``accuracy`` (a prior); the flag ``reference``.
+    """
+    head, _, rest = str(text).partition(",")
+    name, sep, agent = head.partition(":")
+    if not sep:
+        raise ConfigError(f"Expect a member as NAME:AGENT[,key=value...], got {text!r}.")
+    oracle: dict = {}
+    terms: dict = {}
+    for item in filter(None, (x.strip() for x in rest.split(","))):
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        if key == "reference" and not eq:
+            terms["reference"] = True
+        elif eq and key in _ORACLE_KEYS:
+            oracle[key] = _convert(_ORACLE_KEYS[key], value, key, text)
+        elif eq and key in _TERM_KEYS:
+            terms[key] = _convert(_TERM_KEYS[key], value, key, text)
+        else:
+            known = sorted([*_ORACLE_KEYS, *_TERM_KEYS, "reference"])
+            raise ConfigError(f"Unknown member option {item!r} in {text!r}; expect one of {known}.")
+    return MemberSpec(name.strip(), agent.strip(), OracleConfig(**oracle), MemberConfig(**terms))  # type: ignore[arg-type]
+
+
+def _convert(kind: type, value: str, key: str, text: str):
+    try:
+        return kind(value.strip())
+    except ValueError:
+        raise ConfigError(f"Expect {key}= a {kind.__name__}, got {value!r} in {text!r}.") from None
 
 
 @dataclass(frozen=True)
@@ -235,6 +310,26 @@ class AgentPool:
         value = np.array([best[int(q)][2] for q in seq])
         status = np.array([best[int(q)][3] for q in seq])
         return Answers(self.name, seq, value, status, meta=[{"agent": best[int(q)][4]} for q in seq])
+
+    def replay(self, rows: Iterable[tuple[int, str, str, float | None]]) -> None:
+        """Restore spending and agreement from a run's stored answers ``(seq, agent, status, value)``.
+
+        A resumed run calls this before asking anything. Spending counts every stored
+        answer of a member; a query more than one member answered was a shared one.
+        The routing split (hard / rest) is not stored and restarts from zero.
+        """
+        seen: dict[int, dict[str, float]] = {}
+        for seq, agent, status, value in rows:
+            if agent not in self.members:
+                continue
+            self.asked_[agent] += 1
+            self.spent_[agent] += self.members[agent].cost
+            if status == "ok" and value is not None:
+                seen.setdefault(int(seq), {})[agent] = float(value)
+        for seq, got in seen.items():
+            if len(got) > 1:
+                self._shared[seq] = got
+                self.routed_["shared"] += 1
 
     # ------------------------------------------------------------ agreement and accuracy
 

@@ -431,6 +431,17 @@ class Store:
                               np.array([r[9] for r in rows], dtype=np.float64), np.full(len(rows), "ok"))
             yield queries, answers
 
+    def next_position(self, run_id: str) -> int:
+        """One past the last stored query position of a run (attention checks, at negative ones, aside)."""
+        row = self.db.execute("SELECT MAX(seq) FROM queries WHERE run_id = ? AND seq >= 0", [run_id]).fetchone()
+        return 0 if row[0] is None else int(row[0]) + 1
+
+    def answer_values(self, run_id: str) -> list[tuple[int, str, str, float | None]]:
+        """Every stored answer of a run as ``(seq, agent, status, value)``, in storage order; checks left out."""
+        return [tuple(r) for r in self.db.execute(
+            f"SELECT seq, agent, status, value FROM answers WHERE run_id = ? AND {_not_a_check('answers')} "
+            "ORDER BY id", [run_id])]
+
     def answer_rows(self, run_id: str) -> Iterator[dict]:
         """Every stored answer (any status) with its query, as plain dicts, in seq order."""
         run = self.require_run(run_id)

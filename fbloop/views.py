@@ -3,20 +3,24 @@
 PCC curves and held-out agreement curves, Φ̂ beside Φ*, answers per agent,
 attention-check accuracy, the agreement of Φ̂ with stored triplet answers (the
 readouts when there is no Φ*),
-and an LLM agent's invalid-reply rate, position bias and token cost. Every
-function takes an open :class:`~fbloop.store.Store` and returns plain numbers,
-lists and arrays; ``None`` where there is nothing to show yet.
+an LLM agent's invalid-reply rate, position bias and token cost; and, for active
+querying and agent pools, readout curves of several runs side by side labelled by
+strategy, a pool's per-agent accuracy, agreement, cost and routing split, and an
+active run's scoring and waiting times. Every function takes an open
+:class:`~fbloop.store.Store` and returns plain numbers, lists and arrays; ``None``
+where there is nothing to show yet.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 
 from . import human
 from .agents.oracle import triplet_margins
-from .errors import FbloopError
+from .errors import ConfigError, FbloopError
 from .metrics import triplet_agreement
 from .store import Store
 from .targets import Target, load_target
@@ -24,6 +28,8 @@ from .targets import Target, load_target
 HEATMAP_MAX_P = 256  # beyond this a heatmap is unreadable and Φ is too big to form
 AGREEMENT_MAX_ROWS = 20_000  # answers scored per agent for the agreement readout
 SWAP_SUFFIX = "#swap"  # the LLM agent's answers with the candidates swapped
+READOUTS = {"pcc": "PCC", "holdout": "held-out agreement"}  # curve readouts, in order of preference
+ROUTES = ("shared", "hard", "rest", "skipped")  # a pool's routing split, in the order it is drawn
 
 
 @functools.lru_cache(maxsize=8)
@@ -165,3 +171,123 @@ def llm_stats(store: Store, run_id: str) -> list[dict]:
                     "completion_tokens": usage["completion_tokens"],
                     "cost": cost if (p_cost or c_cost) else None})
     return out
+
+
+# ---------------------------------------------------------------- strategies, pools, active runs
+
+
+def _number(x: float | None) -> float | None:
+    """``x`` as a float, ``None`` for a missing or non-finite value (a pool's unknown accuracy is NaN)."""
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def strategy_label(config: dict) -> str:
+    """How a run chose its queries: the active strategy, or ``fixed: <design>`` for a fixed design."""
+    active = config.get("active") or {}
+    if active.get("strategy"):
+        return str(active["strategy"])
+    return f"fixed: {(config.get('design') or {}).get('name', '?')}"
+
+
+def _configs(store: Store) -> dict[str, dict]:
+    """Every run's config, in creation order."""
+    return {r["id"]: store.require_run(r["id"])["config"] for r in store.runs()}
+
+
+def strategy_labels(store: Store) -> dict[str, str]:
+    """Every run's strategy label, in creation order: ``{run_id: label}``."""
+    return {run_id: strategy_label(config) for run_id, config in _configs(store).items()}
+
+
+def same_target_runs(store: Store, run_id: str) -> list[str]:
+    """The runs (``run_id`` included) whose config names the same target spec, in creation order."""
+    configs = _configs(store)
+    spec = configs[store.require_run(run_id)["id"]].get("target")
+    return [r for r, config in configs.items() if config.get("target") == spec]
+
+
+def strategy_curves(store: Store, run_ids: list[str], readout: str | None = None) -> dict:
+    """The readout of several runs against answers (and cost), for one chart coloured by strategy.
+
+    ``readout`` is ``"pcc"`` or ``"holdout"`` (held-out agreement, the readout without ``Φ*``);
+    ``None`` takes PCC when any of the runs has it, else held-out agreement. Returns
+    ``{"readout", "label", "available", "rows", "missing"}``: ``rows`` one per snapshot,
+    ``{"run", "strategy", "answers", "value", "cost"}`` (``cost`` ``None`` unless the run
+    records its spend, as a pool run does); ``available`` the readouts any run has;
+    ``missing`` the runs without a point of the chosen readout. ``readout`` is ``None``
+    when no run has either.
+    """
+    if readout is not None and readout not in READOUTS:
+        raise ConfigError(f"Expect readout in {list(READOUTS)}, got {readout!r}.")
+    points: dict[str, dict[str, list[dict]]] = {}
+    for run_id in run_ids:
+        label = strategy_label(store.require_run(run_id)["config"])
+        points[run_id] = {key: [] for key in READOUTS}
+        for s in store.snapshots(run_id):
+            values = {"pcc": s["pcc"], "holdout": s["extra"].get("holdout_agreement")}
+            for key, value in values.items():
+                if _number(value) is not None:
+                    points[run_id][key].append({"run": run_id, "strategy": label, "answers": s["answers"],
+                                                "value": float(value), "cost": _number(s["extra"].get("cost"))})
+    available = [key for key in READOUTS if any(p[key] for p in points.values())]
+    if readout is None:
+        readout = available[0] if available else None
+    rows = [row for p in points.values() for row in p.get(readout, [])] if readout else []
+    return {"readout": readout, "label": READOUTS.get(readout), "available": available, "rows": rows,
+            "missing": [r for r in run_ids if not readout or not points[r][readout]]}
+
+
+def _last_extra(store: Store, run_id: str, key: str) -> tuple[int, dict] | None:
+    """``(answers, extra[key])`` of the latest snapshot carrying ``key``, or ``None``."""
+    for s in reversed(store.snapshots(run_id)):
+        if s["extra"].get(key):
+            return s["answers"], s["extra"][key]
+    return None
+
+
+def pool_summary(store: Store, run_id: str) -> dict | None:
+    """The latest agent-pool summary of a pool run, as chart rows; ``None`` before one is stored.
+
+    ``{"answers", "total_cost", "agents", "agreement", "routing"}``: ``agents`` one row per
+    agent (``agent, asked, cost_per_answer, spent, budget_left, accuracy, accuracy_source``,
+    ``accuracy`` ``None`` while unknown), ``agreement`` one row per pair of agents
+    (``pair, a, b, agreement, shared``; ``agreement`` ``None`` before they share a query),
+    ``routing`` one row per route in :data:`ROUTES` (``route, queries, share``). See
+    :meth:`fbloop.pool.AgentPool.summary`.
+    """
+    found = _last_extra(store, run_id, "pool")
+    if found is None:
+        return None
+    answers, pool = found
+    agents = [{"agent": name, "asked": int(a.get("asked", 0)), "cost_per_answer": _number(a.get("cost_per_answer")),
+               "spent": _number(a.get("spent")) or 0.0, "budget_left": _number(a.get("budget_left")),
+               "accuracy": _number(a.get("accuracy")), "accuracy_source": a.get("accuracy_source") or "unknown"}
+              for name, a in sorted(pool.get("agents", {}).items())]
+    agreement = []
+    for key, pair in sorted(pool.get("agreement", {}).items()):
+        a, _, b = key.partition("|")
+        agreement.append({"pair": f"{a} · {b}", "a": a, "b": b, "agreement": _number(pair.get("agreement")),
+                          "shared": int(pair.get("shared", 0))})
+    routing = pool.get("routing", {})
+    total = sum(int(routing.get(r, 0)) for r in ROUTES)
+    return {"answers": answers, "total_cost": _number(pool.get("total_cost")) or 0.0, "agents": agents,
+            "agreement": agreement,
+            "routing": [{"route": r, "queries": int(routing.get(r, 0)),
+                         "share": int(routing.get(r, 0)) / total if total else 0.0} for r in ROUTES]}
+
+
+def active_timing(store: Store, run_id: str) -> dict | None:
+    """An active run's time choosing queries against the time its agent took to answer them.
+
+    From the final snapshot: ``{"strategy", "chunks", "score_s_total", "wait_s_total", "wait_s_max",
+    "score_share"}``, seconds; ``score_share`` is scoring's share of the two (``None`` when both
+    are zero). ``None`` for a fixed design or before the run has finished.
+    """
+    found = _last_extra(store, run_id, "active")
+    if found is None:
+        return None
+    active = found[1]
+    score, wait = _number(active.get("score_s_total")) or 0.0, _number(active.get("wait_s_total")) or 0.0
+    return {"strategy": active.get("strategy"), "chunks": int(active.get("chunks") or 0), "score_s_total": score,
+            "wait_s_total": wait, "wait_s_max": _number(active.get("wait_s_max")) or 0.0,
+            "score_share": score / (score + wait) if score + wait > 0 else None}

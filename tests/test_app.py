@@ -5,6 +5,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -17,6 +18,7 @@ from fbloop.loop import RunConfig, run_loop
 from fbloop.store import Store
 
 from conftest import sql_rows
+from test_views import ACTIVE, POOL, add_run
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 FAST = LearnerConfig(final_steps=300, polish=False)
@@ -66,6 +68,28 @@ def click(at: AppTest, label: str, after_s: float = 2.0) -> AppTest:
 
 def metric(at: AppTest, label: str) -> str:
     return next(m.value for m in at.metric if m.label == label)
+
+
+def dashboard(run_id: str) -> AppTest:
+    at = app()
+    at.radio(key="page").set_value("Dashboard").run()
+    at.selectbox(key="run").set_value(run_id).run()
+    assert not at.exception
+    return at
+
+
+def charts(at: AppTest) -> list[tuple[dict, list[dict]]]:
+    """Every chart on the page: ``(spec, data rows)``; no rows for st.bar_chart's, whose data are named datasets."""
+    return [(json.loads(c.proto.spec),
+             pa.ipc.open_stream(c.proto.data.data).read_all().to_pylist() if c.proto.data.data else [])
+            for c in at.get("vega_lite_chart")]
+
+
+def chart_rows(at: AppTest, x: str, column: str) -> list[dict]:
+    """The rows of the one chart with ``x`` on its x axis and ``column`` in its data."""
+    (rows,) = [rows for spec, rows in charts(at) if rows and column in rows[0]
+               and (spec.get("layer") or [spec])[0]["encoding"]["x"]["field"] == x]
+    return rows
 
 
 def human_answers(db: Path) -> list[tuple]:
@@ -190,7 +214,9 @@ def test_dashboard_renders_charts(db):
     assert not at.exception
     heads = [h.value for h in at.subheader]
     assert "PCC against answers" in heads and "Answers per agent" in heads and "LLM agents" in heads
-    assert len(at.get("vega_lite_chart")) == 3  # PCC curve, answers per agent, agreement (no checks here)
+    assert "Compare strategies" in heads and "Agent pool" not in heads and "Active querying" not in heads
+    # PCC curve, answers per agent, agreement (no checks here), and PCC of the runs on this target
+    assert len(at.get("vega_lite_chart")) == 4
     assert len(at.get("image")) == 1  # Φ̂ beside Φ*
     assert metric(at, "Invalid replies") == "—" and metric(at, "Cost") == "—"
     assert float(metric(at, "PCC")) > 0
@@ -252,6 +278,80 @@ def test_dashboard_draws_the_held_out_agreement_curve(db):
     assert any("held-out triplet answers" in c.value for c in at.caption)
     spec = json.loads(at.get("vega_lite_chart")[0].proto.spec)
     assert spec["layer"][0]["encoding"]["color"]["field"] == "readout"  # one line per readout
+
+
+def test_dashboard_of_a_pool_run(db):
+    with Store(db) as store:
+        add_run(store, "pool", strategy="uncertainty", agent="pool", cost_per_answer=0.3,
+                final={"pool": POOL, "active": ACTIVE}, answers={"people": 40, "llm": 150})
+    at = dashboard("pool")
+    assert metric(at, "Answers") == "190"  # each agent's answers are stored under its own name
+    heads = [h.value for h in at.subheader]
+    assert heads.index("Active querying") < heads.index("Agent pool") < heads.index("Compare strategies")
+    assert metric(at, "Strategy") == "uncertainty" and metric(at, "Scoring") == "600 ms"
+    assert metric(at, "Waiting for answers") == "2.40 s" and metric(at, "Longest wait") == "1.10 s"
+    assert any("took 20% of the time" in c.value for c in at.caption)
+    assert metric(at, "Total cost") == "41.50" and metric(at, "Shared queries") == "10"
+    assert metric(at, "Hard queries") == "30" and metric(at, "Skipped") == "0"
+    accuracy = chart_rows(at, "share", "source")
+    assert [(r["agent"], r["label"]) for r in accuracy] == [("llm", "unknown"), ("people", "95% (prior)")]
+    assert chart_rows(at, "share", "pair")[0]["label"] == "80% of 10"
+    assert [r["label"] for r in chart_rows(at, "spent", "label")] == ["1.50", "40.00 (10.00 left)"]
+    assert [r["label"] for r in chart_rows(at, "asked", "label")] == ["150 at 0.01 each", "40 at 1 each"]
+    routing = chart_rows(at, "queries", "route")
+    assert [(r["route"], r["queries"]) for r in routing] == [("shared", 10), ("hard", 30), ("rest", 120),
+                                                            ("skipped", 0)]
+    # Compared with the other runs on its target; only the pool run has a cost axis.
+    by_answers = chart_rows(at, "answers", "strategy")
+    assert {(r["run"], r["strategy"]) for r in by_answers} >= {("pool", "uncertainty"),
+                                                              ("oracle-run", "fixed: triplet")}
+    assert [(r["cost"], r["value"]) for r in chart_rows(at, "cost", "strategy")] == [(15.0, 0.4), (30.0, 0.7),
+                                                                                     (45.0, 0.9)]
+
+
+def test_a_pool_run_before_its_first_summary(db):
+    with Store(db) as store:
+        add_run(store, "young-pool", strategy="ensemble", agent="pool", cost_per_answer=1.0)
+    at = dashboard("young-pool")
+    assert "Agent pool" in [h.value for h in at.subheader]
+    assert any("summary appears" in c.value for c in at.caption)
+    assert any("final snapshot" in c.value for c in at.caption)  # active, not finished
+
+
+def test_dashboard_compares_strategies(db):
+    with Store(db) as store:
+        add_run(store, "random", strategy="random")
+        add_run(store, "ensemble", strategy="ensemble", curve=((50, 0.6), (100, 0.95)))
+        add_run(store, "elsewhere", strategy="uncertainty", target="synthetic:p=8,rank=2")
+    at = dashboard("ensemble")
+    picker = at.multiselect(key="compare-ensemble")
+    assert set(picker.value) == {"oracle-run", "people", "random", "ensemble"}  # every run on this target
+    strategies = {r["strategy"] for r in chart_rows(at, "answers", "strategy")}
+    assert strategies == {"fixed: triplet", "random", "ensemble"}
+    assert any("No run here records its cost" in c.value for c in at.caption)
+    assert "Agent pool" not in [h.value for h in at.subheader]
+
+    picker.set_value(["ensemble", "random", "elsewhere"]).run()
+    assert not at.exception
+    rows = chart_rows(at, "answers", "strategy")
+    assert [(r["run"], r["answers"]) for r in rows if r["run"] == "ensemble"] == [("ensemble", 50), ("ensemble", 100)]
+    (spec,) = [spec for spec, rows in charts(at) if rows and "strategy" in rows[0]]
+    color = spec["layer"][0]["encoding"]["color"]
+    assert color["field"] == "strategy" and color["scale"]["domain"] == ["ensemble", "random", "uncertainty"]
+    assert spec["layer"][0]["encoding"]["detail"]["field"] == "run"  # one line per run
+
+
+def test_compare_by_held_out_agreement_without_phi_star(db):
+    with Store(db) as store:
+        add_run(store, "held-random", strategy="random", holdout=True, target="phi:missing.npy")
+        add_run(store, "held-ensemble", strategy="ensemble", holdout=True, target="phi:missing.npy",
+                curve=((40, 0.85),))
+    at = dashboard("held-ensemble")
+    assert set(at.multiselect(key="compare-held-ensemble").value) == {"held-random", "held-ensemble"}
+    assert any("held-out agreement against answers" in m.value for m in at.markdown)
+    assert any(r"No $\Phi^*$ for these runs" in c.value for c in at.caption)
+    rows = chart_rows(at, "answers", "strategy")
+    assert {(r["run"], r["value"]) for r in rows} >= {("held-ensemble", 0.85), ("held-random", 0.9)}
 
 
 def test_app_command_binds_to_localhost(tmp_path):

@@ -2,7 +2,8 @@
 
 Uses Debian's `chromium` through the `playwright` package (``executable_path``;
 never ``playwright install``), with flags that keep the browser off the network.
-Screenshots of the form and the dashboard land in ``test-artifacts/``.
+Screenshots of the form and the dashboard (a people run, and an agent-pool run with active
+querying) land in ``test-artifacts/``.
 """
 
 import shutil
@@ -22,6 +23,7 @@ from fbloop.loop import RunConfig, run_loop
 from fbloop.store import Store
 
 from conftest import sql_rows
+from test_views import ACTIVE, POOL, add_run
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -41,13 +43,19 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def db(tmp_path_factory) -> Path:
-    """A finished oracle run, and a run queued for people that bob has half answered and Φ̂ learned from."""
+    """Two agent-pool runs with active querying, a finished oracle run, and a run queued for people that bob
+    has half answered and Φ̂ learned from (the latest, so the dashboard opens on it)."""
     path = tmp_path_factory.mktemp("browser") / "app.db"
     fast = LearnerConfig(final_steps=300, polish=False)
     design = DesignConfig(name="triplet", mu=0.7)
     people = RunConfig(target="synthetic:p=8,rank=3", design=design, agent="human", budget=24, check_rate=0.2,
                        learner_config=fast)
     with Store(path) as store:
+        add_run(store, "pool", strategy="uncertainty", agent="pool", cost_per_answer=0.28,
+                curve=((50, 0.55), (100, 0.85), (150, 0.95)), final={"pool": POOL, "active": ACTIVE},
+                answers={"people": 40, "llm": 150})
+        add_run(store, "pool-random", strategy="random", agent="pool", cost_per_answer=0.3,
+                answers={"people": 40, "llm": 150})
         run_loop(RunConfig(target="synthetic:p=8,rank=3", design=design, budget=200, snapshot_every=50,
                            learner_config=fast), store, run_id="oracle-run")
         run_loop(people, store, run_id="people")
@@ -157,3 +165,17 @@ def test_annotate_in_the_browser_then_see_the_dashboard(server, browser, db):
     dash.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
     page.close()
     dash.close()
+
+
+def test_dashboard_of_a_pool_run(server, browser):
+    ARTIFACTS.mkdir(exist_ok=True)
+    page = browser.new_page(viewport={"width": 1280, "height": 2600})  # the app scrolls inside: show it all
+    page.goto(f"{server}/?page=dashboard")
+    settle(page, "Answers per agent")
+    page.get_by_label("Experiment").click()
+    page.get_by_role("option", name="pool", exact=True).click()
+    settle(page, "Routing split")
+    page.get_by_text("PCC against cost").wait_for()
+    page.wait_for_timeout(1500)  # let the charts draw
+    page.screenshot(path=str(ARTIFACTS / "dashboard-pool.png"), full_page=True)
+    page.close()

@@ -326,3 +326,24 @@ def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path):
     assert res.exit_code == 2 and "budget" in res.stderr and str(budget + 8) in res.stderr
     assert _count(a_db) == budget
     assert [r["id"] for r in listed_runs(a_db)] == ["R"]
+
+
+def test_active_pool_run_reports_routing_cost_and_scoring(tmp_path):
+    args = ["run", "--target", "synthetic:p=8,rank=2", "--design", "triplet", "--budget", "400", "--chunk", "64",
+            "--agent", "pool", "--active", "uncertainty", "--member", "people:oracle,cost=1,reference",
+            "--member", "cheap:oracle,noise=flip,flip=0.2,cost=0.01,seed=3", "--db", tmp_path / "p.db"]
+    out = json.loads(cli(*args, "--json").stdout)
+    agents = out["pool"]["agents"]
+    assert set(agents) == {"people", "cheap"} and agents["people"]["accuracy_source"] == "reference"
+    assert out["cost"] == pytest.approx(agents["people"]["spent"] + agents["cheap"]["spent"])
+    assert out["active"]["strategy"] == "uncertainty" and out["active"]["chunks"] == 7
+    res = cli(*args[:-2], "--db", tmp_path / "p2.db")
+    assert "Pool cost" in res.stdout and "Active (uncertainty)" in res.stdout
+    for bad, msg in ((["--member", "x"], "NAME:AGENT"), (["--member", "x:oracle,colour=red"], "colour=red"),
+                     (["--member", "x:robot"], "robot"), (["--member", "x:oracle,cost=cheap"], "cost= a float")):
+        res = cli("run", "--design", "triplet", "--agent", "pool", *bad, "--db", tmp_path / "b.db")
+        assert res.exit_code == 2 and msg in res.stderr, res.stderr
+    res = cli("run", "--design", "triplet", "--agent", "pool", "--db", tmp_path / "b.db")
+    assert res.exit_code == 2 and "needs members" in res.stderr
+    res = cli("run", "--design", "eigen", "--active", "ensemble", "--db", tmp_path / "b.db")
+    assert res.exit_code == 2 and "Active strategies choose triplets" in res.stderr

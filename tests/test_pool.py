@@ -152,3 +152,44 @@ def test_bad_pools():
         AgentPool([(Counter("x"), MemberConfig(reference=True)), (Counter("y"), MemberConfig(reference=True))])
     with pytest.raises(ShapeError, match=r"\(n,\)"):
         AgentPool([(Counter("x"), MemberConfig())]).route(np.zeros((2, 2)))
+
+
+# ---------------------------------------------------------------- members as runs store them
+
+
+def test_parse_member_reads_the_agent_its_noise_and_its_terms():
+    from fbloop.pool import MemberSpec, parse_member
+
+    m = parse_member("cheap:oracle,noise=flip,flip=0.2,cost=0.01,budget=5,accuracy=0.8,seed=4")
+    assert m == MemberSpec("cheap", "oracle", OracleConfig(noise="flip", flip=0.2, seed=4),
+                           MemberConfig(cost=0.01, budget=5.0, accuracy=0.8))
+    assert parse_member("people:oracle,reference").terms.reference
+    assert parse_member("gpt:llm,cost=0.01").agent == "llm"
+    assert MemberSpec(**{"name": "a", "oracle": {"noise": "flip"}, "terms": {"cost": 2.0}}).terms.cost == 2.0
+
+
+@pytest.mark.parametrize("text, match", [
+    ("people", "NAME:AGENT"), ("pool:oracle", "pool's own"), ("a b:oracle", "letters, digits"),
+    ("x:human", "human"), ("x:oracle,cost=-1", "cost ≥ 0"), ("x:oracle,flip=2", "flip probability"),
+    ("x:oracle,speed=3", "speed=3"), ("x:oracle,seed=1.5", "seed= a int"),
+])
+def test_bad_members_name_the_problem(text, match):
+    from fbloop.pool import parse_member
+
+    with pytest.raises(ConfigError, match=match):
+        parse_member(text)
+
+
+def test_replay_restores_spending_and_agreement():
+    a, b = OracleAgent(np.eye(3), SparseBatch(np.zeros((1, 1), np.int64), np.ones((1, 1)), 3)), None
+    a.name = "people"
+    b = OracleAgent(np.eye(3), SparseBatch(np.zeros((1, 1), np.int64), np.ones((1, 1)), 3))
+    b.name = "cheap"
+    pool = AgentPool([(a, MemberConfig(cost=1.0, reference=True)), (b, MemberConfig(cost=0.5))],
+                     PoolConfig(min_shared=2))
+    rows = [(0, "people", "ok", 1.0), (0, "cheap", "ok", 1.0), (1, "people", "ok", -1.0), (1, "cheap", "ok", 1.0),
+            (2, "cheap", "invalid", None), (3, "pool", "skipped", None), (4, "people", "ok", 1.0)]
+    pool.replay(rows)
+    assert pool.spent_ == {"people": 3.0, "cheap": 1.5} and pool.asked_ == {"people": 3, "cheap": 3}
+    assert pool.agreement()[("cheap", "people")] == (0.5, 2)
+    assert pool.accuracy()["cheap"] == (0.5, "against people")
