@@ -47,6 +47,10 @@ FIGURES: dict[str, dict] = {
         ("sparse-2M", "sparse", 2_000_000, 0.8256, None),
         ("sparse-4M", "sparse", 4_000_000, 0.9625, 0.99),
         ("sparse-10M", "sparse", 10_000_000, 0.9741, None),
+        # Supports that cover the coordinates evenly (the coverage design), against the paper's sampling:
+        ("coverage-1M", "coverage", 1_000_000, 0.7152, None),
+        ("coverage-2M", "coverage", 2_000_000, 0.8256, None),
+        ("coverage-4M", "coverage", 4_000_000, 0.9625, 0.99),
     ]},
     "5": {"target": "pythia", "shape": "Pythia-70M SAE shape, p = 32768, d = 512, rank 215", "cases": [
         ("sparse-0.2M", "sparse", 200_000, 0.024, None),
@@ -54,6 +58,9 @@ FIGURES: dict[str, dict] = {
         ("sparse-5M", "sparse", 5_000_000, 0.54, None),
         ("sparse-10M", "sparse", 10_000_000, 0.65, None),
         ("sparse-20M", "sparse", 20_000_000, 0.77, 0.95),
+        ("coverage-2M", "coverage", 2_000_000, 0.38, None),
+        ("coverage-5M", "coverage", 5_000_000, 0.54, None),
+        ("coverage-10M", "coverage", 10_000_000, 0.65, None),
     ]},
     "sae": {"target": None, "shape": "a dictionary fbloop trained on MiniLM activations (fbloop sae)", "cases": [
         ("eigen", "eigen", None, None, 0.99),
@@ -160,6 +167,10 @@ def plot(rows: list[dict], info: dict, path: Path) -> None:
         paper = [(r["answers"], r["paper_pcc"]) for r in sampling if r.get("paper_pcc") is not None]
         if paper:
             ax.plot(*zip(*paper), "s--", color="tab:gray", label="paper, 3-sparse sampling")
+    cover = sorted((r for r in rows if r.get("design") == "coverage" and "pcc" in r), key=lambda r: r["answers"])
+    if cover:
+        ax.plot([r["answers"] for r in cover], [r["pcc"] for r in cover], "o-", color="tab:purple",
+                label="fbloop, 3-sparse, supports covering the coordinates evenly")
     marks = {"constructive": "^", "eigen": "D"}
     for r in rows:
         if r.get("design") in marks and "pcc" in r:

@@ -10,8 +10,8 @@ member's estimated reliability):
   with logistic noise of temperature ``--llm-temperature`` (it errs on close calls,
   as a model does), cost 0.01 per answer;
 - **pool**: both in one pool; the ``--hard-share`` of each chunk the learner is least
-  sure about goes to people (the reference member), the rest to the LLM, and a 5 %
-  shared slice to both measures the LLM's accuracy.
+  sure about goes to people (the reference member), the rest to the LLM, and a
+  ``--shared-share`` slice to both measures the LLM's accuracy.
 
 Each arm stops once a snapshot's PCC reaches ``--level`` (``RunConfig.stop_at``) or at
 its answer cap; the cost at the first snapshot at or above the level is the figure
@@ -68,7 +68,7 @@ def run_arm(arm: str, spec: str, seed: int, args: argparse.Namespace, base_url: 
     noise = NoiseModel("logistic", temperature=args.llm_temperature) if arm != "people" else NoiseModel("none")
     cfg = RunConfig(
         target=spec, design=DesignConfig(name="triplet"), agent="pool", pool=members(arm, seed),
-        pool_config=PoolConfig(hard_share=args.hard_share, seed=seed),
+        pool_config=PoolConfig(hard_share=args.hard_share, shared_share=args.shared_share, seed=seed),
         llm=LLMConfig(base_url=base_url, model="fbloop-oracle", batch_size=8, concurrency=4),
         active=ActiveConfig(strategy=args.strategy, noise=noise, seed=seed),
         learner_config=LearnerConfig(rank=args.rank, seed=seed, threads=1),
@@ -130,6 +130,7 @@ def main() -> None:
     ap.add_argument("--arms", default=",".join(ARMS))
     ap.add_argument("--strategy", default="uncertainty", choices=["random", "uncertainty", "ensemble"])
     ap.add_argument("--hard-share", type=float, default=0.05)
+    ap.add_argument("--shared-share", type=float, default=0.02, help="asked of both: the LLM's accuracy")
     ap.add_argument("--llm-temperature", type=float, default=0.1, help="logistic noise of the server's oracle")
     ap.add_argument("--rank", type=int, default=16, help="learner rank (twice the target's)")
     ap.add_argument("--chunk", type=int, default=64)
@@ -159,7 +160,7 @@ def main() -> None:
     cheaper = (bool(summary["pool"]["median_cost"] < min(alone))
                if summary["pool"]["runs"] and alone else None)
     result = {"benchmark": "pool_cost", "target": args.target, "level": args.level, "seeds": args.seeds,
-              "strategy": args.strategy, "hard_share": args.hard_share, "llm_temperature": args.llm_temperature,
+              "strategy": args.strategy, "hard_share": args.hard_share, "shared_share": args.shared_share, "llm_temperature": args.llm_temperature,
               "people": "noise-free oracle, cost 1.0 per answer",
               "llm": f"LLM agent (openai client over HTTP) against the local server, logistic noise "
                      f"T = {args.llm_temperature}, cost 0.01 per answer",

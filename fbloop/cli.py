@@ -59,7 +59,7 @@ def run_options(fn):
                      help="Target spec: rfm | rfm:figure=2 | synthetic:p=40,rank=5 | chessgpt | pythia | "
                           "phi:FILE | dict:FILE | saelens:DIR | dictlearn:DIR."),
         click.option("--design", default="eigen", show_default=True,
-                     type=click.Choice(["eigen", "constructive", "gaussian", "sparse", "triplet"])),
+                     type=click.Choice(["eigen", "constructive", "gaussian", "sparse", "coverage", "triplet"])),
         click.option("--mu", default=0.9, show_default=True, type=float, help="Sparse/triplet: P(coordinate = 0)."),
         click.option("--s", "max_nnz", default=3, show_default=True, type=int, help="Sparse/triplet: max nonzeros."),
         click.option("--dist", default="sparse", show_default=True, type=click.Choice(["sparse", "gaussian"]),
@@ -104,6 +104,8 @@ def run_options(fn):
         click.option("--flip", default=0.1, show_default=True, type=float),
         click.option("--tie-band", default=0.0, show_default=True, type=float),
         click.option("--budget", default=None, type=int, help="Answers to collect [default: the design's bound]."),
+        click.option("--stop-at", default=None, type=float, metavar="PCC",
+                     help="Stop asking once a snapshot's PCC reaches this (needs a Φ*: simulated runs)."),
         click.option("--learner", default="auto", show_default=True,
                      type=click.Choice(["auto", "gradient", "exact", "direct"]),
                      help="auto: exact for pair designs up to p = 40, direct for the constructive and eigen "
@@ -142,6 +144,7 @@ def _run_config(opts: dict):
         seed=opts["seed"],
         check_rate=opts["check_rate"],
         holdout=opts["holdout"],
+        stop_at=opts["stop_at"],
         bisection=BisectionConfig(precision=opts["bisection"]) if opts["bisection"] is not None else None,
         llm=_llm_config(opts) if opts["agent"] == "llm" or _has_llm_member(opts) else None,
         active=_active_config(opts),
@@ -392,7 +395,7 @@ def serve_oracle(target: str, port: int, model: str, latency_ms: float, malforme
 
 @main.command()
 @click.option("--design", default="eigen", show_default=True,
-              type=click.Choice(["eigen", "constructive", "gaussian", "sparse", "triplet"]))
+              type=click.Choice(["eigen", "constructive", "gaussian", "sparse", "coverage", "triplet"]))
 @click.option("--p", "p", type=int, default=None, help="Number of features.")
 @click.option("--rank", type=int, default=None, help="Rank of Φ* [default: p].")
 @click.option("--target", default=None, help="Read p and rank from a target spec instead.")

@@ -12,6 +12,7 @@ queries it had.
 | constructive  | Thm 2  | ``e_i``, ``e_i+e_j`` vs ``y = e_0``       | ``P = p(p+1)/2``    |
 | gaussian      | Thm 3  | i.i.d. ``N(0, I_p)`` vs a Gaussian anchor | ``P − 1``           |
 | sparse        | Thm 4  | coordinate 0 w.p. ``μ`` else U(0,1], ≤ s nonzeros, vs ``e_0`` | more than ``P`` |
+| coverage      | —      | as sparse, ``s`` nonzeros on supports that cover the coordinates evenly | more than ``P`` |
 | triplet       | —      | random ternary triplets ``(a, b, c)``     | open-ended          |
 
 Coordinates: a design may carry an orthonormal ``basis`` ``B`` (``p × p``); its
@@ -41,8 +42,8 @@ from .errors import ConfigError
 from .sparse import SparseBatch
 from .targets import Target
 
-DesignName = Literal["eigen", "constructive", "gaussian", "sparse", "triplet"]
-DESIGNS: tuple[str, ...] = ("eigen", "constructive", "gaussian", "sparse", "triplet")
+DesignName = Literal["eigen", "constructive", "gaussian", "sparse", "coverage", "triplet"]
+DESIGNS: tuple[str, ...] = ("eigen", "constructive", "gaussian", "sparse", "coverage", "triplet")
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,7 @@ def design_count(name: str, p: int, r: int) -> int | None:
         return n_params(p)
     if name == "gaussian":
         return n_params(p) - 1
-    if name in ("sparse", "triplet"):
+    if name in ("sparse", "coverage", "triplet"):
         return None
     raise ConfigError(f"Unknown design {name!r}; expect one of {list(DESIGNS)}.")
 
@@ -280,6 +281,35 @@ class SparseDesign(Design):
         return Queries("pair", np.arange(start, stop), SparseBatch(idx, val, self.p))
 
 
+class CoverageDesign(Design):
+    """Sparse sampling whose supports follow the queries asked so far: every coordinate evenly covered.
+
+    Random ``s``-sparse supports touch coordinates at Poisson rates: at the Pythia
+    shape (p = 32,768) 2M pairs touch a coordinate 183 times on average but some
+    under 150 — fewer than the rank (215) its row of ``U`` has to pin down — while
+    others get 220. Here each *round* of ``⌊p/s⌋`` queries takes a fresh random
+    permutation of the coordinates, cut into groups of ``s``: within a round every
+    coordinate appears at most once, so after ``k`` rounds each has been touched
+    ``k`` or ``k − 1`` times, and index pairs still differ round to round. Values are
+    the sparse design's U(0, 1], always ``s`` nonzeros (what the sparse design draws
+    at large ``p`` anyway: ``P(k < 3) < 1e-300`` at p = 32,768, μ = 0.9). Query ``i``
+    depends only on ``(seed, i)``, like every design.
+    """
+
+    def _queries(self, start: int, stop: int) -> Queries:
+        p, s = self.p, min(self.config.s, self.p)
+        per = p // s  # queries per round
+        idx, val = [], []
+        for rnd in range(start // per, (stop - 1) // per + 1):
+            rng = seeding.block_rng(self.seed, "coverage", rnd)
+            perm = rng.permutation(p)[: per * s].reshape(per, s)
+            values = 1.0 - rng.random((per, s))  # (0, 1]
+            lo, hi = max(start - rnd * per, 0), min(stop - rnd * per, per)
+            idx.append(perm[lo:hi])
+            val.append(values[lo:hi])
+        return Queries("pair", np.arange(start, stop), SparseBatch(np.concatenate(idx), np.concatenate(val), p))
+
+
 class TripletDesign(Design):
     """Random ternary triplets ``(a, b, c)`` from the sparse or Gaussian distribution."""
 
@@ -306,6 +336,7 @@ _CLASSES: dict[str, type[Design]] = {
     "constructive": ConstructiveDesign,
     "gaussian": GaussianDesign,
     "sparse": SparseDesign,
+    "coverage": CoverageDesign,
     "triplet": TripletDesign,
 }
 

@@ -542,6 +542,9 @@ def run_loop(config: RunConfig, store: Store, run_id: str | None = None,
     asker = asker.agent if isinstance(asker, NativeView) else asker
     if hasattr(asker, "run_summary"):  # requests, tokens, cost, position bias
         extra["llm"] = asker.run_summary(store, run_id)
+    for member in (pool.agents.values() if pool is not None else ()):
+        if hasattr(member, "run_summary"):  # a pool's LLM member
+            extra["llm"] = member.run_summary(store, run_id)
     if isinstance(agent, BisectionAgent):  # every ternary answer behind the bisected pairs
         extra["ternary_answers"] = store.sum_meta(run_id, "triplets")
     extra.update(live_extra())

@@ -94,3 +94,23 @@ def test_triplets_and_gaussian_triplets(target):
 def test_config_errors(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         DesignConfig(**kwargs)
+
+
+def test_coverage_design_touches_every_coordinate_evenly():
+    t = targets.synthetic(targets.SyntheticConfig(p=301, rank=4, seed=1))
+    d = make_design(DesignConfig(name="coverage", s=3), t, seed=2)
+    n = 100 * 5 + 37  # 5 whole rounds of ⌊301/3⌋ = 100 queries, and part of a sixth
+    q = d.queries(0, n)
+    assert q.a.indices.shape == (n, 3) and (q.a.values > 0).all() and (q.a.values <= 1).all()
+    assert all(len(set(row)) == 3 for row in q.a.indices.tolist())
+    touches = np.bincount(q.a.indices.ravel(), minlength=301)
+    assert touches.max() - touches.min() <= 2  # random supports: a Poisson spread
+    rand = make_design(DesignConfig(name="sparse", s=3), t, seed=2).queries(0, n)
+    rt = np.bincount(rand.a.indices[rand.a.values > 0], minlength=301)
+    assert rt.max() - rt.min() > 10
+    whole = d.queries(0, 500)
+    per_round = np.bincount(whole.a.indices.ravel(), minlength=301)
+    assert per_round.sum() == 1500 and per_round.min() >= 3  # a round leaves p mod s = 1 coordinate out
+    parts = [d.queries(a, b) for a, b in ((0, 7), (7, 250), (250, n))]
+    assert np.array_equal(np.concatenate([x.a.indices for x in parts]), q.a.indices)
+    assert np.array_equal(np.concatenate([x.a.values for x in parts]), q.a.values)

@@ -6,7 +6,7 @@ from fbloop import metrics, targets
 from fbloop.agents import OracleAgent
 from fbloop.designs import DesignConfig, make_design, sample_sparse
 from fbloop.errors import ConfigError, NonFiniteError, ShapeError
-from fbloop.learner import GradientLearner, LearnerConfig, gap_rank
+from fbloop.learner import GradientLearner, LearnerConfig, gap_candidates, psd_dof
 from fbloop.sparse import SparseBatch
 
 
@@ -95,14 +95,18 @@ def gaussian_triplets(spec: str, n: int, seed: int):
 
 
 @pytest.mark.parametrize("lam, want", [
-    ([1, 0.62, 0.45, 0.33, 0.035, 0.009, 0.003, 0, 0], 4),  # a fit of a rank-4 target at full rank
-    ([1, 0.5, 0.3, 0.2, 0.005, 0.001], 4),  # the gap may fall below the 1% floor
-    ([1, 0.8, 0.6, 0.5, 0.4, 0.3], 6),  # no gap: every eigenvalue counts
-    ([1, 0.9, 0.35, 0.3], 4),  # a ratio under rank_gap is not a gap
-    ([1, 0, 0], 1), ([1.0], 1),
+    ([1, 0.62, 0.45, 0.33, 0.035, 0.009, 0.003, 0, 0], [1, 4, 5]),  # a fit of a rank-4 target at full rank
+    ([1, 0.5, 0.3, 0.21, 0.005, 0.001], [1, 2, 4]),  # the gap may fall below the 1% floor; 1.43 is no gap
+    ([1, 0.8, 0.6, 0.5, 0.4, 0.3], []),  # no gap: no cut to try
+    ([1, 0.4, 0.15, 0.05, 0.025, 0.011, 1e-4], [1, 2, 3, 6]),  # the 4 largest of 6 ratios ≥ 1.5
+    ([1, 0, 0], [1]), ([1.0], []), ([0.0, 0.0], []),
 ])
-def test_gap_rank(lam, want):
-    assert gap_rank(np.array(lam, dtype=float), 3.0) == want
+def test_gap_candidates(lam, want):
+    assert gap_candidates(np.array(lam, dtype=float), 1.5) == want
+
+
+def test_psd_dof():
+    assert [psd_dof(4, k) for k in range(1, 5)] == [4, 7, 9, 10]  # rank 4 of 4: the 10 of a symmetric 4 × 4
 
 
 def test_dense_triplet_loss_equals_the_gathered_one(target, monkeypatch):
@@ -121,34 +125,38 @@ def test_dense_triplet_loss_equals_the_gathered_one(target, monkeypatch):
 
 
 def test_triplets_at_full_rank_are_cut_at_the_eigengap():
-    t, q, ans = gaussian_triplets("synthetic:p=10,rank=4", 1000, 0)
+    # Seed 2: the fit's largest eigenvalue ratio (5.9) is in its tail, at rank 6; the true rank's (4.9)
+    # is a candidate cut too, and AIC picks it (PCC 0.99927; 0.99820 when cut at the largest ratio).
+    t, q, ans = gaussian_triplets("synthetic:p=10,rank=4", 1000, 2)
     learner = GradientLearner(t.p, LearnerConfig(seed=0), None)
     learner.add_triplets(q.a, q.b, q.c, ans)
     learner.finish()
     assert learner.rank == 4 and learner.factor().shape == (10, 4)
     assert metrics.pcc_factored(learner.factor(), t.factor) >= 0.998
-    fixed = GradientLearner(t.p, LearnerConfig(seed=0, rank=10), None)  # a rank the user chose stays
+    fixed = GradientLearner(t.p, LearnerConfig(seed=0, rank=10, final_steps=200), None)  # a chosen rank stays
     fixed.add_triplets(q.a, q.b, q.c, ans)
     fixed.finish()
     assert fixed.rank == 10
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("spec, n, mean_pcc", [("synthetic:p=10,rank=4", 1000, 0.998),
-                                               ("synthetic:p=32,rank=8", 5000, 0.9979)])
-def test_ternary_learner_at_the_default_settings(spec, n, mean_pcc):
-    """The issue's targets, PCC ≥ 0.998 on noise-free Gaussian triplets: met at p = 10 (seeds 0–2:
-    0.99839, 0.99856, 0.99820); at p = 32 the mean sits on the line (0.99797, 0.99807, 0.99796), so this
-    guards 0.9979 there. See benchmarks/results/ternary_routes.json."""
-    pccs = []
-    for seed in range(3):
+@pytest.mark.parametrize("spec, n", [("synthetic:p=10,rank=4", 1000), ("synthetic:p=32,rank=8", 5000)])
+def test_ternary_learner_at_the_default_settings(spec, n):
+    """The issue's targets, PCC ≥ 0.998 on noise-free Gaussian triplets, seeds 0–5, every one at the true
+    rank. Measured: p = 10: 0.99839, 0.99856, 0.99927, 0.99943, 0.99913, 0.99763 (mean 0.99874);
+    p = 32: 0.99797, 0.99807, 0.99796, 0.99826, 0.99811, 0.99817 (mean 0.99809). Seed 5 at p = 10 and
+    seeds 0 and 2 at p = 32 miss 0.998 at the true rank (see ``_refine_triplets``), so the floor
+    guarded per seed is 0.9975."""
+    pccs, ranks = [], []
+    for seed in range(6):
         t, q, ans = gaussian_triplets(spec, n, seed)
         learner = GradientLearner(t.p, LearnerConfig(seed=seed), None)
         learner.add_triplets(q.a, q.b, q.c, ans)
         learner.step(20)
         learner.finish()
         pccs.append(metrics.pcc_factored(learner.factor(), t.factor))
-    assert np.mean(pccs) >= mean_pcc and min(pccs) >= 0.9975, pccs
+        ranks.append(learner.rank)
+    assert ranks == [t.rank] * 6 and np.mean(pccs) >= 0.998 and min(pccs) >= 0.9975, (ranks, pccs)
 
 
 def test_input_errors(target):
@@ -299,3 +307,90 @@ def test_cuda_fast_path_matches_cpu(form):
         out.append((learner.factor(), loss))
     np.testing.assert_allclose(out[0][0], out[1][0], rtol=1e-8, atol=1e-10)
     assert out[0][1] == pytest.approx(out[1][1], rel=1e-8)
+
+
+# ---------------------------------------------------------------- answer sources and their flip rates
+
+
+def test_flip_robust_loss_at_eps_zero_is_the_logistic_loss():
+    from fbloop.learner import _triplet_loss
+
+    g = torch.Generator().manual_seed(0)
+    d_ab, d_ac = (torch.rand(500, generator=g, dtype=torch.float64) * 3 for _ in range(2))
+    t = torch.tensor(np.random.default_rng(0).choice([-1.0, 0.0, 1.0], 500))
+    for kappa in (50.0, 100.0, 1000.0):
+        plain = _triplet_loss(d_ab, d_ac, t, kappa, 0.02)
+        assert torch.equal(_triplet_loss(d_ab, d_ac, t, kappa, 0.02, torch.zeros(500, dtype=torch.float64)), plain)
+    eps = torch.full((500,), 0.2, dtype=torch.float64)
+    rho = (d_ac - d_ab) / (d_ac + d_ab)
+    want = -torch.log(0.2 + 0.6 * torch.sigmoid(30 * t * rho))  # the direct form, fine at a mild κ
+    got = _triplet_loss(d_ab, d_ac, t, 30.0, 0.02, eps)
+    torch.testing.assert_close(got[t != 0], want[t != 0], rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(got[t == 0], 0.6 * _triplet_loss(d_ab, d_ac, t, 30.0, 0.02)[t == 0])
+    far = _triplet_loss(*torch.tensor([[1.0], [3.0], [-1.0]], dtype=torch.float64), 1e4, 0.02,
+                        torch.tensor([0.1], dtype=torch.float64))
+    assert float(far) == pytest.approx(-np.log(0.1), rel=1e-9)  # a far wrong answer costs −log ε, not κ|ρ|
+
+
+def test_sources_are_stored_with_the_triplets_and_eps_zero_changes_nothing(target, monkeypatch):
+    import fbloop.learner
+
+    _, q, t = gaussian_triplets("synthetic:p=12,rank=3", 300, 0)
+    t = np.where(np.arange(300) % 7 == 0, 0.0, t)  # ties too
+    src = np.arange(300) % 3
+    learner = GradientLearner(target.p, LearnerConfig(seed=0), None)
+    learner.add_triplets(q.a[:100], q.b[:100], q.c[:100], t[:100])  # source 0 by default
+    learner.add_triplets(q.a[100:], q.b[100:], q.c[100:], t[100:], source=src[100:])
+    stored = learner._trips.view()[5].numpy()
+    np.testing.assert_array_equal(stored, np.concatenate([np.zeros(100, int), src[100:]]))
+    assert learner.source_noise == {0: 0.0, 1: 0.0, 2: 0.0}
+    U = learner.U.clone()
+    plain = float(learner._full_loss(U, 80.0))
+    learner.set_source_noise({0: 0.0, 2: 0.0})
+    assert float(learner._full_loss(U, 80.0)) == pytest.approx(plain, rel=1e-14)
+    learner.set_source_noise({2: 0.25, 5: 0.1})  # a source not seen yet may be named
+    assert learner.source_noise == {0: 0.0, 1: 0.0, 2: 0.25, 3: 0.0, 4: 0.0, 5: 0.1}
+    dense = float(learner._full_loss(U, 80.0))
+    assert dense != pytest.approx(plain)
+    monkeypatch.setattr(fbloop.learner, "DENSE_TRIPLETS_MAX", 0)  # the gathered path weighs sources alike
+    learner._dense = None
+    assert float(learner._full_loss(U, 80.0)) == pytest.approx(dense, rel=1e-12)
+
+
+@pytest.mark.parametrize("eps, match", [({0: -0.1}, "-0.1"), ({0: 0.5}, "0.5"), ({1: float("nan")}, "nan"),
+                                        ({0: "0.1"}, "'0.1'"), ({-1: 0.1}, "-1"), ({1.0: 0.1}, "1.0"),
+                                        ({True: 0.1}, "True")])
+def test_source_noise_errors(target, eps, match):
+    learner = GradientLearner(target.p, LearnerConfig(), None)
+    with pytest.raises(ConfigError, match=match):
+        learner.set_source_noise(eps)
+    assert learner.source_noise == {0: 0.0}  # nothing was set
+
+
+def test_source_errors(target):
+    _, q, t = gaussian_triplets("synthetic:p=12,rank=3", 4, 0)
+    learner = GradientLearner(target.p, LearnerConfig(), None)
+    with pytest.raises(ShapeError, match=r"\(3,\)"):
+        learner.add_triplets(q.a, q.b, q.c, t, source=np.zeros(3, dtype=int))
+    with pytest.raises(ConfigError, match="-2"):
+        learner.add_triplets(q.a, q.b, q.c, t, source=np.array([0, 1, -2, 1]))
+    with pytest.raises(ConfigError, match="float"):
+        learner.add_triplets(q.a, q.b, q.c, t, source=1.5)
+    assert learner.n_triplets == 0
+
+
+def test_a_known_flip_rate_undoes_a_noisy_source():
+    """1,000 exact answers (source 0) and 1,000 with 30% flipped (source 1), p = 10, rank 4. Measured,
+    seeds 0–5: PCC 0.9655–0.9846 with ε = 0, 0.9977–0.9995 with source 1's true ε = 0.3."""
+    t, q, ans = gaussian_triplets("synthetic:p=10,rank=4", 2000, 0)
+    src = (np.arange(2000) >= 1000).astype(int)
+    noisy = np.where((src == 1) & (np.random.default_rng(1000).random(2000) < 0.3), -ans, ans)
+    pccs = []
+    for eps in (0.0, 0.3):
+        learner = GradientLearner(t.p, LearnerConfig(rank=4, seed=0), None)
+        learner.set_source_noise({1: eps})
+        learner.add_triplets(q.a, q.b, q.c, noisy, source=src)
+        learner.step(20)
+        learner.finish()
+        pccs.append(metrics.pcc_factored(learner.factor(), t.factor))
+    assert pccs[0] < 0.99 and pccs[1] > 0.995, pccs

@@ -198,3 +198,13 @@ def test_holdout_needs_a_triplet_design(store):
     cfg = RunConfig(target="synthetic:p=6,rank=2", design=DesignConfig(name="gaussian"), holdout=0.1)
     with pytest.raises(ConfigError, match="held-out share scores triplet answers"):
         run_loop(cfg, store)
+
+
+def test_stop_at_ends_the_run_once_a_snapshot_reaches_it(store):
+    cfg = RunConfig(target="synthetic:p=8,rank=2", design=DesignConfig(name="triplet"), budget=4000, chunk=64,
+                    snapshot_every=64, stop_at=0.8, rfm_mse=False)
+    result = run_loop(cfg, store)
+    reached = [n for n, pcc in result.history if pcc is not None and pcc >= 0.8]
+    assert reached and result.answers == reached[0] < 4000  # stopped at the first snapshot at or above
+    with pytest.raises(ConfigError, match="stop_at"):
+        RunConfig(stop_at=1.5)
