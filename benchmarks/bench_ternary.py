@@ -73,14 +73,15 @@ def bisection_route(spec: str, design: str, eps: float, seed: int) -> dict:
     t = targets.load_target(spec if spec == "rfm" else f"{spec},seed={seed}")
     d = make_design(DesignConfig(name=design), t, seed)
     q = d.queries(0, d.count)
-    got = BisectionAgent(OracleAgent(t.factor, d.anchor()), d.anchor(), BisectionConfig(precision=eps)).answer(q)
+    oracle = OracleAgent(d.design_factor(t.factor), d.anchor())  # Φ* in the design's coordinates (eigen: its basis)
+    got = BisectionAgent(oracle, d.anchor(), BisectionConfig(precision=eps)).answer(q)
     learner = GradientLearner(t.p, LearnerConfig(seed=seed), d.anchor())
     ok = got.ok
     learner.add_pairs(q.a[ok], got.value[ok])
     t0 = time.perf_counter()
     learner.finish()
     return {"route": f"bisection/{design}", "precision": eps, "pairs": int(ok.sum()),
-            "answers": triplets_used(got), "pcc": metrics.pcc_factored(learner.factor(), t.factor),
+            "answers": triplets_used(got), "pcc": metrics.pcc_factored(d.native_factor(learner.factor()), t.factor),
             "seconds": time.perf_counter() - t0, "seed": seed}
 
 
