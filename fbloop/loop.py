@@ -448,9 +448,9 @@ def run_loop(config: RunConfig, store: Store, run_id: str | None = None,
             extra["cost"], extra["pool"] = summary["total_cost"], summary
         return extra
 
-    def snapshot(final: bool = False) -> float:
+    def snapshot() -> float:  # a snapshot while answers arrive; the final one is stored after the fit
         pcc = metrics.pcc_factored(design.native_factor(learner.factor()), target.factor)
-        extra = {"loss": learner.last_loss, "learner": learner_name, "final": final, **live_extra()}
+        extra = {"loss": learner.last_loss, "learner": learner_name, "final": False, **live_extra()}
         store.add_snapshot(run_id, n_ok, pcc, time.perf_counter() - t0, extra)
         history.append((n_ok, pcc))
         return pcc
@@ -532,10 +532,10 @@ def run_loop(config: RunConfig, store: Store, run_id: str | None = None,
         learner.finish(progress=fit_progress)
     else:
         learner.finish()
-    pcc = snapshot(final=True)
+    factor = design.native_factor(learner.factor())
+    pcc = metrics.pcc_factored(factor, target.factor)
     if progress:
         progress(Progress(budget, budget, pcc, learner.last_loss))
-    factor = design.native_factor(learner.factor())
     store.save_factor(run_id, factor)
     extra = readouts(target, factor) if config.rfm_mse else {}
     asker = agent.agent if isinstance(agent, BisectionAgent) else agent  # who actually answered
@@ -550,8 +550,9 @@ def run_loop(config: RunConfig, store: Store, run_id: str | None = None,
     extra.update(live_extra())
     if active is not None:
         extra["active"] = active.summary()
-    if extra:
-        store.add_snapshot(run_id, n_ok, pcc, time.perf_counter() - t0, {"final": True, **extra})
+    store.add_snapshot(run_id, n_ok, pcc, time.perf_counter() - t0,  # one final snapshot, every readout in it
+                       {"loss": learner.last_loss, "learner": learner_name, "final": True, **extra})
+    history.append((n_ok, pcc))
     if config.agent == "human" and active is not None:  # the next chunk, chosen under what was just learnt
         rate = human.CHECK_RATE if config.check_rate is None else config.check_rate
         top_up_queue(store, run_id, active, budget, chunk, learner.factor(), rate, target.factor, config.seed)
