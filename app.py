@@ -354,13 +354,14 @@ def active_section(timing: dict | None) -> None:
     cols = st.columns(4)
     cols[0].metric("Strategy", timing["strategy"] or "—")
     cols[1].metric("Scoring", seconds(timing["score_s_total"]),
-                   help=f"seconds spent scoring candidate queries, over {timing['chunks']} chunks")
-    cols[2].metric("Waiting for answers", seconds(timing["wait_s_total"]),
-                   help="seconds the agent took to answer the chosen queries")
-    cols[3].metric("Longest wait", seconds(timing["wait_s_max"]), help="the longest the agent took on one chunk")
-    if timing["score_share"] is not None:
-        st.caption(f"Choosing the queries took {pct(timing['score_share'])} of the time spent choosing and "
-                   "answering them.")
+                   help=f"seconds spent scoring candidate queries, over {timing['chunks']} chunks, in the "
+                        "background while the agent answered")
+    cols[2].metric("Waited for queries", seconds(timing["wait_s_total"]),
+                   help="seconds the loop stood waiting for the next chunk's queries: scoring not hidden")
+    cols[3].metric("Longest wait", seconds(timing["wait_s_max"]), help="the longest wait for one chunk's queries")
+    if timing["hidden_share"] is not None:
+        st.caption(f"{pct(timing['hidden_share'])} of the scoring ran while the agent answered: nobody "
+                   "waited for it.")
 
 
 def pool_section(pool: dict | None) -> None:

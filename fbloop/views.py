@@ -277,11 +277,13 @@ def pool_summary(store: Store, run_id: str) -> dict | None:
 
 
 def active_timing(store: Store, run_id: str) -> dict | None:
-    """An active run's time choosing queries against the time its agent took to answer them.
+    """An active run's time choosing queries against the time the loop waited for them.
 
-    From the final snapshot: ``{"strategy", "chunks", "score_s_total", "wait_s_total", "wait_s_max",
-    "score_share"}``, seconds; ``score_share`` is scoring's share of the two (``None`` when both
-    are zero). ``None`` for a fixed design or before the run has finished.
+    Scoring runs in the background while the agent answers (:mod:`fbloop.querying`), so only the
+    part not hidden behind answering is waited for. From the final snapshot: ``{"strategy",
+    "chunks", "score_s_total", "wait_s_total", "wait_s_max", "hidden_share"}``, seconds;
+    ``hidden_share`` is the share of the scoring time nobody waited for, ``1 − wait/score``
+    (``None`` when nothing was scored). ``None`` for a fixed design or before the run has finished.
     """
     found = _last_extra(store, run_id, "active")
     if found is None:
@@ -290,4 +292,4 @@ def active_timing(store: Store, run_id: str) -> dict | None:
     score, wait = _number(active.get("score_s_total")) or 0.0, _number(active.get("wait_s_total")) or 0.0
     return {"strategy": active.get("strategy"), "chunks": int(active.get("chunks") or 0), "score_s_total": score,
             "wait_s_total": wait, "wait_s_max": _number(active.get("wait_s_max")) or 0.0,
-            "score_share": score / (score + wait) if score + wait > 0 else None}
+            "hidden_share": min(max(1.0 - wait / score, 0.0), 1.0) if score > 0 else None}

@@ -288,9 +288,9 @@ def test_dashboard_of_a_pool_run(db):
     assert metric(at, "Answers") == "190"  # each agent's answers are stored under its own name
     heads = [h.value for h in at.subheader]
     assert heads.index("Active querying") < heads.index("Agent pool") < heads.index("Compare strategies")
-    assert metric(at, "Strategy") == "uncertainty" and metric(at, "Scoring") == "600 ms"
-    assert metric(at, "Waiting for answers") == "2.40 s" and metric(at, "Longest wait") == "1.10 s"
-    assert any("took 20% of the time" in c.value for c in at.caption)
+    assert metric(at, "Strategy") == "uncertainty" and metric(at, "Scoring") == "2.40 s"
+    assert metric(at, "Waited for queries") == "600 ms" and metric(at, "Longest wait") == "500 ms"
+    assert any("75% of the scoring ran while the agent answered" in c.value for c in at.caption)
     assert metric(at, "Total cost") == "41.50" and metric(at, "Shared queries") == "10"
     assert metric(at, "Hard queries") == "30" and metric(at, "Skipped") == "0"
     accuracy = chart_rows(at, "share", "source")

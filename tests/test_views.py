@@ -32,7 +32,7 @@ POOL = {  # an AgentPool.summary() as the loop stores it (NaN: an accuracy not k
     "total_cost": 41.5,
     "agreement": {"llm|people": {"agreement": 0.8, "shared": 10}},
 }
-ACTIVE = {"strategy": "uncertainty", "chunks": 3, "score_s_total": 0.6, "wait_s_total": 2.4, "wait_s_max": 1.1}
+ACTIVE = {"strategy": "uncertainty", "chunks": 3, "score_s_total": 2.4, "wait_s_total": 0.6, "wait_s_max": 0.5}
 
 
 def add_run(store: Store, run_id: str, *, strategy: str | None = None, design: str = "triplet",
@@ -185,10 +185,10 @@ def test_pool_summary_reads_what_a_real_pool_reports(store):
 def test_active_timing(store):
     add_run(store, "unsure", strategy="uncertainty", final={"active": ACTIVE})
     out = views.active_timing(store, "unsure")
-    assert out == {"strategy": "uncertainty", "chunks": 3, "score_s_total": 0.6, "wait_s_total": 2.4,
-                   "wait_s_max": 1.1, "score_share": pytest.approx(0.2)}
+    assert out == {"strategy": "uncertainty", "chunks": 3, "score_s_total": 2.4, "wait_s_total": 0.6,
+                   "wait_s_max": 0.5, "hidden_share": pytest.approx(0.75)}
     add_run(store, "idle", strategy="random", final={"active": {**ACTIVE, "score_s_total": 0.0,
                                                                 "wait_s_total": 0.0}})
-    assert views.active_timing(store, "idle")["score_share"] is None
+    assert views.active_timing(store, "idle")["hidden_share"] is None
     add_run(store, "fixed")
     assert views.active_timing(store, "fixed") is None
