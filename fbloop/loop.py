@@ -462,8 +462,8 @@ def run_loop(config: RunConfig, store: Store, run_id: str | None = None,
         if active is None:
             human.queue(store, run_id, design.queries(0, budget), check_rate=rate, factor=target.factor,
                         seed=config.seed)
-        else:
-            top_up_queue(store, run_id, active, budget, chunk, current_factor(), rate, target.factor, config.seed)
+        elif n_ok == 0:  # the first chunk, random; later ones are chosen after the fit below
+            top_up_queue(store, run_id, active, budget, chunk, None, rate, target.factor, config.seed)
         if n_ok == 0:  # nothing answered yet, nothing to learn
             store.set_status(run_id, "waiting")
             if active is not None:
