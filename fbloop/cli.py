@@ -131,6 +131,7 @@ def _run_config(opts: dict):
     from .loop import RunConfig
     from .pool import PoolConfig, parse_member
 
+    members = tuple(parse_member(m) for m in opts["members"])
     return RunConfig(
         target=opts["target"],
         design=DesignConfig(name=opts["design"], mu=opts["mu"], s=opts["max_nnz"], dist=opts["dist"]),
@@ -146,15 +147,11 @@ def _run_config(opts: dict):
         holdout=opts["holdout"],
         stop_at=opts["stop_at"],
         bisection=BisectionConfig(precision=opts["bisection"]) if opts["bisection"] is not None else None,
-        llm=_llm_config(opts) if opts["agent"] == "llm" or _has_llm_member(opts) else None,
+        llm=_llm_config(opts) if opts["agent"] == "llm" or any(m.agent == "llm" for m in members) else None,
         active=_active_config(opts),
-        pool=tuple(parse_member(m) for m in opts["members"]) or None,
-        pool_config=PoolConfig(hard_share=opts["hard_share"], seed=opts["seed"]) if opts["members"] else None,
+        pool=members or None,
+        pool_config=PoolConfig(hard_share=opts["hard_share"], seed=opts["seed"]) if members else None,
     )
-
-
-def _has_llm_member(opts: dict) -> bool:
-    return any(m.partition(",")[0].partition(":")[2].strip() == "llm" for m in opts["members"])
 
 
 def _active_config(opts: dict):

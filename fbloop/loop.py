@@ -280,10 +280,8 @@ def feed(learner, queries: Queries, answers: Answers, held: HeldOut | None = Non
     q = queries.select(rows)
     if q.kind == "pair":
         learner.add_pairs(q.a, answers.value[ok])
-    elif source and hasattr(learner, "set_source_noise"):
+    else:  # triplets always go to the gradient learner (choose_learner)
         learner.add_triplets(q.a, q.b, q.c, answers.value[ok], source=source)
-    else:
-        learner.add_triplets(q.a, q.b, q.c, answers.value[ok])
 
 
 # ---------------------------------------------------------------- the loop
@@ -421,7 +419,7 @@ def run_loop(config: RunConfig, store: Store, run_id: str | None = None,
                     active.observe(queries)
         if pool is not None:
             pool.replay(store.answer_values(run_id))
-            if pool.config.noise_aware and hasattr(learner, "set_source_noise"):
+            if pool.config.noise_aware:
                 learner.set_source_noise(member_noise(pool, sources))
         if config.learner_config.steps_per_chunk:
             learner.step(config.learner_config.steps_per_chunk)
@@ -479,17 +477,19 @@ def run_loop(config: RunConfig, store: Store, run_id: str | None = None,
             retry = store.invalid_only(run_id, start, stop, names) if existing is not None else {}
             if len(done) == stop - start and not retry:
                 continue  # answered before a restart; already replayed
+            # Φ̂ as learnt so far, copied once a chunk for the strategy and the pool's routing
+            factor = current_factor() if active is not None or pool is not None else None
             if active is None:
                 queries = design.queries(start, stop)
             else:
                 queries = stored_chunk(store, run_id, start, stop) if start < stored_until else None
                 if queries is None:
-                    queries = active.get(start, stop, current_factor())
+                    queries = active.get(start, stop, factor)
                 if stop < budget and stop >= stored_until:  # score the next chunk while this one is answered
-                    active.prefetch(stop, min(stop + chunk, budget), current_factor())
+                    active.prefetch(stop, min(stop + chunk, budget), factor)
             pending = queries.select(~np.isin(queries.seq, done) | np.isin(queries.seq, list(retry)))
             if pool is not None:
-                pool.factor = current_factor()  # the pool routes the least sure queries to its most reliable
+                pool.factor = factor  # the pool routes the least sure queries to its most reliable member
             # An agent may give several answer sets per query (the LLM agent's order swap); all are kept.
             sets = agent.answer_sets(pending) if hasattr(agent, "answer_sets") else [agent.answer(pending)]
             if retry:
@@ -502,7 +502,7 @@ def run_loop(config: RunConfig, store: Store, run_id: str | None = None,
                     preq.score(learner, pending, answers,
                                random_positions(config.seed, answers.seq, config.active.random_share))
                 feed(learner, pending, answers, held, sources.get(answers.agent, 0))
-            if pool is not None and pool.config.noise_aware and hasattr(learner, "set_source_noise"):
+            if pool is not None and pool.config.noise_aware:
                 learner.set_source_noise(member_noise(pool, sources))
             loss = None
             if learner_name == "gradient":

@@ -150,9 +150,9 @@ def learned_rows(monkeypatch) -> list[int]:
     calls: list[int] = []
     real = GradientLearner.add_triplets
 
-    def spy(self, a, b, c, t):
+    def spy(self, a, b, c, t, source=0):
         calls.append(len(t))
-        return real(self, a, b, c, t)
+        return real(self, a, b, c, t, source=source)
 
     monkeypatch.setattr(GradientLearner, "add_triplets", spy)
     return calls
