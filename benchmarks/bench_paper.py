@@ -93,7 +93,8 @@ def child(spec: dict) -> dict:
     cfg = RunConfig(target=spec["target"], design=DesignConfig(name=spec["design"], mu=0.9, s=3),
                     budget=budget, learner="auto", rfm_mse=False, seed=spec["seed"],
                     learner_config=LearnerConfig(device=spec["device"], seed=spec["seed"],
-                                                 final_epochs=spec["final_epochs"]))
+                                                 final_epochs=spec["final_epochs"], rank=spec.get("rank"),
+                                                 final_batch=spec.get("final_batch", 4096)))
     bar = tqdm(total=None, desc=f"{spec['figure']}/{spec['case']}", unit="ans", file=sys.stderr,
                dynamic_ncols=True, mininterval=2.0)
 
@@ -123,8 +124,10 @@ def child(spec: dict) -> dict:
     bar.close()
     peak = next((int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
                  if line.startswith("VmHWM")), 0) / 1024
-    row = {k: spec[k] for k in ("figure", "case", "target", "design", "device", "threads", "seed", "final_epochs")}
+    row = {k: spec.get(k) for k in ("figure", "case", "target", "design", "device", "threads", "seed", "final_epochs",
+                                    "final_batch")}
     row.update({"budget": budget, "p": target.p, "rank": target.rank, "learner": result.learner,
+                "learner_rank": spec.get("rank") or min(target.p, 512),
                 "answers": result.answers, "pcc": float(np.round(result.pcc, 7)),
                 "run_loop_s": round(loop_s, 1), "wall_s": round(time.perf_counter() - t0, 1),
                 "peak_rss_mib": round(peak), "db_mib": round(db_mib), "curve": curve})
@@ -142,6 +145,12 @@ def run_case(spec: dict) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def row_key(row: dict) -> tuple:
+    """A case run again replaces its row; a run at a non-default learner rank gets a row of its own."""
+    rank = row.get("learner_rank")
+    return row["case"], row.get("device", "cpu"), None if rank in (None, min(row.get("p", 0), 512)) else rank
+
+
 def judge(row: dict, paper: float | None, goal: float | None) -> dict:
     row["paper_pcc"], row["target_pcc"] = paper, goal
     if goal is not None and "pcc" in row:
@@ -157,7 +166,13 @@ def plot(rows: list[dict], info: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    sampling = sorted((r for r in rows if r.get("design") == "sparse" and "pcc" in r), key=lambda r: r["answers"])
+    sampling = sorted((r for r in rows if r.get("design") == "sparse" and "pcc" in r and row_key(r)[2] is None),
+                      key=lambda r: r["answers"])
+    for r in rows:  # runs at a non-default learner rank: a point each
+        if r.get("design") == "sparse" and "pcc" in r and row_key(r)[2] is not None:
+            ax.plot(r["answers"], r["pcc"], "*", color="tab:orange", ms=11,
+                    label=f"fbloop, 3-sparse sampling, U of rank {r['learner_rank']}, "
+                          f"{r.get('final_epochs')} final epochs")
     for r in sampling:  # the learner's PCC as the answers of each run streamed in
         xs, ys = [c[0] for c in r["curve"]], [c[1] for c in r["curve"]]
         ax.plot(xs, ys, color="tab:blue", alpha=0.25, lw=1)
@@ -202,6 +217,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--final-epochs", type=float, default=40.0, help="gradient learner: final passes over the answers")
+    ap.add_argument("--final-batch", type=int, default=4096, help="gradient learner: pairs per step of the final fit")
+    ap.add_argument("--rank", type=int, default=None, help="gradient learner: columns of U (default min(p, 512))")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help=f"smoke run on {QUICK_TARGET}, budgets scaled down 64×")
     ap.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
@@ -225,7 +242,7 @@ def main() -> None:
                          f"expect {[c[0] for c in info['cases']]}")
     path = out_dir / f"paper_fig{args.figure}.json"
     old = json.loads(path.read_text()) if path.exists() else {"rows": []}
-    rows = {(r["case"], r.get("device", "cpu")): r for r in old["rows"]}
+    rows = {row_key(r): r for r in old["rows"]}
     def save() -> None:  # after every case: a long grid cut short keeps what it measured
         out = {"benchmark": f"paper_fig{args.figure}", "shape": info["shape"], "target": target,
                "quick": args.quick,
@@ -242,9 +259,9 @@ def main() -> None:
             budget = max(1000, budget // 64) if design == "sparse" else None
         spec = {"figure": args.figure, "case": case, "target": target, "design": design, "budget": budget,
                 "device": args.device, "threads": args.threads, "seed": args.seed,
-                "final_epochs": args.final_epochs}
+                "final_epochs": args.final_epochs, "final_batch": args.final_batch, "rank": args.rank}
         row = judge(run_case(spec), paper, goal)
-        rows[(case, args.device)] = row
+        rows[row_key(row)] = row
         verdict = "" if row.get("target_pcc") is None else \
             (" — target met" if row.get("met") else f" — MISSES target {goal} by {row.get('miss_by')}")
         print(f"{case:<14} {row.get('answers', '?'):>11,} answers  PCC {row.get('pcc', float('nan')):.6f} "

@@ -94,6 +94,7 @@ class LearnerConfig:
     final_steps: int = 5000  # Adam steps at the end (small problems stop early once converged)
     final_epochs: float = 40.0  # large problems: passes over the stored answers at the end, lr decaying (cosine)
     final_lr_ratio: float = 0.01  # large problems: the lr the final decay ends at, relative to lr
+    final_batch: int = 4096  # large problems: pairs per step of the final fit (at least batch_size)
     polish: bool = True  # full-batch L-BFGS at the end when the problem is small
     weight_decay: float = 0.0  # λ of Algorithm 3 (the paper's 1e-4 outweighs the data at p in the thousands)
     clip: float = 10.0  # gradient-norm clip per step
@@ -110,7 +111,7 @@ class LearnerConfig:
     def __post_init__(self) -> None:
         if self.rank is not None and self.rank < 1:
             raise ConfigError(f"Expect rank ≥ 1, got rank={self.rank}.")
-        for name in ("lr", "batch_size", "sharpness", "final_sharpness"):
+        for name in ("lr", "batch_size", "final_batch", "sharpness", "final_sharpness"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"Expect {name} > 0, got {getattr(self, name)}.")
         for name in ("steps_per_chunk", "final_steps", "final_epochs", "weight_decay", "clip", "tie_band"):
@@ -152,7 +153,6 @@ def psd_dof(p: int, k: int) -> int:
 
 
 ARRIVAL_REPLAY = 10  # draws per new answer while answers stream in (large problems)
-LARGE_BATCH = 4096  # minibatch of the large final fit: less gradient noise per step, fewer steps per epoch
 
 
 class _LazyAdam:
@@ -524,7 +524,7 @@ class GradientLearner:
         answers, where a minibatch loss is too noisy to stop on): ``final_epochs``
         passes over the stored answers (at least ``final_steps`` steps) with the
         learning rate decaying on a cosine from ``lr`` to ``lr · final_lr_ratio``
-        and minibatches of at least ``LARGE_BATCH`` —
+        and minibatches of ``final_batch`` (at least ``batch_size``) —
         the decay removes the noise floor a constant Adam step leaves (on a
         p = 1024, rank-128, 250k-pair sparse problem: PCC 0.9916 plateau at a
         constant lr = 3e-3). ``progress(done, total, loss)`` is called every block
@@ -560,7 +560,7 @@ class GradientLearner:
                 self._refine_triplets()
             return self.last_loss
         n = max(self.n_pairs, self.n_triplets)
-        self.batch_size = max(cfg.batch_size, LARGE_BATCH)
+        self.batch_size = max(cfg.batch_size, cfg.final_batch)
         total = max(cfg.final_steps, math.ceil(cfg.final_epochs * n / self.batch_size))
         block = max(100, total // 200)
         lo = cfg.lr * cfg.final_lr_ratio

@@ -394,3 +394,18 @@ def test_a_known_flip_rate_undoes_a_noisy_source():
         learner.finish()
         pccs.append(metrics.pcc_factored(learner.factor(), t.factor))
     assert pccs[0] < 0.99 and pccs[1] > 0.995, pccs
+
+
+def test_large_final_fit_steps_in_final_batches():
+    """The large final fit takes ``final_epochs · n / final_batch`` steps of ``final_batch`` pairs."""
+    p, n = 64, 200_000  # answers × rank above the small-problem limit
+    rng = np.random.default_rng(0)
+    u = SparseBatch(*sample_sparse(rng, n, p, 0.0, 3), p)
+    cfg = LearnerConfig(rank=64, final_steps=1, final_epochs=0.5, final_batch=50_000)
+    learner = GradientLearner(p, cfg, SparseBatch(np.array([[0]]), np.array([[1.0]]), p))
+    learner.add_pairs(u, np.ones(n))
+    assert not learner._small()
+    learner.finish()
+    assert learner.steps == 2 and learner.batch_size == cfg.batch_size  # restored after the fit
+    with pytest.raises(ConfigError, match="final_batch"):
+        LearnerConfig(final_batch=0)
