@@ -59,7 +59,22 @@ Choices
   Candidates come from :func:`sample_sparse_fast` (the design's law, ~50× faster at
   p = 512 than :func:`fbloop.designs.sample_sparse`, whose exact draws are part of
   the run format and cannot change).
-- **Pool.** 10 candidates per query: 20 and 100 asked no fewer answers (p = 32).
+- **Pool.** 10 candidates per query: 20 and 100 asked no fewer answers (p = 32); at p = 128 under
+  10 % flips 5 and 20 asked more (2 seeds: ``uncertainty`` 17,850 and 17,288 answers to PCC 0.9
+  against 16,626 with 10).
+- **Query synthesis (measured, not kept).** Moving each candidate onto ``Φ̂``'s boundary (``c``'s or
+  ``b``'s values times ``t ∈ [1/4, 4]``, supports kept, so that ``d̂_ab = d̂_ac``) and ranking the moved
+  pool by the ensemble's BALD needed more answers than ``ensemble`` to reach PCC 0.9 in 8 of 9
+  settings of ``bench_active`` (RFM, p = 32, p = 128; 5 seeds; at p = 128 9,934 / 55,060 / 20,821
+  answers against 9,338 / 47,764 / 16,586 under T = 0.05 / T = 0.2 / 10 % flips). It led only at
+  PCC 0.99 under logistic noise on p = 32 (3.08× and 2.25× of random against 2.68× and 1.97×; at
+  p = 128, T = 0.05: 3.15× against 3.10×) and at 0.9 on RFM at T = 0.2 (1.83× against 1.62×).
+  The boundary of ``Φ̂`` is not where answers teach most:
+  in a scratch run that knows ``Φ*`` (p = 32, 2 seeds), picking the pool's candidates nearest the *true*
+  boundary gave 1.10× of random at PCC 0.9 (T = 0.05) and 0.72× (T = 0.2); picking those ``Φ̂`` gets
+  most wrong, 2.73× and 3.58×. No score computed from ``Φ̂`` alone (perturbed copies, bootstrap refits,
+  an isotropic posterior on ``Φ``) ranked candidates by that error with a Spearman ρ above 0.28
+  (p = 32, fits at PCC 0.5–0.7).
 - **Batch mode.** One call selects ``n`` queries under one ``Φ̂`` (the top ``n`` of
   ``pool·n`` candidates). Sparse candidates rarely share supports, so the batch is
   diverse without an explicit diversity term; callers should still call often
