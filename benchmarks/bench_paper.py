@@ -79,7 +79,7 @@ def child(spec: dict) -> dict:
     from tqdm import tqdm
 
     from fbloop.designs import DesignConfig, n_params
-    from fbloop.learner import LearnerConfig
+    from fbloop.learner import LearnerConfig, factor_rank
     from fbloop.loop import RunConfig, run_loop
     from fbloop.store import Store
     from fbloop.targets import load_target
@@ -127,7 +127,7 @@ def child(spec: dict) -> dict:
     row = {k: spec.get(k) for k in ("figure", "case", "target", "design", "device", "threads", "seed", "final_epochs",
                                     "final_batch")}
     row.update({"budget": budget, "p": target.p, "rank": target.rank, "learner": result.learner,
-                "learner_rank": spec.get("rank") or min(target.p, 512),
+                "learner_rank": factor_rank(target.p, spec.get("rank")),
                 "answers": result.answers, "pcc": float(np.round(result.pcc, 7)),
                 "run_loop_s": round(loop_s, 1), "wall_s": round(time.perf_counter() - t0, 1),
                 "peak_rss_mib": round(peak), "db_mib": round(db_mib), "curve": curve})
@@ -147,8 +147,11 @@ def run_case(spec: dict) -> dict:
 
 def row_key(row: dict) -> tuple:
     """A case run again replaces its row; a run at a non-default learner rank gets a row of its own."""
+    from fbloop.learner import factor_rank
+
     rank = row.get("learner_rank")
-    return row["case"], row.get("device", "cpu"), None if rank in (None, min(row.get("p", 0), 512)) else rank
+    default = factor_rank(row["p"], None) if "p" in row else None
+    return row["case"], row.get("device", "cpu"), None if rank in (None, default) else rank
 
 
 def judge(row: dict, paper: float | None, goal: float | None) -> dict:

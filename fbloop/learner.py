@@ -152,6 +152,14 @@ def psd_dof(p: int, k: int) -> int:
     return p * k - k * (k - 1) // 2
 
 
+DEFAULT_RANK = 512  # columns of U when the config leaves rank unset
+
+
+def factor_rank(p: int, rank: int | None) -> int:
+    """The columns of ``U`` a learner of ``LearnerConfig(rank=rank)`` starts with at this ``p``."""
+    return min(rank or DEFAULT_RANK, p)
+
+
 ARRIVAL_REPLAY = 10  # draws per new answer while answers stream in (large problems)
 
 
@@ -273,7 +281,7 @@ class GradientLearner:
             raise ConfigError(f"Expect p ≥ 2, got p={p}.")
         self.p = p
         self.config = config
-        self.rank = min(config.rank or 512, p)
+        self.rank = factor_rank(p, config.rank)
         dtype = config.dtype if config.dtype != "auto" else ("float64" if p <= 2048 else "float32")
         self.dtype = getattr(torch, dtype)
         self.device = torch.device(config.device)
