@@ -12,10 +12,12 @@ answers (the same ones, for a given seed).
 Grid: targets RFM (p = 10, rank 3) and synthetic p ∈ {32, 128, 512} with ranks 8 / 16 / 32
 (a new dictionary per seed); oracle noise logistic at T = 0.05 and T = 0.2 and 10 % flips;
 strategies random / uncertainty / ensemble; 5 seeds. The strategy is told the oracle's noise
-model (a simulation knows it). Learner: rank min(p, max(10, 2·rank)) (a guess of twice the
-true rank), sharpness κ = 1/T under logistic noise (the matched likelihood) and κ = 20 under
-flips (ln 9 / 0.1: the logistic that is 90 % sure at a margin of 0.1); identical for every
-strategy. The answers to reach a level are interpolated log-linearly between the two rounds
+model (a simulation knows it), and so is the learner: rank min(p, max(10, 2·rank)) (a guess of
+twice the true rank), sharpness κ = 1/T under logistic noise (the matched likelihood) and κ = 20
+under flips (ln 9 / 0.1: the logistic that is 90 % sure at a margin of 0.1), where it is also
+given the flip rate (``set_source_noise``: the flip-robust likelihood); identical for every
+strategy. (Runs stored before the flip rate was given say ``"source_noise": null``; ``--replace``
+runs a subset again.) The answers to reach a level are interpolated log-linearly between the two rounds
 around its first crossing; "answers to 0.9" is the median over seeds, and the ratio is
 random's median over the adaptive strategy's. A median that did not reach the level within
 the cap is censored: ratios are then bounds (">=" or "<="), and the JSON says so.
@@ -108,6 +110,8 @@ def run_one(name: str, noise: str, strategy: str, seed: int, growth: float, cap:
     strat = ActiveStrategy(p, acfg, DesignConfig(name="triplet"))
     lcfg = learner_config(t, ocfg, seed)
     learner = GradientLearner(p, lcfg)
+    if ocfg.noise == "flip":
+        learner.set_source_noise({0: ocfg.flip})  # the oracle answers as source 0
     rng = np.random.default_rng([seed, 7])
     n, target_n, factor = 0, max(50, 3 * p), None
     rounds: list[dict] = []
@@ -136,7 +140,8 @@ def run_one(name: str, noise: str, strategy: str, seed: int, growth: float, cap:
             break
         target_n = min(cap, int(np.ceil(n * growth)))
     return {"target": name, "p": p, "rank": t.rank, "noise": noise, "strategy": strategy, "seed": seed,
-            "learner": {"rank": learner.rank, "sharpness": lcfg.sharpness, "batch_size": lcfg.batch_size},
+            "learner": {"rank": learner.rank, "sharpness": lcfg.sharpness, "batch_size": lcfg.batch_size,
+                        "source_noise": learner.source_noise.get(0, 0.0)},
             "active": {k: v for k, v in acfg.__dict__.items() if k != "noise"} | {"noise": model.__dict__},
             "cap": cap, "rounds": rounds, "reached": {str(lv): crossing(rounds, lv) for lv in LEVELS},
             "seconds": {"total": time.perf_counter() - t0, "select": t_select, "answer": t_answer,
@@ -173,7 +178,9 @@ def summarise(runs: list[dict]) -> list[dict]:
             if not sub:
                 continue
             cap = max(r["cap"] for r in sub)
-            row = {"target": name, "p": sub[0]["p"], "noise": noise, "cap": cap, "strategies": {}}
+            row = {"target": name, "p": sub[0]["p"], "noise": noise, "cap": cap, "strategies": {},
+                   # the flip rate the learner was given (None: a run stored before it was given one)
+                   "learner_source_noise": sorted({r["learner"].get("source_noise") for r in sub}, key=str)}
             for strat in STRATEGIES:
                 mine = [r for r in sub if r["strategy"] == strat]
                 if mine:
@@ -394,6 +401,8 @@ def main() -> None:
     ap.add_argument("--growth", type=float, default=2 ** 0.5, help="answer growth per round")
     ap.add_argument("--cap-scale", type=float, default=1.0, help="multiply every target's answer cap")
     ap.add_argument("--resume", action="store_true", help="keep the stored runs of this mode, run the rest")
+    ap.add_argument("--replace", action="store_true",
+                    help="with --resume: run the selected targets/noises/strategies/seeds again, replacing them")
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--pool", action="store_true", help="instead: the agent-pool cost comparison (p = 32)")
     ap.add_argument("--pool-level", type=float, default=0.95, help="--pool: the PCC to reach")
@@ -411,7 +420,10 @@ def main() -> None:
     runs: list[dict] = []
     if args.resume and stem.with_suffix(".json").exists():
         runs = json.loads(stem.with_suffix(".json").read_text())["runs"]
+    selected = {(n, z, s, sd) for n in names for z in noises for sd in seeds for s in args.strategies}
     done = {(r["target"], r["noise"], r["strategy"], r["seed"]) for r in runs}
+    if args.replace:  # a stored run is dropped only once its replacement is written (after every run)
+        done -= selected
     jobs = [(n, z, s, sd) for n in names for z in noises for sd in seeds for s in args.strategies
             if (n, z, s, sd) not in done]
     bar = tqdm(jobs, desc="active", unit="run") if tqdm else jobs
@@ -422,6 +434,7 @@ def main() -> None:
         cap = int(TARGETS[name][1] * args.cap_scale)
         r = run_one(name, noise, strat, seed, args.growth, cap=cap)
         r["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        runs = [x for x in runs if (x["target"], x["noise"], x["strategy"], x["seed"]) != (name, noise, strat, seed)]
         runs.append(r)
         write(runs, stem, mode, args, time.perf_counter() - t0)  # after every run: a long grid can stop anywhere
     rows = write(runs, stem, mode, args, time.perf_counter() - t0)

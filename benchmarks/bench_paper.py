@@ -145,13 +145,23 @@ def run_case(spec: dict) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+DEFAULT_EPOCHS = 40.0  # --final-epochs
+
+
 def row_key(row: dict) -> tuple:
-    """A case run again replaces its row; a run at a non-default learner rank gets a row of its own."""
+    """A case run again replaces its row; a run at a non-default learner rank or number of final epochs
+    gets a row of its own."""
     from fbloop.learner import factor_rank
 
     rank = row.get("learner_rank")
     default = factor_rank(row["p"], None) if "p" in row else None
-    return row["case"], row.get("device", "cpu"), None if rank in (None, default) else rank
+    epochs = row.get("final_epochs")
+    return (row["case"], row.get("device", "cpu"), None if rank in (None, default) else rank,
+            None if epochs in (None, DEFAULT_EPOCHS) else epochs)
+
+
+def is_default_learner(row: dict) -> bool:
+    return row_key(row)[2:] == (None, None)
 
 
 def judge(row: dict, paper: float | None, goal: float | None) -> dict:
@@ -169,22 +179,27 @@ def plot(rows: list[dict], info: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    sampling = sorted((r for r in rows if r.get("design") == "sparse" and "pcc" in r and row_key(r)[2] is None),
-                      key=lambda r: r["answers"])
-    for r in rows:  # runs at a non-default learner rank: a point each
-        if r.get("design") == "sparse" and "pcc" in r and row_key(r)[2] is not None:
-            ax.plot(r["answers"], r["pcc"], "*", color="tab:orange", ms=11,
-                    label=f"fbloop, 3-sparse sampling, U of rank {r['learner_rank']}, "
-                          f"{r.get('final_epochs')} final epochs")
-    for r in sampling:  # the learner's PCC as the answers of each run streamed in
-        xs, ys = [c[0] for c in r["curve"]], [c[1] for c in r["curve"]]
-        ax.plot(xs, ys, color="tab:blue", alpha=0.25, lw=1)
-    if sampling:
-        ax.plot([r["answers"] for r in sampling], [r["pcc"] for r in sampling], "o-", color="tab:blue",
-                label="fbloop, 3-sparse sampling (final PCC; faint: during the run)")
-        paper = [(r["answers"], r["paper_pcc"]) for r in sampling if r.get("paper_pcc") is not None]
-        if paper:
-            ax.plot(*zip(*paper), "s--", color="tab:gray", label="paper, 3-sparse sampling")
+    groups: dict[tuple, list[dict]] = {}  # 3-sparse sampling runs by learner setting (rank, final epochs)
+    for r in rows:
+        if r.get("design") == "sparse" and "pcc" in r:
+            groups.setdefault(row_key(r)[2:], []).append(r)
+    others = iter(["tab:orange", "tab:red", "tab:brown", "tab:pink"])
+    for key, runs in sorted(groups.items(), key=lambda kv: kv[0] != (None, None)):
+        runs.sort(key=lambda r: r["answers"])
+        xs, ys = [r["answers"] for r in runs], [r["pcc"] for r in runs]
+        if key == (None, None):
+            for r in runs:  # the learner's PCC as the answers of each run streamed in
+                ax.plot([c[0] for c in r["curve"]], [c[1] for c in r["curve"]], color="tab:blue", alpha=0.25, lw=1)
+            ax.plot(xs, ys, "o-", color="tab:blue", label="fbloop, 3-sparse sampling (final PCC; faint: during the run)")
+        else:
+            ax.plot(xs, ys, "*-", color=next(others, "tab:olive"), ms=11,
+                    label=f"fbloop, 3-sparse sampling, U of rank {runs[0]['learner_rank']}, "
+                          f"{runs[0].get('final_epochs'):g} final epochs")
+    ran = {r.get("budget") for r in rows if r.get("design") == "sparse"}
+    paper = sorted((budget, pcc) for _, design, budget, pcc, _ in info["cases"]
+                   if design == "sparse" and pcc is not None and budget in ran)
+    if paper:
+        ax.plot(*zip(*paper), "s--", color="tab:gray", label="paper, 3-sparse sampling")
     cover = sorted((r for r in rows if r.get("design") == "coverage" and "pcc" in r), key=lambda r: r["answers"])
     if cover:
         ax.plot([r["answers"] for r in cover], [r["pcc"] for r in cover], "o-", color="tab:purple",
@@ -219,7 +234,8 @@ def main() -> None:
     ap.add_argument("--target", default=None, help="target spec (required for --figure sae)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--final-epochs", type=float, default=40.0, help="gradient learner: final passes over the answers")
+    ap.add_argument("--final-epochs", type=float, default=DEFAULT_EPOCHS,
+                    help="gradient learner: final passes over the answers")
     ap.add_argument("--final-batch", type=int, default=4096, help="gradient learner: pairs per step of the final fit")
     ap.add_argument("--rank", type=int, default=None, help="gradient learner: columns of U (default min(p, 512))")
     ap.add_argument("--seed", type=int, default=0)

@@ -54,7 +54,7 @@ from fbloop.store import Store  # noqa: E402
 
 OUT = Path(__file__).parent / "results"
 ARMS = ("people", "llm", "pool")
-CAPS = {"people": 6_000, "llm": 60_000, "pool": 30_000}
+CAPS = {"people": 6_000, "llm": 120_000, "pool": 30_000}  # llm: 1,200 at 0.01, above the pool's ~1,000
 
 
 def members(arm: str, seed: int) -> tuple[MemberSpec, ...]:
@@ -87,15 +87,35 @@ def run_arm(arm: str, spec: str, seed: int, args: argparse.Namespace, base_url: 
 
 
 def summarise(rows: list[dict]) -> dict:
+    """Per arm: runs, how many reached the level, the median cost and answers (inf when the median run
+    did not reach it) and a lower bound on the median cost: a run stopped at its cap before the level
+    would have cost at least what it had spent (``final_cost``)."""
     out = {}
     for arm in ARMS:
         mine = [r for r in rows if r["arm"] == arm]
         costs = [r["cost"] if r["reached"] else np.inf for r in mine]
+        floor = [r["cost"] if r["reached"] else (r.get("final_cost") or 0.0) for r in mine]
         out[arm] = {"runs": len(mine), "reached": sum(r["reached"] for r in mine),
                     "median_cost": float(np.median(costs)) if mine else None,
+                    "median_cost_at_least": float(np.median(floor)) if mine else None,
                     "median_answers": float(np.median([r["answers"] if r["reached"] else np.inf for r in mine]))
                     if mine else None}
     return out
+
+
+def pool_cheaper(summary: dict) -> bool | None:
+    """True when the pool's median cost is below each single agent's, False when it is not below one
+    of them, None when that is not known: a single agent whose median run never reached the level
+    spent less than the pool before its cap (its true cost is then only bounded from below)."""
+    pool = summary.get("pool", {})
+    alone = [summary[a] for a in ("people", "llm") if summary.get(a, {}).get("runs")]
+    if not pool.get("runs") or not alone:
+        return None
+    if any(pool["median_cost"] >= a["median_cost"] for a in alone):
+        return False
+    if all(pool["median_cost"] < a["median_cost_at_least"] for a in alone):
+        return True
+    return None
 
 
 def plot(rows: list[dict], summary: dict, args: argparse.Namespace, path: Path) -> None:
@@ -137,6 +157,8 @@ def main() -> None:
     ap.add_argument("--cap-scale", type=float, default=1.0)
     ap.add_argument("--quick", action="store_true", help="one seed, PCC 0.95, caps / 4")
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the stored runs of other arms and seeds (a run of an arm and seed replaces its own)")
     args = ap.parse_args()
     if args.quick:
         args.seeds, args.level, args.cap_scale = 1, 0.95, args.cap_scale / 4
@@ -155,10 +177,13 @@ def main() -> None:
                     r = rows[-1]
                     tqdm.write(f"  {arm:<7} seed {seed}: reached={r['reached']} cost={r['cost']} "
                                f"answers={r['answers']} final PCC {r['final_pcc']:.4f} ({r['seconds']:.0f}s)")
+    stem = args.out / ("pool_cost_quick" if args.quick else "pool_cost")
+    if args.merge and stem.with_suffix(".json").exists():
+        ran = {(r["arm"], r["seed"]) for r in rows}
+        kept = [r for r in json.loads(stem.with_suffix(".json").read_text())["runs"] if (r["arm"], r["seed"]) not in ran]
+        rows = sorted(kept + rows, key=lambda r: (r["seed"], ARMS.index(r["arm"])))
     summary = summarise(rows)
-    alone = [summary[a]["median_cost"] for a in ("people", "llm") if a in summary and summary[a]["runs"]]
-    cheaper = (bool(summary["pool"]["median_cost"] < min(alone))
-               if summary["pool"]["runs"] and alone else None)
+    cheaper = pool_cheaper(summary)
     result = {"benchmark": "pool_cost", "target": args.target, "level": args.level, "seeds": args.seeds,
               "strategy": args.strategy, "hard_share": args.hard_share, "shared_share": args.shared_share, "llm_temperature": args.llm_temperature,
               "people": "noise-free oracle, cost 1.0 per answer",
@@ -169,13 +194,14 @@ def main() -> None:
                           "load_average": os.getloadavg()},
               "wall_s": time.perf_counter() - t0, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "runs": rows}
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / ("pool_cost_quick" if args.quick else "pool_cost")
     stem.with_suffix(".json").write_text(json.dumps(result, indent=1))
     plot(rows, summary, args, stem.with_suffix(".png"))
     print(f"{'arm':<8}{'reached':>9}{'median answers':>16}{'median cost':>13}   (PCC {args.level})")
     for arm, s in summary.items():
         if s["runs"]:
-            print(f"{arm:<8}{s['reached']:>5}/{s['runs']:<3}{s['median_answers']:>16,.0f}{s['median_cost']:>13,.2f}")
+            cost = (f"{s['median_cost']:>13,.2f}" if np.isfinite(s["median_cost"])
+                    else f"{'>= ' + format(s['median_cost_at_least'], ',.2f'):>13}")
+            print(f"{arm:<8}{s['reached']:>5}/{s['runs']:<3}{s['median_answers']:>16,.0f}{cost}")
     print(f"pool cheaper than either agent alone: {cheaper}")
     print(f"wrote {stem.with_suffix('.json')} and .png")
 

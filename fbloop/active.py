@@ -66,7 +66,8 @@ Choices
   ``b``'s values times ``t ∈ [1/4, 4]``, supports kept, so that ``d̂_ab = d̂_ac``) and ranking the moved
   pool by the ensemble's BALD needed more answers than ``ensemble`` to reach PCC 0.9 in 8 of 9
   settings of ``bench_active`` (RFM, p = 32, p = 128; 5 seeds; at p = 128 9,934 / 55,060 / 20,821
-  answers against 9,338 / 47,764 / 16,586 under T = 0.05 / T = 0.2 / 10 % flips). It led only at
+  answers against 9,338 / 47,764 / 16,586 under T = 0.05 / T = 0.2 / 10 % flips, the flips with a
+  learner not yet told the flip rate). It led only at
   PCC 0.99 under logistic noise on p = 32 (3.08× and 2.25× of random against 2.68× and 1.97×; at
   p = 128, T = 0.05: 3.15× against 3.10×) and at 0.9 on RFM at T = 0.2 (1.83× against 1.62×).
   The boundary of ``Φ̂`` is not where answers teach most:
