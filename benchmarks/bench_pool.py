@@ -128,7 +128,10 @@ def plot(rows: list[dict], summary: dict, args: argparse.Namespace, path: Path) 
     colours = {"people": "tab:blue", "llm": "tab:orange", "pool": "tab:green"}
     for r in rows:
         c = [x for x in r["curve"] if x["cost"]]
-        label = f"{r['arm']} (median cost {summary[r['arm']]['median_cost']:.1f})" if r["seed"] == 0 else None
+        arm = summary[r["arm"]]
+        cost = (f"median cost {arm['median_cost']:,.1f}" if np.isfinite(arm["median_cost"])
+                else f"not reached; median cost > {arm['median_cost_at_least']:,.0f}")
+        label = f"{r['arm']} ({cost})" if r["seed"] == 0 else None
         ax.plot([x["cost"] for x in c], [x["pcc"] for x in c], color=colours[r["arm"]], alpha=0.8, label=label)
     ax.axhline(args.level, color="grey", ls=":", lw=1)
     ax.set_xscale("log")
