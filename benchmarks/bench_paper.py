@@ -145,19 +145,16 @@ def run_case(spec: dict) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-DEFAULT_EPOCHS = 40.0  # --final-epochs
-
-
 def row_key(row: dict) -> tuple:
     """A case run again replaces its row; a run at a non-default learner rank or number of final epochs
     gets a row of its own."""
-    from fbloop.learner import factor_rank
+    from fbloop.learner import LearnerConfig, factor_rank
 
     rank = row.get("learner_rank")
     default = factor_rank(row["p"], None) if "p" in row else None
     epochs = row.get("final_epochs")
     return (row["case"], row.get("device", "cpu"), None if rank in (None, default) else rank,
-            None if epochs in (None, DEFAULT_EPOCHS) else epochs)
+            None if epochs in (None, LearnerConfig.final_epochs) else epochs)
 
 
 def is_default_learner(row: dict) -> bool:
@@ -228,13 +225,15 @@ def plot(rows: list[dict], info: dict, path: Path) -> None:
 
 
 def main() -> None:
+    from fbloop.learner import LearnerConfig  # its defaults are the benchmark's
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--figure", choices=list(FIGURES), default="3")
     ap.add_argument("--cases", default=None, help="comma-separated case names (default: all of the figure's)")
     ap.add_argument("--target", default=None, help="target spec (required for --figure sae)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--final-epochs", type=float, default=DEFAULT_EPOCHS,
+    ap.add_argument("--final-epochs", type=float, default=LearnerConfig.final_epochs,
                     help="gradient learner: final passes over the answers")
     ap.add_argument("--final-batch", type=int, default=4096, help="gradient learner: pairs per step of the final fit")
     ap.add_argument("--rank", type=int, default=None, help="gradient learner: columns of U (default min(p, 512))")
