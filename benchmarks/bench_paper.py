@@ -51,6 +51,10 @@ FIGURES: dict[str, dict] = {
         ("coverage-1M", "coverage", 1_000_000, 0.7152, None),
         ("coverage-2M", "coverage", 2_000_000, 0.8256, None),
         ("coverage-4M", "coverage", 4_000_000, 0.9625, 0.99),
+        # Adaptive supports (the pivot design, fbloop.pivots), against the paper's 3-sparse sampling:
+        ("pivot-1M", "pivot", 1_000_000, 0.7152, None),
+        ("pivot-2M", "pivot", 2_000_000, 0.8256, None),
+        ("pivot-4M", "pivot", 4_000_000, 0.9625, None),
     ]},
     "5": {"target": "pythia", "shape": "Pythia-70M SAE shape, p = 32768, d = 512, rank 215", "cases": [
         ("sparse-0.2M", "sparse", 200_000, 0.024, None),
@@ -61,6 +65,10 @@ FIGURES: dict[str, dict] = {
         ("coverage-2M", "coverage", 2_000_000, 0.38, None),
         ("coverage-5M", "coverage", 5_000_000, 0.54, None),
         ("coverage-10M", "coverage", 10_000_000, 0.65, None),
+        # Adaptive supports (the pivot design, fbloop.pivots), against the paper's 3-sparse sampling:
+        ("pivot-2M", "pivot", 2_000_000, 0.38, None),
+        ("pivot-5M", "pivot", 5_000_000, 0.54, None),
+        ("pivot-10M", "pivot", 10_000_000, 0.65, None),
     ]},
     "sae": {"target": None, "shape": "a dictionary fbloop trained on MiniLM activations (fbloop sae)", "cases": [
         ("eigen", "eigen", None, None, 0.99),
@@ -129,6 +137,7 @@ def child(spec: dict) -> dict:
     row.update({"budget": budget, "p": target.p, "rank": target.rank, "learner": result.learner,
                 "learner_rank": factor_rank(target.p, spec.get("rank")),
                 "answers": result.answers, "pcc": float(np.round(result.pcc, 7)),
+                **({"pivot": {**result.extra["design"], **result.extra["pivot"]}} if "pivot" in result.extra else {}),
                 "run_loop_s": round(loop_s, 1), "wall_s": round(time.perf_counter() - t0, 1),
                 "peak_rss_mib": round(peak), "db_mib": round(db_mib), "curve": curve})
     if spec["device"].startswith("cuda"):
@@ -201,6 +210,12 @@ def plot(rows: list[dict], info: dict, path: Path) -> None:
     if cover:
         ax.plot([r["answers"] for r in cover], [r["pcc"] for r in cover], "o-", color="tab:purple",
                 label="fbloop, 3-sparse, supports covering the coordinates evenly")
+    pivot = sorted((r for r in rows if r.get("design") == "pivot" and "pcc" in r), key=lambda r: r["answers"])
+    if pivot:
+        ax.plot([c[0] for c in pivot[-1]["curve"]], [c[1] for c in pivot[-1]["curve"]], color="tab:cyan", alpha=0.5,
+                lw=1)
+        ax.plot([r["answers"] for r in pivot], [r["pcc"] for r in pivot], "P-", color="tab:cyan", ms=9,
+                label="fbloop, adaptive supports (pivot design, Nyström; faint: during the longest run)")
     marks = {"constructive": "^", "eigen": "D"}
     for r in rows:
         if r.get("design") in marks and "pcc" in r:
@@ -274,7 +289,7 @@ def main() -> None:
 
     for case, design, budget, paper, goal in cases:
         if args.quick and isinstance(budget, int):
-            budget = max(1000, budget // 64) if design == "sparse" else None
+            budget = max(1000, budget // 64) if design in ("sparse", "coverage", "pivot") else None
         spec = {"figure": args.figure, "case": case, "target": target, "design": design, "budget": budget,
                 "device": args.device, "threads": args.threads, "seed": args.seed,
                 "final_epochs": args.final_epochs, "final_batch": args.final_batch, "rank": args.rank}

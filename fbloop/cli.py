@@ -59,7 +59,13 @@ def run_options(fn):
                      help="Target spec: rfm | rfm:figure=2 | synthetic:p=40,rank=5 | chessgpt | pythia | "
                           "phi:FILE | dict:FILE | saelens:DIR | dictlearn:DIR."),
         click.option("--design", default="eigen", show_default=True,
-                     type=click.Choice(["eigen", "constructive", "gaussian", "sparse", "coverage", "triplet"])),
+                     type=click.Choice(["eigen", "constructive", "gaussian", "sparse", "coverage", "pivot", "triplet"]),
+                     help="pivot: adaptive supports, every coordinate against pivots chosen from the answers."),
+        click.option("--block", default=None, type=int,
+                     help="Pivot design: the block's first size; it doubles while full rank [default: 32]."),
+        click.option("--rank-tol", default=None, type=float,
+                     help="Pivot design: residual share read as zero by the rank test [default: 1e-9]; noisy "
+                          "answers need a value above their relative noise."),
         click.option("--mu", default=0.9, show_default=True, type=float, help="Sparse/triplet: P(coordinate = 0)."),
         click.option("--s", "max_nnz", default=3, show_default=True, type=int, help="Sparse/triplet: max nonzeros."),
         click.option("--dist", default="sparse", show_default=True, type=click.Choice(["sparse", "gaussian"]),
@@ -107,9 +113,9 @@ def run_options(fn):
         click.option("--stop-at", default=None, type=float, metavar="PCC",
                      help="Stop asking once a snapshot's PCC reaches this (needs a Φ*: simulated runs)."),
         click.option("--learner", default="auto", show_default=True,
-                     type=click.Choice(["auto", "gradient", "exact", "direct"]),
-                     help="auto: exact for pair designs up to p = 40, direct for the constructive and eigen "
-                          "designs, gradient otherwise."),
+                     type=click.Choice(["auto", "gradient", "exact", "direct", "pivot"]),
+                     help="auto: pivot (Nyström) for the pivot design, exact for pair designs up to p = 40, "
+                          "direct for the constructive and eigen designs, gradient otherwise."),
         click.option("--rank", default=None, type=int, help="Columns of U [default: min(p, 512)]."),
         click.option("--lr", default=0.01, show_default=True, type=float),
         click.option("--device", default="cpu", show_default=True, help="cpu or cuda."),
@@ -134,7 +140,8 @@ def _run_config(opts: dict):
     members = tuple(parse_member(m) for m in opts["members"])
     return RunConfig(
         target=opts["target"],
-        design=DesignConfig(name=opts["design"], mu=opts["mu"], s=opts["max_nnz"], dist=opts["dist"]),
+        design=DesignConfig(name=opts["design"], mu=opts["mu"], s=opts["max_nnz"], dist=opts["dist"],
+                            block=opts["block"], rank_tol=opts["rank_tol"]),
         agent=opts["agent"],
         oracle=OracleConfig(noise=opts["noise"], temperature=opts["temperature"], flip=opts["flip"],
                             tie_band=opts["tie_band"], seed=opts["seed"]),
@@ -234,6 +241,15 @@ def _print_result(result, as_json: bool) -> None:
     if "mse" in s:
         click.echo(f"RFM test MSE with Φ̂ {s['mse']:.5f} vs with Φ* {s['mse_truth']:.5f} "
                    f"(identity kernel {s['mse_identity']:.5f})")
+    if "pivot" in s:  # the pivot design: its readout without Φ*, and whether the block showed the rank
+        pv, dz = s["pivot"], s.get("design", {})
+        click.echo(f"Pivot design: rank {dz.get('rank_detected')} seen in a block of {dz.get('block')}, "
+                   f"{pv['pivots_per_coordinate_min']}–{pv['pivots_per_coordinate_max']} pivots per coordinate; "
+                   f"hold-out pairs' predicted scale vs answered: PCC {pv['holdout_pcc'] or float('nan'):.4f} "
+                   f"(n = {pv['holdout_n']})")
+        if dz.get("block_full_rank"):
+            click.echo(f"Warning: the block of {dz.get('block')} is full rank, so the target's rank may exceed it "
+                       "and Φ̂ is at most a rank-block approximation; run again with a larger --block.")
     if s.get("holdout_agreement") is not None:
         click.echo(f"Held-out agreement: Φ̂ predicts {s['holdout_agreement']:.4f} of the held-out triplet answers")
     if "ternary_answers" in s:

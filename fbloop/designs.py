@@ -13,6 +13,7 @@ queries it had.
 | gaussian      | Thm 3  | i.i.d. ``N(0, I_p)`` vs a Gaussian anchor | ``P − 1``           |
 | sparse        | Thm 4  | coordinate 0 w.p. ``μ`` else U(0,1], ≤ s nonzeros, vs ``e_0`` | more than ``P`` |
 | coverage      | —      | as sparse, ``s`` nonzeros on supports that cover the coordinates evenly | more than ``P`` |
+| pivot         | —      | adaptive: ``e_i + e_j`` against pivots chosen from the answers (:mod:`fbloop.pivots`) | ``≈ p·r`` |
 | triplet       | —      | random ternary triplets ``(a, b, c)``     | open-ended          |
 
 Coordinates: a design may carry an orthonormal ``basis`` ``B`` (``p × p``); its
@@ -42,8 +43,8 @@ from .errors import ConfigError
 from .sparse import SparseBatch
 from .targets import Target
 
-DesignName = Literal["eigen", "constructive", "gaussian", "sparse", "coverage", "triplet"]
-DESIGNS: tuple[str, ...] = ("eigen", "constructive", "gaussian", "sparse", "coverage", "triplet")
+DesignName = Literal["eigen", "constructive", "gaussian", "sparse", "coverage", "pivot", "triplet"]
+DESIGNS: tuple[str, ...] = ("eigen", "constructive", "gaussian", "sparse", "coverage", "pivot", "triplet")
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,8 @@ class DesignConfig:
     mu: float = 0.9  # sparse/triplet: probability that a coordinate is zero
     s: int = 3  # sparse/triplet: maximum nonzeros per activation
     dist: Literal["sparse", "gaussian"] = "sparse"  # triplet: activation distribution
+    block: int | None = None  # pivot: the block's first size (None → fbloop.pivots.DEFAULT_BLOCK); it doubles
+    rank_tol: float | None = None  # pivot: residual share the rank test reads as 0 (None → pivots.PIVOT_TOL)
 
     def __post_init__(self) -> None:
         if self.name not in DESIGNS:
@@ -62,6 +65,12 @@ class DesignConfig:
             raise ConfigError(f"Expect s ≥ 1 nonzeros, got s={self.s}.")
         if self.dist not in ("sparse", "gaussian"):
             raise ConfigError(f"Expect dist 'sparse' or 'gaussian', got {self.dist!r}.")
+        if self.block is not None and (self.name != "pivot" or self.block < 2):
+            raise ConfigError(f"Expect block ≥ 2 and only for the pivot design, got block={self.block} "
+                              f"with design {self.name!r}.")
+        if self.rank_tol is not None and (self.name != "pivot" or not 0.0 < self.rank_tol < 1.0):
+            raise ConfigError(f"Expect rank_tol in (0, 1) and only for the pivot design, got "
+                              f"rank_tol={self.rank_tol} with design {self.name!r}.")
 
 
 @dataclass(frozen=True)
@@ -101,7 +110,7 @@ def design_count(name: str, p: int, r: int) -> int | None:
         return n_params(p)
     if name == "gaussian":
         return n_params(p) - 1
-    if name in ("sparse", "coverage", "triplet"):
+    if name in ("sparse", "coverage", "pivot", "triplet"):
         return None
     raise ConfigError(f"Unknown design {name!r}; expect one of {list(DESIGNS)}.")
 
@@ -153,6 +162,7 @@ class Design:
     """A deterministic query sequence for one target and seed."""
 
     kind: Literal["pair", "triplet"] = "pair"
+    adaptive = False  # True: later queries depend on earlier answers (:meth:`observe`, :meth:`ready_until`)
 
     def __init__(self, config: DesignConfig, target: Target, seed: int):
         self.config = config
@@ -188,6 +198,17 @@ class Design:
     def anchor(self) -> SparseBatch:
         """The fixed anchor ``y`` (one row); triplet designs have none but return ``e_0``."""
         return SparseBatch(np.zeros((1, 1), np.int64), np.ones((1, 1)), self.p)
+
+    def observe(self, queries: Queries, answers) -> None:
+        """Take answers in (replayed or new); a fixed design ignores them."""
+
+    def ready_until(self, start: int, stop: int) -> int:
+        """How far from ``start`` queries can be asked now (an adaptive design waits on earlier answers)."""
+        return stop
+
+    def summary(self) -> dict:
+        """What an adaptive design chose, for the run's final snapshot."""
+        return {}
 
     def queries(self, start: int, stop: int) -> Queries:
         """Queries ``start:stop`` of the sequence."""
@@ -342,4 +363,8 @@ _CLASSES: dict[str, type[Design]] = {
 
 
 def make_design(config: DesignConfig, target: Target, seed: int) -> Design:
+    if config.name == "pivot":
+        from .pivots import PivotDesign  # builds on this module
+
+        return PivotDesign(config, target, seed)
     return _CLASSES[config.name](config, target, seed)

@@ -27,11 +27,23 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import ConfigError, ShapeError
+from .errors import ConfigError, NonFiniteError, ShapeError
 from .sparse import SparseBatch
 
 ZERO_TOL = 1e-12  # a diagonal answer below ZERO_TOL × the largest counts as Φ_ii = 0
 MAX_P = 8192  # dense accumulators: 4 × p² × 8 bytes (2 GiB at this p)
+
+
+def checked_scales(u: SparseBatch, c: np.ndarray, p: int) -> np.ndarray:
+    """A chunk's scales as float64, after checking them against its activations (count, dimension, finite)."""
+    c = np.asarray(c, dtype=np.float64)
+    if c.shape != (len(u),):
+        raise ShapeError(f"Expect {len(u)} scales, got shape {c.shape}.")
+    if u.p != p:
+        raise ShapeError(f"Expect activations of dimension p={p}, got p={u.p}.")
+    if not np.all(np.isfinite(c)):
+        raise NonFiniteError(f"Scales hold NaN or Inf at rows {np.flatnonzero(~np.isfinite(c))[:5].tolist()}.")
+    return c
 
 
 class SolvedLearner:
@@ -73,11 +85,7 @@ class DirectLearner(SolvedLearner):
 
     def add_pairs(self, u: SparseBatch, c: np.ndarray) -> None:
         """Sum a chunk of answers into the accumulators: ``u`` (n, s) with ≤ 2 nonzeros a row."""
-        c = np.asarray(c, dtype=np.float64)
-        if c.shape != (len(u),):
-            raise ShapeError(f"Expect {len(u)} scales, got shape {c.shape}.")
-        if u.p != self.p:
-            raise ShapeError(f"Expect activations of dimension p={self.p}, got p={u.p}.")
+        c = checked_scales(u, c, self.p)
         val = u.values
         nnz = np.count_nonzero(val, axis=1)  # (n,)
         if np.any(nnz > 2) or np.any(nnz == 0):

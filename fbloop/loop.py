@@ -35,7 +35,7 @@ from .sparse import SparseBatch
 from .store import Store
 from .targets import Target, load_target
 
-LearnerName = Literal["gradient", "exact", "direct", "auto"]
+LearnerName = Literal["gradient", "exact", "direct", "pivot", "auto"]
 EXACT_MAX_P = 40  # "auto" uses the exact learner for pair runs up to this p
 DIRECT_DESIGNS = ("constructive", "eigen")  # 1- and 2-sparse pairs: "auto" solves them directly above EXACT_MAX_P
 AGENTS = ("oracle", "llm", "human", "pool")
@@ -87,8 +87,8 @@ class RunConfig:
             raise ConfigError(f"Expect a check rate in [0, 0.5], got check_rate={self.check_rate}.")
         if self.agent == "llm" and self.llm is None:
             object.__setattr__(self, "llm", LLMConfig())
-        if self.learner not in ("gradient", "exact", "direct", "auto"):
-            raise ConfigError(f"Unknown learner {self.learner!r}; expect gradient, exact, direct or auto.")
+        if self.learner not in ("gradient", "exact", "direct", "pivot", "auto"):
+            raise ConfigError(f"Unknown learner {self.learner!r}; expect gradient, exact, direct, pivot or auto.")
         if self.budget is not None and self.budget < 1:
             raise ConfigError(f"Expect a budget ≥ 1, got budget={self.budget}.")
         if self.chunk is not None and self.chunk < 1:
@@ -188,9 +188,12 @@ class ExactLearner(SolvedLearner):
 
 
 def choose_learner(config: RunConfig, design: Design) -> str:
-    """The learner a run uses: ``auto`` picks exact (small p), direct (1-/2-sparse designs) or gradient."""
+    """The learner a run uses: ``auto`` picks pivot (the pivot design), exact (small p), direct or gradient."""
     from .direct import MAX_P as DIRECT_MAX_P
 
+    if config.learner == "pivot" and design.config.name != "pivot":
+        raise ConfigError(f"The pivot learner solves the pivot design's answers; got design "
+                          f"{design.config.name!r}. Use --design pivot or another learner.")
     if config.learner != "auto":
         if config.learner in ("exact", "direct") and design.kind != "pair":
             raise ConfigError(f"The {config.learner} learner takes equality pairs; use --learner gradient "
@@ -205,6 +208,8 @@ def choose_learner(config: RunConfig, design: Design) -> str:
                               f"p = {DIRECT_MAX_P}; got design {design.config.name!r} at p={design.p}. "
                               "Use --learner gradient.")
         return config.learner
+    if design.config.name == "pivot":
+        return "pivot"
     if design.kind == "pair" and design.p <= EXACT_MAX_P:
         return "exact"
     if design.config.name in DIRECT_DESIGNS and design.p <= DIRECT_MAX_P:
@@ -212,7 +217,11 @@ def choose_learner(config: RunConfig, design: Design) -> str:
     return "gradient"
 
 
-def make_learner(name: str, p: int, config: LearnerConfig, anchor: SparseBatch):
+def make_learner(name: str, p: int, config: LearnerConfig, anchor: SparseBatch, design: Design | None = None):
+    if name == "pivot":
+        from .pivots import PivotLearner
+
+        return PivotLearner(design)  # type: ignore[arg-type]
     if name == "exact":
         return ExactLearner(p, anchor)
     if name == "direct":
@@ -379,7 +388,7 @@ def run_loop(config: RunConfig, store: Store, run_id: str | None = None,
         raise ConfigError(f"Budget {budget} exceeds the {design.total} distinct queries of design "
                           f"{config.design.name!r} at p={target.p}, rank={target.rank}.")
     learner_name = choose_learner(config, design)
-    learner = make_learner(learner_name, target.p, config.learner_config, anchor)
+    learner = make_learner(learner_name, target.p, config.learner_config, anchor, design)
     if config.agent == "llm" and design.kind != "triplet" and config.bisection is None:
         raise ConfigError("The llm agent answers triplets; pair designs need the bisection route "
                           "(--bisection 1e-3) or --design triplet.")
@@ -415,6 +424,7 @@ def run_loop(config: RunConfig, store: Store, run_id: str | None = None,
         for who in (list(pool.agents) if pool is not None else [None]):  # replay what was stored
             for queries, answers in store.iter_answered(run_id, agent=who):
                 feed(learner, queries, answers, held, sources.get(who, 0))
+                design.observe(queries, answers)
                 if active is not None:
                     active.observe(queries)
         if pool is not None:
@@ -470,8 +480,11 @@ def run_loop(config: RunConfig, store: Store, run_id: str | None = None,
                              np.zeros((target.p, 1)), history)
     names = answer_names(agent)
     try:
-        for start in range(0, budget if config.agent != "human" else 0, chunk):
-            stop = min(start + chunk, budget)
+        stop = 0
+        while stop < (budget if config.agent != "human" else 0):
+            start = stop
+            # An adaptive design (the pivot design) may end a chunk early where its next queries wait on answers.
+            stop = design.ready_until(start, min(start + chunk, budget))
             done = store.answered(run_id, start, stop, None if pool is not None else agent.name)
             # A resumed run asks again what got only invalid answers (an unparseable reply), one attempt later.
             retry = store.invalid_only(run_id, start, stop, names) if existing is not None else {}
@@ -502,13 +515,14 @@ def run_loop(config: RunConfig, store: Store, run_id: str | None = None,
                     preq.score(learner, pending, answers,
                                random_positions(config.seed, answers.seq, config.active.random_share))
                 feed(learner, pending, answers, held, sources.get(answers.agent, 0))
+                design.observe(pending, answers)
             if pool is not None and pool.config.noise_aware:
                 learner.set_source_noise(member_noise(pool, sources))
             loss = None
             if learner_name == "gradient":
                 steps = learner.arrival_steps(stop - start)
                 loss = learner.step(max(steps, ACTIVE_STEPS) if active is not None else steps)
-            if n_ok - last_snap >= every and learner_name == "gradient":
+            if n_ok - last_snap >= every and learner_name in ("gradient", "pivot"):
                 pcc, last_snap = snapshot(), n_ok
             if progress:
                 progress(Progress(min(stop, budget), budget, pcc, loss))
@@ -550,6 +564,10 @@ def run_loop(config: RunConfig, store: Store, run_id: str | None = None,
     extra.update(live_extra())
     if active is not None:
         extra["active"] = active.summary()
+    if design.adaptive:
+        extra["design"] = design.summary()
+    if learner_name == "pivot":  # its rank, hold-out readout and pivots per coordinate
+        extra["pivot"] = learner.summary()
     store.add_snapshot(run_id, n_ok, pcc, time.perf_counter() - t0,  # one final snapshot, every readout in it
                        {"loss": learner.last_loss, "learner": learner_name, "final": True, **extra})
     history.append((n_ok, pcc))

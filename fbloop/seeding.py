@@ -13,7 +13,7 @@ import numpy as np
 
 BLOCK = 4096  # positions per generator block; part of the run format, never change
 
-STREAMS = {"design": 1, "anchor": 2, "oracle": 3, "coverage": 4}
+STREAMS = {"design": 1, "anchor": 2, "oracle": 3, "coverage": 4, "pivot": 5, "pivot-block": 6, "pivot-holdout": 7}
 
 
 def block_rng(seed: int, stream: str, block: int) -> np.random.Generator:

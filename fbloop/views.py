@@ -181,12 +181,17 @@ def _number(x: float | None) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
 
 
+ADAPTIVE_DESIGNS = ("pivot",)  # designs whose queries follow the answers (fbloop.pivots)
+
+
 def strategy_label(config: dict) -> str:
-    """How a run chose its queries: the active strategy, or ``fixed: <design>`` for a fixed design."""
+    """How a run chose its queries: the active strategy, ``adaptive: pivot`` for the adaptive pair design, or
+    ``fixed: <design>`` for a fixed design."""
     active = config.get("active") or {}
     if active.get("strategy"):
         return str(active["strategy"])
-    return f"fixed: {(config.get('design') or {}).get('name', '?')}"
+    design = (config.get("design") or {}).get("name", "?")
+    return f"{'adaptive' if design in ADAPTIVE_DESIGNS else 'fixed'}: {design}"
 
 
 def _configs(store: Store) -> dict[str, dict]:

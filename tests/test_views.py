@@ -75,6 +75,7 @@ def store(tmp_path):
 @pytest.mark.parametrize("config, label", [
     ({"design": {"name": "gaussian"}, "active": None}, "fixed: gaussian"),
     ({"design": {"name": "triplet"}}, "fixed: triplet"),  # a config from before active querying
+    ({"design": {"name": "pivot", "block": 32}, "active": None}, "adaptive: pivot"),
     ({"design": {"name": "triplet"}, "active": {"strategy": "ensemble", "pool_size": 8}}, "ensemble"),
     ({"design": {"name": "triplet"}, "active": {"strategy": "random"}}, "random"),
 ])
