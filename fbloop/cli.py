@@ -62,7 +62,7 @@ def run_options(fn):
                      type=click.Choice(["eigen", "constructive", "gaussian", "sparse", "coverage", "pivot", "triplet"]),
                      help="pivot: adaptive supports, every coordinate against pivots chosen from the answers."),
         click.option("--block", default=None, type=int,
-                     help="Pivot design: the block's first size; it doubles while full rank [default: 32]."),
+                     help="Pivot design: the block's first size; it grows by a quarter while full rank [default: 32]."),
         click.option("--rank-tol", default=None, type=float,
                      help="Pivot design: residual share read as zero by the rank test [default: 1e-9]; noisy "
                           "answers need a value above their relative noise."),

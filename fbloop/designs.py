@@ -53,7 +53,7 @@ class DesignConfig:
     mu: float = 0.9  # sparse/triplet: probability that a coordinate is zero
     s: int = 3  # sparse/triplet: maximum nonzeros per activation
     dist: Literal["sparse", "gaussian"] = "sparse"  # triplet: activation distribution
-    block: int | None = None  # pivot: the block's first size (None → fbloop.pivots.DEFAULT_BLOCK); it doubles
+    block: int | None = None  # pivot: the block's first size (None → fbloop.pivots.DEFAULT_BLOCK); it grows
     rank_tol: float | None = None  # pivot: residual share the rank test reads as 0 (None → pivots.PIVOT_TOL)
 
     def __post_init__(self) -> None:

@@ -54,14 +54,14 @@ def test_pivot_order_finds_the_rank_and_pivots_on_the_largest_residual():
 
 
 def test_layout_block_grows_until_rank_deficient_then_diagonal_rounds_and_hold_outs():
-    target = load_target(SPEC)  # rank 20: a block of 16 is full rank, 32 is not
+    target = load_target(SPEC)  # rank 20: a block of 16 is full rank, 24 is not
     design = make_design(DesignConfig(name="pivot", block=16), target, 0)
     agent = make_agent(RunConfig(target=SPEC, design=PIVOT), target, design)
     assert design.ready_until(0, 5000) == position(tri(16))  # the first stage's end: its size decides the next
     with pytest.raises(ConfigError, match="undecided block stage"):
         design.queries(0, 5000)
     u = SparseBatch.concat([q.a for q in ask(design, agent, 0, 5000)])
-    assert design.stages == [16, 32] and design.k == 32 and design.rank_detected == 20
+    assert design.stages == [16, 24] and design.k == 24 and design.rank_detected == 20
     assert design.summary()["block_full_rank"] is False
     seq = np.arange(5000)
     hold = seq % HOLDOUT_EVERY == HOLDOUT_EVERY - 1
@@ -70,7 +70,7 @@ def test_layout_block_grows_until_rank_deficient_then_diagonal_rounds_and_hold_o
     assert set(np.unique(nnz[~hold])) == {1, 2}
     assert np.all(u.values[hold].max(axis=1) < 1.0)  # hold-outs: the sparse design's U(0, 1]
     rows = np.flatnonzero(~hold)
-    nb, nr = tri(32), 300 - 32
+    nb, nr = tri(24), 300 - 24
     block = set(design.block.tolist())
     first = [tuple(sorted(u.indices[r, : nnz[r]].tolist())) for r in rows[:nb]]
     assert len(set(first)) == nb and all(set(t) <= block for t in first)  # every block entry once
@@ -129,9 +129,9 @@ def test_resumed_after_a_crash_in_the_rounds_loses_and_repeats_nothing(store, mo
 def test_the_loop_cuts_chunks_at_the_blocks_stages_and_the_gradient_learner_takes_the_pairs(store):
     cfg = RunConfig(target=SPEC, design=DesignConfig(name="pivot", block=8), learner="gradient", budget=3000,
                     chunk=5000, rfm_mse=False)
-    result = run_loop(cfg, store)  # one chunk of 5000 would ask past every undecided stage (8, 16, 32)
+    result = run_loop(cfg, store)  # one chunk of 5000 would ask past every undecided stage (8, 16, 24)
     assert result.answers == 3000 and result.learner == "gradient"
-    assert result.extra["design"]["stages"] == [8, 16, 32]
+    assert result.extra["design"]["stages"] == [8, 16, 24]
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -184,9 +184,9 @@ def test_learner_rejects_bad_input_and_keeps_what_it_had():
 
 def test_a_full_rank_block_at_the_cap_is_reported(monkeypatch):
     monkeypatch.setattr(pivots, "MAX_BLOCK", 24)
-    spec, cfg = "synthetic:p=120,rank=40", DesignConfig(name="pivot", block=12)
+    spec, cfg = "synthetic:p=120,rank=40", DesignConfig(name="pivot", block=16)
     target = load_target(spec)
     design = PivotDesign(cfg, target, 0)
     ask(design, make_agent(RunConfig(target=spec, design=cfg), target, design), 0, 600)
-    assert design.stages == [12, 24] and design.final
+    assert design.stages == [16, 24] and design.final
     assert design.rank_detected == 24 and design.summary()["block_full_rank"] is True
