@@ -291,8 +291,8 @@ class PivotLearner(SolvedLearner):
 
     Keeps the diagonal and, per coordinate, the answers to ``e_i + e_{c_j}`` for the
     design's earlier coordinates ``c_j`` (``j`` below ``i``'s place and ``MAX_BLOCK``):
-    ``p × k`` sums and counts, grown as columns are used (96 MiB at p = 32,768 and
-    a final block of 256). Anything that is not a design query (the hold-outs) goes
+    ``p × k`` sums and counts, grown as columns are used (96 MiB at p = 32,768,
+    a block of 243 in 256 columns). Anything that is not a design query (the hold-outs) goes
     to the readout instead.
     """
 
