@@ -59,13 +59,14 @@ def run_options(fn):
                      help="Target spec: rfm | rfm:figure=2 | synthetic:p=40,rank=5 | chessgpt | pythia | "
                           "phi:FILE | dict:FILE | saelens:DIR | dictlearn:DIR."),
         click.option("--design", default="eigen", show_default=True,
-                     type=click.Choice(["eigen", "constructive", "gaussian", "sparse", "coverage", "pivot", "triplet"]),
+                     type=click.Choice(["eigen", "constructive", "gaussian", "sparse", "coverage", "pivot",
+                                        "triplet"]),
                      help="pivot: adaptive supports, every coordinate against pivots chosen from the answers."),
         click.option("--block", default=None, type=int,
-                     help="Pivot design: the block's first size; it grows by a quarter while full rank [default: 32]."),
+                     help="Pivot design: the block's first size; it grows by a quarter while full rank "
+                          "[default: 32]."),
         click.option("--rank-tol", default=None, type=float,
-                     help="Pivot design: residual share read as zero by the rank test [default: 1e-9]; noisy "
-                          "answers need a value above their relative noise."),
+                     help="Pivot design: the residual share its rank test reads as zero [default: 1e-9]."),
         click.option("--mu", default=0.9, show_default=True, type=float, help="Sparse/triplet: P(coordinate = 0)."),
         click.option("--s", "max_nnz", default=3, show_default=True, type=int, help="Sparse/triplet: max nonzeros."),
         click.option("--dist", default="sparse", show_default=True, type=click.Choice(["sparse", "gaussian"]),

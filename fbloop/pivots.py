@@ -13,8 +13,9 @@ a random order ``c_0, c_1, …`` (fixed by the seed):
    each time ``Φ̂`` on it is full rank (the target's rank may be larger), grows by
    a quarter (:func:`grown`), up to ``MAX_BLOCK``: the final block exceeds the rank by
    at most a quarter, where doubling could spend 4× the block's answers (ChessGPT
-   shape, rank 512: a block of 594 coordinates, 177k answers, against 1024 and 525k). Once it is rank deficient, its numerical rank ``r̂`` is the
-   target's rank as the answers show it and the block is final.
+   shape, rank 512: a block of 594 coordinates, 177k answers, against 1024 and 525k).
+   Once it is rank deficient, its numerical rank ``r̂`` is the target's rank as the
+   answers show it and the block is final.
 2. **Diagonal** (``p − k`` pairs): ``e_i`` for every coordinate outside the block.
 3. **Rounds** (``p − k`` pairs each): round ``t`` asks ``e_i + e_{π_t}`` for every
    coordinate ``i`` outside the block, in a fresh random order each round. The pivot
