@@ -3,15 +3,18 @@
 import numpy as np
 import pytest
 
-from fbloop.agents import OracleConfig
+from fbloop import pivots
+from fbloop.agents import LLMConfig, OracleConfig
+from fbloop.bisection import BisectionConfig
 from fbloop.designs import DesignConfig, make_design
 from fbloop.errors import ConfigError, NonFiniteError, ShapeError
 from fbloop.loop import RunConfig, make_agent, run_loop
-from fbloop import pivots
 from fbloop.pivots import HOLDOUT_EVERY, PivotDesign, PivotLearner, pivot_order, position, tri
 from fbloop.sparse import SparseBatch
 from fbloop.store import Store
 from fbloop.targets import load_target
+
+from conftest import ORACLE_SPEC  # the target behind the shared `server` fixture
 
 SPEC = "synthetic:p=300,rank=20"
 PIVOT = DesignConfig(name="pivot", block=32)
@@ -190,3 +193,17 @@ def test_a_full_rank_block_at_the_cap_is_reported(monkeypatch):
     ask(design, make_agent(RunConfig(target=spec, design=cfg), target, design), 0, 600)
     assert design.stages == [16, 24] and design.final
     assert design.rank_detected == 24 and design.summary()["block_full_rank"] is True
+
+
+def test_an_llm_answers_the_pivot_design_through_bisection_over_http(server, tmp_path, monkeypatch):
+    """The real openai client against the local oracle server: every pair bisected from ternary answers."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    cfg = RunConfig(target=ORACLE_SPEC, design=DesignConfig(name="pivot", block=4), agent="llm", learner="auto",
+                    bisection=BisectionConfig(precision=1e-3), rfm_mse=False,
+                    llm=LLMConfig(base_url=server.url, backoff_s=0.005, backoff_max_s=0.02))
+    with Store(tmp_path / "llm.db") as store:
+        result = run_loop(cfg, store)
+        assert result.learner == "pivot" and result.answers == result.budget
+        assert result.extra["design"]["stages"] == [4] and result.extra["design"]["rank_detected"] == 3
+        assert result.extra["ternary_answers"] > 5 * result.answers
+        assert result.pcc > 0.999
