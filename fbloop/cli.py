@@ -53,14 +53,17 @@ def main() -> None:
 # ---------------------------------------------------------------- run
 
 
+# fbloop.designs.DESIGNS, spelled out so that `fbloop --help` does not import numpy (a test keeps them equal)
+DESIGN_CHOICES = ["eigen", "constructive", "gaussian", "sparse", "coverage", "pivot", "triplet"]
+
+
 def run_options(fn):
     options = [
         click.option("--target", default="rfm", show_default=True,
                      help="Target spec: rfm | rfm:figure=2 | synthetic:p=40,rank=5 | chessgpt | pythia | "
                           "phi:FILE | dict:FILE | saelens:DIR | dictlearn:DIR."),
         click.option("--design", default="eigen", show_default=True,
-                     type=click.Choice(["eigen", "constructive", "gaussian", "sparse", "coverage", "pivot",
-                                        "triplet"]),
+                     type=click.Choice(DESIGN_CHOICES),
                      help="pivot: adaptive supports, every coordinate against pivots chosen from the answers."),
         click.option("--block", default=None, type=int,
                      help="Pivot design: the block's first size; it grows by a quarter while full rank "
@@ -409,7 +412,7 @@ def serve_oracle(target: str, port: int, model: str, latency_ms: float, malforme
 
 @main.command()
 @click.option("--design", default="eigen", show_default=True,
-              type=click.Choice(["eigen", "constructive", "gaussian", "sparse", "coverage", "triplet"]))
+              type=click.Choice(DESIGN_CHOICES))
 @click.option("--p", "p", type=int, default=None, help="Number of features.")
 @click.option("--rank", type=int, default=None, help="Rank of Φ* [default: p].")
 @click.option("--target", default=None, help="Read p and rank from a target spec instead.")

@@ -102,7 +102,8 @@ def n_params(p: int) -> int:
 def design_count(name: str, p: int, r: int) -> int | None:
     """Pairs a design needs (and, for the constructive ones, emits) for ``(p, r)``.
 
-    ``None`` for sampling designs without a closed form (sparse, triplet).
+    ``None`` for sampling designs without a closed form (sparse, coverage, triplet); the adaptive pivot
+    design's count is for its default first block.
     """
     if name == "eigen":
         return r * (r + 1) // 2 + (p - r)
@@ -110,7 +111,11 @@ def design_count(name: str, p: int, r: int) -> int | None:
         return n_params(p)
     if name == "gaussian":
         return n_params(p) - 1
-    if name in ("sparse", "coverage", "pivot", "triplet"):
+    if name == "pivot":  # the block the answers grow to, then p − k rounds of r pivots (the noise-free count)
+        from .pivots import pivot_count
+
+        return pivot_count(p, r)
+    if name in ("sparse", "coverage", "triplet"):
         return None
     raise ConfigError(f"Unknown design {name!r}; expect one of {list(DESIGNS)}.")
 

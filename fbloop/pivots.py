@@ -87,6 +87,15 @@ def grown(k: int, cap: int) -> int:
     return min(max(int(np.ceil(GROWTH * k)), k + 8), cap)
 
 
+def pivot_count(p: int, r: int, block: int | None = None) -> int:
+    """Positions until noise-free answers determine a rank-``r`` ``Φ*`` (``p × p``), hold-outs included."""
+    cap = min(p, MAX_BLOCK)
+    k = min(block or DEFAULT_BLOCK, cap)
+    while k <= r and k < cap:
+        k = grown(k, cap)
+    return position(tri(k) + (p - k) * (1 + min(r, k)))
+
+
 def position(slot: int) -> int:
     """The position of design slot ``slot`` (hold-out positions take no slot)."""
     return slot + slot // (HOLDOUT_EVERY - 1)
@@ -159,11 +168,7 @@ class PivotDesign(Design):
     @property
     def count(self) -> int:
         """Positions until noise-free answers determine a rank-``r`` ``Φ*``, hold-outs included."""
-        k = min(self.config.block or DEFAULT_BLOCK, self.k_cap)
-        while k <= self.rank and k < self.k_cap:
-            k = grown(k, self.k_cap)
-        slots = tri(k) + (self.p - k) * (1 + min(self.rank, k))
-        return position(slots)
+        return pivot_count(self.p, self.rank, self.config.block)
 
     @staticmethod
     def slots(seq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -17,7 +17,10 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import sql_rows
+from fbloop import cli as cli_module
 from fbloop.cli import main
+from fbloop.designs import DESIGNS, DesignConfig, make_design
+from fbloop.targets import load_target
 
 SMALL = ["--target", "synthetic:p=6,rank=2", "--design", "constructive"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -131,6 +134,12 @@ def test_bound():
     assert json.loads(res.stdout)["pairs"] == 3 * 4 // 2 + 5
     res = cli("bound", "--design", "gaussian", "--p", "4", "--rank", "9")
     assert res.exit_code == 2 and stderr_lines(res)[0].startswith("error:") and "r=9" in res.stderr
+    res = cli("bound", "--design", "pivot", "--target", "pythia", "--json")  # the adaptive design's noise-free count
+    assert json.loads(res.stdout)["pairs"] == make_design(DesignConfig(name="pivot"), load_target("pythia"), 0).count
+
+
+def test_the_design_choices_are_the_designs():
+    assert cli_module.DESIGN_CHOICES == list(DESIGNS)
 
 
 def test_target(tmp_path):
