@@ -7,12 +7,19 @@ of queries with its answers) commit atomically, and answers are keyed by
 loses at most the chunk it was writing, and a resumed one never stores an
 answer twice.
 
+Write transactions begin ``IMMEDIATE`` (:func:`write`): they take the write lock
+before their first read, so two writers (an app's double click, the app beside a
+running loop) queue behind each other for up to the busy timeout. A deferred
+transaction that read first would fail at once with "database is locked" when the
+other committed in between, however long the timeout.
+
 Activations are stored compactly: the nonzero slots of each activation as
 little-endian ``int32`` indices and ``float64`` values in two BLOB columns.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import sqlite3
@@ -160,11 +167,36 @@ def migrate(db: sqlite_utils.Database) -> list[int]:
     for mid, name, fn in MIGRATIONS:
         if mid in done:
             continue
-        with db.atomic():
+        with write(db):
             fn(db)
             db.execute("INSERT INTO _migrations VALUES (?, ?, ?)", [mid, name, time.time()])
         applied.append(mid)
     return applied
+
+
+@contextlib.contextmanager
+def write(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
+    """A write transaction holding the write lock from its start (``BEGIN IMMEDIATE``); nested: a savepoint."""
+    if db.conn.in_transaction:
+        with db.atomic():
+            yield db
+        return
+    try:
+        db.conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:  # another writer held the lock past the busy timeout
+        raise StoreError(f"The database is busy: another writer held it past the busy timeout ({exc}). "
+                         "Nothing was written; try again.") from exc
+    try:
+        yield db
+    except BaseException:
+        db.conn.rollback()
+        raise
+    else:
+        try:
+            db.conn.execute("COMMIT")
+        except BaseException:
+            db.conn.rollback()
+            raise
 
 
 # ---------------------------------------------------------------- encoding
@@ -299,7 +331,7 @@ class Store:
 
     def add_queries(self, run_id: str, queries: Queries) -> int:
         """Store queries not yet stored; returns how many were new."""
-        with self.db.atomic():
+        with write(self.db):
             return self._insert_queries(run_id, queries)
 
     def _insert_queries(self, run_id: str, queries: Queries) -> int:
@@ -318,7 +350,7 @@ class Store:
 
     def add_answers(self, run_id: str, answers: Answers, attempt: int = 0) -> int:
         """Store answers to stored queries; returns how many were new (repeats are ignored)."""
-        with self.db.atomic():
+        with write(self.db):
             missing = self._missing_queries(run_id, answers.seq)
             if missing:
                 raise StoreError(f"Run {run_id!r} has no queries at positions {missing[:5]}; "
@@ -329,7 +361,7 @@ class Store:
         """Queries and their answers (one set, or several from different agents) in one transaction;
         returns new answers."""
         sets = [answers] if isinstance(answers, Answers) else list(answers)
-        with self.db.atomic():
+        with write(self.db):
             self._insert_queries(run_id, queries)
             return sum(self._insert_answers(run_id, a, attempt) for a in sets)
 
@@ -364,7 +396,7 @@ class Store:
                         attempts: dict[int, int]) -> int:
         """Like :meth:`record`, each answer stored under ``attempts[seq]`` (0 where absent): a query asked
         again keeps its earlier answers beside the new one. One transaction; returns new answers."""
-        with self.db.atomic():
+        with write(self.db):
             self._insert_queries(run_id, queries)
             n = 0
             for a in answers:
@@ -470,7 +502,7 @@ class Store:
         """
         checks = checks or {}
         now = time.time()
-        with self.db.atomic():
+        with write(self.db):
             self._insert_queries(run_id, queries)
             start = self.db.execute("SELECT COALESCE(MAX(position), -1) + 1 FROM human_queue WHERE run_id = ?",
                                     [run_id]).fetchone()[0]
@@ -614,7 +646,7 @@ class Store:
     def cache_put(self, key: str, *, model: str, template_hash: str, prompt: str, reply: str,
                   meta: dict | None = None) -> None:
         """Keep one understood LLM reply (the first one stored for a key wins)."""
-        with self.db.atomic():
+        with write(self.db):
             self.db.execute(
                 "INSERT OR IGNORE INTO llm_cache (key, model, template_hash, prompt, reply, meta, created_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",

@@ -7,6 +7,8 @@ import json
 import os
 import sqlite3
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +21,7 @@ from fbloop.agents.base import Answers
 from fbloop.designs import Queries
 from fbloop.errors import StoreError
 from fbloop.sparse import SparseBatch
-from fbloop.store import MIGRATIONS, Store, migrate
+from fbloop.store import MIGRATIONS, Store, migrate, write
 
 
 @pytest.fixture
@@ -53,6 +55,56 @@ def test_wal_journal_mode(tmp_path):
     con = sqlite3.connect(tmp_path / "w.db")
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     con.close()
+
+
+def test_a_writer_waits_for_another_instead_of_failing(store):
+    """Two connections writing at once (an app's double click): the second queues behind the first.
+
+    A deferred transaction that read its snapshot before the other committed could not upgrade to a
+    write afterwards ("database is locked" at once); an IMMEDIATE one takes the lock before reading.
+    """
+    store.add_queries("R", pair_queries(0, 4))
+    holding, done = threading.Event(), []
+
+    def slow_writer() -> None:
+        with Store(store.path) as other, write(other.db):
+            other.db.execute("UPDATE runs SET status = 'busy' WHERE id = 'R'")
+            holding.set()
+            time.sleep(0.5)
+        done.append(time.monotonic())
+
+    thread = threading.Thread(target=slow_writer)
+    thread.start()
+    holding.wait(5)
+    assert store.add_answers("R", ok_answers([0, 1])) == 2  # waits for the other commit, then writes
+    stored = time.monotonic()
+    thread.join()
+    assert done and stored >= done[0] - 0.05
+    assert store.count_answers("R") == 2
+
+
+def test_a_writer_held_up_past_the_busy_timeout_gets_a_store_error_and_writes_nothing(store):
+    store.add_queries("R", pair_queries(0, 4))
+    store.db.execute("PRAGMA busy_timeout=50")
+    holding, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with Store(store.path) as other, write(other.db):
+            other.db.execute("UPDATE runs SET status = 'busy' WHERE id = 'R'")
+            holding.set()
+            release.wait(5)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    holding.wait(5)
+    try:
+        with pytest.raises(StoreError, match="database is busy"):
+            store.add_answers("R", ok_answers([0, 1]))
+    finally:
+        release.set()
+        thread.join()
+    assert store.count_answers("R") == 0
+    assert store.add_answers("R", ok_answers([0, 1])) == 2  # the same answers, once the lock is free
 
 
 def test_future_migration_is_refused(tmp_path):
