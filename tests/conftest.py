@@ -27,6 +27,21 @@ def ok_answers(seq, values=None, agent: str = "oracle") -> Answers:
     return Answers(agent, seq, values, np.full(len(seq), "ok"))
 
 
+def crash_on_record(monkeypatch, store, call: int):
+    """Make ``store.record`` raise ``KeyboardInterrupt`` on its ``call``-th use (a run killed mid-chunk,
+    before that chunk is stored); returns the real ``record`` to put back with ``monkeypatch.setattr``."""
+    real, calls = store.record, []
+
+    def record(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(store, "record", record)
+    return real
+
+
 def sql_rows(db: Path, sql: str, args: tuple = ()) -> list[tuple]:
     """Rows of a query on a database file, through a separate read-only connection."""
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)

@@ -12,6 +12,8 @@ from fbloop.learner import GradientLearner, LearnerConfig
 from fbloop.loop import RunConfig, run_loop
 from fbloop.store import Store
 
+from conftest import crash_on_record
+
 DESIGNS = ("eigen", "constructive", "gaussian")
 SEEDS = range(10)
 SYNTHETIC = ["synthetic:p=10,rank=4", "synthetic:p=20,rank=5", "synthetic:p=40,rank=6", "synthetic:p=40,rank=40"]
@@ -173,15 +175,7 @@ def test_held_out_triplets_are_stored_scored_and_never_learned(store, monkeypatc
 
 def test_a_resumed_run_keeps_its_held_out_set_and_never_learns_it(store, monkeypatch):
     held = seeding.held_out(0, np.arange(640), 0.2)
-    real_record, chunks = store.record, []
-
-    def dies_in_chunk_4(*args, **kwargs):
-        chunks.append(1)
-        if len(chunks) == 4:
-            raise KeyboardInterrupt
-        return real_record(*args, **kwargs)
-
-    monkeypatch.setattr(store, "record", dies_in_chunk_4)
+    real_record = crash_on_record(monkeypatch, store, 4)
     with pytest.raises(KeyboardInterrupt):
         run_loop(RunConfig(**HOLDOUT), store, run_id="held-resumed")
     assert store.count_answers("held-resumed") == 192

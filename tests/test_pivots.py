@@ -14,7 +14,7 @@ from fbloop.sparse import SparseBatch
 from fbloop.store import Store
 from fbloop.targets import load_target
 
-from conftest import ORACLE_SPEC  # the target behind the shared `server` fixture
+from conftest import ORACLE_SPEC, crash_on_record  # ORACLE_SPEC: the target behind the `server` fixture
 
 SPEC = "synthetic:p=300,rank=20"
 PIVOT = DesignConfig(name="pivot", block=32)
@@ -108,15 +108,7 @@ def test_exact_at_its_count_and_sqrt_t_over_r_below(store):
 
 def test_resumed_after_a_crash_in_the_rounds_loses_and_repeats_nothing(store, monkeypatch):
     cfg = RunConfig(target=SPEC, design=PIVOT, learner="auto", budget=4000, chunk=200, rfm_mse=False)
-    real_record, calls = store.record, []
-
-    def dies_in_chunk_12(*args, **kwargs):  # chunk 12 is in the rounds: π was computed in this process
-        calls.append(1)
-        if len(calls) == 12:
-            raise KeyboardInterrupt
-        return real_record(*args, **kwargs)
-
-    monkeypatch.setattr(store, "record", dies_in_chunk_12)
+    real_record = crash_on_record(monkeypatch, store, 12)  # chunk 12 is in the rounds: π was computed here
     with pytest.raises(KeyboardInterrupt):
         run_loop(cfg, store, run_id="pivot-crash")
     assert position(tri(32) + 268) < store.count_answers("pivot-crash") < 4000  # died in the rounds
