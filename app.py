@@ -166,11 +166,14 @@ def annotate_page() -> None:
 # ---------------------------------------------------------------- the dashboard
 
 
-def readout_chart(curve: dict[str, list], held: dict[str, list]) -> alt.Chart:
-    """PCC and held-out agreement against answers, one line each (either may be empty)."""
+def readout_chart(curve: dict[str, list], held: dict[str, list], pairs: dict[str, list] | None = None) -> alt.Chart:
+    """PCC, held-out agreement and the held-out pairs' PCC against answers, one line each (any may be empty)."""
     rows = [{"answers": a, "value": v, "readout": "PCC"} for a, v in zip(curve["answers"], curve["pcc"])]
     rows += [{"answers": a, "value": v, "readout": "held-out agreement"}
              for a, v in zip(held["answers"], held["agreement"])]
+    if pairs:
+        rows += [{"answers": a, "value": v, "readout": "held-out pairs' PCC"}
+                 for a, v in zip(pairs["answers"], pairs["pcc"])]
     low = min(0.0, min(r["value"] for r in rows))
     base = alt.Chart(alt.Data(values=rows)).encode(
         x=alt.X("answers:Q", axis=alt.Axis(format="d", title="answers")),
@@ -263,6 +266,7 @@ def dashboard_body(run_id: str) -> None:
         queue = store.queue_progress(run_id)
         curve = views.pcc_curve(store, run_id)
         held = views.holdout_curve(store, run_id)
+        pairs = views.pair_holdout_curve(store, run_id)
         counts = views.answers_by_agent(store, run_id)
         pair = views.phi_pair(store, run_id)
         agree = views.agreement(store, run_id)
@@ -280,14 +284,18 @@ def dashboard_body(run_id: str) -> None:
 
     left, right = st.columns(2)
     with left:
-        st.subheader("PCC and held-out agreement" if held["answers"] else "PCC against answers")
-        if curve["answers"] or held["answers"]:
-            st.altair_chart(readout_chart(curve, held), width="stretch")
+        st.subheader("PCC and held-out agreement" if held["answers"] else
+                     "PCC and held-out pairs" if pairs["answers"] else "PCC against answers")
+        if curve["answers"] or held["answers"] or pairs["answers"]:
+            st.altair_chart(readout_chart(curve, held, pairs), width="stretch")
         else:
             st.caption("No snapshot yet.")
         if held["answers"]:
             st.caption(f"Held-out agreement: the share of {held['n'][-1]} held-out triplet answers (never learned "
                        r"from) whose sign $\hat\Phi$ predicts — the readout when there is no $\Phi^*$.")
+        if pairs["answers"]:
+            st.caption(rf"Held-out pairs' PCC: how well the scales $\hat\Phi$ predicts for {pairs['n'][-1]} random "
+                       r"pairs (never learned from) follow their answers — the readout when there is no $\Phi^*$.")
     with right:
         st.subheader("Answers per agent")
         if counts["agent"]:

@@ -454,6 +454,8 @@ def run_loop(config: RunConfig, store: Store, run_id: str | None = None,
         if pool is not None:
             summary = pool.summary()
             extra["cost"], extra["pool"] = summary["total_cost"], summary
+        if learner_name == "pivot":  # its rank and the hold-out pairs' PCC, the readout without Φ*
+            extra["pivot"] = learner.summary()
         return extra
 
     def snapshot() -> float:  # a snapshot while answers arrive; the final one is stored after the fit
@@ -566,8 +568,6 @@ def run_loop(config: RunConfig, store: Store, run_id: str | None = None,
         extra["active"] = active.summary()
     if design.adaptive:
         extra["design"] = design.summary()
-    if learner_name == "pivot":  # its rank, hold-out readout and pivots per coordinate
-        extra["pivot"] = learner.summary()
     store.add_snapshot(run_id, n_ok, pcc, time.perf_counter() - t0,  # one final snapshot, every readout in it
                        {"loss": learner.last_loss, "learner": learner_name, "final": True, **extra})
     history.append((n_ok, pcc))

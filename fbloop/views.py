@@ -64,6 +64,15 @@ def holdout_curve(store: Store, run_id: str) -> dict[str, list]:
             "n": [s["extra"].get("holdout_n") for s in snaps]}
 
 
+def pair_holdout_curve(store: Store, run_id: str) -> dict[str, list]:
+    """The pivot design's hold-out readout per snapshot: ``{"answers", "pcc", "n"}``, ``pcc`` the PCC
+    between the scales ``Φ̂`` predicts for the held-out random pairs (never learned from) and their answers."""
+    snaps = [s for s in store.snapshots(run_id) if _number((s["extra"].get("pivot") or {}).get("holdout_pcc"))
+             is not None]
+    return {"answers": [s["answers"] for s in snaps], "pcc": [s["extra"]["pivot"]["holdout_pcc"] for s in snaps],
+            "n": [s["extra"]["pivot"].get("holdout_n") for s in snaps]}
+
+
 def phi_pair(store: Store, run_id: str) -> tuple[np.ndarray, np.ndarray | None] | None:
     """``(Φ̂, Φ*)`` scaled to unit max-abs for side-by-side heatmaps, or ``None``.
 

@@ -280,6 +280,24 @@ def test_dashboard_draws_the_held_out_agreement_curve(db):
     assert spec["layer"][0]["encoding"]["color"]["field"] == "readout"  # one line per readout
 
 
+def test_dashboard_draws_the_pivot_designs_held_out_pairs(db):
+    with Store(db) as store:
+        run_loop(RunConfig(target="synthetic:p=60,rank=6", design=DesignConfig(name="pivot", block=8),
+                           learner="auto", snapshot_every=100, rfm_mse=False), store, run_id="pivot-run")
+        pairs = views.pair_holdout_curve(store, "pivot-run")
+        live = [s for s in store.snapshots("pivot-run") if not s["extra"]["final"]]
+        assert len(live) >= 3 and all("pivot" in s["extra"] for s in live)  # every live snapshot, not just the last
+        assert len(pairs["answers"]) >= 3 and pairs["pcc"][-1] > 1 - 1e-9 and pairs["pcc"][0] < pairs["pcc"][-1]
+        assert views.pair_holdout_curve(store, "held")["answers"] == []
+    at = app()
+    at.radio(key="page").set_value("Dashboard").run()
+    at.selectbox(key="run").set_value("pivot-run").run()
+    assert not at.exception
+    assert "PCC and held-out pairs" in [h.value for h in at.subheader]
+    assert any("random pairs (never learned from)" in c.value for c in at.caption)
+    assert {row["readout"] for row in chart_rows(at, "answers", "readout")} == {"PCC", "held-out pairs' PCC"}
+
+
 def test_dashboard_of_a_pool_run(db):
     with Store(db) as store:
         add_run(store, "pool", strategy="uncertainty", agent="pool", cost_per_answer=0.3,
