@@ -208,10 +208,7 @@ def test_attention_checks_are_scored(db):
 
 
 def test_dashboard_renders_charts(db):
-    at = app()
-    at.radio(key="page").set_value("Dashboard").run()
-    at.selectbox(key="run").set_value("oracle-run").run()
-    assert not at.exception
+    at = dashboard("oracle-run")
     heads = [h.value for h in at.subheader]
     assert "PCC against answers" in heads and "Answers per agent" in heads and "LLM agents" in heads
     assert "Compare strategies" in heads and "Agent pool" not in heads and "Active querying" not in heads
@@ -248,10 +245,7 @@ def test_llm_readouts(db):
     assert stats["model"] == "m" and stats["answers"] == 8 and stats["invalid_rate"] == 1 / 8
     assert stats["position_bias"] == pytest.approx(1 / 3)  # 3 ok in both orders, 1 disagrees
     assert stats["prompt_tokens"] == 800 and stats["cost"] is None
-    at = app()
-    at.radio(key="page").set_value("Dashboard").run()
-    at.selectbox(key="run").set_value("oracle-run").run()
-    assert not at.exception
+    at = dashboard("oracle-run")
     assert metric(at, "Invalid replies") == "12%" and metric(at, "Position bias") == "33%"
     assert metric(at, "Tokens") == "840"
 
@@ -270,10 +264,7 @@ def test_dashboard_draws_the_held_out_agreement_curve(db):
         curve = views.holdout_curve(store, "held")
         assert len(curve["answers"]) >= 4 and curve["agreement"][-1] > 0.8
         assert views.holdout_curve(store, "oracle-run")["answers"] == []
-    at = app()
-    at.radio(key="page").set_value("Dashboard").run()
-    at.selectbox(key="run").set_value("held").run()
-    assert not at.exception
+    at = dashboard("held")
     assert "PCC and held-out agreement" in [h.value for h in at.subheader]
     assert any("held-out triplet answers" in c.value for c in at.caption)
     spec = json.loads(at.get("vega_lite_chart")[0].proto.spec)
@@ -289,10 +280,7 @@ def test_dashboard_draws_the_pivot_designs_held_out_pairs(db):
         assert len(live) >= 3 and all("pivot" in s["extra"] for s in live)  # every live snapshot, not just the last
         assert len(pairs["answers"]) >= 3 and pairs["pcc"][-1] > 1 - 1e-9 and pairs["pcc"][0] < pairs["pcc"][-1]
         assert views.pair_holdout_curve(store, "held")["answers"] == []
-    at = app()
-    at.radio(key="page").set_value("Dashboard").run()
-    at.selectbox(key="run").set_value("pivot-run").run()
-    assert not at.exception
+    at = dashboard("pivot-run")
     assert "PCC and held-out pairs" in [h.value for h in at.subheader]
     assert any("random pairs (never learned from)" in c.value for c in at.caption)
     assert {row["readout"] for row in chart_rows(at, "answers", "readout")} == {"PCC", "held-out pairs' PCC"}
