@@ -22,6 +22,11 @@ around its first crossing; "answers to 0.9" is the median over seeds, and the ra
 random's median over the adaptive strategy's. A median that did not reach the level within
 the cap is censored: ratios are then bounds (">=" or "<="), and the JSON says so.
 
+``--strategies … oracle-kl`` adds a diagnostic that reads ``Φ*`` (:class:`OracleInformed`): it asks the
+pool's candidates whose answer law ``Φ̂`` predicts worst. No real run can use it; the answers it needs
+bound what any score computed from ``Φ̂`` could save by picking from the same pool. It is reported beside
+the strategies and never counts towards the goal.
+
 "Hold-out agreement" is prequential: each round's random hold-out queries (10 % of an adaptive
 batch, all of a random one) are scored by the learner *before* their answers are added.
 
@@ -54,7 +59,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from fbloop import metrics, targets  # noqa: E402
-from fbloop.active import ActiveConfig, ActiveStrategy, NoiseModel, compress_factor  # noqa: E402
+from fbloop.active import (ActiveConfig, ActiveStrategy, NoiseModel, answer_probability,  # noqa: E402
+                           compress_factor, relative_margins)
 from fbloop.agents import OracleAgent, OracleConfig  # noqa: E402
 from fbloop.designs import DesignConfig  # noqa: E402
 from fbloop.learner import GradientLearner, LearnerConfig  # noqa: E402
@@ -82,6 +88,31 @@ NOISES = {
     "flip-0.1": OracleConfig(noise="flip", flip=0.1),
 }
 STRATEGIES = ("random", "uncertainty", "ensemble")
+# Diagnostics that read Φ*, so no real run can use them: a ceiling for any score computed from Φ̂, not
+# candidates for the goal. `--strategies oracle-kl` adds them to a grid.
+DIAGNOSTICS = ("oracle-kl",)
+
+
+class OracleInformed(ActiveStrategy):
+    """Diagnostic ``oracle-kl``: asks the candidates whose answers ``Φ̂`` predicts worst, judged by ``Φ*``.
+
+    Score ``KL(P* ‖ P̂)``: the divergence of the answer law ``Φ̂`` predicts from the one the oracle
+    answers by, both under the run's noise model (``fbloop.active.answer_probability`` of the relative
+    margins). It is the learner's expected excess loss on the candidate, which no score computed from
+    ``Φ̂`` alone can know; the answers it needs to a PCC bound what picking from the same pool could save.
+    """
+
+    def __init__(self, p: int, config: ActiveConfig, design: DesignConfig, truth: np.ndarray):
+        super().__init__(p, config, design)
+        self.truth = truth
+
+    def scores(self, a: SparseBatch, b: SparseBatch, c: SparseBatch, factor: np.ndarray,
+               rng: np.random.Generator) -> np.ndarray:
+        noise = self.config.noise
+        eps = 1e-12
+        p_hat = np.clip(answer_probability(relative_margins(a, b, c, factor), noise), eps, 1 - eps)
+        p_true = np.clip(answer_probability(relative_margins(a, b, c, self.truth), noise), eps, 1 - eps)
+        return p_true * np.log(p_true / p_hat) + (1 - p_true) * np.log((1 - p_true) / (1 - p_hat))
 
 
 def load(name: str, seed: int) -> targets.Target:
@@ -103,11 +134,16 @@ def run_one(name: str, noise: str, strategy: str, seed: int, growth: float, cap:
     ocfg = NOISES[noise]
     # The oracle needs only Φ* = V Vᵀ: a rank-r factor gives the same answers (up to rounding) and,
     # for a synthetic p = 512 dictionary stored as V = Dᵀ of shape (512, 512), answers 16× cheaper.
-    oracle = OracleAgent(compress_factor(t.factor, t.rank), SparseBatch(np.zeros((1, 1), np.int64),
+    oracle_factor = compress_factor(t.factor, t.rank)
+    oracle = OracleAgent(oracle_factor, SparseBatch(np.zeros((1, 1), np.int64),
                          np.ones((1, 1)), p), dataclasses.replace(ocfg, seed=seed))
     model = NoiseModel(kind=ocfg.noise, temperature=ocfg.temperature, flip=ocfg.flip)
-    acfg = ActiveConfig(strategy=strategy, noise=model, seed=seed, **(active or {}))
-    strat = ActiveStrategy(p, acfg, DesignConfig(name="triplet"))
+    if strategy in DIAGNOSTICS:  # scored by OracleInformed; the config only carries pool and hold-out share
+        acfg = ActiveConfig(strategy="uncertainty", noise=model, seed=seed, relevance=0.0, **(active or {}))
+        strat = OracleInformed(p, acfg, DesignConfig(name="triplet"), oracle_factor)
+    else:
+        acfg = ActiveConfig(strategy=strategy, noise=model, seed=seed, **(active or {}))
+        strat = ActiveStrategy(p, acfg, DesignConfig(name="triplet"))
     lcfg = learner_config(t, ocfg, seed)
     learner = GradientLearner(p, lcfg)
     if ocfg.noise == "flip":
@@ -181,7 +217,7 @@ def summarise(runs: list[dict]) -> list[dict]:
             row = {"target": name, "p": sub[0]["p"], "noise": noise, "cap": cap, "strategies": {},
                    # the flip rate the learner was given (None: a run stored before it was given one)
                    "learner_source_noise": sorted({r["learner"].get("source_noise") for r in sub}, key=str)}
-            for strat in STRATEGIES:
+            for strat in STRATEGIES + DIAGNOSTICS:
                 mine = [r for r in sub if r["strategy"] == strat]
                 if mine:
                     row["strategies"][strat] = {
@@ -192,13 +228,13 @@ def summarise(runs: list[dict]) -> list[dict]:
                         "seconds": float(np.median([r["seconds"]["total"] for r in mine])),
                     }
             rand = row["strategies"].get("random")
-            for strat in STRATEGIES[1:]:
+            for strat in STRATEGIES[1:] + DIAGNOSTICS:
                 mine = row["strategies"].get(strat)
                 if not (mine and rand):
                     continue
                 for lv in LEVELS:
                     mine[f"ratio_{lv}"] = ratio(rand[f"answers_to_{lv}"], mine[f"answers_to_{lv}"], cap)
-            best = [s for s in row["strategies"].values() if "ratio_0.9" in s]
+            best = [s for k, s in row["strategies"].items() if "ratio_0.9" in s and k not in DIAGNOSTICS]
             if best:
                 top = max(best, key=lambda s: s["ratio_0.9"]["value"] or 0.0)
                 val = top["ratio_0.9"]["value"]
@@ -259,7 +295,7 @@ def plot(runs: list[dict], rows: list[dict], stem: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = {"random": "tab:grey", "uncertainty": "tab:blue", "ensemble": "tab:orange"}
+    colors = {"random": "tab:grey", "uncertainty": "tab:blue", "ensemble": "tab:orange", "oracle-kl": "tab:purple"}
     names = [n for n in TARGETS if any(r["target"] == n for r in runs)]
     noises = [z for z in NOISES if any(r["noise"] == z for r in runs)]
     fig, axes = plt.subplots(len(names), len(noises), figsize=(4.2 * len(noises), 3.2 * len(names)),
@@ -287,23 +323,24 @@ def plot(runs: list[dict], rows: list[dict], stem: Path) -> None:
     fig.savefig(stem.with_suffix(".png"), dpi=110)
     plt.close(fig)
 
-    labels, bars = [], {(s, lv): [] for s in STRATEGIES[1:] for lv in LEVELS}
+    shown = [s for s in STRATEGIES[1:] + DIAGNOSTICS if any(s in row["strategies"] for row in rows)]
+    labels, bars = [], {(s, lv): [] for s in shown for lv in LEVELS}
     bounds: dict[tuple[str, float], list[str]] = {key: [] for key in bars}
     for row in rows:
         labels.append(f"{row['target']}\n{row['noise']}")
-        for s in STRATEGIES[1:]:
+        for s in shown:
             for lv in LEVELS:
                 r = row["strategies"].get(s, {}).get(f"ratio_{lv}")
                 bars[(s, lv)].append(np.nan if not r or r["value"] is None else r["value"])
                 bounds[(s, lv)].append("" if not r or r["bound"] == "=" else {">=": "≥", "<=": "≤"}.get(r["bound"], ""))
     fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(labels)), 4))
     x = np.arange(len(labels))
-    width = 0.2
+    width = 0.8 / len(bars)
     for k, (key, vals) in enumerate(bars.items()):
         s, lv = key
-        ax.bar(x + (k - 1.5) * width, vals, width, label=f"{s} @ PCC {lv}", color=colors[s],
+        ax.bar(x + (k - (len(bars) - 1) / 2) * width, vals, width, label=f"{s} @ PCC {lv}", color=colors[s],
                alpha=1.0 if lv == 0.9 else 0.5, hatch="" if lv == 0.9 else "//")
-        for xi, v, b in zip(x + (k - 1.5) * width, vals, bounds[key]):
+        for xi, v, b in zip(x + (k - (len(bars) - 1) / 2) * width, vals, bounds[key]):
             if b and np.isfinite(v):  # a censored side: the bar is a bound
                 ax.text(xi, v * 1.05, b, ha="center", fontsize=8)
     ax.axhline(GOAL, color="red", lw=1, ls="--", label="goal 3× at 0.9")
@@ -396,7 +433,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="RFM and p = 32, 2 seeds")
     ap.add_argument("--targets", nargs="+", choices=list(TARGETS), help="a subset of the targets")
     ap.add_argument("--noises", nargs="+", choices=list(NOISES), help="a subset of the noise models")
-    ap.add_argument("--strategies", nargs="+", choices=list(STRATEGIES), default=list(STRATEGIES))
+    ap.add_argument("--strategies", nargs="+", choices=list(STRATEGIES + DIAGNOSTICS),
+                    default=list(STRATEGIES), help="oracle-kl: a diagnostic that reads Φ* (a ceiling, not a strategy)")
     ap.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default 5; --quick 2)")
     ap.add_argument("--growth", type=float, default=2 ** 0.5, help="answer growth per round")
     ap.add_argument("--cap-scale", type=float, default=1.0, help="multiply every target's answer cap")

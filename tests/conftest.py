@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import sqlite3
 from pathlib import Path
 
@@ -40,6 +42,21 @@ def crash_on_record(monkeypatch, store, call: int):
 
     monkeypatch.setattr(store, "record", record)
     return real
+
+
+def load_benchmark(name: str):
+    """``benchmarks/<name>.py`` as a module; the environment it sets for its own process (thread counts,
+    an API key) is put back, so it does not leak into the other tests."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent.parent / "benchmarks"
+                                                  / f"{name}.py")
+    env = dict(os.environ)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        os.environ.clear()
+        os.environ.update(env)
+    return module
 
 
 def sql_rows(db: Path, sql: str, args: tuple = ()) -> list[tuple]:

@@ -1,27 +1,15 @@
 """The pool benchmark's verdict: a single agent that stopped at its cap before the level is only
 bounded from below, so the pool is called cheaper only when it beats that bound."""
 
-import importlib.util
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-SPEC = importlib.util.spec_from_file_location(
-    "bench_pool", Path(__file__).resolve().parent.parent / "benchmarks" / "bench_pool.py")
+from conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    env = dict(os.environ)
-    module = importlib.util.module_from_spec(SPEC)
-    try:
-        SPEC.loader.exec_module(module)
-    finally:  # the script sets thread counts and an API key for its own process: not for the other tests
-        os.environ.clear()
-        os.environ.update(env)
-    return module
+    return load_benchmark("bench_pool")
 
 
 def run(arm: str, seed: int, cost: float | None, final_cost: float) -> dict:
