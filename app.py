@@ -272,6 +272,7 @@ def dashboard_body(run_id: str) -> None:
         agree = views.agreement(store, run_id)
         checks = views.check_accuracy(store, run_id)
         llm = views.llm_stats(store, run_id)
+        noise = views.source_noise(store, run_id)
         pool = views.pool_summary(store, run_id)
         timing = views.active_timing(store, run_id)
 
@@ -328,16 +329,21 @@ def dashboard_body(run_id: str) -> None:
         st.subheader("Attention checks")
         if checks:
             rows = [{"annotator": c["agent"], "share": c["accuracy"] or 0.0,
-                     "label": f"{c['correct']}/{c['checks']} correct, {c['skipped']} skipped"} for c in checks]
+                     "label": f"{c['correct']}/{c['checks']} correct, {c['skipped']} skipped"
+                              + (f"; fitted at flip rate {noise[c['agent']]:.2f}" if c["agent"] in noise else "")}
+                    for c in checks]
             st.altair_chart(share_chart(rows, "annotator"), width="stretch")
-            st.caption("Triplets with a known answer, mixed into the queue; their answers never reach a learner.")
+            st.caption("Triplets with a known answer, mixed into the queue; their answers never reach a learner. "
+                       "The learner fits each person's answers at the flip rate their checks show.")
         else:
             st.caption("No attention check answered yet.")
     with right:
         st.subheader("LLM agents")
         for m in llm or [None]:
             if m is not None:
-                st.markdown(f"**{m['model']}** · {m['answers']} answers, {m['requests']} requests")
+                eps = noise.get(f"llm:{m['model']}")
+                st.markdown(f"**{m['model']}** · {m['answers']} answers, {m['requests']} requests"
+                            + ("" if eps is None else f" · fitted at flip rate {eps:.3f} (from its order swaps)"))
             cols = st.columns(2) + st.columns(2)
             cols[0].metric("Invalid replies", pct(m and m["invalid_rate"]))
             cols[1].metric("Position bias", pct(m and m["position_bias"]),

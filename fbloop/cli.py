@@ -116,6 +116,9 @@ def run_options(fn):
         click.option("--budget", default=None, type=int, help="Answers to collect [default: the design's bound]."),
         click.option("--stop-at", default=None, type=float, metavar="PCC",
                      help="Stop asking once a snapshot's PCC reaches this (needs a Φ*: simulated runs)."),
+        click.option("--exact-sources", is_flag=True,
+                     help="Take every triplet answer as exact, instead of fitting each source at the flip rate "
+                          "its attention checks (people) or order swaps (--order-swap, an LLM) show."),
         click.option("--learner", default="auto", show_default=True,
                      type=click.Choice(["auto", "gradient", "exact", "direct", "pivot"]),
                      help="auto: pivot (Nyström) for the pivot design, exact for pair designs up to p = 40, "
@@ -157,6 +160,7 @@ def _run_config(opts: dict):
         check_rate=opts["check_rate"],
         holdout=opts["holdout"],
         stop_at=opts["stop_at"],
+        noise_aware=False if opts["exact_sources"] else None,
         bisection=BisectionConfig(precision=opts["bisection"]) if opts["bisection"] is not None else None,
         llm=_llm_config(opts) if opts["agent"] == "llm" or any(m.agent == "llm" for m in members) else None,
         active=_active_config(opts),
@@ -271,6 +275,9 @@ def _print_result(result, as_json: bool) -> None:
         r = pool["routing"]
         click.echo(f"Pool cost {pool['total_cost']:.2f}; routing: {r['shared']} shared, {r['hard']} hard to the "
                    f"most reliable, {r['rest']} to the cheapest, {r['skipped']} skipped")
+    if s.get("source_noise"):
+        click.echo("Noise-aware: answers fitted at the flip rates "
+                   + ", ".join(f"{name} {eps:.3f}" for name, eps in s["source_noise"].items()))
     if "llm" in s:
         u = s["llm"]
         bias = u.get("position_bias_rate")
@@ -307,6 +314,9 @@ def _print_human(result, db_path: str, as_json: bool) -> None:
                f"({info['checks']} attention checks), {info['answered']} answered so far.")
     if info["pcc"] is not None:
         click.echo(f"learned from {info['answers']} answers: PCC {info['pcc']:.6f}")
+    if info.get("source_noise"):
+        click.echo("Each person's answers fitted at the flip rate their attention checks show: "
+                   + ", ".join(f"{name} {eps:.3f}" for name, eps in info["source_noise"].items()))
     click.echo(f"Answer them in the app: fbloop app --db {db_path}; run this command again "
                f"with --run-id {info['run_id']} to learn from the answers.")
 

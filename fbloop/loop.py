@@ -31,6 +31,7 @@ from .errors import ConfigError, StoreError
 from .learner import GradientLearner, LearnerConfig
 from .pool import AgentPool, MemberSpec, PoolConfig
 from .querying import ActiveQueries, Prequential, random_positions, stored_chunk
+from .reliability import MAX_NOISE, Sources, SwapTally, flip_rate_from_checks
 from .sparse import SparseBatch
 from .store import Store
 from .targets import Target, load_target
@@ -40,7 +41,6 @@ EXACT_MAX_P = 40  # "auto" uses the exact learner for pair runs up to this p
 DIRECT_DESIGNS = ("constructive", "eigen")  # 1- and 2-sparse pairs: "auto" solves them directly above EXACT_MAX_P
 AGENTS = ("oracle", "llm", "human", "pool")
 ACTIVE_STEPS = 100  # active runs: learner steps after each chunk at least (the strategy scores under Φ̂)
-MAX_NOISE = 0.45  # noise-aware pools: a member's flip rate is capped here (0.5 would erase its answers)
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,10 @@ class RunConfig:
     pool: tuple[MemberSpec, ...] | None = None  # agent "pool": its members (fbloop.pool)
     pool_config: PoolConfig | None = None  # agent "pool": routing shares; None → PoolConfig(seed=seed)
     stop_at: float | None = None  # stop asking once a snapshot's PCC reaches this (needs a Φ*; simulations)
+    # Triplet runs: fit each source's answers at its estimated flip rate (people by their attention checks,
+    # an LLM by its order swaps; fbloop.reliability). None is on (and keeps older stored configs equal);
+    # False takes every answer as exact. Pools: pool_config.noise_aware.
+    noise_aware: bool | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -272,11 +276,12 @@ class HeldOut:
         return agree / self.n
 
 
-def feed(learner, queries: Queries, answers: Answers, held: HeldOut | None = None, source: int = 0) -> None:
+def feed(learner, queries: Queries, answers: Answers, held: HeldOut | None = None,
+         source: int | np.ndarray = 0) -> None:
     """Give the learner the ok answers of a chunk; held-out ones go to ``held`` instead.
 
-    ``source`` names the agent that gave them (a pool member's index), for a
-    learner that weighs agents by their reliability.
+    ``source`` names who gave them (:class:`fbloop.reliability.Sources` ids: one, or one per
+    answer), for a learner that weighs each source by its reliability.
     """
     ok = answers.ok
     if held is not None:
@@ -290,7 +295,8 @@ def feed(learner, queries: Queries, answers: Answers, held: HeldOut | None = Non
     if q.kind == "pair":
         learner.add_pairs(q.a, answers.value[ok])
     else:  # triplets always go to the gradient learner (choose_learner)
-        learner.add_triplets(q.a, q.b, q.c, answers.value[ok], source=source)
+        src = source if np.ndim(source) == 0 else np.asarray(source)[ok]
+        learner.add_triplets(q.a, q.b, q.c, answers.value[ok], source=src)
 
 
 # ---------------------------------------------------------------- the loop
@@ -405,7 +411,10 @@ def run_loop(config: RunConfig, store: Store, run_id: str | None = None,
     if config.bisection is not None and design.kind == "pair":
         agent = BisectionAgent(agent, anchor, config.bisection)
     pool = agent if isinstance(agent, AgentPool) else None
-    sources = {name: i for i, name in enumerate(pool.agents)} if pool is not None else {}
+    names = answer_names(agent)
+    sources = Sources(list(pool.agents) if pool is not None else names)  # the learner's source ids
+    noise_aware = isinstance(learner, GradientLearner) and design.kind == "triplet" and (
+        pool.config.noise_aware if pool is not None else config.noise_aware is not False)
     active = (ActiveQueries(ActiveStrategy(target.p, config.active, config.design), config.seed)
               if config.active is not None else None)
     preq = Prequential() if active is not None else None
@@ -423,16 +432,19 @@ def run_loop(config: RunConfig, store: Store, run_id: str | None = None,
                              "use a new --run-id.")
         for who in (list(pool.agents) if pool is not None else [None]):  # replay what was stored
             for queries, answers in store.iter_answered(run_id, agent=who):
-                feed(learner, queries, answers, held, sources.get(who, 0))
+                feed(learner, queries, answers, held, sources.of(answers))
                 design.observe(queries, answers)
                 if active is not None:
                     active.observe(queries)
         if pool is not None:
             pool.replay(store.answer_values(run_id))
-            if pool.config.noise_aware:
-                learner.set_source_noise(member_noise(pool, sources))
         if config.learner_config.steps_per_chunk:
             learner.step(config.learner_config.steps_per_chunk)
+    swaps = SwapTally(**store.agreement(run_id, *names)) if len(names) == 2 and pool is None else None
+    noise: dict[int, float] = {}
+    if noise_aware:
+        noise = source_noise(config, store, run_id, pool, sources, swaps, names)
+        learner.set_source_noise(noise)
     stored_until = store.next_position(run_id) if active is not None and existing is not None else 0
 
     chunk = config.chunk or auto_chunk(budget)
@@ -454,6 +466,8 @@ def run_loop(config: RunConfig, store: Store, run_id: str | None = None,
         if pool is not None:
             summary = pool.summary()
             extra["cost"], extra["pool"] = summary["total_cost"], summary
+        if noise:  # the flip rate each source's answers are fitted at
+            extra["source_noise"] = sources.named(noise)
         if learner_name == "pivot":  # its rank and the hold-out pairs' PCC, the readout without Φ*
             extra["pivot"] = learner.summary()
         return extra
@@ -516,10 +530,13 @@ def run_loop(config: RunConfig, store: Store, run_id: str | None = None,
                 if preq is not None:  # score the random share before learning from it
                     preq.score(learner, pending, answers,
                                random_positions(config.seed, answers.seq, config.active.random_share))
-                feed(learner, pending, answers, held, sources.get(answers.agent, 0))
+                feed(learner, pending, answers, held, sources.of(answers))
                 design.observe(pending, answers)
-            if pool is not None and pool.config.noise_aware:
-                learner.set_source_noise(member_noise(pool, sources))
+            if swaps is not None:
+                swaps.add(sets)
+            if noise_aware:
+                noise = source_noise(config, store, run_id, pool, sources, swaps, names)
+                learner.set_source_noise(noise)
             loss = None
             if learner_name == "gradient":
                 steps = learner.arrival_steps(stop - start)
@@ -577,6 +594,25 @@ def run_loop(config: RunConfig, store: Store, run_id: str | None = None,
     store.set_status(run_id, "waiting" if config.agent == "human" and human.waiting(store, run_id) else "done")
     return RunResult(run_id, pcc, n_ok, budget, design.count, learner_name,
                      time.perf_counter() - t0, factor, history, extra)
+
+
+def source_noise(config: RunConfig, store: Store, run_id: str, pool: AgentPool | None, sources: Sources,
+                 swaps: SwapTally | None, names: list[str]) -> dict[int, float]:
+    """Each source's estimated flip rate by learner id (:mod:`fbloop.reliability`): pool members from
+    their agreement, people from their attention checks, an LLM from its order swaps; sources with no
+    estimate yet are left out (the learner keeps their last, or 0)."""
+    if pool is not None:
+        return member_noise(pool, sources.ids)
+    out: dict[int, float] = {}
+    if config.agent == "human":
+        for rec in human.check_accuracy(store, run_id):
+            eps = flip_rate_from_checks(rec["checks"], rec["correct"])
+            if eps is not None:
+                out[sources.id(rec["agent"])] = eps
+    eps = swaps.flip_rate() if swaps is not None else None
+    if eps is not None:  # both orders of the LLM's asking
+        out.update({sources.id(name): eps for name in names})
+    return out
 
 
 def member_noise(pool: AgentPool, sources: dict[str, int]) -> dict[int, float]:

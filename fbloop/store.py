@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import sqlite_utils
 
-from .agents.base import Answers
+from .agents.base import MIXED, Answers
 from .designs import Queries
 from .errors import StoreError
 from .sparse import SparseBatch
@@ -441,7 +441,8 @@ class Store:
         """Stored ok answers with their queries, in storage order, ``chunk`` rows at a time.
 
         Attention checks are left out: they test the annotator, not ``Φ``. ``since``
-        keeps only answers stored after that time (seconds since the epoch).
+        keeps only answers stored after that time (seconds since the epoch). A chunk from
+        several agents comes as agent ``MIXED`` with each row's agent in ``meta[i]["agent"]``.
         """
         run = self.require_run(run_id)
         sql = ("SELECT q.seq, q.kind, q.a_idx, q.a_val, q.b_idx, q.b_val, q.c_idx, q.c_val, "
@@ -458,9 +459,11 @@ class Store:
                 return
             last = rows[-1][10]
             queries = self._rows_to_queries(rows, run["p"], run["kind"])
-            agents = {r[8] for r in rows}
-            answers = Answers(agents.pop() if len(agents) == 1 else "mixed", queries.seq,
-                              np.array([r[9] for r in rows], dtype=np.float64), np.full(len(rows), "ok"))
+            names = [r[8] for r in rows]
+            one = len(set(names)) == 1  # else MIXED, each row's agent in its meta
+            answers = Answers(names[0] if one else MIXED, queries.seq,
+                              np.array([r[9] for r in rows], dtype=np.float64), np.full(len(rows), "ok"),
+                              meta=None if one else [{"agent": n} for n in names])
             yield queries, answers
 
     def next_position(self, run_id: str) -> int:

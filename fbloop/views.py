@@ -259,6 +259,13 @@ def _last_extra(store: Store, run_id: str, key: str) -> tuple[int, dict] | None:
     return None
 
 
+def source_noise(store: Store, run_id: str) -> dict[str, float]:
+    """The flip rate the learner last fitted each source's answers at (``{agent: ε}``, :mod:`fbloop.reliability`);
+    empty when the run took every answer as exact or has no estimate yet."""
+    last = _last_extra(store, run_id, "source_noise")
+    return dict(last[1]) if last else {}
+
+
 def pool_summary(store: Store, run_id: str) -> dict | None:
     """The latest agent-pool summary of a pool run, as chart rows; ``None`` before one is stored.
 

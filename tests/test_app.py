@@ -250,6 +250,16 @@ def test_llm_readouts(db):
     assert metric(at, "Tokens") == "840"
 
 
+def test_the_fitted_flip_rate_of_an_llm_is_shown(db):
+    with Store(db) as store:
+        store.add_answers("oracle-run", Answers("llm:m", np.arange(2), np.ones(2), np.full(2, "ok")))
+        assert views.source_noise(store, "oracle-run") == {}
+        store.add_snapshot("oracle-run", 200, 0.9, 1.0, {"source_noise": {"llm:m": 0.2, "llm:m#swap": 0.2}})
+        assert views.source_noise(store, "oracle-run") == {"llm:m": 0.2, "llm:m#swap": 0.2}
+    at = dashboard("oracle-run")
+    assert any("fitted at flip rate 0.200 (from its order swaps)" in m.value for m in at.markdown)
+
+
 def test_agreement_scores_held_out_answers(db):
     with Store(db) as store:
         (row,) = views.agreement(store, "oracle-run")

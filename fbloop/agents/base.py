@@ -19,6 +19,9 @@ Status = Literal["ok", "invalid", "skipped"]
 STATUSES: tuple[str, ...] = ("ok", "invalid", "skipped")
 
 
+MIXED = "mixed"  # the agent of answers read back from several agents at once; each row's is in its meta
+
+
 @dataclass(frozen=True)
 class Answers:
     """Answers to queries ``seq``: a scale ``c`` for pairs, +1/−1/0 for triplets.
