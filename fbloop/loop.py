@@ -31,7 +31,7 @@ from .errors import ConfigError, StoreError
 from .learner import GradientLearner, LearnerConfig
 from .pool import AgentPool, MemberSpec, PoolConfig
 from .querying import ActiveQueries, Prequential, random_positions, stored_chunk
-from .reliability import MAX_NOISE, Sources, SwapTally, flip_rate_from_checks
+from .reliability import Sources, SwapTally, source_noise
 from .sparse import SparseBatch
 from .store import Store
 from .targets import Target, load_target
@@ -443,7 +443,7 @@ def run_loop(config: RunConfig, store: Store, run_id: str | None = None,
     swaps = SwapTally(**store.agreement(run_id, *names)) if len(names) == 2 and pool is None else None
     noise: dict[int, float] = {}
     if noise_aware:
-        noise = source_noise(config, store, run_id, pool, sources, swaps, names)
+        noise = source_noise(store, run_id, config.agent, pool, sources, swaps, names)
         learner.set_source_noise(noise)
     stored_until = store.next_position(run_id) if active is not None and existing is not None else 0
 
@@ -535,7 +535,7 @@ def run_loop(config: RunConfig, store: Store, run_id: str | None = None,
             if swaps is not None:
                 swaps.add(sets)
             if noise_aware:
-                noise = source_noise(config, store, run_id, pool, sources, swaps, names)
+                noise = source_noise(store, run_id, config.agent, pool, sources, swaps, names)
                 learner.set_source_noise(noise)
             loss = None
             if learner_name == "gradient":
@@ -594,35 +594,6 @@ def run_loop(config: RunConfig, store: Store, run_id: str | None = None,
     store.set_status(run_id, "waiting" if config.agent == "human" and human.waiting(store, run_id) else "done")
     return RunResult(run_id, pcc, n_ok, budget, design.count, learner_name,
                      time.perf_counter() - t0, factor, history, extra)
-
-
-def source_noise(config: RunConfig, store: Store, run_id: str, pool: AgentPool | None, sources: Sources,
-                 swaps: SwapTally | None, names: list[str]) -> dict[int, float]:
-    """Each source's estimated flip rate by learner id (:mod:`fbloop.reliability`): pool members from
-    their agreement, people from their attention checks, an LLM from its order swaps; sources with no
-    estimate yet are left out (the learner keeps their last, or 0)."""
-    if pool is not None:
-        return member_noise(pool, sources.ids)
-    out: dict[int, float] = {}
-    if config.agent == "human":
-        for rec in human.check_accuracy(store, run_id):
-            eps = flip_rate_from_checks(rec["checks"], rec["correct"])
-            if eps is not None:
-                out[sources.id(rec["agent"])] = eps
-    eps = swaps.flip_rate() if swaps is not None else None
-    if eps is not None:  # both orders of the LLM's asking
-        out.update({sources.id(name): eps for name in names})
-    return out
-
-
-def member_noise(pool: AgentPool, sources: dict[str, int]) -> dict[int, float]:
-    """Each pool member's estimated flip rate ``1 − accuracy`` (capped at ``MAX_NOISE``) by source id;
-    members with no estimate yet are left out (the learner keeps their last, or 0)."""
-    out = {}
-    for name, (acc, _) in pool.accuracy().items():
-        if np.isfinite(acc):
-            out[sources[name]] = float(min(max(1.0 - acc, 0.0), MAX_NOISE))
-    return out
 
 
 def top_up_queue(store: Store, run_id: str, active: ActiveQueries, budget: int, chunk: int,

@@ -33,7 +33,7 @@ truth would), in order of preference:
 
 Noise-aware learning: with ``noise_aware`` (the default) the loop gives the learner each
 member's estimated flip rate ``1 − accuracy`` after every chunk
-(:func:`fbloop.loop.member_noise`); the learner's triplet loss then expects that share of
+(:func:`fbloop.reliability.member_noise`); the learner's triplet loss then expects that share of
 the member's answers to be wrong (``GradientLearner.set_source_noise``).
 """
 

@@ -25,8 +25,11 @@ import math
 
 import numpy as np
 
+from . import human
 from .agents.base import MIXED, Answers
 from .errors import ConfigError
+from .pool import AgentPool
+from .store import Store
 
 MAX_NOISE = 0.45  # a flip rate is capped here (0.5 would erase the source's answers)
 CHECK_PRIOR = (0.5, 4.5)  # Beta(α, β) on a person's flip rate: mean 0.1, worth 5 checks
@@ -96,3 +99,32 @@ class SwapTally:
 
     def flip_rate(self) -> float | None:
         return flip_rate_from_swaps(self.both, self.agree)
+
+
+def member_noise(pool: AgentPool, sources: dict[str, int]) -> dict[int, float]:
+    """Each pool member's estimated flip rate ``1 − accuracy`` (capped at :data:`MAX_NOISE`) by source id;
+    members with no estimate yet are left out (the learner keeps their last, or 0)."""
+    out = {}
+    for name, (acc, _) in pool.accuracy().items():
+        if np.isfinite(acc):
+            out[sources[name]] = float(min(max(1.0 - acc, 0.0), MAX_NOISE))
+    return out
+
+
+def source_noise(store: Store, run_id: str, agent: str, pool: AgentPool | None, sources: Sources,
+                 swaps: SwapTally | None, names: list[str]) -> dict[int, float]:
+    """Each source's estimated flip rate by learner id: pool members from their agreement, people (the
+    ``human`` agent) from their attention checks, an LLM from its order swaps (``swaps``, over the answer
+    ``names`` of both orders); sources with no estimate yet are left out (the learner keeps their last, or 0)."""
+    if pool is not None:
+        return member_noise(pool, sources.ids)
+    out: dict[int, float] = {}
+    if agent == "human":
+        for rec in human.check_accuracy(store, run_id):
+            eps = flip_rate_from_checks(rec["checks"], rec["correct"])
+            if eps is not None:
+                out[sources.id(rec["agent"])] = eps
+    eps = swaps.flip_rate() if swaps is not None else None
+    if eps is not None:  # both orders of the LLM's asking
+        out.update({sources.id(name): eps for name in names})
+    return out
