@@ -271,7 +271,7 @@ def _print_result(result, as_json: bool) -> None:
         pool = s["pool"]
         for name, m in pool["agents"].items():
             acc = "—" if m["accuracy"] != m["accuracy"] else f"{m['accuracy']:.3f} ({m['accuracy_source']})"
-            click.echo(f"  {name}: {m['asked']} answers, cost {m['spent']:.2f}, accuracy {acc}")
+            click.echo(f"  {name}: {m['asked']} asked, cost {m['spent']:.2f}, accuracy {acc}")
         r = pool["routing"]
         click.echo(f"Pool cost {pool['total_cost']:.2f}; routing: {r['shared']} shared, {r['hard']} hard to the "
                    f"most reliable, {r['rest']} to the cheapest, {r['skipped']} skipped")
@@ -299,6 +299,8 @@ def run(db_path: str, as_json: bool, run_id: str | None, **opts) -> None:
         _print_human(result, db_path, as_json)
     else:
         _print_result(result, as_json)
+        if any(m.agent == "human" for m in config.pool or ()) and not as_json:
+            _print_queue(result.run_id, db_path)
 
 
 def _print_human(result, db_path: str, as_json: bool) -> None:
@@ -310,15 +312,24 @@ def _print_human(result, db_path: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(info, default=float))
         return
-    click.echo(f"run {info['run_id']}: {info['queued']} triplets queued for people "
-               f"({info['checks']} attention checks), {info['answered']} answered so far.")
     if info["pcc"] is not None:
         click.echo(f"learned from {info['answers']} answers: PCC {info['pcc']:.6f}")
     if info.get("source_noise"):
         click.echo("Each person's answers fitted at the flip rate their attention checks show: "
                    + ", ".join(f"{name} {eps:.3f}" for name, eps in info["source_noise"].items()))
+    _print_queue(info["run_id"], db_path)
+
+
+def _print_queue(run_id: str, db_path: str) -> None:
+    """What waits for people in the app, and how to learn from their answers."""
+    from .store import Store
+
+    with Store(db_path) as store:
+        info = store.queue_progress(run_id)
+    click.echo(f"run {run_id}: {info['queued']} triplets queued for people ({info['checks']} attention checks), "
+               f"{info['answered']} answered so far.")
     click.echo(f"Answer them in the app: fbloop app --db {db_path}; run this command again "
-               f"with --run-id {info['run_id']} to learn from the answers.")
+               f"with --run-id {run_id} to learn from the answers.")
 
 
 @main.command()

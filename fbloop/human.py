@@ -53,12 +53,15 @@ LOPSIDED = 0.8  # |Δ| / (d_ab + d_ac) at or above which the oracle's answer cou
 MAX_NAME = 40  # characters in an annotator's name
 
 
+PREFIX = "human:"  # every annotator's answers are stored as agent PREFIX + name
+
+
 def agent_name(annotator: str) -> str:
     """``human:<name>`` for an annotator; the name is stripped and must be 1–40 printable characters."""
     name = " ".join(str(annotator).split())
     if not name or len(name) > MAX_NAME or not name.isprintable():
         raise ConfigError(f"Expect an annotator name of 1 to {MAX_NAME} printable characters, got {annotator!r}.")
-    return f"human:{name}"
+    return f"{PREFIX}{name}"
 
 
 # ---------------------------------------------------------------- queueing
@@ -140,6 +143,41 @@ def queue(store: Store, run_id: str, queries: Queries, *, check_rate: float = CH
                                        for x in ("a", "b", "c")))
     queued = store.enqueue(run_id, merged, checks)
     return {"queued": queued - n_checks, "checks": n_checks}
+
+
+class PeopleMember:
+    """People as a pool member (``--member NAME:human``): asking them queues the triplets for the form.
+
+    :meth:`answer` queues what the pool routes here (attention checks mixed in, as :func:`queue`)
+    and returns no answers now; people answer in the app, under their own names (``human:<name>``),
+    and a later run of the same command learns from what is in. Every real triplet queued is
+    charged as asked; attention checks are not. :attr:`queued` holds the positions queued, so a
+    resumed run does not ask them again.
+    """
+
+    def __init__(self, name: str, store: Store, check_rate: float = CHECK_RATE,
+                 truth: np.ndarray | None = None, seed: int = 0):
+        self.name = name
+        self.store = store
+        self.check_rate = check_rate
+        self.truth = truth
+        self.seed = seed
+        self.run_id: str | None = None
+        self.queued: set[int] = set()
+
+    def bind(self, run_id: str) -> None:
+        """Attach to the run (its id is known after the agent is built) and read what it queued."""
+        self.run_id = run_id
+        checks = self.store.checks(run_id)
+        self.queued = {int(s) for s in self.store.queued(run_id) if int(s) not in checks}
+
+    def answer(self, queries: Queries) -> Answers:
+        if self.run_id is None:
+            raise ConfigError(f"Pool member {self.name!r} (people) is not bound to a run; call bind(run_id).")
+        queue(self.store, self.run_id, queries, check_rate=self.check_rate, factor=self.truth, seed=self.seed)
+        self.queued.update(int(s) for s in queries.seq)
+        empty = np.zeros(0)
+        return Answers(self.name, np.zeros(0, dtype=np.int64), empty, empty.astype(str))
 
 
 # ---------------------------------------------------------------- asking and answering

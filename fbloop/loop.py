@@ -83,6 +83,9 @@ class RunConfig:
             names = [m.name for m in self.pool]
             if len(set(names)) != len(names):
                 raise ConfigError(f"Expect distinct pool member names, got {names}.")
+            if sum(m.agent == "human" for m in self.pool) > 1:
+                raise ConfigError("Expect at most one people (human) member in a pool: every annotator "
+                                  "answers through it.")
             if any(m.agent == "llm" for m in self.pool) and self.llm is None:
                 object.__setattr__(self, "llm", LLMConfig())
         elif self.pool:
@@ -357,9 +360,15 @@ def make_agent(config: RunConfig, target: Target, design: Design, store: Store |
     if config.agent == "pool":
         members = []
         for spec in config.pool or ():
-            member = make_agent(dataclasses.replace(config, agent=spec.agent, oracle=spec.oracle, pool=None),
-                                target, design, store)
-            member.name = spec.name
+            if spec.agent == "human":  # the people in the app: what is routed to them is queued for the form
+                if store is None:
+                    raise ConfigError(f"Pool member {spec.name!r} (people) needs the run's store to queue in.")
+                rate = human.CHECK_RATE if config.check_rate is None else config.check_rate
+                member = human.PeopleMember(spec.name, store, rate, target.factor, config.seed)
+            else:
+                member = make_agent(dataclasses.replace(config, agent=spec.agent, oracle=spec.oracle, pool=None),
+                                    target, design, store)
+                member.name = spec.name
             members.append((member, spec.terms))
         noise = config.active.noise if config.active is not None else NoiseModel()
         return AgentPool(members, config.pool_config or PoolConfig(seed=config.seed), noise)
@@ -411,6 +420,7 @@ def run_loop(config: RunConfig, store: Store, run_id: str | None = None,
     if config.bisection is not None and design.kind == "pair":
         agent = BisectionAgent(agent, anchor, config.bisection)
     pool = agent if isinstance(agent, AgentPool) else None
+    people = next((m for m in pool.agents.values() if isinstance(m, human.PeopleMember)), None) if pool else None
     names = answer_names(agent)
     sources = Sources(list(pool.agents) if pool is not None else names)  # the learner's source ids
     noise_aware = isinstance(learner, GradientLearner) and design.kind == "triplet" and (
@@ -430,20 +440,32 @@ def run_loop(config: RunConfig, store: Store, run_id: str | None = None,
         if diff:
             raise StoreError(f"Run {run_id!r} exists with another config ({'; '.join(diff[:3])}); "
                              "use a new --run-id.")
-        for who in (list(pool.agents) if pool is not None else [None]):  # replay what was stored
-            for queries, answers in store.iter_answered(run_id, agent=who):
+        replays = [{"agent": who} for who in pool.agents] if pool is not None else [{}]
+        if people is not None:
+            replays.append({"prefix": human.PREFIX})  # every annotator's answers
+        for which in replays:  # replay what was stored
+            for queries, answers in store.iter_answered(run_id, **which):
                 feed(learner, queries, answers, held, sources.of(answers))
                 design.observe(queries, answers)
                 if active is not None:
                     active.observe(queries)
-        if pool is not None:
-            pool.replay(store.answer_values(run_id))
+    if people is not None:
+        people.bind(run_id)
+    if pool is not None and existing is not None:
+        rows = store.answer_values(run_id)
+        if people is not None:  # annotators answer as the people member; it was charged per triplet queued
+            rows = [(q, people.name if a.startswith(human.PREFIX) else a, st, v) for q, a, st, v in rows]
+        pool.replay(rows)
+        if people is not None:
+            pool.asked_[people.name] = len(people.queued)
+            pool.spent_[people.name] = pool.members[people.name].cost * len(people.queued)
         if config.learner_config.steps_per_chunk:
             learner.step(config.learner_config.steps_per_chunk)
     swaps = SwapTally(**store.agreement(run_id, *names)) if len(names) == 2 and pool is None else None
     noise: dict[int, float] = {}
     if noise_aware:
-        noise = source_noise(store, run_id, config.agent, pool, sources, swaps, names)
+        noise = source_noise(store, run_id, "human" if people is not None else config.agent, pool, sources,
+                             swaps, names)
         learner.set_source_noise(noise)
     stored_until = store.next_position(run_id) if active is not None and existing is not None else 0
 
@@ -502,6 +524,8 @@ def run_loop(config: RunConfig, store: Store, run_id: str | None = None,
             # An adaptive design (the pivot design) may end a chunk early where its next queries wait on answers.
             stop = design.ready_until(start, min(start + chunk, budget))
             done = store.answered(run_id, start, stop, None if pool is not None else agent.name)
+            if people is not None:  # queued for people counts as asked: their answers come later
+                done = np.union1d(done, [s for s in range(start, stop) if s in people.queued]).astype(np.int64)
             # A resumed run asks again what got only invalid answers (an unparseable reply), one attempt later.
             retry = store.invalid_only(run_id, start, stop, names) if existing is not None else {}
             if len(done) == stop - start and not retry:
@@ -535,7 +559,8 @@ def run_loop(config: RunConfig, store: Store, run_id: str | None = None,
             if swaps is not None:
                 swaps.add(sets)
             if noise_aware:
-                noise = source_noise(store, run_id, config.agent, pool, sources, swaps, names)
+                noise = source_noise(store, run_id, "human" if people is not None else config.agent, pool,
+                                     sources, swaps, names)
                 learner.set_source_noise(noise)
             loss = None
             if learner_name == "gradient":
@@ -591,7 +616,8 @@ def run_loop(config: RunConfig, store: Store, run_id: str | None = None,
     if config.agent == "human" and active is not None:  # the next chunk, chosen under what was just learnt
         rate = human.CHECK_RATE if config.check_rate is None else config.check_rate
         top_up_queue(store, run_id, active, budget, chunk, learner.factor(), rate, target.factor, config.seed)
-    store.set_status(run_id, "waiting" if config.agent == "human" and human.waiting(store, run_id) else "done")
+    store.set_status(run_id, "waiting" if (config.agent == "human" or people is not None)
+                     and human.waiting(store, run_id) else "done")
     return RunResult(run_id, pcc, n_ok, budget, design.count, learner_name,
                      time.perf_counter() - t0, factor, history, extra)
 

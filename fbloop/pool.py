@@ -86,7 +86,7 @@ class PoolConfig:
             raise ConfigError(f"Expect min_shared ≥ 1, got min_shared={self.min_shared}.")
 
 
-MEMBER_AGENTS = ("oracle", "llm")
+MEMBER_AGENTS = ("oracle", "llm", "human")
 
 
 @dataclass(frozen=True)
@@ -95,12 +95,14 @@ class MemberSpec:
 
     ``agent="oracle"`` is a simulated oracle with its own noise (``oracle``): the
     stand-in for people (exact) or for a cheap noisy agent; ``agent="llm"`` is the
-    run's LLM endpoint (``RunConfig.llm``). Parsed from the CLI's ``--member``
-    (:func:`parse_member`).
+    run's LLM endpoint (``RunConfig.llm``); ``agent="human"`` is the people answering
+    in the app (:class:`fbloop.human.PeopleMember`: what is routed to them is queued
+    for the form, and a later run learns from their answers). Parsed from the CLI's
+    ``--member`` (:func:`parse_member`).
     """
 
     name: str
-    agent: Literal["oracle", "llm"] = "oracle"
+    agent: Literal["oracle", "llm", "human"] = "oracle"
     oracle: OracleConfig = field(default_factory=OracleConfig)
     terms: MemberConfig = field(default_factory=MemberConfig)
 
@@ -115,6 +117,8 @@ class MemberSpec:
             raise ConfigError(f"Member name {self.name!r} is the pool's own; choose another.")
         if self.agent not in MEMBER_AGENTS:
             raise ConfigError(f"Unknown pool member agent {self.agent!r}; expect one of {list(MEMBER_AGENTS)}.")
+        if self.agent == "human" and self.oracle != OracleConfig():
+            raise ConfigError(f"Member {self.name!r} is people (human): oracle noise options do not apply.")
 
 
 _ORACLE_KEYS = {"noise": str, "temperature": float, "flip": float, "tie_band": float, "seed": int}
@@ -123,7 +127,7 @@ _TERM_KEYS = {"cost": float, "budget": float, "accuracy": float}
 
 def parse_member(text: str) -> MemberSpec:
     """``NAME:AGENT[,key=value…][,reference]``, e.g. ``people:oracle,cost=1,reference`` or
-    ``cheap:oracle,noise=flip,flip=0.2,cost=0.01`` or ``gpt:llm,cost=0.01``.
+    ``cheap:oracle,noise=flip,flip=0.2,cost=0.01`` or ``gpt:llm,cost=0.01`` or ``people:human,cost=1``.
 
     Keys: the oracle's ``noise``, ``temperature``, ``flip``, ``tie_band``, ``seed``; the
     terms' ``cost``, ``budget``, ``accuracy`` (a prior); the flag ``reference``.

@@ -114,11 +114,10 @@ def member_noise(pool: AgentPool, sources: dict[str, int]) -> dict[int, float]:
 def source_noise(store: Store, run_id: str, agent: str, pool: AgentPool | None, sources: Sources,
                  swaps: SwapTally | None, names: list[str]) -> dict[int, float]:
     """Each source's estimated flip rate by learner id: pool members from their agreement, people (the
-    ``human`` agent) from their attention checks, an LLM from its order swaps (``swaps``, over the answer
-    ``names`` of both orders); sources with no estimate yet are left out (the learner keeps their last, or 0)."""
-    if pool is not None:
-        return member_noise(pool, sources.ids)
-    out: dict[int, float] = {}
+    ``human`` agent, or a pool's people member) from their attention checks, an LLM from its order swaps
+    (``swaps``, over the answer ``names`` of both orders); sources with no estimate yet are left out (the
+    learner keeps their last, or 0)."""
+    out: dict[int, float] = member_noise(pool, sources.ids) if pool is not None else {}
     if agent == "human":
         for rec in human.check_accuracy(store, run_id):
             eps = flip_rate_from_checks(rec["checks"], rec["correct"])

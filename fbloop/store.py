@@ -437,11 +437,12 @@ class Store:
         return Queries("pair", seqs, a)
 
     def iter_answered(self, run_id: str, chunk: int = 50_000, agent: str | None = None,
-                      since: float | None = None) -> Iterator[tuple[Queries, Answers]]:
+                      since: float | None = None, prefix: str | None = None) -> Iterator[tuple[Queries, Answers]]:
         """Stored ok answers with their queries, in storage order, ``chunk`` rows at a time.
 
         Attention checks are left out: they test the annotator, not ``Φ``. ``since``
-        keeps only answers stored after that time (seconds since the epoch). A chunk from
+        keeps only answers stored after that time (seconds since the epoch); ``prefix`` only those of
+        agents whose name starts with it (``"human:"``: every annotator). A chunk from
         several agents comes as agent ``MIXED`` with each row's agent in ``meta[i]["agent"]``.
         """
         run = self.require_run(run_id)
@@ -449,10 +450,12 @@ class Store:
                "a.agent, a.value, a.id FROM answers a JOIN queries q ON q.run_id = a.run_id AND q.seq = a.seq "
                f"WHERE a.run_id = ? AND a.status = 'ok' AND a.id > ? AND {_not_a_check('a')}"
                + (" AND a.agent = ?" if agent is not None else "")
+               + (" AND substr(a.agent, 1, ?) = ?" if prefix is not None else "")
                + (" AND a.created_at > ?" if since is not None else "") + " ORDER BY a.id LIMIT ?")
         last = -1
         while True:
             args = ([run_id, last] + ([agent] if agent is not None else [])
+                    + ([len(prefix), prefix] if prefix is not None else [])
                     + ([since] if since is not None else []) + [chunk])
             rows = self.db.execute(sql, args).fetchall()
             if not rows:

@@ -165,12 +165,13 @@ def test_parse_member_reads_the_agent_its_noise_and_its_terms():
                            MemberConfig(cost=0.01, budget=5.0, accuracy=0.8))
     assert parse_member("people:oracle,reference").terms.reference
     assert parse_member("gpt:llm,cost=0.01").agent == "llm"
+    assert parse_member("people:human,cost=1,reference").agent == "human"
     assert MemberSpec(**{"name": "a", "oracle": {"noise": "flip"}, "terms": {"cost": 2.0}}).terms.cost == 2.0
 
 
 @pytest.mark.parametrize("text, match", [
     ("people", "NAME:AGENT"), ("pool:oracle", "pool's own"), ("a b:oracle", "letters, digits"),
-    ("x:human", "human"), ("x:oracle,cost=-1", "cost ≥ 0"), ("x:oracle,flip=2", "flip probability"),
+    ("x:robot", "robot"), ("x:human,flip=0.2", "oracle noise options do not apply"), ("x:oracle,cost=-1", "cost ≥ 0"), ("x:oracle,flip=2", "flip probability"),
     ("x:oracle,speed=3", "speed=3"), ("x:oracle,seed=1.5", "seed= a int"),
 ])
 def test_bad_members_name_the_problem(text, match):
@@ -193,3 +194,78 @@ def test_replay_restores_spending_and_agreement():
     assert pool.spent_ == {"people": 3.0, "cheap": 1.5} and pool.asked_ == {"people": 3, "cheap": 3}
     assert pool.agreement()[("cheap", "people")] == (0.5, 2)
     assert pool.accuracy()["cheap"] == (0.5, "against people")
+
+
+def test_people_in_a_pool_answer_in_the_form_and_a_later_run_learns_from_them(tmp_path):
+    """People as a member: the hard and shared triplets are queued for the form, a cheap noisy oracle answers
+    the rest at once; once a person has answered, the next run learns from it and measures the cheap member."""
+    from fbloop import human
+    from fbloop.learner import LearnerConfig
+    from fbloop.loop import RunConfig, run_loop
+    from fbloop.pool import parse_member
+    from fbloop.store import Store
+
+    spec = "synthetic:p=12,rank=3"
+    target = targets.load_target(spec)
+    cfg = RunConfig(target=spec, design=DesignConfig(name="triplet"), agent="pool", budget=1500, chunk=100,
+                    pool=(parse_member("people:human,cost=1,reference"),
+                          parse_member("cheap:oracle,noise=flip,flip=0.25,cost=0.01")),
+                    pool_config=PoolConfig(hard_share=0.1), learner_config=LearnerConfig(rank=6), rfm_mse=False)
+    truth = OracleAgent(target.factor, None)
+    with Store(tmp_path / "pool.db") as store:
+        first = run_loop(cfg, store, run_id="mixed")
+        people = first.extra["pool"]["agents"]["people"]
+        checks = store.checks("mixed")
+        real = [s for s in store.queued("mixed") if s not in checks]
+        assert store.get_run("mixed")["status"] == "waiting"
+        assert people["asked"] == len(real) == len(set(real)) and people["spent"] == len(real)  # checks are free
+        assert 0.12 * 1500 <= len(real) <= 0.18 * 1500  # the 10 % hard share and the 5 % shared
+        assert 0.05 <= len(checks) / (len(real) + len(checks)) <= 0.15
+        assert first.answers == 1500 - len(real) + first.extra["pool"]["routing"]["shared"]
+        assert not store.answered("mixed", 0, 1500, "people").size  # nothing stored under the member's name
+
+        n = 0
+        while (q := human.next_query(store, "mixed", "ann")) is not None:  # a careful person
+            want = checks[q.seq][1] if q.seq in checks else truth.answer(store.load_queries("mixed", [q.seq])).value[0]
+            human.submit(store, "mixed", q.seq, "ann", {1.0: "first", -1.0: "second", 0.0: "equal"}[want], 1, q.token)
+            n += 1
+        assert n == len(real) + len(checks)
+        second = run_loop(cfg, store, run_id="mixed")
+        assert second.answers == first.answers + len(real) and store.get_run("mixed")["status"] == "done"
+        cheap = second.extra["pool"]["agents"]["cheap"]
+        assert cheap["accuracy_source"] == "against people" and cheap["accuracy"] == pytest.approx(0.75, abs=0.08)
+        assert second.extra["source_noise"]["cheap"] == pytest.approx(0.25, abs=0.08)
+        assert second.extra["source_noise"]["human:ann"] < 0.05  # from the attention checks
+        assert second.pcc > first.pcc + 0.1  # measured: 0.779 → 0.968
+        assert second.extra["pool"]["agents"]["people"]["spent"] == len(real)  # nothing asked or charged twice
+        third = run_loop(cfg, store, run_id="mixed")
+        assert store.queued("mixed").size == len(real) + len(checks) and third.answers == second.answers
+
+
+def test_people_members_one_per_pool_and_a_killed_run_queues_nothing_twice(tmp_path, monkeypatch):
+    from fbloop.learner import LearnerConfig
+    from fbloop.loop import RunConfig, run_loop
+    from fbloop.pool import parse_member
+    from fbloop.store import Store
+
+    from conftest import crash_on_record
+
+    with pytest.raises(ConfigError, match="at most one people"):
+        RunConfig(agent="pool", pool=(parse_member("a:human"), parse_member("b:human")))
+    cfg = RunConfig(target="synthetic:p=12,rank=3", design=DesignConfig(name="triplet"), agent="pool", budget=600,
+                    chunk=100, pool=(parse_member("people:human,cost=1"), parse_member("cheap:oracle,cost=0.01")),
+                    learner_config=LearnerConfig(rank=6), rfm_mse=False)
+    with Store(tmp_path / "kill.db") as store:
+        real = crash_on_record(monkeypatch, store, 3)  # killed after chunk 3 was queued, before it was stored
+        with pytest.raises(KeyboardInterrupt):
+            run_loop(cfg, store, run_id="killed")
+        monkeypatch.setattr(store, "record", real)
+        resumed = run_loop(cfg, store, run_id="killed")
+        whole = run_loop(cfg, store, run_id="whole")
+        for run_id, result in (("killed", resumed), ("whole", whole)):
+            checks = store.checks(run_id)
+            queued = [s for s in store.queued(run_id) if s not in checks]
+            assert len(queued) == len(set(queued)) == result.extra["pool"]["agents"]["people"]["asked"]
+        # every position is asked once: of people (queued) or of the cheap member (answered)
+        cheap = set(store.answered("killed", 0, 600, "cheap").tolist())
+        assert cheap | set(store.queued("killed").tolist()) >= set(range(600))
