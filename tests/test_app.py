@@ -136,6 +136,25 @@ def test_answering_stores_one_answer_and_moves_on(db):
     assert at.session_state["question"].seq != q.seq
 
 
+def test_a_pool_runs_people_answer_in_the_form(db):
+    from fbloop.pool import parse_member
+
+    cfg = RunConfig(target="synthetic:p=8,rank=3", design=TRIPLETS, agent="pool", budget=200, chunk=50,
+                    pool=(parse_member("people:human,cost=1,reference"), parse_member("cheap:oracle,cost=0.01")),
+                    learner_config=FAST, rfm_mse=False)
+    with Store(db) as store:
+        run_loop(cfg, store, run_id="mixed-pool")
+        queued = set(store.queued("mixed-pool").tolist())
+    at = as_annotator("bob")
+    at.selectbox(key="annotate_run").set_value("mixed-pool").run()
+    q = at.session_state["question"]
+    assert q.run_id == "mixed-pool" and q.seq in queued
+    at = click(at, "Closer to second")
+    assert not at.exception
+    with Store(db) as store:
+        assert store.answered("mixed-pool", q.seq, q.seq + 1, "human:bob").tolist() == [q.seq]
+
+
 def test_skipping_and_the_other_answers(db):
     at = as_annotator()
     for label in ("Skip", "Closer to second", "Equally close"):
