@@ -449,18 +449,17 @@ def run_loop(config: RunConfig, store: Store, run_id: str | None = None,
                 design.observe(queries, answers)
                 if active is not None:
                     active.observe(queries)
-    if people is not None:
-        people.bind(run_id)
-    if pool is not None and existing is not None:
-        rows = store.answer_values(run_id)
-        if people is not None:  # annotators answer as the people member; it was charged per triplet queued
-            rows = [(q, people.name if a.startswith(human.PREFIX) else a, st, v) for q, a, st, v in rows]
-        pool.replay(rows)
-        if people is not None:
-            pool.asked_[people.name] = len(people.queued)
-            pool.spent_[people.name] = pool.members[people.name].cost * len(people.queued)
+        if pool is not None:
+            rows = store.answer_values(run_id)
+            if people is not None:  # annotators answer as the people member; it was charged per triplet queued
+                rows = [(q, people.name if a.startswith(human.PREFIX) else a, st, v) for q, a, st, v in rows]
+            pool.replay(rows)
         if config.learner_config.steps_per_chunk:
             learner.step(config.learner_config.steps_per_chunk)
+    if people is not None:  # what the run queued for people before counts as asked (and charged)
+        people.bind(run_id)
+        pool.asked_[people.name] = len(people.queued)
+        pool.spent_[people.name] = pool.members[people.name].cost * len(people.queued)
     swaps = SwapTally(**store.agreement(run_id, *names)) if len(names) == 2 and pool is None else None
     noise: dict[int, float] = {}
     if noise_aware:
