@@ -118,6 +118,9 @@ def source_noise(store: Store, run_id: str, agent: str, pool: AgentPool | None, 
     (``swaps``, over the answer ``names`` of both orders); sources with no estimate yet are left out (the
     learner keeps their last, or 0)."""
     out: dict[int, float] = member_noise(pool, sources.ids) if pool is not None else {}
+    for name, member in (pool.agents.items() if pool is not None else ()):
+        if isinstance(member, human.PeopleMember):  # its answers come under each person's own name
+            out.pop(sources.id(name), None)
     if agent == "human":
         for rec in human.check_accuracy(store, run_id):
             eps = flip_rate_from_checks(rec["checks"], rec["correct"])

@@ -236,6 +236,7 @@ def test_people_in_a_pool_answer_in_the_form_and_a_later_run_learns_from_them(tm
         assert cheap["accuracy_source"] == "against people" and cheap["accuracy"] == pytest.approx(0.75, abs=0.08)
         assert second.extra["source_noise"]["cheap"] == pytest.approx(0.25, abs=0.08)
         assert second.extra["source_noise"]["human:ann"] < 0.05  # from the attention checks
+        assert "people" not in second.extra["source_noise"]  # people answer under their own names
         assert second.pcc > first.pcc + 0.1  # measured: 0.779 → 0.968
         assert second.extra["pool"]["agents"]["people"]["spent"] == len(real)  # nothing asked or charged twice
         third = run_loop(cfg, store, run_id="mixed")
