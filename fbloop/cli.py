@@ -276,8 +276,7 @@ def _print_result(result, as_json: bool) -> None:
         click.echo(f"Pool cost {pool['total_cost']:.2f}; routing: {r['shared']} shared, {r['hard']} hard to the "
                    f"most reliable, {r['rest']} to the cheapest, {r['skipped']} skipped")
     if s.get("source_noise"):
-        click.echo("Noise-aware: answers fitted at the flip rates "
-                   + ", ".join(f"{name} {eps:.3f}" for name, eps in s["source_noise"].items()))
+        click.echo(f"Noise-aware: answers fitted at the flip rates {_rates(s['source_noise'])}")
     if "llm" in s:
         u = s["llm"]
         bias = u.get("position_bias_rate")
@@ -315,9 +314,13 @@ def _print_human(result, db_path: str, as_json: bool) -> None:
     if info["pcc"] is not None:
         click.echo(f"learned from {info['answers']} answers: PCC {info['pcc']:.6f}")
     if info.get("source_noise"):
-        click.echo("Each person's answers fitted at the flip rate their attention checks show: "
-                   + ", ".join(f"{name} {eps:.3f}" for name, eps in info["source_noise"].items()))
+        click.echo(f"Each person's answers fitted at the flip rate their attention checks show: "
+                   f"{_rates(info['source_noise'])}")
     _print_queue(info["run_id"], db_path)
+
+
+def _rates(eps: dict[str, float]) -> str:
+    return ", ".join(f"{name} {e:.3f}" for name, e in eps.items())
 
 
 def _print_queue(run_id: str, db_path: str) -> None:

@@ -31,7 +31,7 @@ from .errors import ConfigError, StoreError
 from .learner import GradientLearner, LearnerConfig
 from .pool import AgentPool, MemberSpec, PoolConfig
 from .querying import ActiveQueries, Prequential, random_positions, stored_chunk
-from .reliability import Sources, SwapTally, source_noise
+from .reliability import Sources, source_noise
 from .sparse import SparseBatch
 from .store import Store
 from .targets import Target, load_target
@@ -460,11 +460,21 @@ def run_loop(config: RunConfig, store: Store, run_id: str | None = None,
         people.bind(run_id)
         pool.asked_[people.name] = len(people.queued)
         pool.spent_[people.name] = pool.members[people.name].cost * len(people.queued)
-    swaps = SwapTally(**store.agreement(run_id, *names)) if len(names) == 2 and pool is None else None
+    # An LLM asking both orders: its own tally of this process's swapped pairs, on top of what was stored before.
+    inner = agent.agent if isinstance(agent, NativeView) else agent
+    swapper = inner if pool is None and isinstance(inner, LLMAgent) and inner.config.order_swap else None
+    stored_swaps = store.agreement(run_id, *names) if swapper is not None else None
+
+    def swaps() -> tuple[int, int] | None:  # (answered in both orders, agreeing)
+        if swapper is None:
+            return None
+        u = swapper.usage
+        return (stored_swaps["both"] + u.swap_pairs, stored_swaps["agree"] + u.swap_pairs - u.swap_disagreements)
+
     noise: dict[int, float] = {}
     if noise_aware:
         noise = source_noise(store, run_id, "human" if people is not None else config.agent, pool, sources,
-                             swaps, names)
+                             swaps(), names)
         learner.set_source_noise(noise)
     stored_until = store.next_position(run_id) if active is not None and existing is not None else 0
 
@@ -555,11 +565,9 @@ def run_loop(config: RunConfig, store: Store, run_id: str | None = None,
                                random_positions(config.seed, answers.seq, config.active.random_share))
                 feed(learner, pending, answers, held, sources.of(answers))
                 design.observe(pending, answers)
-            if swaps is not None:
-                swaps.add(sets)
             if noise_aware:
                 noise = source_noise(store, run_id, "human" if people is not None else config.agent, pool,
-                                     sources, swaps, names)
+                                     sources, swaps(), names)
                 learner.set_source_noise(noise)
             loss = None
             if learner_name == "gradient":

@@ -80,27 +80,6 @@ class Sources:
         return {names[i]: e for i, e in eps.items() if i in names}
 
 
-class SwapTally:
-    """Counts, as chunks arrive, the triplets an LLM answered in both orders and how many agree."""
-
-    def __init__(self, both: int = 0, agree: int = 0):
-        self.both, self.agree = both, agree
-
-    def add(self, sets: list[Answers]) -> None:
-        """``sets``: the LLM's two answer sets for one batch (as asked, then swapped), same positions."""
-        if len(sets) != 2:
-            return
-        first, second = sets
-        if not np.array_equal(first.seq, second.seq):
-            raise ConfigError("Expect the two orders' answers at the same positions.")
-        both = first.ok & second.ok
-        self.both += int(both.sum())
-        self.agree += int((both & (first.value == second.value)).sum())
-
-    def flip_rate(self) -> float | None:
-        return flip_rate_from_swaps(self.both, self.agree)
-
-
 def member_noise(pool: AgentPool, sources: dict[str, int]) -> dict[int, float]:
     """Each pool member's estimated flip rate ``1 − accuracy`` (capped at :data:`MAX_NOISE`) by source id;
     members with no estimate yet are left out (the learner keeps their last, or 0)."""
@@ -112,11 +91,11 @@ def member_noise(pool: AgentPool, sources: dict[str, int]) -> dict[int, float]:
 
 
 def source_noise(store: Store, run_id: str, agent: str, pool: AgentPool | None, sources: Sources,
-                 swaps: SwapTally | None, names: list[str]) -> dict[int, float]:
+                 swaps: tuple[int, int] | None, names: list[str]) -> dict[int, float]:
     """Each source's estimated flip rate by learner id: pool members from their agreement, people (the
     ``human`` agent, or a pool's people member) from their attention checks, an LLM from its order swaps
-    (``swaps``, over the answer ``names`` of both orders); sources with no estimate yet are left out (the
-    learner keeps their last, or 0)."""
+    (``swaps``: triplets answered in both orders and how many agree, over the answer ``names`` of both
+    orders); sources with no estimate yet are left out (the learner keeps their last, or 0)."""
     out: dict[int, float] = member_noise(pool, sources.ids) if pool is not None else {}
     for name, member in (pool.agents.items() if pool is not None else ()):
         if isinstance(member, human.PeopleMember):  # its answers come under each person's own name
@@ -126,7 +105,7 @@ def source_noise(store: Store, run_id: str, agent: str, pool: AgentPool | None, 
             eps = flip_rate_from_checks(rec["checks"], rec["correct"])
             if eps is not None:
                 out[sources.id(rec["agent"])] = eps
-    eps = swaps.flip_rate() if swaps is not None else None
+    eps = flip_rate_from_swaps(*swaps) if swaps is not None else None
     if eps is not None:  # both orders of the LLM's asking
         out.update({sources.id(name): eps for name in names})
     return out

@@ -11,8 +11,7 @@ from fbloop.designs import DesignConfig, make_design
 from fbloop.errors import ConfigError
 from fbloop.learner import LearnerConfig
 from fbloop.loop import RunConfig, run_loop
-from fbloop.reliability import (CHECK_PRIOR, MAX_NOISE, MIN_SWAPS, Sources, SwapTally, flip_rate_from_checks,
-                                flip_rate_from_swaps)
+from fbloop.reliability import CHECK_PRIOR, MAX_NOISE, MIN_SWAPS, Sources, flip_rate_from_checks, flip_rate_from_swaps
 from fbloop.server import ServerConfig, serve
 from fbloop.store import Store
 from fbloop.targets import load_target
@@ -51,17 +50,6 @@ def test_sources_name_mixed_answers_row_by_row():
                     meta=[{"agent": "human:bob"}, {"agent": "human:eve"}, {"agent": "human:bob"}])
     assert src.of(mixed).tolist() == [2, 3, 2]
     assert src.named({3: 0.25, 9: 0.1}) == {"human:eve": 0.25}
-
-
-def test_swap_tally_counts_pairs_both_answered():
-    seq = np.arange(4)
-    first = Answers("llm", seq, np.array([1.0, -1.0, 1.0, np.nan]), np.array(["ok", "ok", "ok", "invalid"]))
-    second = Answers("llm#swap", seq, np.array([1.0, 1.0, np.nan, 1.0]), np.array(["ok", "ok", "invalid", "ok"]))
-    tally = SwapTally()
-    tally.add([first, second])
-    assert (tally.both, tally.agree) == (2, 1)
-    with pytest.raises(ConfigError, match="same positions"):
-        tally.add([first, second.select(np.array([1, 0, 2, 3]))])
 
 
 def test_people_are_weighed_by_their_attention_checks(tmp_path):
