@@ -429,7 +429,10 @@ def run_loop(config: RunConfig, store: Store, run_id: str | None = None,
               if config.active is not None else None)
     preq = Prequential() if active is not None else None
 
-    run_id = run_id or new_run_id(config)
+    if run_id is None:
+        run_id = new_run_id(config)
+        while store.get_run(run_id) is not None:  # a new run never lands on another's id (same second, same suffix)
+            run_id = new_run_id(config)
     cfg_json = json.loads(json.dumps(config.to_dict()))
     existing = store.get_run(run_id)
     if existing is None:

@@ -202,3 +202,15 @@ def test_stop_at_ends_the_run_once_a_snapshot_reaches_it(store):
     assert reached and result.answers == reached[0] < 4000  # stopped at the first snapshot at or above
     with pytest.raises(ConfigError, match="stop_at"):
         RunConfig(stop_at=1.5)
+
+
+def test_a_new_run_never_takes_an_existing_runs_id(store, monkeypatch):
+    from fbloop import loop
+
+    cfg = RunConfig(target="synthetic:p=6,rank=2", budget=30, rfm_mse=False)
+    ids = iter(["taken", "taken", "free"])
+    monkeypatch.setattr(loop, "new_run_id", lambda config: next(ids))
+    first = run_loop(cfg, store)
+    second = run_loop(cfg, store)  # the generator repeats "taken" (as a 4-hex suffix can within one second)
+    assert (first.run_id, second.run_id) == ("taken", "free")
+    assert store.count_answers("taken") == store.count_answers("free") == 30
