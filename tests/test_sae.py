@@ -15,6 +15,7 @@ import torch
 from fbloop import sae
 from fbloop.errors import ConfigError
 from fbloop.sae import Activations, ActivationConfig, SAEConfig, SAEResult
+from fbloop.sae import activations as sae_activations
 
 
 @pytest.fixture(autouse=True)
@@ -166,7 +167,8 @@ def test_cache_key_follows_the_settings_and_a_cached_call_loads_no_model(tmp_pat
     np.save(cfg.cache_path(), x)
     cfg.cache_path().with_suffix(".json").write_text(
         json.dumps({"tokens": ["a", "b", "c"], "contexts": ["[a] b", "a [b] c", "b [c]"], "key": cfg.key()}))
-    monkeypatch.setattr(sae, "load_model", lambda *a: pytest.fail("the cache should have answered"))
+    # collect_activations looks load_model up in fbloop/sae/activations.py: patch it there
+    monkeypatch.setattr(sae_activations, "load_model", lambda *a: pytest.fail("the cache should have answered"))
     acts = sae.collect_activations(cfg, progress=False)
     np.testing.assert_array_equal(acts.x, x)
     assert acts.tokens == ["a", "b", "c"] and acts.meta["key"] == cfg.key()

@@ -1,233 +1,24 @@
-"""Every run, query, answer and learner snapshot, in SQLite (WAL mode).
-
-All of fbloop's SQL lives in this module. The schema grows by numbered
-migrations applied inside a transaction. Writes that belong together (a chunk
-of queries with its answers) commit atomically, and answers are keyed by
-``(run_id, seq, agent, attempt)`` with ``INSERT OR IGNORE``: a killed process
-loses at most the chunk it was writing, and a resumed one never stores an
-answer twice.
-
-Write transactions begin ``IMMEDIATE`` (:func:`write`): they take the write lock
-before their first read, so two writers (an app's double click, the app beside a
-running loop) queue behind each other for up to the busy timeout. A deferred
-transaction that read first would fail at once with "database is locked" when the
-other committed in between, however long the timeout.
-
-Activations are stored compactly: the nonzero slots of each activation as
-little-endian ``int32`` indices and ``float64`` values in two BLOB columns.
-"""
+"""The run database: :class:`Store`, every run, query, answer and learner snapshot."""
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import sqlite_utils
 
-from .agents.base import MIXED, Answers
-from .designs import Queries
-from .errors import StoreError
-from .sparse import SparseBatch
-
-# ---------------------------------------------------------------- migrations
-
-
-def _m1_core(db: sqlite_utils.Database) -> None:
-    db.executescript(
-        """
-        CREATE TABLE runs (
-            id TEXT PRIMARY KEY,
-            created_at REAL NOT NULL,
-            status TEXT NOT NULL DEFAULT 'running',
-            kind TEXT NOT NULL,              -- 'pair' or 'triplet'
-            p INTEGER NOT NULL,
-            budget INTEGER NOT NULL,
-            config TEXT NOT NULL,            -- the run's full config, JSON
-            target TEXT NOT NULL,            -- target summary, JSON
-            anchor_idx BLOB, anchor_val BLOB
-        );
-        CREATE TABLE queries (
-            run_id TEXT NOT NULL REFERENCES runs(id),
-            seq INTEGER NOT NULL,
-            kind TEXT NOT NULL,
-            a_idx BLOB NOT NULL, a_val BLOB NOT NULL,
-            b_idx BLOB, b_val BLOB,
-            c_idx BLOB, c_val BLOB,
-            PRIMARY KEY (run_id, seq)
-        );
-        CREATE TABLE answers (
-            id INTEGER PRIMARY KEY,
-            run_id TEXT NOT NULL,
-            seq INTEGER NOT NULL,
-            agent TEXT NOT NULL,
-            attempt INTEGER NOT NULL DEFAULT 0,
-            value REAL,                      -- scale c for pairs, +1/-1/0 for triplets
-            status TEXT NOT NULL,            -- ok / invalid / skipped
-            raw TEXT,                        -- e.g. an LLM's reply, verbatim
-            meta TEXT,                       -- JSON extras: latency, annotator, template
-            created_at REAL NOT NULL,
-            UNIQUE (run_id, seq, agent, attempt),
-            FOREIGN KEY (run_id, seq) REFERENCES queries(run_id, seq)
-        );
-        CREATE INDEX answers_run_seq ON answers(run_id, seq);
-        CREATE TABLE snapshots (
-            id INTEGER PRIMARY KEY,
-            run_id TEXT NOT NULL REFERENCES runs(id),
-            answers INTEGER NOT NULL,
-            pcc REAL,
-            elapsed_s REAL,
-            extra TEXT,                      -- JSON: loss, mse, learner name
-            created_at REAL NOT NULL
-        );
-        CREATE TABLE factors (
-            run_id TEXT PRIMARY KEY REFERENCES runs(id),
-            p INTEGER NOT NULL, r INTEGER NOT NULL,
-            data BLOB NOT NULL,              -- float64 (p, r), Φ̂ = U Uᵀ
-            created_at REAL NOT NULL
-        );
-        """
-    )
-
-
-def _m2_human(db: sqlite_utils.Database) -> None:
-    # The annotation form's queue (the order people are asked in) and attention checks:
-    # triplets whose answer is known. Checks live at negative positions, outside any
-    # design's sequence, and never reach a learner (iter_answered leaves them out).
-    db.executescript(
-        """
-        CREATE TABLE human_queue (
-            run_id TEXT NOT NULL,
-            seq INTEGER NOT NULL,
-            position INTEGER NOT NULL,       -- the order the form asks in, shared by all annotators
-            created_at REAL NOT NULL,
-            PRIMARY KEY (run_id, seq),
-            FOREIGN KEY (run_id, seq) REFERENCES queries(run_id, seq)
-        );
-        CREATE INDEX human_queue_order ON human_queue(run_id, position);
-        CREATE TABLE checks (
-            run_id TEXT NOT NULL,
-            seq INTEGER NOT NULL,
-            kind TEXT NOT NULL,              -- 'identical' (a candidate is the reference) or 'lopsided'
-            expected REAL NOT NULL,          -- the known answer: +1 first, -1 second, 0 equal
-            PRIMARY KEY (run_id, seq),
-            FOREIGN KEY (run_id, seq) REFERENCES queries(run_id, seq)
-        );
-        """
-    )
-
-
-def _m3_llm_cache(db: sqlite_utils.Database) -> None:
-    # One row per LLM request that was understood: a resumed or repeated run reads the reply
-    # here instead of paying for it again. Replies that failed to parse are never stored.
-    db.executescript(
-        """
-        CREATE TABLE llm_cache (
-            key TEXT PRIMARY KEY,            -- sha256 of (endpoint, model, temperature, template hash, prompt)
-            model TEXT NOT NULL,
-            template_hash TEXT NOT NULL,
-            prompt TEXT NOT NULL,            -- the rendered user prompt, verbatim
-            reply TEXT NOT NULL,             -- the raw reply text, verbatim
-            meta TEXT,                       -- JSON: usage, request id, latency of the paid request
-            created_at REAL NOT NULL
-        );
-        """
-    )
-
-
-def _m4_lean_answers(db: sqlite_utils.Database) -> None:
-    # The unique key (run_id, seq, agent, attempt) already serves every (run_id, seq) lookup:
-    # the second index only slowed inserts (a third of the answers' write cost at millions of rows).
-    db.execute("DROP INDEX IF EXISTS answers_run_seq")
-
-
-MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
-    (1, "core tables", _m1_core),
-    (2, "human queue and attention checks", _m2_human),
-    (3, "llm request cache", _m3_llm_cache),
-    (4, "drop the redundant answers(run_id, seq) index", _m4_lean_answers),
-]
-
-
-def migrate(db: sqlite_utils.Database) -> list[int]:
-    """Apply pending migrations in order; returns the ids applied."""
-    if "_migrations" not in db.table_names():
-        db.execute("CREATE TABLE IF NOT EXISTS _migrations (id INTEGER PRIMARY KEY, name TEXT, applied_at REAL)")
-    done = {row[0] for row in db.execute("SELECT id FROM _migrations").fetchall()}
-    known = {m[0] for m in MIGRATIONS}
-    if done - known:
-        raise StoreError(f"Database has migrations {sorted(done - known)} this fbloop does not know; "
-                         "it was written by a newer version.")
-    applied = []
-    for mid, name, fn in MIGRATIONS:
-        if mid in done:
-            continue
-        with write(db):
-            fn(db)
-            db.execute("INSERT INTO _migrations VALUES (?, ?, ?)", [mid, name, time.time()])
-        applied.append(mid)
-    return applied
-
-
-@contextlib.contextmanager
-def write(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
-    """A write transaction holding the write lock from its start (``BEGIN IMMEDIATE``); nested: a savepoint."""
-    if db.conn.in_transaction:
-        with db.atomic():
-            yield db
-        return
-    try:
-        db.conn.execute("BEGIN IMMEDIATE")
-    except sqlite3.OperationalError as exc:  # another writer held the lock past the busy timeout
-        raise StoreError(f"The database is busy: another writer held it past the busy timeout ({exc}). "
-                         "Nothing was written; try again.") from exc
-    try:
-        yield db
-    except BaseException:
-        db.conn.rollback()
-        raise
-    else:
-        try:
-            db.conn.execute("COMMIT")
-        except BaseException:
-            db.conn.rollback()
-            raise
-
-
-# ---------------------------------------------------------------- encoding
-
-
-def _encode(batch: SparseBatch) -> list[tuple[bytes, bytes]]:
-    """Each activation's nonzero slots as ``(int32 indices, float64 values)`` blobs, vectorised by count."""
-    nz = batch.values != 0  # (n, s)
-    order = np.argsort(~nz, axis=1, kind="stable")  # nonzeros first, in slot order
-    idx = np.take_along_axis(batch.indices, order, 1).astype("<i4")
-    val = np.take_along_axis(batch.values, order, 1).astype("<f8")
-    counts = nz.sum(axis=1)
-    out_i = np.full(len(batch), b"", dtype=object)
-    out_v = np.full(len(batch), b"", dtype=object)
-    for k in np.unique(counts[counts > 0]):
-        rows = np.flatnonzero(counts == k)
-        out_i[rows] = np.ascontiguousarray(idx[rows, :k]).view(f"V{4 * k}").ravel().tolist()
-        out_v[rows] = np.ascontiguousarray(val[rows, :k]).view(f"V{8 * k}").ravel().tolist()
-    return list(zip(out_i.tolist(), out_v.tolist()))
-
-
-def _decode(rows: list[tuple[bytes, bytes]], p: int) -> SparseBatch:
-    idx = [np.frombuffer(i, "<i4") for i, _ in rows]
-    val = [np.frombuffer(v, "<f8") for _, v in rows]
-    s = max(1, max((len(x) for x in idx), default=1))
-    out_i = np.zeros((len(rows), s), np.int64)
-    out_v = np.zeros((len(rows), s))
-    for k, (i, v) in enumerate(zip(idx, val)):
-        out_i[k, : len(i)] = i
-        out_v[k, : len(v)] = v
-    return SparseBatch(out_i, out_v, p)
+from ..agents.base import MIXED, Answers
+from ..designs import Queries
+from ..errors import StoreError
+from ..sparse import SparseBatch
+from .codec import _decode, _encode
+from .migrations import migrate
+from .transactions import write
 
 
 def _not_a_check(alias: str) -> str:

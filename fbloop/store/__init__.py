@@ -1,0 +1,21 @@
+"""Every run, query, answer and learner snapshot, in SQLite (WAL mode).
+
+All of fbloop's SQL lives in this package. The schema grows by numbered
+migrations applied inside a transaction. Writes that belong together (a chunk
+of queries with its answers) commit atomically, and answers are keyed by
+``(run_id, seq, agent, attempt)`` with ``INSERT OR IGNORE``: a killed process
+loses at most the chunk it was writing, and a resumed one never stores an
+answer twice.
+
+- :mod:`.core`: :class:`Store`, a run database on disk (runs, queries and answers, the annotation
+  queue and attention checks, snapshots and factors, the LLM request cache, export);
+- :mod:`.migrations`: the numbered schema migrations and :func:`migrate`;
+- :mod:`.transactions`: :func:`write`, the ``BEGIN IMMEDIATE`` write transaction;
+- :mod:`.codec`: sparse activations as BLOBs.
+"""
+
+from .core import Store
+from .migrations import MIGRATIONS, migrate
+from .transactions import write
+
+__all__ = ["MIGRATIONS", "Store", "migrate", "write"]

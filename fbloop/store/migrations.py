@@ -1,0 +1,150 @@
+"""The run database's schema, grown by numbered migrations applied inside a transaction."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import sqlite_utils
+
+from ..errors import StoreError
+from .transactions import write
+
+
+# ---------------------------------------------------------------- migrations
+
+
+def _m1_core(db: sqlite_utils.Database) -> None:
+    db.executescript(
+        """
+        CREATE TABLE runs (
+            id TEXT PRIMARY KEY,
+            created_at REAL NOT NULL,
+            status TEXT NOT NULL DEFAULT 'running',
+            kind TEXT NOT NULL,              -- 'pair' or 'triplet'
+            p INTEGER NOT NULL,
+            budget INTEGER NOT NULL,
+            config TEXT NOT NULL,            -- the run's full config, JSON
+            target TEXT NOT NULL,            -- target summary, JSON
+            anchor_idx BLOB, anchor_val BLOB
+        );
+        CREATE TABLE queries (
+            run_id TEXT NOT NULL REFERENCES runs(id),
+            seq INTEGER NOT NULL,
+            kind TEXT NOT NULL,
+            a_idx BLOB NOT NULL, a_val BLOB NOT NULL,
+            b_idx BLOB, b_val BLOB,
+            c_idx BLOB, c_val BLOB,
+            PRIMARY KEY (run_id, seq)
+        );
+        CREATE TABLE answers (
+            id INTEGER PRIMARY KEY,
+            run_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            agent TEXT NOT NULL,
+            attempt INTEGER NOT NULL DEFAULT 0,
+            value REAL,                      -- scale c for pairs, +1/-1/0 for triplets
+            status TEXT NOT NULL,            -- ok / invalid / skipped
+            raw TEXT,                        -- e.g. an LLM's reply, verbatim
+            meta TEXT,                       -- JSON extras: latency, annotator, template
+            created_at REAL NOT NULL,
+            UNIQUE (run_id, seq, agent, attempt),
+            FOREIGN KEY (run_id, seq) REFERENCES queries(run_id, seq)
+        );
+        CREATE INDEX answers_run_seq ON answers(run_id, seq);
+        CREATE TABLE snapshots (
+            id INTEGER PRIMARY KEY,
+            run_id TEXT NOT NULL REFERENCES runs(id),
+            answers INTEGER NOT NULL,
+            pcc REAL,
+            elapsed_s REAL,
+            extra TEXT,                      -- JSON: loss, mse, learner name
+            created_at REAL NOT NULL
+        );
+        CREATE TABLE factors (
+            run_id TEXT PRIMARY KEY REFERENCES runs(id),
+            p INTEGER NOT NULL, r INTEGER NOT NULL,
+            data BLOB NOT NULL,              -- float64 (p, r), Φ̂ = U Uᵀ
+            created_at REAL NOT NULL
+        );
+        """
+    )
+
+
+def _m2_human(db: sqlite_utils.Database) -> None:
+    # The annotation form's queue (the order people are asked in) and attention checks:
+    # triplets whose answer is known. Checks live at negative positions, outside any
+    # design's sequence, and never reach a learner (iter_answered leaves them out).
+    db.executescript(
+        """
+        CREATE TABLE human_queue (
+            run_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            position INTEGER NOT NULL,       -- the order the form asks in, shared by all annotators
+            created_at REAL NOT NULL,
+            PRIMARY KEY (run_id, seq),
+            FOREIGN KEY (run_id, seq) REFERENCES queries(run_id, seq)
+        );
+        CREATE INDEX human_queue_order ON human_queue(run_id, position);
+        CREATE TABLE checks (
+            run_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            kind TEXT NOT NULL,              -- 'identical' (a candidate is the reference) or 'lopsided'
+            expected REAL NOT NULL,          -- the known answer: +1 first, -1 second, 0 equal
+            PRIMARY KEY (run_id, seq),
+            FOREIGN KEY (run_id, seq) REFERENCES queries(run_id, seq)
+        );
+        """
+    )
+
+
+def _m3_llm_cache(db: sqlite_utils.Database) -> None:
+    # One row per LLM request that was understood: a resumed or repeated run reads the reply
+    # here instead of paying for it again. Replies that failed to parse are never stored.
+    db.executescript(
+        """
+        CREATE TABLE llm_cache (
+            key TEXT PRIMARY KEY,            -- sha256 of (endpoint, model, temperature, template hash, prompt)
+            model TEXT NOT NULL,
+            template_hash TEXT NOT NULL,
+            prompt TEXT NOT NULL,            -- the rendered user prompt, verbatim
+            reply TEXT NOT NULL,             -- the raw reply text, verbatim
+            meta TEXT,                       -- JSON: usage, request id, latency of the paid request
+            created_at REAL NOT NULL
+        );
+        """
+    )
+
+
+def _m4_lean_answers(db: sqlite_utils.Database) -> None:
+    # The unique key (run_id, seq, agent, attempt) already serves every (run_id, seq) lookup:
+    # the second index only slowed inserts (a third of the answers' write cost at millions of rows).
+    db.execute("DROP INDEX IF EXISTS answers_run_seq")
+
+
+MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
+    (1, "core tables", _m1_core),
+    (2, "human queue and attention checks", _m2_human),
+    (3, "llm request cache", _m3_llm_cache),
+    (4, "drop the redundant answers(run_id, seq) index", _m4_lean_answers),
+]
+
+
+def migrate(db: sqlite_utils.Database) -> list[int]:
+    """Apply pending migrations in order; returns the ids applied."""
+    if "_migrations" not in db.table_names():
+        db.execute("CREATE TABLE IF NOT EXISTS _migrations (id INTEGER PRIMARY KEY, name TEXT, applied_at REAL)")
+    done = {row[0] for row in db.execute("SELECT id FROM _migrations").fetchall()}
+    known = {m[0] for m in MIGRATIONS}
+    if done - known:
+        raise StoreError(f"Database has migrations {sorted(done - known)} this fbloop does not know; "
+                         "it was written by a newer version.")
+    applied = []
+    for mid, name, fn in MIGRATIONS:
+        if mid in done:
+            continue
+        with write(db):
+            fn(db)
+            db.execute("INSERT INTO _migrations VALUES (?, ?, ?)", [mid, name, time.time()])
+        applied.append(mid)
+    return applied
