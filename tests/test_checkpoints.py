@@ -350,16 +350,6 @@ SAELENS_BAD = {  # case: (change the copied fixture, the file the message names,
 }
 
 
-@pytest.mark.parametrize("case", SAELENS_BAD)
-def test_bad_saelens(tmp_path, case):
-    change, file, match = SAELENS_BAD[case]
-    folder = saelens_copy(tmp_path)
-    change(folder)
-    with pytest.raises(TargetFileError, match=match) as info:
-        load_target(f"saelens:{folder}")
-    assert str(folder) in str(info.value) and file in str(info.value)
-
-
 def test_missing_directory(tmp_path):
     for spec in ("saelens", "dictlearn"):
         with pytest.raises(TargetFileError, match=f"{tmp_path / 'nope'}: no such .* directory"):
@@ -404,11 +394,16 @@ DICTLEARN_BAD = {
 }
 
 
-@pytest.mark.parametrize("case", DICTLEARN_BAD)
-def test_bad_dictlearn(tmp_path, case):
-    change, file, match = DICTLEARN_BAD[case]
-    folder = dictlearn_copy(tmp_path)
+BAD_CHECKPOINTS = [("saelens", saelens_copy, case, SAELENS_BAD[case]) for case in SAELENS_BAD] + [
+    ("dictlearn", dictlearn_copy, case, DICTLEARN_BAD[case]) for case in DICTLEARN_BAD]
+
+
+@pytest.mark.parametrize("kind, copy, case, bad", BAD_CHECKPOINTS, ids=[f"{k}-{c}" for k, _, c, _ in BAD_CHECKPOINTS])
+def test_bad_checkpoint(tmp_path, kind, copy, case, bad):
+    """A broken checkpoint of either format: one error naming the folder, the file and what is wrong."""
+    change, file, match = bad
+    folder = copy(tmp_path)
     change(folder)
     with pytest.raises(TargetFileError, match=match) as info:
-        load_target(f"dictlearn:{folder}")
+        load_target(f"{kind}:{folder}")
     assert str(folder) in str(info.value) and file in str(info.value)
