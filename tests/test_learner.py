@@ -110,7 +110,7 @@ def test_psd_dof():
 
 
 def test_dense_triplet_loss_equals_the_gathered_one(target, monkeypatch):
-    import fbloop.learner
+    import fbloop.learner.gradient  # the module that reads DENSE_TRIPLETS_MAX
 
     _, q, t = gaussian_triplets("synthetic:p=12,rank=3", 300, 0)
     learner = GradientLearner(target.p, LearnerConfig(seed=0), None)
@@ -118,7 +118,7 @@ def test_dense_triplet_loss_equals_the_gathered_one(target, monkeypatch):
     U = learner.U.clone()
     dense = float(learner._full_loss(U, 80.0))
     assert learner._dense is not None
-    monkeypatch.setattr(fbloop.learner, "DENSE_TRIPLETS_MAX", 0)
+    monkeypatch.setattr(fbloop.learner.gradient, "DENSE_TRIPLETS_MAX", 0)
     learner._dense = None
     assert float(learner._full_loss(U, 80.0)) == pytest.approx(dense, rel=1e-12)
     assert learner._dense is None
@@ -333,7 +333,7 @@ def test_flip_robust_loss_at_eps_zero_is_the_logistic_loss():
 
 
 def test_sources_are_stored_with_the_triplets_and_eps_zero_changes_nothing(target, monkeypatch):
-    import fbloop.learner
+    import fbloop.learner.gradient  # the module that reads DENSE_TRIPLETS_MAX
 
     _, q, t = gaussian_triplets("synthetic:p=12,rank=3", 300, 0)
     t = np.where(np.arange(300) % 7 == 0, 0.0, t)  # ties too
@@ -352,9 +352,10 @@ def test_sources_are_stored_with_the_triplets_and_eps_zero_changes_nothing(targe
     assert learner.source_noise == {0: 0.0, 1: 0.0, 2: 0.25, 3: 0.0, 4: 0.0, 5: 0.1}
     dense = float(learner._full_loss(U, 80.0))
     assert dense != pytest.approx(plain)
-    monkeypatch.setattr(fbloop.learner, "DENSE_TRIPLETS_MAX", 0)  # the gathered path weighs sources alike
+    monkeypatch.setattr(fbloop.learner.gradient, "DENSE_TRIPLETS_MAX", 0)  # the gathered path weighs sources alike
     learner._dense = None
     assert float(learner._full_loss(U, 80.0)) == pytest.approx(dense, rel=1e-12)
+    assert learner._dense is None  # the gathered path was the one taken
 
 
 @pytest.mark.parametrize("eps, match", [({0: -0.1}, "-0.1"), ({0: 0.5}, "0.5"), ({1: float("nan")}, "nan"),

@@ -205,11 +205,11 @@ def test_stop_at_ends_the_run_once_a_snapshot_reaches_it(store):
 
 
 def test_a_new_run_never_takes_an_existing_runs_id(store, monkeypatch):
-    from fbloop import loop
+    from fbloop.loop import run as loop_run  # run_loop looks new_run_id up in its own module
 
     cfg = RunConfig(target="synthetic:p=6,rank=2", budget=30, rfm_mse=False)
     ids = iter(["taken", "taken", "free"])
-    monkeypatch.setattr(loop, "new_run_id", lambda config: next(ids))
+    monkeypatch.setattr(loop_run, "new_run_id", lambda config: next(ids))
     first = run_loop(cfg, store)
     second = run_loop(cfg, store)  # the generator repeats "taken" (as a 4-hex suffix can within one second)
     assert (first.run_id, second.run_id) == ("taken", "free")

@@ -1,276 +1,26 @@
-"""The incremental gradient learner (the paper's Algorithm 3) on ``Φ̂ = U Uᵀ``.
-
-Answers arrive in chunks (:meth:`GradientLearner.add_pairs` /
-:meth:`add_triplets`); after each chunk the learner takes a few Adam steps on
-minibatches drawn from everything seen so far, and :meth:`finish` fits to
-convergence at the end.
-
-Each step touches only the rows of ``U`` at the batch's nonzero coordinates:
-the loss is built on the gathered rows (a leaf tensor of shape ``(rows, r)``)
-and a *row-lazy* Adam updates only those rows' moments, each row with its own
-step count. A pair therefore costs ``O(s·r)``, not ``O(p·r)``.
-
-Equality pairs alone (no triplets) take a fast path with no autograd: the
-forward is one ``embedding_bag`` over ``U`` (``proj = Σ_k val_k U[idx_k]``), the
-gradient is derived by hand (``∂ℓ/∂proj_i = 2ℓ'(q_i)·proj_i / B``) and summed
-into the touched rows by a second ``embedding_bag`` over the batch's slots
-sorted by row. It matches the autograd gradient (tested) and runs 2.5–3× faster
-(p = 1024–4096, r = 128–512, 2 CPU cores); triplets, and pairs mixed with
-triplets, keep the autograd path.
-
-Answers live in preallocated tensors on the learner's device that double when
-full (int32 indices, values in the learner's dtype — float32 above
-``p = 2048``), so adding a chunk costs ``O(chunk)`` however much is stored, and
-minibatches are drawn uniformly from everything stored.
-
-Losses
-- equality pairs ``(u, c)`` against the anchor ``y``, ``q_i = ‖Uᵀu_i‖²``:
-  ``mean_i ℓ(q_i, c_i) + (‖Uᵀy‖² − 1)² + λ‖U_rows‖²`` where ``ℓ`` is the paper's
-  ``(q − c)²`` (``pair_loss="paper"``) or, by default, the root residual
-  ``(√q − √c)²`` (``pair_loss="root"``). The two share their minimisers; the root
-  form stays quadratic at ``c = 0`` (for a PSD ``Φ``, ``uᵀΦu = 0`` ⟺ ``Uᵀu = 0``),
-  where the paper's quartic ``q²`` makes the eigendecomposition design's null
-  pairs converge sublinearly.
-  The anchor term fixes the scale at ``yᵀΦ̂y = 1`` — the exact form of the
-  paper's "reset ``U[0,0] = 1``" (with ``y = e_0`` it pins ``Φ̂_00 = 1``), which
-  also stops the collapse to ``U = 0``. The paper's ridge ``λ‖U‖²`` (``λ = 1e-4``)
-  is available (``weight_decay``, applied to the rows a step touches) but off by
-  default: at ``p = 4096`` a row sees ~3 pairs per 4096-pair batch, so ``λ``
-  outweighs its data gradient (measured on a p = 1024, rank-128 sparse problem
-  with 250k pairs: PCC 0.005 with λ = 1e-4 and lr 0.01 after 20 epochs, 0.99
-  with λ = 0 and lr 3e-3).
-- ternary triplets ``(a, b, c) → t ∈ {+1, −1, 0}``: with the scale-free margin
-  ``ρ = (d_ac − d_ab) / (d_ac + d_ab)``, a logistic loss ``softplus(−κ t ρ)`` for
-  ``t = ±1`` and a two-sided band loss keeping ``|ρ| ≤ band`` for ties.
-- noisy sources: each triplet carries the id of the source that answered it
-  (``add_triplets(..., source=)``), and :meth:`GradientLearner.set_source_noise`
-  gives a source's flip rate ``ε ∈ [0, 0.5)``. Its ``±1`` answers then cost the
-  negative log-likelihood of an answer that is flipped with probability ``ε``,
-  ``−log(ε + (1 − 2ε)·σ(κ t ρ))`` — computed as
-  ``−logaddexp(log ε, log(1 − 2ε) − softplus(−κ t ρ))``, exactly
-  ``softplus(−κ t ρ)`` at ``ε = 0`` — and its ties the band loss × ``(1 − 2ε)``.
-  A wrong answer far from the boundary then costs at most ``−log ε`` instead of
-  ``κ|ρ|``, so a few flipped answers no longer pull ``Φ̂`` towards them.
-  Every source's ``ε`` is 0 until set, and the loss is then the logistic one
-  above. Measured at the default settings (p = 32, rank 8, 5,000 Gaussian
-  triplets answered by the noise-free oracle, a random share of one source's
-  answers then flipped; seeds 0–2; PCC and the rank found):
-
-  ==============================  ===================  =====================
-  answers                         ε = 0                true ε
-  ==============================  ===================  =====================
-  one source flipping 10%         0.901, 0.901, 0.917  0.987, 0.984, 0.990
-                                  (rank 22–24)         (rank 8)
-  one source flipping 30%         0.654, 0.660, 0.669  0.757, 0.738, 0.764
-                                  (rank 27–29)         (rank 16–18)
-  2,500 exact + 2,500 at 10%      0.946, 0.946, 0.956  0.995, 0.995, 0.996
-  2,500 exact + 2,500 at 30%      0.856, 0.839, 0.876  0.991, 0.989, 0.992
-  ==============================  ===================  =====================
-
-  (the mixes: rank 21–26 with ε = 0, 8 with the true ε).
-"""
+"""The incremental gradient learner, :class:`GradientLearner` (the package docstring says how it
+works, :mod:`fbloop.learner.losses` what it fits)."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import ConfigError, NonFiniteError, ShapeError
-from .sparse import SparseBatch, difference
-
-
-@dataclass(frozen=True)
-class LearnerConfig:
-    rank: int | None = None  # columns of U; None → min(p, 512)
-    lr: float = 0.01  # Adam learning rate
-    batch_size: int = 1024  # pairs per step (all of them when fewer are stored); the large final fit uses ≥ 4096
-    steps_per_chunk: int = 20  # Adam steps after each chunk of answers (at most; see arrival_steps)
-    final_steps: int = 5000  # Adam steps at the end (small problems stop early once converged)
-    final_epochs: float = 40.0  # large problems: passes over the stored answers at the end, lr decaying (cosine)
-    final_lr_ratio: float = 0.01  # large problems: the lr the final decay ends at, relative to lr
-    final_batch: int = 4096  # large problems: pairs per step of the final fit (at least batch_size)
-    polish: bool = True  # full-batch L-BFGS at the end when the problem is small
-    weight_decay: float = 0.0  # λ of Algorithm 3 (the paper's 1e-4 outweighs the data at p in the thousands)
-    clip: float = 10.0  # gradient-norm clip per step
-    sharpness: float = 50.0  # κ of the triplet logistic loss
-    tie_band: float = 0.02  # |ρ| allowed for a tie answer
-    final_sharpness: float = 100.0  # triplets: κ of a last L-BFGS polish, after the rank choice
-    rank_gap: float = 1.5  # triplets with rank=None: eigenvalue ratios of Φ̂ at least this are candidate cuts
-    pair_loss: Literal["root", "paper"] = "root"  # residual form, see the module docstring
-    threads: int | None = None  # torch CPU threads; None → 1 for small problems, else torch's default
-    device: str = "cpu"
-    dtype: Literal["auto", "float32", "float64"] = "auto"  # auto: float64 up to p = 2048
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.rank is not None and self.rank < 1:
-            raise ConfigError(f"Expect rank ≥ 1, got rank={self.rank}.")
-        for name in ("lr", "batch_size", "final_batch", "sharpness", "final_sharpness"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"Expect {name} > 0, got {getattr(self, name)}.")
-        for name in ("steps_per_chunk", "final_steps", "final_epochs", "weight_decay", "clip", "tie_band"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"Expect {name} ≥ 0, got {getattr(self, name)}.")
-        if not 0 < self.final_lr_ratio <= 1:
-            raise ConfigError(f"Expect final_lr_ratio in (0, 1], got {self.final_lr_ratio}.")
-        if self.rank_gap < 1:
-            raise ConfigError(f"Expect rank_gap ≥ 1 (a ratio of eigenvalues), got {self.rank_gap}.")
-        if self.pair_loss not in ("root", "paper"):
-            raise ConfigError(f"Expect pair_loss 'root' or 'paper', got {self.pair_loss!r}.")
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"Expect threads ≥ 1, got {self.threads}.")
-        if self.dtype not in ("auto", "float32", "float64"):
-            raise ConfigError(f"Expect dtype auto, float32 or float64, got {self.dtype!r}.")
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise ConfigError(f"Device {self.device!r} requested but torch sees no CUDA device.")
-
+from ..errors import ConfigError, NonFiniteError, ShapeError
+from ..sparse import SparseBatch, difference
+from .columns import _Columns
+from .config import LearnerConfig
+from .losses import _pair_quads, _pair_residual, _triplet_loss
+from .optim import _LazyAdam
+from .rank import factor_rank, gap_candidates, psd_dof
 
 DENSE_TRIPLETS_MAX = 1 << 24  # stored triplets × p up to which full-batch losses use dense rows
 MAX_SOURCES = 1 << 16  # triplet source ids name agents: their ε live in a tensor indexed by id
-
-
-def gap_candidates(eigenvalues: np.ndarray, min_gap: float, floor: float = 1e-2, most: int = 4) -> list[int]:
-    """Ranks ``k`` (ascending) at the ``most`` largest ratios ``λ_k / λ_k+1 ≥ min_gap`` of descending
-    ``eigenvalues``, over the ``k`` whose ``λ_k`` is above ``floor`` × the largest."""
-    lam = np.asarray(eigenvalues, dtype=np.float64)
-    if len(lam) < 2 or not lam[0] > 0:
-        return []
-    m = min(int(np.sum(lam > floor * lam[0])), len(lam) - 1)  # candidate ranks 1..m
-    ratio = lam[:m] / np.maximum(lam[1:m + 1], 1e-300 * lam[0])
-    top = np.argsort(-ratio, kind="stable")[:most]
-    return sorted(int(k) + 1 for k in top if ratio[k] >= min_gap)
-
-
-def psd_dof(p: int, k: int) -> int:
-    """Dimension of the rank-``k`` PSD ``p × p`` matrices: ``p·k − k(k−1)/2``."""
-    return p * k - k * (k - 1) // 2
-
-
-DEFAULT_RANK = 512  # columns of U when the config leaves rank unset
-
-
-def factor_rank(p: int, rank: int | None) -> int:
-    """The columns of ``U`` a learner of ``LearnerConfig(rank=rank)`` starts with at this ``p``."""
-    return min(rank or DEFAULT_RANK, p)
-
-
 ARRIVAL_REPLAY = 10  # draws per new answer while answers stream in (large problems)
-
-
-class _LazyAdam:
-    """Adam whose moments and step counts advance only for the rows a step touches."""
-
-    def __init__(self, shape: tuple[int, int], lr: float, device: torch.device, dtype: torch.dtype,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-12):
-        self.lr, self.betas, self.eps = lr, betas, eps
-        self.m = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.t = torch.zeros(shape[0], device=device, dtype=dtype)
-
-    def step(self, param: torch.Tensor, rows: torch.Tensor, grad: torch.Tensor) -> None:
-        """``rows`` (R,) unique int64, ``grad`` (R, r): ``param[rows]`` takes one Adam step."""
-        b1, b2 = self.betas
-        t = self.t.index_select(0, rows).add_(1)  # (R,)
-        self.t.index_copy_(0, rows, t)
-        # 1 − β^t as −expm1(t·ln β): torch.pow(scalar, tensor) is ~10× slower on CPU here.
-        bc1 = torch.expm1(t * math.log(b1)).neg_()
-        bc2 = torch.expm1(t * math.log(b2)).neg_().sqrt_()
-        m = self.m.index_select(0, rows).lerp_(grad, 1 - b1)  # (R, r)
-        self.m.index_copy_(0, rows, m)
-        v = self.v.index_select(0, rows).mul_(b2).addcmul_(grad, grad, value=1 - b2)  # (R, r)
-        self.v.index_copy_(0, rows, v)
-        # lr·m̂/(√v̂ + ε) = (lr·√bc2/bc1)·m/(√v + ε·√bc2): one per-row scale instead of two divisions.
-        den = v.sqrt_().add_((self.eps * bc2).unsqueeze(1))
-        param.index_add_(0, rows, m.div_(den).mul_((-self.lr * bc2 / bc1).unsqueeze(1)))
-
-
-class _Columns:
-    """Rows of answers in preallocated tensors that double when full.
-
-    Each column is ``(n,)`` or ``(n, s)``; a chunk with wider rows widens the
-    stored ones (padding: index 0, value 0), a narrower one is padded. Appending
-    copies only the chunk (amortised ``O(chunk)``); :meth:`view` and
-    :meth:`take` read the first ``n`` rows without copying everything stored.
-    """
-
-    def __init__(self, dtypes: tuple[torch.dtype, ...], device: torch.device):
-        self.dtypes, self.device = dtypes, device
-        self.cols: list[torch.Tensor] | None = None
-        self.n = 0
-
-    def __len__(self) -> int:
-        return self.n
-
-    def append(self, *arrays: np.ndarray) -> None:
-        k = len(arrays[0])
-        if self.cols is None:
-            self.cols = [torch.zeros((0,) + a.shape[1:], dtype=dt, device=self.device)
-                         for a, dt in zip(arrays, self.dtypes)]
-        cap = self.cols[0].shape[0]
-        if self.n + k > cap:
-            cap = max(2 * cap, self.n + k, 1024)
-        for j, a in enumerate(arrays):
-            col = self.cols[j]
-            shape = (cap,) + tuple(max(x, y) for x, y in zip(a.shape[1:], col.shape[1:]))
-            if shape != col.shape:  # grow (rows double) or widen: one copy of what is stored
-                grown = col.new_zeros(shape)
-                grown[(slice(0, self.n),) + tuple(slice(0, w) for w in col.shape[1:])] = col[:self.n]
-                self.cols[j] = col = grown
-            new = torch.as_tensor(a).to(self.device, self.dtypes[j])
-            col[(slice(self.n, self.n + k),) + tuple(slice(0, w) for w in a.shape[1:])] = new
-        self.n += k
-
-    def view(self) -> tuple[torch.Tensor, ...]:
-        """Everything stored; index columns as int64."""
-        return tuple(self._long(c[:self.n]) for c in self.cols)
-
-    def take(self, sel: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
-        """Rows ``sel`` (all rows when None); index columns as int64."""
-        return self.view() if sel is None else tuple(self._long(c[sel]) for c in self.cols)
-
-    @staticmethod
-    def _long(c: torch.Tensor) -> torch.Tensor:
-        return c.long() if c.dtype == torch.int32 else c
-
-
-def _pair_residual(q: torch.Tensor, c: torch.Tensor, form: str) -> torch.Tensor:
-    """Per-pair loss ``ℓ(q, c)``: ``(q − c)²`` or ``(√q − √c)²``."""
-    if form == "paper":
-        return (q - c) ** 2
-    return (torch.sqrt(q + 1e-30) - torch.sqrt(c)) ** 2
-
-
-def _triplet_loss(d_ab: torch.Tensor, d_ac: torch.Tensor, t: torch.Tensor, kappa: float, band: float,
-                  eps: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-triplet loss on the scale-free margin ``ρ = (d_ac − d_ab)/(d_ac + d_ab)``, all ``(n,)``.
-
-    ``softplus(−κ t ρ)`` for ``t = ±1``; for a tie (``t = 0``) a two-sided band loss keeping ``|ρ| ≤ band``.
-    With ``eps`` (each answer's flip rate ``ε``, ``(n,)``): the flip-robust ``−log(ε + (1−2ε)·σ(κtρ))``
-    for ``t = ±1`` — the likelihood of the answer when its source flips a fraction ``ε`` of them — and
-    the band loss scaled by ``1 − 2ε`` for ties.
-    """
-    rho = (d_ac - d_ab) / (d_ac + d_ab + 1e-30)
-    sp = F.softplus
-    z = kappa * t * rho
-    tie = sp(kappa * (rho - band)) + sp(-kappa * (rho + band))
-    if eps is None:
-        return torch.where(t != 0, sp(-z), tie)
-    # log(ε + (1−2ε)σ(z)) = logaddexp(log ε, log(1−2ε) + log σ(z)), log σ(z) = −softplus(−z): no
-    # cancellation for any z, and for ε = 0 it is −softplus(−z) exactly (logaddexp(−∞, x) = x).
-    robust = -torch.logaddexp(torch.log(eps), torch.log1p(-2 * eps) - sp(-z))
-    return torch.where(t != 0, robust, (1 - 2 * eps) * tie)
-
-
-def _pair_quads(rows_u: torch.Tensor, inv: torch.Tensor, val: torch.Tensor) -> torch.Tensor:
-    """``‖Uᵀa‖²`` per activation from gathered rows: ``inv``/``val`` are ``(n, s)``."""
-    proj = torch.einsum("ns,nsr->nr", val, rows_u[inv])  # (n, r)
-    return (proj * proj).sum(dim=1)
 
 
 class GradientLearner:
@@ -362,7 +112,7 @@ class GradientLearner:
 
     def set_source_noise(self, eps: dict[int, float]) -> None:
         """Each source's flip rate ``ε`` ∈ [0, 0.5) (``{source_id: ε}``; sources not named keep theirs, 0
-        unless set): its ±1 answers are then fitted with the flip-robust loss (module docstring)."""
+        unless set): its ±1 answers are then fitted with the flip-robust loss (fbloop.learner.losses)."""
         for k, e in eps.items():
             if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k < MAX_SOURCES:
                 raise ConfigError(f"Expect integer source ids in [0, {MAX_SOURCES}), got {k!r}.")
@@ -745,7 +495,7 @@ class GradientLearner:
     def predict_triplets(self, a: SparseBatch, b: SparseBatch, c: SparseBatch, band: float | None = None
                          ) -> np.ndarray:
         """The learner's own ternary answers (+1/−1/0) for triplets."""
-        from .sparse import quad_form
+        from ..sparse import quad_form
 
         u = self.factor()
         d_ab = quad_form(difference(a, b), u)
