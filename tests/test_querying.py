@@ -1,7 +1,5 @@
 """Active runs in the loop: chosen queries stored and resumed, scoring in the background, the random share."""
 
-import sqlite3
-
 import numpy as np
 import pytest
 
@@ -74,8 +72,10 @@ def test_prefetched_chunk_is_used_and_waits_are_counted():
         q = src.get(0, 64, factor)
         assert np.array_equal(q.seq, np.arange(64)) and src.chunks == 1
         assert src.score_s > 0 and src.wait_s >= 0
+        score0, wait0 = src.score_s, src.wait_s
         q2 = src.get(64, 96, factor)  # not prefetched: chosen now, all of it counted as waiting
-        assert len(q2) == 32 and src.wait_s >= src.score_s * 0.5
+        # the scoring interval lies inside the waiting one, whatever the machine's load
+        assert len(q2) == 32 and src.wait_s - wait0 >= src.score_s - score0 > 0
     finally:
         src.close()
 
@@ -119,7 +119,7 @@ def test_stored_chunk_refuses_a_partial_chunk(store):
 def test_prequential_agreement_scores_before_learning():
     from fbloop.learner import GradientLearner
     from fbloop.agents.base import Answers
-    from fbloop.designs import Queries, make_design
+    from fbloop.designs import make_design
     from fbloop import targets
     from fbloop.agents import OracleAgent
 
