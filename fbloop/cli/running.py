@@ -1,60 +1,15 @@
-"""``fbloop`` — the command line. Each command parses, calls the library, prints."""
+"""``fbloop run`` and ``fbloop demo``: one feedback loop (or the demo's three), its progress bar, its printout."""
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
-from pathlib import Path
 
 import click
 
-from .errors import FbloopError
-
-DEFAULT_DB = "runs/fbloop.db"
-
-
-def _fail_cleanly(fn):
-    """Turn fbloop's own errors into one line on stderr and exit status 2."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except FbloopError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(2)
-
-    return wrapper
-
-
-def db_option(fn):
-    return click.option("--db", "db_path", default=DEFAULT_DB, show_default=True,
-                        type=click.Path(dir_okay=False), help="SQLite database of runs.")(fn)
-
-
-def json_option(fn):
-    return click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")(fn)
-
-
-def _open_store(db_path: str):
-    from .store import Store
-
-    Path(db_path).parent.mkdir(parents=True, exist_ok=True)
-    return Store(db_path)
-
-
-@click.group()
-@click.version_option(package_name="fbloop")
-def main() -> None:
-    """Recover a network's feature matrix Φ = DᵀD from feedback."""
-
+from .common import DESIGN_CHOICES, _fail_cleanly, _open_store, db_option, json_option, main
 
 # ---------------------------------------------------------------- run
-
-
-# fbloop.designs.DESIGNS, spelled out so that `fbloop --help` does not import numpy (a test keeps them equal)
-DESIGN_CHOICES = ["eigen", "constructive", "gaussian", "sparse", "coverage", "pivot", "triplet"]
 
 
 def run_options(fn):
@@ -137,12 +92,12 @@ def run_options(fn):
 
 
 def _run_config(opts: dict):
-    from .agents import OracleConfig
-    from .bisection import BisectionConfig
-    from .designs import DesignConfig
-    from .learner import LearnerConfig
-    from .loop import RunConfig
-    from .pool import PoolConfig, parse_member
+    from ..agents import OracleConfig
+    from ..bisection import BisectionConfig
+    from ..designs import DesignConfig
+    from ..learner import LearnerConfig
+    from ..loop import RunConfig
+    from ..pool import PoolConfig, parse_member
 
     members = tuple(parse_member(m) for m in opts["members"])
     return RunConfig(
@@ -171,7 +126,7 @@ def _run_config(opts: dict):
 
 def _active_config(opts: dict):
     """The --active strategy, told the oracle's noise when it is simulated (a logistic guess otherwise)."""
-    from .active import ActiveConfig, NoiseModel
+    from ..active import ActiveConfig, NoiseModel
 
     if opts["active"] is None:
         return None
@@ -182,7 +137,7 @@ def _active_config(opts: dict):
 
 
 def _llm_config(opts: dict):
-    from .agents import LLMConfig
+    from ..agents import LLMConfig
 
     return LLMConfig(base_url=opts["base_url"], model=opts["model"], api_key_env=opts["api_key_env"],
                      batch_size=opts["batch_size"], concurrency=opts["concurrency"], order_swap=opts["order_swap"],
@@ -223,9 +178,9 @@ def _progress_bar(label: str, bound: int | None, quiet: bool):
 
 
 def execute_run(config, db_path: str, run_id: str | None, quiet: bool):
-    from .designs import make_design
-    from .loop import run_loop
-    from .targets import load_target
+    from ..designs import make_design
+    from ..loop import run_loop
+    from ..targets import load_target
 
     target = load_target(config.target)
     bound = make_design(config.design, target, config.seed).count
@@ -303,8 +258,8 @@ def run(db_path: str, as_json: bool, run_id: str | None, **opts) -> None:
 
 
 def _print_human(result, db_path: str, as_json: bool) -> None:
-    from .human import waiting
-    from .store import Store
+    from ..human import waiting
+    from ..store import Store
 
     with Store(db_path) as store:
         info = {**result.summary(), **store.queue_progress(result.run_id), "waiting": waiting(store, result.run_id)}
@@ -325,7 +280,7 @@ def _rates(eps: dict[str, float]) -> str:
 
 def _print_queue(run_id: str, db_path: str) -> None:
     """What waits for people in the app, and how to learn from their answers."""
-    from .store import Store
+    from ..store import Store
 
     with Store(db_path) as store:
         info = store.queue_progress(run_id)
@@ -341,7 +296,7 @@ def _print_queue(run_id: str, db_path: str) -> None:
 @_fail_cleanly
 def demo(db_path: str, seed: int) -> None:
     """The simulated loop on the paper's Figure 1 RFM target, three designs, live PCC."""
-    from .reproduce import demo_configs
+    from ..reproduce import demo_configs
 
     rows = []
     for config in demo_configs(seed):
@@ -354,201 +309,3 @@ def demo(db_path: str, seed: int) -> None:
         click.echo(f"{name:<14}{r.answers:>8}{r.bound or 0:>7}{r.pcc:>12.7f}{r.extra.get('mse', float('nan')):>10.5f}"
                    f"{r.extra.get('mse_truth', float('nan')):>10.5f}{r.elapsed_s:>7.1f}s")
     click.echo(f"Runs stored in {db_path}; export with: fbloop export RUN_ID --db {db_path} --out answers.csv")
-
-
-# ---------------------------------------------------------------- the app
-
-
-def app_command(db_path: str, port: int) -> tuple[list[str], dict[str, str]]:
-    """``(argv, env)`` that serve ``app.py`` on 127.0.0.1:``port`` with the database ``db_path``."""
-    import os
-
-    script = Path(__file__).resolve().parent.parent / "app.py"  # beside the package in a source checkout
-    if not script.is_file():
-        raise click.UsageError(f"The app's script is not at {script}; run fbloop from a source checkout "
-                               "(pip install -e .).")
-    argv = [sys.executable, "-m", "streamlit", "run", str(script), "--server.address", "127.0.0.1",
-            "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
-            "--client.toolbarMode", "minimal"]
-    return argv, {**os.environ, "FBLOOP_DB": str(Path(db_path).resolve())}
-
-
-@main.command()
-@db_option
-@click.option("--port", default=8501, show_default=True, type=click.IntRange(1, 65535))
-def app(db_path: str, port: int) -> None:
-    """Serve the annotation form and the dashboard on http://127.0.0.1:PORT."""
-    import subprocess
-
-    argv, env = app_command(db_path, port)
-    click.echo(f"fbloop app on http://127.0.0.1:{port} (database {env['FBLOOP_DB']}); Ctrl+C stops it.", err=True)
-    try:
-        sys.exit(subprocess.call(argv, env=env))
-    except KeyboardInterrupt:  # the server got the same Ctrl+C and stops on its own
-        sys.exit(130)
-
-
-# ---------------------------------------------------------------- the local LLM stand-in
-
-
-@main.command("serve-oracle")
-@click.option("--target", default="rfm", show_default=True, help="Target spec of the simulated Φ*.")
-@click.option("--port", default=8011, show_default=True, type=click.IntRange(1, 65535))
-@click.option("--model", default="fbloop-oracle", show_default=True, help="The model name it answers as.")
-@click.option("--latency-ms", default=0.0, show_default=True, type=click.FloatRange(0), help="Added per request.")
-@click.option("--malformed", default=0.0, show_default=True, type=click.FloatRange(0, 1),
-              help="Share of replies that break the answer format.")
-@click.option("--error-rate", default=0.0, show_default=True, type=click.FloatRange(0, 1),
-              help="Share of requests answered 429 or 500.")
-@click.option("--first-bias", default=0.0, show_default=True, type=click.FloatRange(0, 1),
-              help="Probability of answering 'first' whatever the question.")
-@click.option("--noise", default="none", show_default=True, type=click.Choice(["none", "logistic", "flip"]))
-@click.option("--temperature", default=0.05, show_default=True, type=float)
-@click.option("--flip", default=0.1, show_default=True, type=float)
-@click.option("--tie-band", default=0.0, show_default=True, type=float)
-@click.option("--api-key-env", default=None, help="Require the key in this environment variable [default: any key].")
-@click.option("--seed", default=0, show_default=True, type=int)
-@_fail_cleanly
-def serve_oracle(target: str, port: int, model: str, latency_ms: float, malformed: float, error_rate: float,
-                 first_bias: float, noise: str, temperature: float, flip: float, tie_band: float,
-                 api_key_env: str | None, seed: int) -> None:
-    """Serve an OpenAI-compatible chat endpoint on 127.0.0.1 that answers fbloop's prompts from Φ*."""
-    import os
-
-    from .agents import OracleConfig
-    from .server import HOST, ServerConfig, run_forever
-
-    key = None
-    if api_key_env:
-        key = os.environ.get(api_key_env) or None
-        if key is None:
-            raise click.UsageError(f"The environment variable {api_key_env} is not set.")
-    config = ServerConfig(target=target, model=model, latency_ms=latency_ms, malformed=malformed,
-                          error_rate=error_rate, first_bias=first_bias, api_key=key, seed=seed,
-                          oracle=OracleConfig(noise=noise, temperature=temperature, flip=flip, tie_band=tie_band,
-                                              seed=seed))
-    click.echo(f"fbloop oracle ({target}) as model {model!r} on http://{HOST}:{port}/v1; Ctrl+C stops it.", err=True)
-    run_forever(config, port)
-
-
-# ---------------------------------------------------------------- inspection
-
-
-@main.command()
-@click.option("--design", default="eigen", show_default=True,
-              type=click.Choice(DESIGN_CHOICES))
-@click.option("--p", "p", type=int, default=None, help="Number of features.")
-@click.option("--rank", type=int, default=None, help="Rank of Φ* [default: p].")
-@click.option("--target", default=None, help="Read p and rank from a target spec instead.")
-@json_option
-@_fail_cleanly
-def bound(design: str, p: int | None, rank: int | None, target: str | None, as_json: bool) -> None:
-    """The pairs a design needs for (p, r), beside the full-rank lower bound P − 1."""
-    from .designs import bound as design_bound
-    from .targets import load_target
-
-    if target is not None:
-        t = load_target(target)
-        p, rank = t.p, t.rank
-    if p is None:
-        raise click.UsageError("Give --p (and --rank) or --target.")
-    info = design_bound(design, p, rank or p)
-    if as_json:
-        click.echo(json.dumps(info))
-    else:
-        pairs = info["pairs"] if info["pairs"] is not None else "no closed form (sampling design)"
-        click.echo(f"{design}: p={p}, r={info['r']}: {pairs} pairs; "
-                   f"any design needs ≥ {info['full_rank_lower_bound']} for a full-rank Φ*.")
-
-
-@main.command()
-@click.argument("spec")
-@click.option("--save", type=click.Path(dir_okay=False), default=None,
-              help="Write the dictionary D (.npy or .safetensors).")
-@json_option
-@_fail_cleanly
-def target(spec: str, save: str | None, as_json: bool) -> None:
-    """Inspect a target: p, rank, leading eigenvalues."""
-    from .targets import load_target, save_target
-
-    t = load_target(spec)
-    info = t.summary()
-    if save:
-        save_target(t, save)
-        info["saved"] = save
-    click.echo(json.dumps(info) if as_json else "\n".join(f"{k}: {v}" for k, v in info.items()))
-
-
-@main.command()
-@db_option
-@json_option
-@_fail_cleanly
-def runs(db_path: str, as_json: bool) -> None:
-    """List the runs in a database."""
-    with _open_store(db_path) as store:
-        rows = store.runs()
-    if as_json:
-        click.echo(json.dumps(rows))
-        return
-    for r in rows:
-        pcc = f"{r['pcc']:.6f}" if r["pcc"] is not None else "—"
-        click.echo(f"{r['id']:<36} {r['status']:<8} {r['kind']:<8} p={r['p']:<6} "
-                   f"answers={r['answers']}/{r['budget']}  pcc={pcc}")
-
-
-@main.command()
-@click.argument("run_id")
-@db_option
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="answers.csv or answers.jsonl")
-@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default=None,
-              help="Default: from the file's suffix.")
-@_fail_cleanly
-def export(run_id: str, db_path: str, out: str, fmt: str | None) -> None:
-    """Export a run's queries and answers to CSV or JSONL."""
-    if not Path(db_path).exists():
-        raise click.UsageError(f"No database at {db_path}.")
-    with _open_store(db_path) as store:
-        n = store.export(run_id, out, fmt)
-    click.echo(f"wrote {n} answers to {out}")
-
-
-@main.command()
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory for the SAELens checkpoint.")
-@click.option("--layer", default=3, show_default=True, type=int, help="MiniLM hidden-state layer (0–6).")
-@click.option("--tokens", default=50_000, show_default=True, type=int, help="Tokens of stdlib docstrings.")
-@click.option("--features", default=1024, show_default=True, type=int, help="Dictionary size p.")
-@click.option("--k", default=32, show_default=True, type=int, help="TopK: active features per token.")
-@click.option("--steps", default=1000, show_default=True, type=int)
-@click.option("--seed", default=0, show_default=True, type=int)
-@_fail_cleanly
-def sae(out: str, layer: int, tokens: int, features: int, k: int, steps: int, seed: int) -> None:
-    """Train a TopK SAE on a real transformer's activations (MiniLM, offline) and save it as a target."""
-    from . import sae as sae_mod
-
-    target = sae_mod.build_target(
-        sae_mod.ActivationConfig(layer=layer, n_tokens=tokens, seed=seed),
-        sae_mod.SAEConfig(n_features=features, k=k, steps=steps, seed=seed), out)
-    info = target.summary()
-    click.echo(f"saved {out} (p={info['p']}, rank={info['rank']}); use it with --target saelens:{out}")
-
-
-@main.command()
-@click.argument("figure", type=click.Choice(["fig1", "fig2"]))
-@click.option("--seeds", default=3, show_default=True, type=int, help="Seeds per design and budget.")
-@click.option("--db", "db_path", default=None, type=click.Path(dir_okay=False),
-              help="Keep the runs in this database [default: a temporary one].")
-@json_option
-@_fail_cleanly
-def reproduce(figure: str, seeds: int, db_path: str | None, as_json: bool) -> None:
-    """The paper's Figure 1 or 2 (RFM target): fbloop's MSE beside the ground truth and the paper."""
-    from . import reproduce as rep
-
-    rows = rep.reproduce(figure, seeds=seeds, db_path=db_path, progress=not as_json)
-    if as_json:
-        click.echo(json.dumps(rows))
-    else:
-        click.echo(rep.format_table(figure, rows))
-
-
-if __name__ == "__main__":
-    main()

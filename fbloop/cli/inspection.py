@@ -1,0 +1,128 @@
+"""The commands around the runs: ``bound``, ``target``, ``runs``, ``export``, ``sae``, ``reproduce``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from .common import DESIGN_CHOICES, _fail_cleanly, _open_store, db_option, json_option, main
+
+# ---------------------------------------------------------------- inspection
+
+
+@main.command()
+@click.option("--design", default="eigen", show_default=True,
+              type=click.Choice(DESIGN_CHOICES))
+@click.option("--p", "p", type=int, default=None, help="Number of features.")
+@click.option("--rank", type=int, default=None, help="Rank of Φ* [default: p].")
+@click.option("--target", default=None, help="Read p and rank from a target spec instead.")
+@json_option
+@_fail_cleanly
+def bound(design: str, p: int | None, rank: int | None, target: str | None, as_json: bool) -> None:
+    """The pairs a design needs for (p, r), beside the full-rank lower bound P − 1."""
+    from ..designs import bound as design_bound
+    from ..targets import load_target
+
+    if target is not None:
+        t = load_target(target)
+        p, rank = t.p, t.rank
+    if p is None:
+        raise click.UsageError("Give --p (and --rank) or --target.")
+    info = design_bound(design, p, rank or p)
+    if as_json:
+        click.echo(json.dumps(info))
+    else:
+        pairs = info["pairs"] if info["pairs"] is not None else "no closed form (sampling design)"
+        click.echo(f"{design}: p={p}, r={info['r']}: {pairs} pairs; "
+                   f"any design needs ≥ {info['full_rank_lower_bound']} for a full-rank Φ*.")
+
+
+@main.command()
+@click.argument("spec")
+@click.option("--save", type=click.Path(dir_okay=False), default=None,
+              help="Write the dictionary D (.npy or .safetensors).")
+@json_option
+@_fail_cleanly
+def target(spec: str, save: str | None, as_json: bool) -> None:
+    """Inspect a target: p, rank, leading eigenvalues."""
+    from ..targets import load_target, save_target
+
+    t = load_target(spec)
+    info = t.summary()
+    if save:
+        save_target(t, save)
+        info["saved"] = save
+    click.echo(json.dumps(info) if as_json else "\n".join(f"{k}: {v}" for k, v in info.items()))
+
+
+@main.command()
+@db_option
+@json_option
+@_fail_cleanly
+def runs(db_path: str, as_json: bool) -> None:
+    """List the runs in a database."""
+    with _open_store(db_path) as store:
+        rows = store.runs()
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    for r in rows:
+        pcc = f"{r['pcc']:.6f}" if r["pcc"] is not None else "—"
+        click.echo(f"{r['id']:<36} {r['status']:<8} {r['kind']:<8} p={r['p']:<6} "
+                   f"answers={r['answers']}/{r['budget']}  pcc={pcc}")
+
+
+@main.command()
+@click.argument("run_id")
+@db_option
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="answers.csv or answers.jsonl")
+@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default=None,
+              help="Default: from the file's suffix.")
+@_fail_cleanly
+def export(run_id: str, db_path: str, out: str, fmt: str | None) -> None:
+    """Export a run's queries and answers to CSV or JSONL."""
+    if not Path(db_path).exists():
+        raise click.UsageError(f"No database at {db_path}.")
+    with _open_store(db_path) as store:
+        n = store.export(run_id, out, fmt)
+    click.echo(f"wrote {n} answers to {out}")
+
+
+@main.command()
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory for the SAELens checkpoint.")
+@click.option("--layer", default=3, show_default=True, type=int, help="MiniLM hidden-state layer (0–6).")
+@click.option("--tokens", default=50_000, show_default=True, type=int, help="Tokens of stdlib docstrings.")
+@click.option("--features", default=1024, show_default=True, type=int, help="Dictionary size p.")
+@click.option("--k", default=32, show_default=True, type=int, help="TopK: active features per token.")
+@click.option("--steps", default=1000, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=int)
+@_fail_cleanly
+def sae(out: str, layer: int, tokens: int, features: int, k: int, steps: int, seed: int) -> None:
+    """Train a TopK SAE on a real transformer's activations (MiniLM, offline) and save it as a target."""
+    from .. import sae as sae_mod
+
+    target = sae_mod.build_target(
+        sae_mod.ActivationConfig(layer=layer, n_tokens=tokens, seed=seed),
+        sae_mod.SAEConfig(n_features=features, k=k, steps=steps, seed=seed), out)
+    info = target.summary()
+    click.echo(f"saved {out} (p={info['p']}, rank={info['rank']}); use it with --target saelens:{out}")
+
+
+@main.command()
+@click.argument("figure", type=click.Choice(["fig1", "fig2"]))
+@click.option("--seeds", default=3, show_default=True, type=int, help="Seeds per design and budget.")
+@click.option("--db", "db_path", default=None, type=click.Path(dir_okay=False),
+              help="Keep the runs in this database [default: a temporary one].")
+@json_option
+@_fail_cleanly
+def reproduce(figure: str, seeds: int, db_path: str | None, as_json: bool) -> None:
+    """The paper's Figure 1 or 2 (RFM target): fbloop's MSE beside the ground truth and the paper."""
+    from .. import reproduce as rep
+
+    rows = rep.reproduce(figure, seeds=seeds, db_path=db_path, progress=not as_json)
+    if as_json:
+        click.echo(json.dumps(rows))
+    else:
+        click.echo(rep.format_table(figure, rows))

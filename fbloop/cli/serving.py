@@ -1,0 +1,84 @@
+"""``fbloop app`` and ``fbloop serve-oracle``: the local servers, the annotation app and the LLM stand-in."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from .common import _fail_cleanly, db_option, main
+
+# ---------------------------------------------------------------- the app
+
+
+def app_command(db_path: str, port: int) -> tuple[list[str], dict[str, str]]:
+    """``(argv, env)`` that serve ``app.py`` on 127.0.0.1:``port`` with the database ``db_path``."""
+    import os
+
+    script = Path(__file__).resolve().parent.parent.parent / "app.py"  # beside the package in a source checkout
+    if not script.is_file():
+        raise click.UsageError(f"The app's script is not at {script}; run fbloop from a source checkout "
+                               "(pip install -e .).")
+    argv = [sys.executable, "-m", "streamlit", "run", str(script), "--server.address", "127.0.0.1",
+            "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
+            "--client.toolbarMode", "minimal"]
+    return argv, {**os.environ, "FBLOOP_DB": str(Path(db_path).resolve())}
+
+
+@main.command()
+@db_option
+@click.option("--port", default=8501, show_default=True, type=click.IntRange(1, 65535))
+def app(db_path: str, port: int) -> None:
+    """Serve the annotation form and the dashboard on http://127.0.0.1:PORT."""
+    import subprocess
+
+    argv, env = app_command(db_path, port)
+    click.echo(f"fbloop app on http://127.0.0.1:{port} (database {env['FBLOOP_DB']}); Ctrl+C stops it.", err=True)
+    try:
+        sys.exit(subprocess.call(argv, env=env))
+    except KeyboardInterrupt:  # the server got the same Ctrl+C and stops on its own
+        sys.exit(130)
+
+
+# ---------------------------------------------------------------- the local LLM stand-in
+
+
+@main.command("serve-oracle")
+@click.option("--target", default="rfm", show_default=True, help="Target spec of the simulated Φ*.")
+@click.option("--port", default=8011, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--model", default="fbloop-oracle", show_default=True, help="The model name it answers as.")
+@click.option("--latency-ms", default=0.0, show_default=True, type=click.FloatRange(0), help="Added per request.")
+@click.option("--malformed", default=0.0, show_default=True, type=click.FloatRange(0, 1),
+              help="Share of replies that break the answer format.")
+@click.option("--error-rate", default=0.0, show_default=True, type=click.FloatRange(0, 1),
+              help="Share of requests answered 429 or 500.")
+@click.option("--first-bias", default=0.0, show_default=True, type=click.FloatRange(0, 1),
+              help="Probability of answering 'first' whatever the question.")
+@click.option("--noise", default="none", show_default=True, type=click.Choice(["none", "logistic", "flip"]))
+@click.option("--temperature", default=0.05, show_default=True, type=float)
+@click.option("--flip", default=0.1, show_default=True, type=float)
+@click.option("--tie-band", default=0.0, show_default=True, type=float)
+@click.option("--api-key-env", default=None, help="Require the key in this environment variable [default: any key].")
+@click.option("--seed", default=0, show_default=True, type=int)
+@_fail_cleanly
+def serve_oracle(target: str, port: int, model: str, latency_ms: float, malformed: float, error_rate: float,
+                 first_bias: float, noise: str, temperature: float, flip: float, tie_band: float,
+                 api_key_env: str | None, seed: int) -> None:
+    """Serve an OpenAI-compatible chat endpoint on 127.0.0.1 that answers fbloop's prompts from Φ*."""
+    import os
+
+    from ..agents import OracleConfig
+    from ..server import HOST, ServerConfig, run_forever
+
+    key = None
+    if api_key_env:
+        key = os.environ.get(api_key_env) or None
+        if key is None:
+            raise click.UsageError(f"The environment variable {api_key_env} is not set.")
+    config = ServerConfig(target=target, model=model, latency_ms=latency_ms, malformed=malformed,
+                          error_rate=error_rate, first_bias=first_bias, api_key=key, seed=seed,
+                          oracle=OracleConfig(noise=noise, temperature=temperature, flip=flip, tie_band=tie_band,
+                                              seed=seed))
+    click.echo(f"fbloop oracle ({target}) as model {model!r} on http://{HOST}:{port}/v1; Ctrl+C stops it.", err=True)
+    run_forever(config, port)
