@@ -5,28 +5,38 @@ Feedback" (ICML 2025) as a working loop: targets → query designs → agents �
 SQLite → learners → PCC readout.
 """
 
-from .active import ActiveConfig, ActiveStrategy, NoiseModel
-from .agents import Agent, Answers, OracleAgent, OracleConfig
-from .designs import DESIGNS, DesignConfig, Queries, bound, design_count, make_design
-from .errors import (ConfigError, FbloopError, NonFiniteError, NonPSDError, ShapeError, StoreError,
-                     TargetFileError)
-from .learner import GradientLearner, LearnerConfig
-from .loop import RunConfig, RunResult, run_loop
-from .metrics import pcc, pcc_factored, relative_error, triplet_agreement
-from .pool import AgentPool, MemberConfig, MemberSpec, PoolConfig, parse_member
-from .sparse import SparseBatch
-from .store import Store
-from .targets import SyntheticConfig, Target, from_dictionary, from_phi, load_target, synthetic
+import importlib
 
-__all__ = [
-    "ActiveConfig", "ActiveStrategy", "NoiseModel",
-    "Agent", "Answers", "OracleAgent", "OracleConfig",
-    "DESIGNS", "DesignConfig", "Queries", "bound", "design_count", "make_design",
-    "ConfigError", "FbloopError", "NonFiniteError", "NonPSDError", "ShapeError", "StoreError", "TargetFileError",
-    "GradientLearner", "LearnerConfig",
-    "RunConfig", "RunResult", "run_loop",
-    "pcc", "pcc_factored", "relative_error", "triplet_agreement",
-    "AgentPool", "MemberConfig", "MemberSpec", "PoolConfig", "parse_member",
-    "SparseBatch", "Store",
-    "SyntheticConfig", "Target", "from_dictionary", "from_phi", "load_target", "synthetic",
-]
+# Public names, by the module that defines them. They load on first use (PEP 562), so that
+# `fbloop --help` and `import fbloop.cli` do not pull in numpy, torch and scipy (~4 s).
+_EXPORTS = {
+    "active": ("ActiveConfig", "ActiveStrategy", "NoiseModel"),
+    "agents": ("Agent", "Answers", "OracleAgent", "OracleConfig"),
+    "designs": ("DESIGNS", "DesignConfig", "Queries", "bound", "design_count", "make_design"),
+    "errors": ("ConfigError", "FbloopError", "NonFiniteError", "NonPSDError", "ShapeError", "StoreError",
+               "TargetFileError"),
+    "learner": ("GradientLearner", "LearnerConfig"),
+    "loop": ("RunConfig", "RunResult", "run_loop"),
+    "metrics": ("pcc", "pcc_factored", "relative_error", "triplet_agreement"),
+    "pool": ("AgentPool", "MemberConfig", "MemberSpec", "PoolConfig", "parse_member"),
+    "sparse": ("SparseBatch",),
+    "store": ("Store",),
+    "targets": ("SyntheticConfig", "Target", "from_dictionary", "from_phi", "load_target", "synthetic"),
+}
+_HOME = {name: module for module, names in _EXPORTS.items() for name in names}
+
+
+def __getattr__(name: str):
+    module = _HOME.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fbloop' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip this hook
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_HOME))
+
+
+__all__ = [name for names in _EXPORTS.values() for name in names]

@@ -142,6 +142,31 @@ def test_the_design_choices_are_the_designs():
     assert cli_module.DESIGN_CHOICES == list(DESIGNS)
 
 
+def test_help_loads_no_numerics():
+    """``fbloop --help`` answers at once: numpy, scipy and torch load only when a command needs them."""
+    code = ("import sys, fbloop, fbloop.cli; fbloop.cli.main(['--help'], standalone_mode=False); "
+            "print(sorted(m for m in ('numpy', 'scipy', 'torch') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "Usage:" in proc.stdout and proc.stdout.strip().endswith("[]")
+    # and `python -m fbloop` is the same command
+    proc = subprocess.run([sys.executable, "-m", "fbloop", "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "serve-oracle" in proc.stdout
+
+
+def test_the_package_loads_its_public_names_on_first_use():
+    import fbloop
+
+    assert sorted(fbloop.__all__) == sorted(set(fbloop.__all__)) and "load_target" in dir(fbloop)
+    for name in fbloop.__all__:
+        assert getattr(fbloop, name) is not None
+    from fbloop import Store, load_target
+    from fbloop.store import Store as home
+    assert Store is home and callable(load_target)
+    with pytest.raises(AttributeError, match="'nope'"):
+        fbloop.nope
+
+
 def test_target(tmp_path):
     res = cli("target", "synthetic:p=8,rank=3", "--json")
     assert res.exit_code == 0
