@@ -8,16 +8,8 @@
 Importing this package registers every command on :func:`main`.
 """
 
-from .common import DEFAULT_DB, DESIGN_CHOICES, _fail_cleanly, _open_store, db_option, json_option, main
-from .running import (_active_config, _llm_config, _print_human, _print_queue, _print_result, _progress_bar,
-                      _rates, _run_config, demo, execute_run, run, run_options)
-from .serving import app, app_command, serve_oracle
-from .inspection import bound, export, reproduce, runs, sae, target
+from . import inspection, running, serving  # importing them registers their commands
+from .common import DEFAULT_DB, DESIGN_CHOICES, main
+from .serving import app_command
 
-__all__ = [
-    "DEFAULT_DB", "DESIGN_CHOICES", "_fail_cleanly", "_open_store", "db_option", "json_option", "main",
-    "_active_config", "_llm_config", "_print_human", "_print_queue", "_print_result", "_progress_bar", "_rates",
-    "_run_config", "demo", "execute_run", "run", "run_options",
-    "app", "app_command", "serve_oracle",
-    "bound", "export", "reproduce", "runs", "sae", "target",
-]
+__all__ = ["DEFAULT_DB", "DESIGN_CHOICES", "app_command", "main", "inspection", "running", "serving"]

@@ -30,11 +30,9 @@ Adam), :mod:`.columns` (the stored answers) and :mod:`.gradient`
 (:class:`GradientLearner`).
 """
 
-from .columns import _Columns
 from .config import LearnerConfig
 from .gradient import ARRIVAL_REPLAY, DENSE_TRIPLETS_MAX, MAX_SOURCES, GradientLearner
-from .losses import _pair_quads, _pair_residual, _triplet_loss
-from .optim import _LazyAdam
+from .losses import _triplet_loss
 from .rank import DEFAULT_RANK, factor_rank, gap_candidates, psd_dof
 
 # The constants are re-exported to be read; the code reads them from its own module, so patch them there
@@ -43,5 +41,5 @@ __all__ = [
     "LearnerConfig", "GradientLearner",
     "DEFAULT_RANK", "factor_rank", "gap_candidates", "psd_dof",
     "ARRIVAL_REPLAY", "DENSE_TRIPLETS_MAX", "MAX_SOURCES",
-    "_Columns", "_LazyAdam", "_pair_quads", "_pair_residual", "_triplet_loss",
+    "_triplet_loss",
 ]
