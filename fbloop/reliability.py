@@ -82,25 +82,23 @@ class Sources:
 
 def member_noise(pool: AgentPool, sources: dict[str, int]) -> dict[int, float]:
     """Each pool member's estimated flip rate ``1 − accuracy`` (capped at :data:`MAX_NOISE`) by source id;
-    members with no estimate yet are left out (the learner keeps their last, or 0)."""
+    members with no estimate yet are left out (the learner keeps their last, or 0), and so is a people
+    member: its answers come under each person's own name, fitted from their attention checks."""
     out = {}
     for name, (acc, _) in pool.accuracy().items():
-        if np.isfinite(acc):
+        if np.isfinite(acc) and not isinstance(pool.agents.get(name), human.PeopleMember):
             out[sources[name]] = float(min(max(1.0 - acc, 0.0), MAX_NOISE))
     return out
 
 
-def source_noise(store: Store, run_id: str, agent: str, pool: AgentPool | None, sources: Sources,
+def source_noise(store: Store, run_id: str, people: bool, pool: AgentPool | None, sources: Sources,
                  swaps: tuple[int, int] | None, names: list[str]) -> dict[int, float]:
-    """Each source's estimated flip rate by learner id: pool members from their agreement, people (the
-    ``human`` agent, or a pool's people member) from their attention checks, an LLM from its order swaps
-    (``swaps``: triplets answered in both orders and how many agree, over the answer ``names`` of both
-    orders); sources with no estimate yet are left out (the learner keeps their last, or 0)."""
+    """Each source's estimated flip rate by learner id: pool members from their agreement, people (when
+    ``people``: the ``human`` agent, or a pool with a people member) from their attention checks, an LLM
+    from its order swaps (``swaps``: triplets answered in both orders and how many agree, over the answer
+    ``names`` of both orders); sources with no estimate yet are left out (the learner keeps their last, or 0)."""
     out: dict[int, float] = member_noise(pool, sources.ids) if pool is not None else {}
-    for name, member in (pool.agents.items() if pool is not None else ()):
-        if isinstance(member, human.PeopleMember):  # its answers come under each person's own name
-            out.pop(sources.id(name), None)
-    if agent == "human":
+    if people:
         for rec in human.check_accuracy(store, run_id):
             eps = flip_rate_from_checks(rec["checks"], rec["correct"])
             if eps is not None:

@@ -149,11 +149,13 @@ def run_loop(config: RunConfig, store: Store, run_id: str | None = None,
         u = swapper.usage
         return (stored_swaps["both"] + u.swap_pairs, stored_swaps["agree"] + u.swap_pairs - u.swap_disagreements)
 
-    noise: dict[int, float] = {}
-    if noise_aware:
-        noise = source_noise(store, run_id, "human" if people is not None else config.agent, pool, sources,
-                             swaps(), names)
-        learner.set_source_noise(noise)
+    def refit_noise() -> dict[int, float]:  # each source's flip rate from what is stored, given to the learner
+        fitted = source_noise(store, run_id, config.agent == "human" or people is not None, pool, sources,
+                              swaps(), names)
+        learner.set_source_noise(fitted)
+        return fitted
+
+    noise: dict[int, float] = refit_noise() if noise_aware else {}
     stored_until = store.next_position(run_id) if active is not None and existing is not None else 0
 
     chunk = config.chunk or auto_chunk(budget)
@@ -244,9 +246,7 @@ def run_loop(config: RunConfig, store: Store, run_id: str | None = None,
                 feed(learner, pending, answers, held, sources.of(answers))
                 design.observe(pending, answers)
             if noise_aware:
-                noise = source_noise(store, run_id, "human" if people is not None else config.agent, pool,
-                                     sources, swaps(), names)
-                learner.set_source_noise(noise)
+                noise = refit_noise()
             loss = None
             if learner_name == "gradient":
                 steps = learner.arrival_steps(stop - start)
