@@ -9,7 +9,7 @@ import pytest
 
 from fbloop import prompts, render
 from fbloop.agents import OracleAgent
-from fbloop.agents.llm import parse_batch, parse_single
+from fbloop.agents.replies import parse_batch, parse_single
 from fbloop.designs import DesignConfig, Queries, make_design
 from fbloop.errors import ConfigError
 from fbloop.server import ServerConfig, parse_prompt, serve
