@@ -42,7 +42,8 @@ def test_a_sure_posterior_learns_nothing_and_a_wider_one_more(bench):
     for noise in (NoiseModel(kind="flip", flip=0.1), NoiseModel(kind="logistic", temperature=0.05)):
         bits = bench.gaussian_bald(np.array([0.2, 0.05, 0.05, 0.5]), np.array([1e-14, 0.01, 0.1, 0.01]), noise)
         assert bits[0] == pytest.approx(0.0, abs=1e-3)
-        assert 0 < bits[1] < bits[2] <= 1.0 and bits[3] < bits[1]  # near the boundary a wider posterior has more to learn; far from it, little
+        # near the boundary a wider posterior has more to learn; far from it, little
+        assert 0 < bits[1] < bits[2] <= 1.0 and bits[3] < bits[1]
 
 
 def test_gains_pick_each_pools_best(bench):
@@ -51,16 +52,18 @@ def test_gains_pick_each_pools_best(bench):
     rho_true = rng.normal(0, 0.3, n)
     rho_hat = rho_true + rng.normal(0, 0.1, n)
     out = bench.gains(rho_hat, rho_true, np.full(n, 0.5), NoiseModel(kind="flip", flip=0.1))
-    assert set(out) == set(bench.POSTERIORS)
+    assert set(out) == set(bench.COLUMNS)
     for post in out.values():
         assert post["best_bits"] >= post["random_bits"] > 0 and post["gain"] >= 1.0
+    assert out["one-bit"]["gain"] == pytest.approx(1 / max(out[p]["random_bits"] for p in bench.POSTERIORS))
+    assert max(p["best_bits"] for p in out.values()) <= 1.0  # no answer tells more than a bit
     # a uniform spread scaled to the measured error is the measured posterior
     assert out["ensemble"] == pytest.approx(out["measured"])
 
 
 def test_integrated_gain_exchanges_bits_for_answers_up_to_the_crossing(bench):
     def rounds(gain: float) -> list[dict]:
-        return [{"answers": n, "posteriors": {p: {"gain": gain} for p in bench.POSTERIORS}}
+        return [{"answers": n, "posteriors": {p: {"gain": gain} for p in bench.COLUMNS}}
                 for n in (100, 200, 400, 800)]
 
     # random crosses PCC 0.9 at 600: 100 shared answers, then 500 at gain 2 → 100 + 250 adaptive answers
