@@ -30,7 +30,7 @@ every state random's run passes through needs ``n₀ + Σ Δnᵢ / gainᵢ₋₁
 
     python benchmarks/bench_active_bits.py                       # RFM, p = 32, p = 128; 3 noises; 3 seeds
     python benchmarks/bench_active_bits.py --targets p512 --noises logistic-T0.05 flip-0.1 --seeds 1 --merge
-    python benchmarks/bench_active_bits.py --targets p32 --seeds 1 --out /tmp/bits   # a smoke run
+    python benchmarks/bench_active_bits.py --targets p32 --seeds 1 --out "$(mktemp -d)"   # a smoke run
 
 Writes ``benchmarks/results/active_bits.{json,png}``.
 """
