@@ -45,7 +45,7 @@ def test_batch_replies_are_parsed_per_id():
 
 
 @pytest.mark.parametrize("batch", [False, True])
-def test_the_schema_sent_accepts_exactly_what_the_parser_accepts(batch):
+def test_the_schema_sent_accepts_a_reply_the_parser_takes_and_rejects_one_it_refuses(batch):
     schema = response_format(batch)["json_schema"]["schema"]
     good = {"answers": [{"id": 1, "answer": t} for t in TOKENS]} if batch else {"answer": "equal"}
     jsonschema.validate(good, schema)
