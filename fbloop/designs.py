@@ -36,7 +36,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from scipy import stats
 
 from . import seeding
 from .errors import ConfigError
@@ -140,6 +139,8 @@ def sample_sparse(rng: np.random.Generator, n: int, p: int, mu: float, s: int, a
     an argsort of ``(n, p)`` uniforms up to ``p = argsort_max_p``, by rejection above
     (same law; the designs keep 512, since their draws are part of the run format).
     """
+    from scipy import stats  # here: importing scipy.stats costs ~1 s that the other designs need not pay
+
     s = min(s, p)
     ks = np.arange(1, s + 1)
     pmf = stats.binom.pmf(ks, p, 1 - mu)

@@ -15,6 +15,13 @@ from fbloop.designs import Queries
 from fbloop.sparse import SparseBatch
 
 
+def pytest_configure(config) -> None:
+    """Every test (and every process a test starts) caches in a fresh folder, never the user's ~/.cache."""
+    import tempfile
+
+    os.environ["FBLOOP_CACHE_DIR"] = tempfile.mkdtemp(prefix="fbloop-test-cache-")
+
+
 def pair_queries(start: int, stop: int, p: int = 5) -> Queries:
     """Deterministic 2-sparse pair queries ``start:stop``."""
     seq = np.arange(start, stop)

@@ -90,8 +90,38 @@ def test_runs_lists_the_run(small_run):
     (row,) = listed_runs(db)
     assert row["id"] == run_id and row["status"] == "done" and row["answers"] == 21 and row["p"] == 6
     assert row["pcc"] >= 0.9999
+    assert row["state"] == "done" and row["target"] == "synthetic(p=6,rank=2)" and row["agent"] == "oracle"
     text = cli("runs", "--db", db)
-    assert text.exit_code == 0 and run_id in text.stdout and "answers=21/21" in text.stdout
+    assert text.exit_code == 0
+    head, line = text.stdout.splitlines()
+    assert head.split() == ["run", "status", "kind", "target", "agent", "p", "answers", "pcc"]
+    assert line.split()[:7] == [run_id, "done", "pair", "synthetic(p=6,rank=2)", "oracle", "6", "21/21"]
+
+
+@pytest.mark.parametrize("command", [["runs"], ["export", "RUN", "--out", "x.csv"]])
+def test_reading_commands_refuse_a_missing_database(tmp_path, command):
+    db = tmp_path / "tpyo.db"
+    res = cli(*command, "--db", db)
+    assert res.exit_code == 2 and f"No database at {db}" in res.stderr
+    assert not db.exists()  # a typo creates nothing
+
+
+def test_every_option_of_every_command_has_help():
+    import click
+
+    missing = [f"{name} {' / '.join(p.opts)}" for name, cmd in main.commands.items() for p in cmd.params
+               if isinstance(p, click.Option) and not (p.help or "").strip()]
+    assert missing == []
+    for name, cmd in main.commands.items():
+        assert (cmd.help or "").strip(), name
+        text = cli(name, "--help").stdout
+        assert "%%" not in text, name  # click prints help as written: no printf escapes
+
+
+def test_the_oracle_noise_temperature_says_what_it_is():
+    text = cli("run", "--help").stdout
+    assert "--noise-temperature, --temperature" in text and "Not an LLM's sampling temperature" in " ".join(
+        text.split())
 
 
 def test_export_csv_and_jsonl(small_run, tmp_path):
@@ -245,7 +275,7 @@ def test_bad_run_input_fails_cleanly(case, bad_files):
     assert lines[0].startswith("error: ")
     assert needle in lines[0]
     assert res.stdout == ""
-    assert listed_runs(db) == []  # nothing half-written
+    assert not db.exists() or listed_runs(db) == []  # nothing half-written
 
 
 def test_bad_choice_is_a_usage_error(bad_files):
@@ -255,7 +285,7 @@ def test_bad_choice_is_a_usage_error(bad_files):
     errors = [line for line in stderr_lines(res) if line.startswith("Error:")]
     assert len(errors) == 1 and "'--design'" in errors[0] and "'nope'" in errors[0]
     assert res.stdout == ""
-    assert listed_runs(db) == []
+    assert not db.exists() or listed_runs(db) == []
 
 
 # ---------------------------------------------------------------- kill and resume
@@ -314,6 +344,11 @@ def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path):
     after_kill = _count(a_db)
     assert budget // 10 <= after_kill < budget
     assert _table(a_db, "SELECT status FROM runs WHERE id = 'R'") == [("running",)]
+    # `fbloop runs` tells the killed run from a running one, and says how to resume it
+    (row,) = listed_runs(a_db)
+    assert row["status"] == "running" and row["state"] == "stopped"
+    text = cli("runs", "--db", a_db).stdout
+    assert text.splitlines()[1].split()[1] == "stopped" and "--run-id R" in text
 
     t_resume = time.time()
     args = RUN_ARGS + ["--budget", str(budget)]
@@ -381,3 +416,36 @@ def test_active_pool_run_reports_routing_cost_and_scoring(tmp_path):
     assert res.exit_code == 2 and "needs members" in res.stderr
     res = cli("run", "--design", "eigen", "--active", "ensemble", "--db", tmp_path / "b.db")
     assert res.exit_code == 2 and "Active strategies choose triplets" in res.stderr
+
+
+# ---------------------------------------------------------------- the app's server process
+
+
+def test_app_stopped_with_sigterm_takes_its_server_down(tmp_path):
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen(fbloop_cmd() + ["app", "--db", str(tmp_path / "a.db"), "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path, env=ENV)
+
+    def listening() -> bool:
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", port)) == 0
+
+    try:
+        deadline = time.monotonic() + 120
+        while not listening():
+            assert proc.poll() is None and time.monotonic() < deadline, "the app never started listening"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+        deadline = time.monotonic() + 10
+        while listening() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not listening(), "the Streamlit server outlived `fbloop app`"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -297,3 +297,42 @@ def test_first_agop_matches_xrfm() -> None:
     )
     ours_k = rfm.laplace_kernel(xa, za, A @ A.T, 10.0)
     np.testing.assert_allclose(ours_k, k_theirs.numpy(), rtol=1e-10)
+
+
+# --- disk cache ---------------------------------------------------------------
+
+
+def test_a_fit_is_read_back_from_disk_not_refitted(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("FBLOOP_CACHE_DIR", str(tmp_path))
+    cfg = rfm.RFMConfig(n_train=200, n_test=50, iters=2, seed=3)
+    first = rfm.fit_rfm(cfg)
+    base = rfm.baseline_mses(first)
+    assert len(list(tmp_path.glob("rfm-*.npz"))) == 1 and len(list(tmp_path.glob("rfm-baselines-*.json"))) == 1
+    rfm.fit_rfm.cache_clear()
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("refitted although the fit was cached on disk")
+
+    monkeypatch.setattr(rfm, "fit_alpha", no_fit)
+    monkeypatch.setattr(rfm, "_kernel_test_mse", no_fit)
+    again = rfm.fit_rfm(cfg)
+    np.testing.assert_array_equal(again.M, first.M)
+    np.testing.assert_array_equal(again.x_test, first.x_test)
+    assert len(again.history) == 2 and not again.M.flags.writeable
+    assert rfm.baseline_mses(again) == base
+    rfm.fit_rfm.cache_clear()
+
+
+def test_a_change_to_the_rfm_code_refits(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("FBLOOP_CACHE_DIR", str(tmp_path))
+    cfg = rfm.RFMConfig(n_train=200, n_test=50, iters=2, seed=4)
+    rfm.fit_rfm(cfg)
+    rfm.fit_rfm.cache_clear()
+    monkeypatch.setattr(rfm.cache, "source_version", lambda *files: "another version")
+    calls = []
+    real = rfm.fit_alpha
+    monkeypatch.setattr(rfm, "fit_alpha", lambda *a, **k: calls.append(1) or real(*a, **k))
+    rfm.fit_rfm(cfg)
+    assert len(calls) == 2  # both rounds fitted again
+    assert len(list(tmp_path.glob("rfm-*.npz"))) == 2
+    rfm.fit_rfm.cache_clear()

@@ -8,13 +8,14 @@ from pathlib import Path
 import click
 
 from .common import DESIGN_CHOICES, _fail_cleanly, _open_store, db_option, json_option, main
+from .progress import spinner
 
 # ---------------------------------------------------------------- inspection
 
 
 @main.command()
 @click.option("--design", default="eigen", show_default=True,
-              type=click.Choice(DESIGN_CHOICES))
+              type=click.Choice(DESIGN_CHOICES), help="The query design whose pair count to give.")
 @click.option("--p", "p", type=int, default=None, help="Number of features.")
 @click.option("--rank", type=int, default=None, help="Rank of Φ* [default: p].")
 @click.option("--target", default=None, help="Read p and rank from a target spec instead.")
@@ -26,8 +27,9 @@ def bound(design: str, p: int | None, rank: int | None, target: str | None, as_j
     from ..targets import load_target
 
     if target is not None:
-        t = load_target(target)
-        p, rank = t.p, t.rank
+        with spinner(f"loading target {target}", quiet=as_json):
+            t = load_target(target)
+            p, rank = t.p, t.rank
     if p is None:
         raise click.UsageError("Give --p (and --rank) or --target.")
     info = design_bound(design, p, rank or p)
@@ -49,12 +51,40 @@ def target(spec: str, save: str | None, as_json: bool) -> None:
     """Inspect a target: p, rank, leading eigenvalues."""
     from ..targets import load_target, save_target
 
-    t = load_target(spec)
-    info = t.summary()
+    with spinner(f"loading target {spec}", quiet=as_json):
+        t = load_target(spec)
+        info = t.summary()
     if save:
         save_target(t, save)
         info["saved"] = save
     click.echo(json.dumps(info) if as_json else "\n".join(f"{k}: {v}" for k, v in info.items()))
+
+
+def run_state(row: dict) -> str:
+    """A run's status as a user needs it: ``running`` only while the process that set it is alive.
+
+    A run whose process was killed stays ``running`` in the store; on the host that ran it,
+    a dead pid shows it as ``stopped`` (resume it with the same command and ``--run-id``).
+    On another host the stored status is shown as it is.
+    """
+    import os
+    import socket
+
+    if row["status"] != "running" or row.get("owner_pid") is None or row.get("owner_host") != socket.gethostname():
+        return row["status"]
+    try:
+        os.kill(row["owner_pid"], 0)
+    except ProcessLookupError:
+        return "stopped"
+    except PermissionError:  # alive, another user's
+        pass
+    return "running"
+
+
+def _require_db(db_path: str) -> None:
+    """Commands that read a database refuse a path where there is none (a typo must not create one)."""
+    if not Path(db_path).exists():
+        raise click.UsageError(f"No database at {db_path}.")
 
 
 @main.command()
@@ -62,16 +92,30 @@ def target(spec: str, save: str | None, as_json: bool) -> None:
 @json_option
 @_fail_cleanly
 def runs(db_path: str, as_json: bool) -> None:
-    """List the runs in a database."""
+    """List the runs in a database: status, target, agent, answers, latest PCC."""
+    _require_db(db_path)
     with _open_store(db_path) as store:
         rows = store.runs()
+    for r in rows:
+        r["state"] = run_state(r)
     if as_json:
         click.echo(json.dumps(rows))
         return
+    if not rows:
+        click.echo(f"No runs in {db_path}.")
+        return
+    head = f"{'run':<36} {'status':<8} {'kind':<8} {'target':<28} {'agent':<7} {'p':>6} {'answers':>17} {'pcc':>9}"
+    click.echo(head)
     for r in rows:
         pcc = f"{r['pcc']:.6f}" if r["pcc"] is not None else "—"
-        click.echo(f"{r['id']:<36} {r['status']:<8} {r['kind']:<8} p={r['p']:<6} "
-                   f"answers={r['answers']}/{r['budget']}  pcc={pcc}")
+        target = (r["target"] or "—")[:28]
+        click.echo(f"{r['id']:<36} {r['state']:<8} {r['kind']:<8} {target:<28} {r['agent'] or '—':<7} {r['p']:>6} "
+                   f"{str(r['answers']) + '/' + str(r['budget']):>17} {pcc:>9}")
+    stopped = [r["id"] for r in rows if r["state"] == "stopped"]
+    if stopped:
+        click.echo(f"\n{len(stopped)} run(s) stopped before finishing (their process is gone). Resume one with the "
+                   f"command that started it plus --run-id, e.g. --run-id {stopped[-1]}: no answer is lost or "
+                   "asked twice.")
 
 
 @main.command()
@@ -83,8 +127,7 @@ def runs(db_path: str, as_json: bool) -> None:
 @_fail_cleanly
 def export(run_id: str, db_path: str, out: str, fmt: str | None) -> None:
     """Export a run's queries and answers to CSV or JSONL."""
-    if not Path(db_path).exists():
-        raise click.UsageError(f"No database at {db_path}.")
+    _require_db(db_path)
     with _open_store(db_path) as store:
         n = store.export(run_id, out, fmt)
     click.echo(f"wrote {n} answers to {out}")
@@ -96,8 +139,9 @@ def export(run_id: str, db_path: str, out: str, fmt: str | None) -> None:
 @click.option("--tokens", default=50_000, show_default=True, type=int, help="Tokens of stdlib docstrings.")
 @click.option("--features", default=1024, show_default=True, type=int, help="Dictionary size p.")
 @click.option("--k", default=32, show_default=True, type=int, help="TopK: active features per token.")
-@click.option("--steps", default=1000, show_default=True, type=int)
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--steps", default=1000, show_default=True, type=int,
+              help="Adam steps of SAE training (1000 reach ~85% variance explained at the defaults).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seeds the token sample and the training.")
 @_fail_cleanly
 def sae(out: str, layer: int, tokens: int, features: int, k: int, steps: int, seed: int) -> None:
     """Train a TopK SAE on a real transformer's activations (MiniLM, offline) and save it as a target."""

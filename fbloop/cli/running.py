@@ -35,7 +35,7 @@ def run_options(fn):
                           "pool: several agents (--member), routed by the learner's uncertainty."),
         click.option("--active", default=None, type=click.Choice(["random", "uncertainty", "ensemble"]),
                      help="Triplet design: choose each chunk's triplets from Φ̂ (uncertainty sampling, or "
-                          "BALD over an ensemble), 10%% of them uniformly random."),
+                          "BALD over an ensemble), 10% of them uniformly random."),
         click.option("--member", "members", multiple=True, metavar="NAME:AGENT[,key=value...]",
                      help="Agent pool member (repeat): e.g. people:oracle,cost=1,reference  "
                           "cheap:oracle,noise=flip,flip=0.2,cost=0.01  gpt:llm,cost=0.01."),
@@ -64,11 +64,21 @@ def run_options(fn):
                      help="LLM agent: price per 1000 prompt tokens, for the run's cost."),
         click.option("--cost-completion-1k", default=0.0, show_default=True, type=float,
                      help="LLM agent: price per 1000 completion tokens."),
-        click.option("--noise", default="none", show_default=True, type=click.Choice(["none", "logistic", "flip"])),
-        click.option("--temperature", default=0.05, show_default=True, type=float),
-        click.option("--flip", default=0.1, show_default=True, type=float),
-        click.option("--tie-band", default=0.0, show_default=True, type=float),
-        click.option("--budget", default=None, type=int, help="Answers to collect [default: the design's bound]."),
+        click.option("--noise", default="none", show_default=True, type=click.Choice(["none", "logistic", "flip"]),
+                     help="The simulated oracle's noise: none (exact), logistic (close calls go either way, "
+                          "see --noise-temperature) or flip (each triplet answer flipped w.p. --flip)."),
+        click.option("--noise-temperature", "--temperature", "temperature", default=0.05, show_default=True,
+                     type=float,
+                     help="Simulated oracle, --noise logistic: answers +1 w.p. σ(margin / T) on the scale-free "
+                          "margin, and pair scales are perturbed by exp(T·ε). Not an LLM's sampling temperature."),
+        click.option("--flip", default=0.1, show_default=True, type=float,
+                     help="Simulated oracle, --noise flip: the probability that a triplet answer is flipped."),
+        click.option("--tie-band", default=0.0, show_default=True, type=float,
+                     help="Simulated oracle: answer 0 (a tie) when the margin is within this share of the "
+                          "distances."),
+        click.option("--budget", default=None, type=int,
+                     help="Answers to collect [default: the design's bound; for designs without one (sparse, "
+                          "coverage, triplet) 4·p(p+1)/2 pairs or 20·p(p+1)/2 triplets]."),
         click.option("--stop-at", default=None, type=float, metavar="PCC",
                      help="Stop asking once a snapshot's PCC reaches this (needs a Φ*: simulated runs)."),
         click.option("--exact-sources", is_flag=True,
@@ -79,11 +89,13 @@ def run_options(fn):
                      help="auto: pivot (Nyström) for the pivot design, exact for pair designs up to p = 40, "
                           "direct for the constructive and eigen designs, gradient otherwise."),
         click.option("--rank", default=None, type=int, help="Columns of U [default: min(p, 512)]."),
-        click.option("--lr", default=0.01, show_default=True, type=float),
+        click.option("--lr", default=0.01, show_default=True, type=float,
+                     help="Gradient learner: Adam's learning rate (the final fit decays it on a cosine)."),
         click.option("--device", default="cpu", show_default=True, help="cpu or cuda."),
         click.option("--chunk", default=None, type=int,
                      help="Queries per transaction [default: budget/500, within 64–16384]."),
-        click.option("--seed", default=0, show_default=True, type=int),
+        click.option("--seed", default=0, show_default=True, type=int,
+                     help="Seeds the design, the simulated oracle and the learner: a run is reproducible."),
         click.option("--run-id", default=None, help="Name the run; an existing id resumes it."),
     ]
     for option in reversed(options):
@@ -144,53 +156,27 @@ def _llm_config(opts: dict):
                      cost_prompt_1k=opts["cost_prompt_1k"], cost_completion_1k=opts["cost_completion_1k"])
 
 
-def _progress_bar(label: str, bound: int | None, quiet: bool):
-    """A tqdm bar on stderr with the live PCC and the design's bound in its postfix."""
-    from tqdm import tqdm
-
-    # delay: a run that fails before its first answers (bad budget, config clash) prints only its error
-    bar = tqdm(total=None, desc=label, unit="ans", file=sys.stderr, disable=quiet, dynamic_ncols=True,
-               delay=0.5)
-
-    fitting = [False]
-
-    def update(event) -> None:
-        if event.fit is not None:  # every answer is in; the learner's final fit, in steps
-            done, total = event.fit
-            if not fitting[0]:
-                fitting[0] = True
-                bar.reset(total=total)
-                bar.unit = "step"
-                bar.set_description(f"{label}: final fit")
-            bar.update(done - bar.n)
-            bar.set_postfix({"pcc": f"{event.pcc:.6f}" if event.pcc is not None else "—",
-                             "loss": f"{event.loss:.3g}"}, refresh=False)
-            return
-        if bar.total is None:
-            bar.total = event.budget
-        bar.update(event.answers - bar.n)
-        post = {"bound": bound if bound is not None else "—"}
-        if event.pcc is not None:
-            post["pcc"] = f"{event.pcc:.6f}"
-        bar.set_postfix(post, refresh=False)
-
-    return bar, update
-
-
 def execute_run(config, db_path: str, run_id: str | None, quiet: bool):
     from ..designs import make_design
     from ..loop import run_loop
     from ..targets import load_target
+    from .progress import RunProgress, spinner
 
-    target = load_target(config.target)
-    bound = make_design(config.design, target, config.seed).count
-    label = f"{config.design.name} on {target.name}"
-    bar, update = _progress_bar(label, bound, quiet)
+    with spinner(f"loading target {config.target}", quiet=quiet):
+        target = load_target(config.target)
+        bound = make_design(config.design, target, config.seed).count
+    show = RunProgress(f"{config.design.name} on {target.name}", bound, quiet)
     with _open_store(db_path) as store:
+        result = None
         try:
-            return run_loop(config, store, run_id=run_id, progress=update, target=target)
+            result = run_loop(config, store, run_id=run_id, progress=show, target=target)
+            return result
         finally:
-            bar.close()
+            stopped = None
+            if result is not None and config.stop_at is not None and result.answers < result.budget \
+                    and result.pcc is not None and result.pcc >= config.stop_at:
+                stopped = f"stopped at PCC >= {config.stop_at} (--stop-at)"
+            show.close(stopped, failed=result is None)
 
 
 def _print_result(result, as_json: bool) -> None:
@@ -292,7 +278,7 @@ def _print_queue(run_id: str, db_path: str) -> None:
 
 @main.command()
 @db_option
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=int, help="Seeds the designs and the learner.")
 @_fail_cleanly
 def demo(db_path: str, seed: int) -> None:
     """The simulated loop on the paper's Figure 1 RFM target, three designs, live PCC."""

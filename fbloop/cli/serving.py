@@ -26,19 +26,74 @@ def app_command(db_path: str, port: int) -> tuple[list[str], dict[str, str]]:
     return argv, {**os.environ, "FBLOOP_DB": str(Path(db_path).resolve())}
 
 
-@main.command()
-@db_option
-@click.option("--port", default=8501, show_default=True, type=click.IntRange(1, 65535))
-def app(db_path: str, port: int) -> None:
-    """Serve the annotation form and the dashboard on http://127.0.0.1:PORT."""
+GRACE_S = 10.0  # how long a stopped child may take to shut down before it is killed
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec (Linux): a SIGTERM when the parent dies, however it died (even ``kill -9``)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):  # not Linux: the signal handlers below still cover SIGTERM and Ctrl+C
+        pass
+
+
+def run_child(argv: list[str], env: dict[str, str], grace_s: float = GRACE_S) -> int:
+    """Run a server process in the foreground and take it down with us: returns its exit status.
+
+    SIGTERM, SIGHUP and Ctrl+C sent to fbloop are passed on to the child as SIGTERM, and fbloop
+    waits up to ``grace_s`` for it to stop before killing it; if fbloop itself is killed, the
+    child gets SIGTERM from the kernel (Linux). No server outlives the command that started it.
+    """
+    import signal
     import subprocess
 
+    proc = subprocess.Popen(argv, env=env, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+
+    signalled: list[int] = []
+
+    def stop(signum=None, frame=None) -> None:
+        if signum is not None:
+            signalled.append(signum)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        while True:
+            try:
+                code = proc.wait()
+                return 128 + signalled[0] if signalled else code  # stopped by a signal: say which, as a shell does
+            except KeyboardInterrupt:  # the child got the Ctrl+C too; make sure it goes
+                stop()
+                try:
+                    proc.wait(timeout=grace_s)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                return 130
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if proc.poll() is None:
+            stop()
+            try:
+                proc.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@main.command()
+@db_option
+@click.option("--port", default=8501, show_default=True, type=click.IntRange(1, 65535),
+              help="Port on 127.0.0.1 to serve the app on.")
+def app(db_path: str, port: int) -> None:
+    """Serve the annotation form and the dashboard on http://127.0.0.1:PORT."""
     argv, env = app_command(db_path, port)
     click.echo(f"fbloop app on http://127.0.0.1:{port} (database {env['FBLOOP_DB']}); Ctrl+C stops it.", err=True)
-    try:
-        sys.exit(subprocess.call(argv, env=env))
-    except KeyboardInterrupt:  # the server got the same Ctrl+C and stops on its own
-        sys.exit(130)
+    sys.exit(run_child(argv, env))
 
 
 # ---------------------------------------------------------------- the local LLM stand-in
@@ -46,7 +101,8 @@ def app(db_path: str, port: int) -> None:
 
 @main.command("serve-oracle")
 @click.option("--target", default="rfm", show_default=True, help="Target spec of the simulated Φ*.")
-@click.option("--port", default=8011, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--port", default=8011, show_default=True, type=click.IntRange(1, 65535),
+              help="Port on 127.0.0.1 to serve on.")
 @click.option("--model", default="fbloop-oracle", show_default=True, help="The model name it answers as.")
 @click.option("--latency-ms", default=0.0, show_default=True, type=click.FloatRange(0), help="Added per request.")
 @click.option("--malformed", default=0.0, show_default=True, type=click.FloatRange(0, 1),
@@ -55,12 +111,16 @@ def app(db_path: str, port: int) -> None:
               help="Share of requests answered 429 or 500.")
 @click.option("--first-bias", default=0.0, show_default=True, type=click.FloatRange(0, 1),
               help="Probability of answering 'first' whatever the question.")
-@click.option("--noise", default="none", show_default=True, type=click.Choice(["none", "logistic", "flip"]))
-@click.option("--temperature", default=0.05, show_default=True, type=float)
-@click.option("--flip", default=0.1, show_default=True, type=float)
-@click.option("--tie-band", default=0.0, show_default=True, type=float)
+@click.option("--noise", default="none", show_default=True, type=click.Choice(["none", "logistic", "flip"]),
+              help="The oracle's noise behind the endpoint, as `fbloop run --noise`.")
+@click.option("--noise-temperature", "--temperature", "temperature", default=0.05, show_default=True, type=float,
+              help="--noise logistic: the margin's temperature (the oracle's noise, not a sampling temperature).")
+@click.option("--flip", default=0.1, show_default=True, type=float,
+              help="--noise flip: the probability that an answer is flipped.")
+@click.option("--tie-band", default=0.0, show_default=True, type=float,
+              help="Answer 'equal' when the margin is within this share of the distances.")
 @click.option("--api-key-env", default=None, help="Require the key in this environment variable [default: any key].")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=int, help="Seeds the oracle's noise and the faults.")
 @_fail_cleanly
 def serve_oracle(target: str, port: int, model: str, latency_ms: float, malformed: float, error_rate: float,
                  first_bias: float, noise: str, temperature: float, flip: float, tie_band: float,

@@ -274,7 +274,8 @@ class GradientLearner:
             raise NonFiniteError(f"Learner gradient became non-finite before step {self.steps}; lower lr.")
         return self.last_loss
 
-    def finish(self, tol: float = 1e-16, progress: Callable[[int, int, float], None] | None = None) -> float:
+    def finish(self, tol: float = 1e-16, progress: Callable[[int, int, float], None] | None = None,
+               stage: Callable[[str], None] | None = None) -> float:
         """Fit to convergence on all stored answers; returns the final loss.
 
         Small problems: up to ``final_steps`` Adam steps, stopping once the loss no
@@ -286,8 +287,10 @@ class GradientLearner:
         the decay removes the noise floor a constant Adam step leaves (on a
         p = 1024, rank-128, 250k-pair sparse problem: PCC 0.9916 plateau at a
         constant lr = 3e-3). ``progress(done, total, loss)`` is called every block
-        of steps.
+        of steps; ``stage(name)`` as each uncounted stage begins (the L-BFGS polish,
+        the rank choice), so that a display can say what the fit is doing.
         """
+        stage = stage or (lambda name: None)
         cfg = self.config
         if self._small():
             best = float("inf")
@@ -299,6 +302,7 @@ class GradientLearner:
                     break  # converged, or no longer improving
                 best = loss
             if cfg.polish:
+                stage("L-BFGS polish")
                 adam_u = self.U
                 self._polish()
                 if self._noisy:
@@ -315,6 +319,7 @@ class GradientLearner:
                     if direct[1] < self.last_loss:
                         self.U, self.last_loss = direct
             if cfg.polish and self._trips and not self._pairs:
+                stage("rank choice" if cfg.rank is None and self.rank > 1 else "sharpened polish")
                 self._refine_triplets()
             return self.last_loss
         n = max(self.n_pairs, self.n_triplets)

@@ -116,6 +116,8 @@ class Progress:
     pcc: float | None
     loss: float | None
     fit: tuple[int, int] | None = None  # the final fit's (steps done, steps in all), once every answer is in
+    # Work without a count, named (e.g. "L-BFGS polish", "rank choice"); "done" ends the run's reports.
+    stage: str | None = None
 
 
 @dataclass(frozen=True)

@@ -270,16 +270,22 @@ def run_loop(config: RunConfig, store: Store, run_id: str | None = None,
             if reports[0] % 10 == 0:  # a PCC readout costs O(p·r²): every tenth report
                 fit_pcc = metrics.pcc_factored(design.native_factor(learner.factor()), target.factor)
             if progress:
-                progress(Progress(budget, budget, fit_pcc, loss, fit=(done, total)))
+                progress(Progress(n_ok, budget, fit_pcc, loss, fit=(done, total)))
 
-        learner.finish(progress=fit_progress)
+        def fit_stage(name: str) -> None:
+            if progress:
+                progress(Progress(n_ok, budget, fit_pcc, None, stage=name))
+
+        learner.finish(progress=fit_progress, stage=fit_stage)
     else:
+        if progress:
+            progress(Progress(n_ok, budget, pcc, None, stage=f"{learner_name} solve"))
         learner.finish()
     factor = design.native_factor(learner.factor())
     pcc = metrics.pcc_factored(factor, target.factor)
-    if progress:
-        progress(Progress(budget, budget, pcc, learner.last_loss))
     store.save_factor(run_id, factor)
+    if config.rfm_mse and target.meta.get("kind") == "rfm" and progress:
+        progress(Progress(n_ok, budget, pcc, None, stage="RFM test MSE"))
     extra = readouts(target, factor) if config.rfm_mse else {}
     asker = agent.agent if isinstance(agent, BisectionAgent) else agent  # who actually answered
     asker = asker.agent if isinstance(asker, NativeView) else asker
@@ -303,6 +309,8 @@ def run_loop(config: RunConfig, store: Store, run_id: str | None = None,
         top_up_queue(store, run_id, active, budget, chunk, learner.factor(), rate, target.factor, config.seed)
     store.set_status(run_id, "waiting" if (config.agent == "human" or people is not None)
                      and human.waiting(store, run_id) else "done")
+    if progress:
+        progress(Progress(n_ok, budget, pcc, learner.last_loss, stage="done"))
     return RunResult(run_id, pcc, n_ok, budget, design.count, learner_name,
                      time.perf_counter() - t0, factor, history, extra)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import socket
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -88,7 +90,10 @@ class Store:
         return run
 
     def runs(self) -> list[dict]:
-        sql = ("SELECT r.id, r.created_at, r.status, r.kind, r.p, r.budget, "
+        """Every run, oldest first: id, created_at, status, kind, p, budget, the target's name, the agent,
+        ok answers (attention checks left out), the latest PCC and the process that last ran it."""
+        sql = ("SELECT r.id, r.created_at, r.status, r.kind, r.p, r.budget, r.owner_host, r.owner_pid, "
+               "json_extract(r.target, '$.name') AS target, json_extract(r.config, '$.agent') AS agent, "
                f"(SELECT COUNT(*) FROM answers a WHERE a.run_id = r.id AND a.status = 'ok' AND {_not_a_check('a')}) "
                "AS answers, "
                "(SELECT pcc FROM snapshots s WHERE s.run_id = r.id ORDER BY s.id DESC LIMIT 1) AS pcc "
@@ -96,7 +101,12 @@ class Store:
         return list(self.db.query(sql))
 
     def set_status(self, run_id: str, status: str) -> None:
-        self.db.execute("UPDATE runs SET status = ? WHERE id = ?", [status, run_id])
+        """Set a run's status; ``running`` also records this process (host, pid) as the run's owner."""
+        if status == "running":
+            self.db.execute("UPDATE runs SET status = ?, owner_host = ?, owner_pid = ? WHERE id = ?",
+                            [status, socket.gethostname(), os.getpid(), run_id])
+        else:
+            self.db.execute("UPDATE runs SET status = ? WHERE id = ?", [status, run_id])
 
     # ------------------------------------------------------------ queries and answers
 

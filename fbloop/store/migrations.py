@@ -122,11 +122,19 @@ def _m4_lean_answers(db: sqlite_utils.Database) -> None:
     db.execute("DROP INDEX IF EXISTS answers_run_seq")
 
 
+def _m5_run_owner(db: sqlite_utils.Database) -> None:
+    # Which process last set a run running (host and pid): `fbloop runs` can then tell a run that is
+    # still going from one whose process was killed, and say how to resume it.
+    db.execute("ALTER TABLE runs ADD COLUMN owner_host TEXT")
+    db.execute("ALTER TABLE runs ADD COLUMN owner_pid INTEGER")
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
     (1, "core tables", _m1_core),
     (2, "human queue and attention checks", _m2_human),
     (3, "llm request cache", _m3_llm_cache),
     (4, "drop the redundant answers(run_id, seq) index", _m4_lean_answers),
+    (5, "the process that runs a run", _m5_run_owner),
 ]
 
 
