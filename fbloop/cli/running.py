@@ -69,6 +69,8 @@ def run_options(fn):
                           "prompt: the prompt alone."),
         click.option("--timeout", default=60.0, show_default=True, type=click.FloatRange(0, min_open=True),
                      help="LLM agent: seconds per request."),
+        click.option("--max-tokens", default=None, type=click.IntRange(1),
+                     help="LLM agent: completion token cap per request [default: the server's]."),
         click.option("--max-attempts", default=4, show_default=True, type=click.IntRange(1),
                      help="LLM agent: tries per request (first + retries) before its answers are invalid."),
         click.option("--cost-prompt-1k", default=0.0, show_default=True, type=float,
@@ -153,6 +155,7 @@ def _llm_config(opts: dict):
     return LLMConfig(base_url=opts["base_url"], model=opts["model"], api_key_env=opts["api_key_env"],
                      batch_size=opts["batch_size"], concurrency=opts["concurrency"], order_swap=opts["order_swap"],
                      structured=opts["structured"], timeout_s=opts["timeout"], max_attempts=opts["max_attempts"],
+                     max_tokens=opts["max_tokens"],
                      cost_prompt_1k=opts["cost_prompt_1k"], cost_completion_1k=opts["cost_completion_1k"])
 
 
