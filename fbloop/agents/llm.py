@@ -176,6 +176,14 @@ class Usage:
         return out
 
 
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
 class LLMAgent:
     """Answers triplet queries by asking an OpenAI-compatible chat model.
 
@@ -301,9 +309,7 @@ class LLMAgent:
 
     def _run(self, coro):
         """Run a coroutine, also from a thread whose event loop is running (a notebook)."""
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
+        if not _loop_running():
             return asyncio.run(coro)
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             return pool.submit(asyncio.run, coro).result()
@@ -387,18 +393,12 @@ class LLMAgent:
                 # version, say) is asked again rather than served.
                 if got is not None and self._understood(r, Reply(got["reply"])):
                     hits[r.key] = got
-        try:
-            asyncio.get_running_loop()
-            in_loop = True
-        except RuntimeError:
-            in_loop = False
-        pending_puts: list[tuple[_Request, Reply]] = []
-        if in_loop:  # e.g. a notebook: run on a worker thread, write the cache afterwards
-            with concurrent.futures.ThreadPoolExecutor(1) as pool:
-                replies = pool.submit(asyncio.run, self._gather(requests, hits, pending_puts.append)).result()
-        else:
-            replies = asyncio.run(self._gather(requests, hits, self._put))
-        for item in pending_puts:
+        # Inside a running event loop (a notebook) the requests run on a worker thread, so the cache
+        # (the store's connection belongs to this thread) is written after the chunk instead of at once.
+        pending: list[tuple[_Request, Reply]] = []
+        put = pending.append if _loop_running() else self._put
+        replies = self._run(self._gather(requests, hits, put))
+        for item in pending:
             self._put(item)
         return self._collect(queries, orders, requests, replies)
 
