@@ -220,3 +220,19 @@ def test_a_thousand_hostile_queries_at_batch_1_and_8_with_and_without_swap_and_a
                 total[k] += c[k]
         print(f"hostile: {total}, {len(srv.app.log)} requests, kinds {dict(srv.app.kinds)}")
     assert total["queries"] >= 1000
+
+
+def test_the_probe_keeps_the_first_mode_whose_reply_parses(target):
+    from fbloop.server import ServerConfig, serve
+
+    with serve(ServerConfig(target=SPEC), target=target) as srv:
+        agent = LLMAgent(LLMConfig(base_url=srv.url))
+        agent.check()
+        assert agent.modes.current == "json_schema" and srv.stats["requests"] == 1
+        assert agent.probe_log == [{"mode": "json_schema", "outcome": "ok"}]
+    with Running(HostileConfig(only=("prose",)), target) as srv:  # ignores every field, answers in prose
+        agent = LLMAgent(LLMConfig(base_url=srv.url, backoff_s=0.001))
+        agent.check()
+        assert agent.modes.current == "prompt" and len(srv.app.log) == 5
+        assert [e["mode"] for e in agent.probe_log] == ["json_schema", "json_object", "vllm", "vllm-guided",
+                                                       "ollama", "prompt"]
