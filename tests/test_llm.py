@@ -422,3 +422,9 @@ def test_run_config_round_trips_with_and_without_an_llm():
     old = RunConfig().to_dict()
     del old["llm"]  # a config stored before the llm agent existed
     assert RunConfig.from_dict(old) == RunConfig()
+
+
+def test_a_config_stored_before_structured_output_still_loads():
+    old = {**RunConfig(agent="llm").to_dict()}
+    old["llm"] = {k: v for k, v in old["llm"].items() if k != "structured"} | {"json_schema": False}
+    assert RunConfig.from_dict(old).llm.structured == "prompt"

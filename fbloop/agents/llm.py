@@ -139,6 +139,14 @@ class LLMConfig:
         if not self.timeout_s > 0:
             raise ConfigError(f"Expect timeout_s > 0, got {self.timeout_s}.")
 
+    @classmethod
+    def from_dict(cls, data: dict) -> LLMConfig:
+        """A stored config, also one from before ``structured`` (its ``json_schema`` flag)."""
+        data = dict(data)
+        if "json_schema" in data:
+            data.setdefault("structured", "json_schema" if data.pop("json_schema") else "prompt")
+        return cls(**data)
+
 
 # ---------------------------------------------------------------- requests
 

@@ -251,7 +251,7 @@ def _print_result(result, as_json: bool) -> None:
         u = s["llm"]
         bias = u.get("position_bias_rate")
         click.echo(f"LLM {u['model']}: {u['requests']} requests, {u['prompt_tokens']} + {u['completion_tokens']} "
-                   f"tokens, cost {u['cost']:.4f}; answers {u['answers']}"
+                   f"tokens, cost {u['cost']:.4f}; answers {u['answers']}; structured output {u.get('structured')}"
                    + ("" if bias is None else f"; position-bias rate {bias:.3f} over {u['swap_pairs']} swapped pairs"))
 
 
