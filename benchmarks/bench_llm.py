@@ -62,7 +62,7 @@ def measure(url: str, batch: int, concurrency: int, requests: int, design) -> di
     n = batch * requests
     queries = design.queries(0, n)
     agent = LLMAgent(LLMConfig(base_url=url, batch_size=batch, concurrency=concurrency, cache=False,
-                               json_schema=True))
+                               structured="json_schema"))  # no probe: the request count is the measure
     t0 = time.perf_counter()
     ans = agent.answer(queries)
     seconds = time.perf_counter() - t0

@@ -30,3 +30,7 @@ class TargetFileError(FbloopError):
 
 class StoreError(FbloopError):
     """The SQLite store is missing, from another version, or inconsistent."""
+
+
+class NoUsableAnswersError(FbloopError):
+    """A run ended with no answer a learner can use (every one invalid); it stays resumable."""

@@ -31,6 +31,7 @@ def api_key(monkeypatch):
 
 
 def cfg(url, **kw) -> LLMConfig:
+    kw.setdefault("structured", "json_schema")  # no probe: these tests count requests exactly
     return LLMConfig(base_url=url, backoff_s=0.005, backoff_max_s=0.02, **kw)
 
 
@@ -361,7 +362,9 @@ def test_cache_is_not_shared_across_endpoints(target, tmp_path):
         assert (two.stats["requests"], other.usage.cache_hits) == (2, 0)
 
 
-def test_a_server_without_json_schema_support_gets_plain_requests(target):
+@pytest.mark.parametrize("concurrency", [1, 8])
+def test_a_server_refusing_response_format_gets_the_next_mode_and_in_flight_requests_are_resent(target,
+                                                                                               concurrency):
     import threading
     import time
 
@@ -395,10 +398,16 @@ def test_a_server_without_json_schema_support_gets_plain_requests(target):
         time.sleep(0.01)
     try:
         url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}/v1"
-        q = on_grid(design_queries(target, 0, 12))
-        ans = LLMAgent(cfg(url, concurrency=1)).answer(q)
-        np.testing.assert_array_equal(ans.value, oracle(target, q))
-        assert len(refused) == 1  # asked once with the schema, then without
+        q = on_grid(design_queries(target, 0, 40))
+        agent = LLMAgent(cfg(url, concurrency=concurrency))
+        ans = agent.answer(q)
+        np.testing.assert_array_equal(ans.value, oracle(target, q))  # none lost to the refusals
+        # json_schema refused, then llama.cpp's json_object (also a response_format): the first mode
+        # without one (vLLM's field, which this server ignores) is taken for the rest
+        assert agent.modes.refusals == ["json_schema", "json_object"] and agent.modes.current == "vllm"
+        assert 2 <= len(refused) <= 2 * concurrency  # requests in flight at a refusal are re-sent
+        assert {m["structured"] for m in ans.meta} <= {"json_object", "vllm"} and ans.meta[-1]["structured"] == "vllm"
+        assert max(m["attempts"] for m in ans.meta) == 1  # a refusal costs no attempt
     finally:
         server.should_exit = True
         thread.join(timeout=10)
@@ -413,3 +422,9 @@ def test_run_config_round_trips_with_and_without_an_llm():
     old = RunConfig().to_dict()
     del old["llm"]  # a config stored before the llm agent existed
     assert RunConfig.from_dict(old) == RunConfig()
+
+
+def test_a_config_stored_before_structured_output_still_loads():
+    old = {**RunConfig(agent="llm").to_dict()}
+    old["llm"] = {k: v for k, v in old["llm"].items() if k != "structured"} | {"json_schema": False}
+    assert RunConfig.from_dict(old).llm.structured == "prompt"

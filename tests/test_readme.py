@@ -6,6 +6,8 @@ A block may be preceded by one HTML comment (invisible on the rendered page) tha
 
 * ``sub "A" "B"`` replaces the text A by B in the block before it runs (smaller budgets, a free port);
 * ``slow`` runs the block only with ``-m slow``;
+* ``skip (why)`` never runs it: for commands that need what no test machine has (a GPU server); the
+  reason is required and shows in the test report;
 * anything in parentheses is a remark.
 
 Each block runs as one ``bash -e`` script in a fresh folder (the repository's ``scripts/``, ``.venv``,
@@ -31,32 +33,38 @@ BLOCK = re.compile(r"(?:<!--\s*readme-test:(?P<directive>.*?)-->\s*\n)?```bash\n
 LINKED = ["scripts", ".venv", "pyproject.toml", "constraints.txt"]
 
 
-def parse_directive(text: str | None) -> tuple[bool, list[tuple[str, str]]]:
-    """``(slow, [(old, new), …])`` from a ``readme-test:`` comment's text."""
+def parse_directive(text: str | None) -> tuple[str | bool, list[tuple[str, str]]]:
+    """``(mark, [(old, new), …])`` from a ``readme-test:`` comment's text: ``mark`` is ``"slow"``, the
+    reason to skip (``skip (why)``) or False."""
     if not text:
         return False, []
+    skip = re.search(r"(?:^|;)\s*skip\s*\(([^)]+)\)", text)
     subs = re.findall(r'sub\s+"([^"]*)"\s+"([^"]*)"', text)
     rest = re.sub(r'sub\s+"[^"]*"\s+"[^"]*"', "", text)
     rest = re.sub(r"\([^)]*\)", "", rest)  # remarks
     words = {w.strip() for w in rest.split(";") if w.strip()}
-    unknown = words - {"slow"}
+    unknown = words - {"slow", "skip"}
     if unknown:
-        raise ValueError(f"Unknown readme-test directive(s) {sorted(unknown)} in {text!r}; expect slow, sub.")
-    return "slow" in words, subs
+        raise ValueError(f"Unknown readme-test directive(s) {sorted(unknown)} in {text!r}; expect slow, skip, sub.")
+    if "skip" in words:
+        if skip is None:
+            raise ValueError(f"A skipped README block needs its reason: skip (why), in {text!r}.")
+        return f"skip: {skip.group(1).strip()}", subs
+    return "slow" if "slow" in words else False, subs
 
 
-def readme_blocks(text: str) -> list[tuple[int, bool, str]]:
-    """``(line, slow, script)`` for each bash block, substitutions applied."""
+def readme_blocks(text: str) -> list[tuple[int, str | bool, str]]:
+    """``(line, mark, script)`` for each bash block, substitutions applied."""
     out = []
     for m in BLOCK.finditer(text):
-        slow, subs = parse_directive(m.group("directive"))
+        mark, subs = parse_directive(m.group("directive"))
         body = m.group("body")
         for old, new in subs:
             if old not in body:
                 raise ValueError(f"README block at line {text[:m.start('body')].count(chr(10)) + 1}: "
                                  f"substitution {old!r} matches nothing.")
             body = body.replace(old, new)
-        out.append((text[: m.start("body")].count("\n") + 1, slow, body))
+        out.append((text[: m.start("body")].count("\n") + 1, mark, body))
     return out
 
 
@@ -66,9 +74,12 @@ BLOCKS = readme_blocks(README.read_text())
 def test_the_readme_has_its_blocks_and_each_substitution_applies():
     assert len(BLOCKS) >= 5
     assert any("./scripts/demo.sh" in body for _, _, body in BLOCKS)
-    assert parse_directive(' slow; sub "a b" "c" (why; because) ') == (True, [("a b", "c")])
+    assert parse_directive(' slow; sub "a b" "c" (why; because) ') == ("slow", [("a b", "c")])
+    assert parse_directive(" skip (no GPU here) ") == ("skip: no GPU here", [])
     with pytest.raises(ValueError, match="banana"):
         parse_directive("banana")
+    with pytest.raises(ValueError, match="reason"):
+        parse_directive("skip")
     with pytest.raises(ValueError, match="matches nothing"):
         readme_blocks('<!-- readme-test: sub "x" "y" -->\n```bash\nfbloop runs\n```\n')
 
@@ -81,8 +92,10 @@ def _free_port() -> int:
 
 @pytest.mark.parametrize(
     "line, body",
-    [pytest.param(line, body, marks=[pytest.mark.slow] if slow else [], id=f"README-line-{line}")
-     for line, slow, body in BLOCKS],
+    [pytest.param(line, body, id=f"README-line-{line}",
+                  marks=[pytest.mark.slow] if mark == "slow" else
+                  [pytest.mark.skip(reason=mark)] if mark else [])
+     for line, mark, body in BLOCKS],
 )
 def test_readme_block_runs(line, body, tmp_path):
     if "./scripts/" in body and not (ROOT / ".venv" / "bin" / "python").exists():

@@ -31,15 +31,38 @@ def test_single_replies_are_parsed_strictly(text, token):
 def test_batch_replies_are_parsed_per_id():
     ok = '{"answers": [{"id": 2, "answer": "second"}, {"id": 1, "answer": "first"}, {"id": 3, "answer": "equal"}]}'
     assert {k: v[0] for k, v in parse_batch(ok, [1, 2, 3]).items()} == {1: "first", 2: "second", 3: "equal"}
-    partial = ('{"answers": [{"id": 1, "answer": "first"}, {"id": 2, "answer": "B"}, {"answer": "second"}, '
-               '{"id": 4, "answer": "first"}, {"id": 4, "answer": "first"}, {"id": 5, "answer": "first", "x": 1}, '
-               '{"id": true, "answer": "first"}, {"id": 99, "answer": "first"}]}')
-    got = parse_batch(partial, [1, 2, 3, 4, 5, 6])
+    per_id = ('{"answers": [{"id": 1, "answer": "first"}, {"id": 2, "answer": "B"}, '
+              '{"id": 3, "answer": "first", "x": 1}]}')
+    got = parse_batch(per_id, [1, 2, 3])  # the ids are right: a bad entry is invalid alone
     assert got[1] == ("first", None)
     assert got[2][0] is None and "unknown answer" in got[2][1]
-    assert got[3] == (None, "missing id")  # an entry without an id is charged to no one
-    assert got[4] == (None, "id answered more than once")
-    assert got[5][0] is None and got[6] == (None, "missing id")  # ids must be integers, not booleans
+    assert got[3][0] is None and "expect keys" in got[3][1]
+
+
+@pytest.mark.parametrize("entries", [
+    '[{"id": 0, "answer": "first"}, {"id": 1, "answer": "second"}, {"id": 2, "answer": "equal"}]',  # from 0
+    '[{"id": 1, "answer": "first"}, {"id": 2, "answer": "second"}]',  # one missing
+    '[{"id": 1, "answer": "first"}, {"id": 2, "answer": "second"}, {"id": 2, "answer": "equal"}]',  # repeated
+    '[{"id": 1, "answer": "first"}, {"id": 2, "answer": "second"}, {"id": 3, "answer": "equal"}, '
+    '{"id": 4, "answer": "first"}]',  # one too many
+    '[{"id": 1, "answer": "first"}, {"id": 2, "answer": "second"}, {"answer": "equal"}]',  # no id
+    '[{"id": 1, "answer": "first"}, {"id": 2, "answer": "second"}, {"id": true, "answer": "equal"}]',  # a bool
+    '[{"id": 1, "answer": "first"}, {"id": 2, "answer": "second"}, {"id": "3", "answer": "equal"}]',  # a string
+    '[{"id": 1, "answer": "first"}, {"id": 2, "answer": "second"}, "equal"]',  # not an object
+])
+def test_a_batch_whose_ids_are_not_exactly_the_asked_ones_is_invalid_whole(entries):
+    got = parse_batch('{"answers": %s}' % entries, [1, 2, 3])
+    assert all(tok is None and "asked [1, 2, 3]" in why for tok, why in got.values()), got
+
+
+def test_batch_reasons_are_short_even_for_huge_replies():
+    huge = '{"answers": [{"id": 1, "answer": "%s"}]}' % ("x" * 1_000_000)
+    (tok, why), = parse_batch(huge, [1]).values()
+    assert tok is None and len(why) < 300
+    assert parse_single("[" * 100_000 + "]" * 100_000)[0] is None  # nested past the recursion limit
+
+
+def test_other_batch_shapes_are_invalid():
     for bad in ('Here: {"answers": []}', '{"answers": {}}', '{"answers": [], "note": 1}', "[]"):
         assert all(v[0] is None for v in parse_batch(bad, [1, 2]).values())
 

@@ -12,8 +12,10 @@ official ``openai`` client. Only the structured reply counts (:mod:`fbloop.agent
 trailing whitespace is the only slack; prose around the JSON, code fences,
 extra or duplicate keys, a missing or unknown id, or any other token make that
 answer ``invalid``, stored with the raw reply text — never an exception that
-loses the batch. ``response_format`` (a JSON schema) is sent where the server
-accepts it, but the reply is parsed as if it had not been. Feature
+loses the batch; so is anything the server sends that is no reply at all (see
+:mod:`fbloop.agents.transport`). The reply's shape is asked for in the
+structured-output mode the server understands (:mod:`fbloop.agents.structured`),
+but the reply is parsed as if it had not been. Feature
 descriptions are untrusted text: they only ever reach the prompt, and nothing
 in them can change how the reply is read.
 
@@ -30,11 +32,20 @@ Choices (see also :class:`LLMConfig`):
   *position-bias rate* reported per run.
 - **Batches** of ``batch_size`` triplets per request, numbered ``1..k`` inside
   the request. With ``batch_size == 1`` the single-answer template is used.
+- **Structured output** (``structured``): ``auto`` probes the server before the run
+  (:meth:`LLMAgent.check`): one small fbloop prompt in each mode of
+  :data:`fbloop.agents.structured.PROBE_ORDER` until a reply parses; ``prompt``
+  (no field) when none does. Each answer's ``meta["structured"]`` is the mode it
+  was asked in, and the run's summary holds the probe's log.
 - **Retries**: 429, 408, 409, 5xx, connection errors and timeouts are retried with
-  exponential backoff (``backoff_s · 2^i``, capped, with jitter) up to
-  ``max_attempts`` tries; after the last, every answer of the request is
-  ``invalid`` with the error text as ``raw``. Other 4xx are not retried. A 400
-  that names ``response_format`` switches the schema off for the rest of the run.
+  exponential backoff (``backoff_s · 2^i``, capped, with jitter, or the server's
+  ``Retry-After`` up to ``retry_after_max_s``) up to ``max_attempts`` tries; after
+  the last, every answer of the request is ``invalid`` with the error text as
+  ``raw``. Other 4xx are not retried. An error naming the structured-output field
+  re-sends the request in the next mode.
+- **What is kept**: the API key is removed from every stored text; a raw reply
+  keeps its first ``raw_cap`` characters, with its full length in
+  ``meta["raw_chars"]``.
 - **Cache**: a reply whose every answer parsed is stored in the run database
   (``llm_cache``), keyed by ``sha256(base URL, model, temperature, template
   hash, rendered prompt)`` — the endpoint and temperature are in the key so
@@ -63,8 +74,6 @@ import asyncio
 import concurrent.futures
 import hashlib
 import os
-import random
-import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -72,10 +81,13 @@ import numpy as np
 from .. import prompts, render
 from ..designs import Queries
 from ..errors import ConfigError
+from ..sparse import SparseBatch
 from .base import Answers
-from .replies import TOKENS, parse_batch, parse_single, response_format
+from .replies import TOKENS, parse_batch, parse_single
+from .structured import CHOICES, PROBE_ORDER, request_fields
+from .transport import ModeState, Policy, Reply, Scrubber, describe, send
 
-RETRY_STATUS = {408, 409, 429}  # plus every 5xx
+REASON_CAP = 300  # characters of a reason (meta["error"]) kept
 
 
 class EndpointError(ConfigError):
@@ -97,10 +109,12 @@ class LLMConfig:
     max_attempts: int = 4  # tries per request (first + retries)
     backoff_s: float = 0.5  # wait before the first retry; doubles each time
     backoff_max_s: float = 8.0
+    retry_after_max_s: float = 30.0  # the longest Retry-After honoured; a server asking for more waits this long
     timeout_s: float = 60.0  # per request
     temperature: float | None = 0.0  # None → not sent (some reasoning models refuse the parameter)
     max_tokens: int | None = None  # completion cap; None → the server's default
-    json_schema: bool = True  # send response_format=json_schema (the reply is parsed strictly anyway)
+    structured: str = "auto"  # structured-output mode (fbloop.agents.structured); auto: probe the server
+    raw_cap: int = 16_384  # characters of a raw reply kept (a batch's reply is kept once per answer)
     cache: bool = True  # reuse understood replies stored in the run database
     top_features: int = 12  # features shown per activation (strongest first)
     cost_prompt_1k: float = 0.0  # price per 1000 prompt tokens
@@ -113,14 +127,25 @@ class LLMConfig:
             raise ConfigError("Expect a model name, got an empty string.")
         if not self.api_key_env or not self.api_key_env.replace("_", "").isalnum():
             raise ConfigError(f"Expect the name of an environment variable, got api_key_env={self.api_key_env!r}.")
-        for name in ("batch_size", "concurrency", "max_attempts", "top_features"):
+        if self.structured not in CHOICES:
+            raise ConfigError(f"Expect structured in {list(CHOICES)}, got {self.structured!r}.")
+        for name in ("batch_size", "concurrency", "max_attempts", "top_features", "raw_cap"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"Expect {name} ≥ 1, got {getattr(self, name)}.")
-        for name in ("backoff_s", "backoff_max_s", "cost_prompt_1k", "cost_completion_1k", "temperature"):
+        for name in ("backoff_s", "backoff_max_s", "retry_after_max_s", "cost_prompt_1k", "cost_completion_1k",
+                     "temperature"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ConfigError(f"Expect {name} ≥ 0, got {getattr(self, name)}.")
         if not self.timeout_s > 0:
             raise ConfigError(f"Expect timeout_s > 0, got {self.timeout_s}.")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> LLMConfig:
+        """A stored config, also one from before ``structured`` (its ``json_schema`` flag)."""
+        data = dict(data)
+        if "json_schema" in data:
+            data.setdefault("structured", "json_schema" if data.pop("json_schema") else "prompt")
+        return cls(**data)
 
 
 # ---------------------------------------------------------------- requests
@@ -132,20 +157,6 @@ class _Request:
     order: str  # "ab": candidates as stored; "ba": swapped
     prompt: str
     key: str  # cache key
-
-
-@dataclass
-class _Reply:
-    text: str  # the reply text, or the error text when the request failed
-    failed: bool = False  # no reply came back (after retries)
-    cached: bool = False
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    latency_s: float = 0.0
-    attempts: int = 0
-    request_id: str | None = None
-    response_id: str | None = None
-    served_model: str | None = None
 
 
 @dataclass
@@ -173,21 +184,12 @@ class Usage:
         return out
 
 
-def _describe(exc: Exception) -> str:
-    import openai
-
-    if isinstance(exc, openai.APIStatusError):
-        return f"HTTP {exc.status_code}: {exc.message}"
-    cause = exc.__cause__ or exc.__context__
-    return f"{type(exc).__name__}: {exc}" + (f" ({cause})" if cause else "")
-
-
-def _retryable(exc: Exception) -> bool:
-    import openai
-
-    if isinstance(exc, openai.APIStatusError):
-        return exc.status_code in RETRY_STATUS or exc.status_code >= 500
-    return isinstance(exc, openai.APIConnectionError)  # includes timeouts
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 class LLMAgent:
@@ -217,7 +219,9 @@ class LLMAgent:
             self.template_hash = prompts.combined_hash(self.system, self.single)
         self.system_text = self.system.render()
         self.usage = Usage()
-        self._use_schema = config.json_schema
+        # "auto" stays unresolved until the probe (check(), or the first answer) picks a mode
+        self.modes: ModeState | None = None if config.structured == "auto" else ModeState(config.structured)
+        self.probe_log: list[dict] = []
 
     # ------------------------------------------------------------ pre-flight
 
@@ -229,30 +233,94 @@ class LLMAgent:
                                 "--api-key-env names another variable).")
         return key
 
+    def _scrubber(self) -> Scrubber:
+        return Scrubber([self.api_key()], self.config.raw_cap)
+
+    def _policy(self) -> Policy:
+        cfg = self.config
+        return Policy(cfg.max_attempts, cfg.backoff_s, cfg.backoff_max_s, cfg.retry_after_max_s)
+
     def check(self) -> None:
-        """Fail before any query is spent: key missing or rejected, endpoint unreachable, model not served."""
+        """Fail before any query is spent: key missing or rejected, endpoint unreachable, model not served.
+
+        Then, with ``structured="auto"``, probe which structured-output mode the server takes.
+        """
         import openai
 
         cfg = self.config
+        scrub = self._scrubber()
         client = openai.OpenAI(base_url=cfg.base_url, api_key=self.api_key(), max_retries=0,
                                timeout=min(cfg.timeout_s, 10.0))
+        models: list = []
         try:
             models = [m.id for m in client.models.list().data]
         except openai.NotFoundError:
-            return  # no /models route: the server answered, which is what we needed to know
+            pass  # no /models route: the server answered, which is what we needed to know
         except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
             raise EndpointError(f"The LLM endpoint {cfg.base_url} rejected the key in ${cfg.api_key_env} "
-                                f"({_describe(exc)}).") from None
+                                f"({describe(exc, scrub)}).") from None
         except openai.APIStatusError as exc:
-            raise EndpointError(f"The LLM endpoint {cfg.base_url} answered {_describe(exc)} to GET /models.") from None
+            raise EndpointError(f"The LLM endpoint {cfg.base_url} answered {describe(exc, scrub)} "
+                                "to GET /models.") from None
         except openai.APIConnectionError as exc:
-            raise EndpointError(f"Cannot reach the LLM endpoint {cfg.base_url}: {_describe(exc)}. "
+            raise EndpointError(f"Cannot reach the LLM endpoint {cfg.base_url}: {describe(exc, scrub)}. "
                                 "Is the server running? (`fbloop serve-oracle` starts a local one.)") from None
+        except Exception as exc:  # a /models body the client cannot read: the server is there, go on
+            models = []
+            self.probe_log.append({"models": describe(exc, scrub, REASON_CAP)})
         finally:
             client.close()
         if models and cfg.model not in models:
             raise EndpointError(f"The LLM endpoint {cfg.base_url} serves no model {cfg.model!r}; "
-                                f"it serves {models[:10]}.")
+                                f"it serves {[scrub(str(m), 200) for m in models[:10]]}.")
+        self.probe()
+
+    def probe(self) -> str:
+        """The structured-output mode to ask in: ``config.structured``, or with ``auto`` the first mode
+        of :data:`PROBE_ORDER` whose reply to a small fbloop prompt parsed (``prompt`` if none did).
+        Each try is logged in :attr:`probe_log` (``{"mode", "outcome"}``)."""
+        if self.modes is None:
+            self.modes = ModeState(self._run(self._probe_modes()))
+        return self.modes.current
+
+    def _probe_prompt(self) -> tuple[str, list[int]]:
+        # The smallest real question: feature 0 against feature 1, in the run's own templates, so that
+        # the probe also shows whether the prompt is understood (fbloop's serve-oracle parses it back).
+        p = max(2, len(self.descriptions) if self.descriptions else 2)
+        one = lambda i, w: SparseBatch(np.array([[i]]), np.array([[w]]), p)  # noqa: E731
+        q = Queries("triplet", np.array([0]), one(0, 1.0), one(0, 0.9), one(1, 1.0))
+        blocks = self._texts(q) * (2 if self.batched else 1)
+        return self._prompt(blocks), ([1, 2] if self.batched else [])
+
+    async def _probe_modes(self) -> str:
+        import openai
+
+        cfg = self.config
+        prompt, ids = self._probe_prompt()
+        client = openai.AsyncOpenAI(base_url=cfg.base_url, api_key=self.api_key(), max_retries=0,
+                                    timeout=cfg.timeout_s)
+        scrub = self._scrubber()
+        try:
+            for mode in PROBE_ORDER[:-1]:
+                rep = await send(client, lambda m: self._kwargs(prompt, m), self._policy(), scrub, self.usage,
+                                 ModeState(mode), probing=True)
+                why = rep.text if rep.failed else rep.unreadable
+                if why is None:
+                    why = parse_batch(rep.text, ids)[1][1] if self.batched else parse_single(rep.text)[1]
+                self.probe_log.append({"mode": mode, "outcome": "ok" if why is None else scrub(why, REASON_CAP)})
+                if why is None:
+                    return mode
+        finally:
+            await client.close()
+        self.probe_log.append({"mode": "prompt", "outcome": "the last resort: no mode's reply parsed"})
+        return "prompt"
+
+    def _run(self, coro):
+        """Run a coroutine, also from a thread whose event loop is running (a notebook)."""
+        if not _loop_running():
+            return asyncio.run(coro)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            return pool.submit(asyncio.run, coro).result()
 
     # ------------------------------------------------------------ the agent protocol
 
@@ -275,6 +343,10 @@ class LLMAgent:
             ag = store.agreement(run_id, self.name, self.swap_name)
             use["swap_pairs"] = ag["both"]
             use["position_bias_rate"] = (ag["both"] - ag["agree"]) / ag["both"] if ag["both"] else None
+        modes = self.modes
+        use["structured"] = modes.current if modes is not None else None
+        use["structured_refused"] = list(modes.refusals) if modes is not None else []
+        use["structured_probe"] = list(self.probe_log)
         return {"model": cfg.model, "template": self.template_name, **use}
 
     # ------------------------------------------------------------ building requests
@@ -318,6 +390,7 @@ class LLMAgent:
         if queries.kind != "triplet":
             raise ConfigError("The llm agent answers triplet queries only; pair designs need the bisection route "
                               "(triplets (0, u, t·y) over t), not a direct question. Use --design triplet.")
+        self.probe()  # "auto" not yet resolved (an agent used without check()): probe now
         texts = self._texts(queries)
         requests = [r for order in orders for r in self._requests(texts, order)]
         hits = {}
@@ -326,59 +399,56 @@ class LLMAgent:
                 got = self.cache.cache_get(r.key)
                 # Only understood replies are cached; one that does not parse (a cache written by another
                 # version, say) is asked again rather than served.
-                if got is not None and self._understood(r, _Reply(got["reply"])):
+                if got is not None and self._understood(r, Reply(got["reply"])):
                     hits[r.key] = got
-        try:
-            asyncio.get_running_loop()
-            in_loop = True
-        except RuntimeError:
-            in_loop = False
-        pending_puts: list[tuple[_Request, _Reply]] = []
-        if in_loop:  # e.g. a notebook: run on a worker thread, write the cache afterwards
-            with concurrent.futures.ThreadPoolExecutor(1) as pool:
-                replies = pool.submit(asyncio.run, self._gather(requests, hits, pending_puts.append)).result()
-        else:
-            replies = asyncio.run(self._gather(requests, hits, self._put))
-        for item in pending_puts:
+        # Inside a running event loop (a notebook) the requests run on a worker thread, so the cache
+        # (the store's connection belongs to this thread) is written after the chunk instead of at once.
+        pending: list[tuple[_Request, Reply]] = []
+        put = pending.append if _loop_running() else self._put
+        replies = self._run(self._gather(requests, hits, put))
+        for item in pending:
             self._put(item)
         return self._collect(queries, orders, requests, replies)
 
-    def _put(self, item: tuple[_Request, _Reply]) -> None:
+    def _put(self, item: tuple[_Request, Reply]) -> None:
         req, rep = item
         if self.cache is None:
             return
         meta = {"prompt_tokens": rep.prompt_tokens, "completion_tokens": rep.completion_tokens,
                 "latency_s": rep.latency_s, "request_id": rep.request_id, "response_id": rep.response_id,
-                "served_model": rep.served_model}
+                "served_model": rep.served_model, "structured": rep.mode}
         self.cache.cache_put(req.key, model=self.config.model, template_hash=self.template_hash,
                              prompt=req.prompt, reply=rep.text, meta=meta)
 
-    def _understood(self, req: _Request, rep: _Reply) -> bool:
-        if rep.failed:
+    def _understood(self, req: _Request, rep: Reply) -> bool:
+        if rep.failed or rep.unreadable:
             return False
         if not self.batched:
             return parse_single(rep.text)[0] is not None
         ids = list(range(1, len(req.rows) + 1))
         return all(tok is not None for tok, _ in parse_batch(rep.text, ids).values())
 
-    async def _gather(self, requests: list[_Request], hits: dict, put) -> list[_Reply]:
+    async def _gather(self, requests: list[_Request], hits: dict, put) -> list[Reply]:
         import openai
 
         cfg = self.config
         client = openai.AsyncOpenAI(base_url=cfg.base_url, api_key=self.api_key(), max_retries=0,
                                     timeout=cfg.timeout_s)
         sem = asyncio.Semaphore(cfg.concurrency)
+        scrub, policy = self._scrubber(), self._policy()
 
-        async def one(req: _Request) -> _Reply:
+        async def one(req: _Request) -> Reply:
             if req.key in hits:
                 got = hits[req.key]
                 self.usage.cache_hits += 1
                 m = got["meta"]
-                return _Reply(got["reply"], cached=True, prompt_tokens=m.get("prompt_tokens", 0),
-                              completion_tokens=m.get("completion_tokens", 0), request_id=m.get("request_id"),
-                              response_id=m.get("response_id"), served_model=m.get("served_model"))
+                return Reply(got["reply"], cached=True, prompt_tokens=m.get("prompt_tokens", 0),
+                             completion_tokens=m.get("completion_tokens", 0), request_id=m.get("request_id"),
+                             response_id=m.get("response_id"), served_model=m.get("served_model"),
+                             mode=m.get("structured"), raw_chars=len(got["reply"]))
             async with sem:
-                rep = await self._ask(client, req)
+                rep = await send(client, lambda mode: self._kwargs(req.prompt, mode), policy, scrub, self.usage,
+                                 self.modes)
             if self._understood(req, rep):
                 put((req, rep))  # at once: a process killed later in this chunk keeps what it paid for
             return rep
@@ -388,88 +458,53 @@ class LLMAgent:
         finally:
             await client.close()
 
-    async def _ask(self, client, req: _Request) -> _Reply:
-        import openai
-
+    def _kwargs(self, prompt: str, mode: str) -> dict:
         cfg = self.config
-        messages = [{"role": "system", "content": self.system_text}, {"role": "user", "content": req.prompt}]
-        attempts, error = 0, ""
-        while attempts < cfg.max_attempts:
-            attempts += 1
-            kwargs: dict = {"model": cfg.model, "messages": messages}
-            if cfg.temperature is not None:
-                kwargs["temperature"] = cfg.temperature
-            if cfg.max_tokens is not None:
-                kwargs["max_tokens"] = cfg.max_tokens
-            if self._use_schema:
-                kwargs["response_format"] = response_format(self.batched)
-            t0 = time.perf_counter()
-            self.usage.requests += 1
-            try:
-                resp = await client.chat.completions.create(**kwargs)
-            except openai.BadRequestError as exc:
-                if self._use_schema and "response_format" in str(exc).lower():
-                    self._use_schema = False  # the server does not take the schema; parsing is strict anyway
-                    attempts -= 1
-                    continue
-                error = _describe(exc)
-                break
-            except (openai.APIStatusError, openai.APIConnectionError) as exc:
-                error = _describe(exc)
-                if not _retryable(exc):
-                    break
-                if attempts < cfg.max_attempts:
-                    self.usage.retries += 1
-                    delay = min(cfg.backoff_s * 2 ** (attempts - 1), cfg.backoff_max_s)
-                    await asyncio.sleep(delay * (0.5 + 0.5 * random.random()))  # jitter: no thundering herd
-                continue
-            latency = time.perf_counter() - t0
-            choice = resp.choices[0] if resp.choices else None
-            text = (choice.message.content if choice is not None and choice.message is not None else None) or ""
-            usage = resp.usage
-            rep = _Reply(text, prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
-                         completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0), latency_s=latency,
-                         attempts=attempts, request_id=getattr(resp, "_request_id", None) or None,
-                         response_id=resp.id, served_model=resp.model)
-            self.usage.prompt_tokens += rep.prompt_tokens
-            self.usage.completion_tokens += rep.completion_tokens
-            return rep
-        self.usage.failed_requests += 1
-        return _Reply(f"error: {error} (gave up after {attempts} attempt{'s' * (attempts != 1)})", failed=True,
-                      attempts=attempts)
+        kwargs: dict = {"model": cfg.model, "messages": [{"role": "system", "content": self.system_text},
+                                                         {"role": "user", "content": prompt}]}
+        if cfg.temperature is not None:
+            kwargs["temperature"] = cfg.temperature
+        if cfg.max_tokens is not None:
+            kwargs["max_tokens"] = cfg.max_tokens
+        return {**kwargs, **request_fields(mode, self.batched)}
 
     # ------------------------------------------------------------ answers
 
     def _collect(self, queries: Queries, orders: tuple[str, ...], requests: list[_Request],
-                 replies: list[_Reply]) -> list[Answers]:
+                 replies: list[Reply]) -> list[Answers]:
         n = len(queries)
         sets = {o: (np.full(n, np.nan), np.full(n, "invalid", dtype=object), [None] * n, [None] * n)
                 for o in orders}
+        scrub = self._scrubber()
         for req, rep in zip(requests, replies):
             value, status, raw, meta = sets[req.order]
             sign = 1.0 if req.order == "ab" else -1.0  # values are stored in the query's orientation
-            if rep.failed:
-                parsed = {k: (None, rep.text) for k in range(len(req.rows))}
+            if rep.failed or rep.unreadable:
+                parsed = {k: (None, rep.text if rep.failed else rep.unreadable) for k in range(len(req.rows))}
             elif self.batched:
                 by_id = parse_batch(rep.text, list(range(1, len(req.rows) + 1)))
                 parsed = {k: by_id[k + 1] for k in range(len(req.rows))}
             else:
                 parsed = {0: parse_single(rep.text)}
+            kept = scrub(rep.text)  # the key removed, the first raw_cap characters
             for k, row in enumerate(req.rows):
                 token, why = parsed[k]
                 m = {"template": self.template_name, "template_hash": self.template_hash, "model": self.config.model,
                      "served_model": rep.served_model, "prompt_tokens": rep.prompt_tokens,
                      "completion_tokens": rep.completion_tokens, "latency_s": round(rep.latency_s, 6),
                      "order": req.order, "request_id": rep.request_id, "response_id": rep.response_id,
-                     "batch_index": k, "batch_size": len(req.rows), "cached": rep.cached, "attempts": rep.attempts}
+                     "batch_index": k, "batch_size": len(req.rows), "cached": rep.cached, "attempts": rep.attempts,
+                     "structured": rep.mode, "raw_chars": rep.raw_chars or len(rep.text)}
+                if len(kept) < len(rep.text):
+                    m["raw_truncated"] = True
                 if token is None:
-                    m["error"] = why
+                    m["error"] = scrub(why, REASON_CAP)
                     self.usage.invalid += 1
                 else:
                     value[row] = sign * TOKENS[token]
                     status[row] = "ok"
                     self.usage.ok += 1
-                raw[row] = rep.text
+                raw[row] = kept
                 meta[row] = m
         out = []
         for o in orders:

@@ -60,6 +60,19 @@ def run_options(fn):
                      help="LLM agent: requests in flight at once."),
         click.option("--order-swap", is_flag=True,
                      help="LLM agent: also ask every triplet with its candidates swapped (position bias)."),
+        click.option("--structured", default="auto", show_default=True,
+                     type=click.Choice(["auto", "json_schema", "json_object", "vllm", "vllm-guided", "ollama",
+                                        "prompt"]),
+                     help="LLM agent: how the reply's JSON shape is asked for. auto: probe the server first. "
+                          "json_schema: OpenAI (also vLLM, Ollama's /v1); json_object: llama.cpp; vllm / "
+                          "vllm-guided: vLLM's structured_outputs / guided_json; ollama: Ollama's format; "
+                          "prompt: the prompt alone."),
+        click.option("--timeout", default=60.0, show_default=True, type=click.FloatRange(0, min_open=True),
+                     help="LLM agent: seconds per request."),
+        click.option("--max-tokens", default=None, type=click.IntRange(1),
+                     help="LLM agent: completion token cap per request [default: the server's]."),
+        click.option("--max-attempts", default=4, show_default=True, type=click.IntRange(1),
+                     help="LLM agent: tries per request (first + retries) before its answers are invalid."),
         click.option("--cost-prompt-1k", default=0.0, show_default=True, type=float,
                      help="LLM agent: price per 1000 prompt tokens, for the run's cost."),
         click.option("--cost-completion-1k", default=0.0, show_default=True, type=float,
@@ -153,6 +166,8 @@ def _llm_config(opts: dict):
 
     return LLMConfig(base_url=opts["base_url"], model=opts["model"], api_key_env=opts["api_key_env"],
                      batch_size=opts["batch_size"], concurrency=opts["concurrency"], order_swap=opts["order_swap"],
+                     structured=opts["structured"], timeout_s=opts["timeout"], max_attempts=opts["max_attempts"],
+                     max_tokens=opts["max_tokens"],
                      cost_prompt_1k=opts["cost_prompt_1k"], cost_completion_1k=opts["cost_completion_1k"])
 
 
@@ -222,7 +237,7 @@ def _print_result(result, as_json: bool) -> None:
         u = s["llm"]
         bias = u.get("position_bias_rate")
         click.echo(f"LLM {u['model']}: {u['requests']} requests, {u['prompt_tokens']} + {u['completion_tokens']} "
-                   f"tokens, cost {u['cost']:.4f}; answers {u['answers']}"
+                   f"tokens, cost {u['cost']:.4f}; answers {u['answers']}; structured output {u.get('structured')}"
                    + ("" if bias is None else f"; position-bias rate {bias:.3f} over {u['swap_pairs']} swapped pairs"))
 
 

@@ -95,7 +95,7 @@ class RunConfig:
         data["oracle"] = OracleConfig(**data.get("oracle", {}))
         data["learner_config"] = LearnerConfig(**data.get("learner_config", {}))
         if data.get("llm") is not None:
-            data["llm"] = LLMConfig(**data["llm"])
+            data["llm"] = LLMConfig.from_dict(data["llm"])
         if data.get("bisection") is not None:
             data["bisection"] = BisectionConfig(**data["bisection"])
         if data.get("active") is not None:

@@ -22,7 +22,7 @@ from ..active import ActiveStrategy
 from ..agents.llm import LLMAgent
 from ..bisection import BisectionAgent
 from ..designs import Design, make_design, n_params
-from ..errors import ConfigError, StoreError
+from ..errors import ConfigError, NoUsableAnswersError, StoreError
 from ..learner import GradientLearner
 from ..pool import AgentPool
 from ..querying import ActiveQueries, Prequential, random_positions, stored_chunk
@@ -261,6 +261,7 @@ def run_loop(config: RunConfig, store: Store, run_id: str | None = None,
         if active is not None:
             active.close()
 
+    no_usable_answers(store, run_id, n_ok)
     if isinstance(learner, GradientLearner):
         fit_pcc, reports = pcc, [0]
 
@@ -313,6 +314,20 @@ def run_loop(config: RunConfig, store: Store, run_id: str | None = None,
         progress(Progress(n_ok, budget, pcc, learner.last_loss, stage="done"))
     return RunResult(run_id, pcc, n_ok, budget, design.count, learner_name,
                      time.perf_counter() - t0, factor, history, extra)
+
+
+def no_usable_answers(store: Store, run_id: str, n_ok: int) -> None:
+    """Stop before the final fit when no answer is usable (an LLM whose every reply was invalid): one
+    clear error instead of a learner failing on no data. The run stays resumable (status ``no-data``):
+    run it again to ask the invalid ones again."""
+    if n_ok > 0:
+        return
+    info = store.invalid_reasons(run_id)
+    store.set_status(run_id, "no-data")
+    reasons = "; ".join(f"{why!r} ×{k}" for why, k in info["reasons"]) or "none stored"
+    raise NoUsableAnswersError(f"Run {run_id!r} has no usable answer: {info['answers']} asked, {info['invalid']} "
+                               f"invalid; commonest reasons: {reasons}. Resume with --run-id {run_id} to ask "
+                               "the invalid ones again.")
 
 
 def top_up_queue(store: Store, run_id: str, active: ActiveQueries, budget: int, chunk: int,

@@ -193,6 +193,17 @@ class Store:
             [run_id, start, stop, *agents])
         return {int(r[0]): int(r[1]) for r in rows}
 
+    def invalid_reasons(self, run_id: str, top: int = 3, width: int = 80) -> dict:
+        """How a run's answers went: ``{"answers", "invalid", "reasons": [(reason, count), ...]}``, the
+        ``top`` commonest reasons (``meta.error``, its first ``width`` characters) first."""
+        n, bad = self.db.execute("SELECT COUNT(*), COALESCE(SUM(status = 'invalid'), 0) FROM answers "
+                                 "WHERE run_id = ?", [run_id]).fetchone()
+        rows = self.db.execute(
+            "SELECT substr(COALESCE(json_extract(meta, '$.error'), '(no reason stored)'), 1, ?) AS why, "
+            "COUNT(*) AS k FROM answers WHERE run_id = ? AND status = 'invalid' GROUP BY why "
+            "ORDER BY k DESC, why LIMIT ?", [width, run_id, top]).fetchall()
+        return {"answers": int(n), "invalid": int(bad), "reasons": [(r[0], int(r[1])) for r in rows]}
+
     def record_attempts(self, run_id: str, queries: Queries, answers: list[Answers],
                         attempts: dict[int, int]) -> int:
         """Like :meth:`record`, each answer stored under ``attempts[seq]`` (0 where absent): a query asked
