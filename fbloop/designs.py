@@ -16,7 +16,9 @@ queries it had.
 | pivot         | —      | adaptive: ``e_i + e_j`` against pivots chosen from the answers (:mod:`fbloop.pivots`) | ``≈ p·r`` |
 | triplet       | —      | random ternary triplets ``(a, b, c)``     | open-ended          |
 
-Coordinates: a design may carry an orthonormal ``basis`` ``B`` (``p × p``); its
+Coordinates: a design may carry an orthonormal ``basis`` ``B`` (``p × p``, held
+implicitly as an :class:`EigenBasis`: the range eigenvectors from the target's
+thin SVD plus a Householder completion, ``O(p·r)`` memory, never ``p × p``); its
 queries are then sparse *in that basis* and stand for the activations ``B w``.
 The eigendecomposition design does this: ``v_i + v_j`` is the 2-sparse
 ``e_i + e_j`` over the eigenvectors, so its 134,912 queries at the ChessGPT shape
@@ -163,6 +165,59 @@ def sample_sparse(rng: np.random.Generator, n: int, p: int, mu: float, s: int, a
     return idx, values
 
 
+class EigenBasis:
+    """An orthonormal ``p × p`` basis ``B`` whose first ``r`` columns are given, never formed densely.
+
+    ``q`` (``p × r``, orthonormal columns: ``Φ*``'s range eigenvectors) is completed by the
+    Householder QR of ``q``: ``H = H₁⋯H_r = I − Y T Yᵀ`` (compact WY form, ``Y`` unit lower
+    trapezoidal ``p × r``, ``T`` upper triangular ``r × r``) has ``H[:, :r] = q · diag(s)`` with
+    ``s = ±1``, and its columns ``r…p−1`` span the null space. ``B = H · diag(s, 1, …, 1)`` so
+    ``B[:, :r] = q`` exactly. Memory ``O(p·r)``, set-up ``O(p·r²)``; applying ``B`` or ``Bᵀ`` to
+    ``n`` columns costs ``O(p·r·n)``. For ``p = 262,144``, ``r = 512`` that is 1 GiB and seconds,
+    where a dense basis would take 512 GiB.
+    """
+
+    def __init__(self, q: np.ndarray):
+        from scipy.linalg import qr
+
+        q = np.asarray(q, dtype=np.float64)
+        p, r = q.shape
+        (raw, tau), rr = qr(q, mode="raw")  # raw: (p, r) Householder vectors below the diagonal
+        del q
+        y = np.tril(raw, -1)  # (p, r); np.tril allocates one copy, raw is then dropped
+        del raw
+        y[np.arange(r), np.arange(r)] = 1.0
+        g = y.T @ y  # (r, r)
+        t = np.zeros((r, r))
+        for i in range(r):  # LAPACK dlarft's forward, column-wise recurrence
+            t[:i, i] = -tau[i] * (t[:i, :i] @ g[:i, i])
+            t[i, i] = tau[i]
+        self.p, self.r = p, r
+        self.y, self.t = y, t
+        self.signs = np.sign(np.diag(rr))  # (r,): R = diag(±1) for orthonormal q
+        self.signs[self.signs == 0] = 1.0
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """``B x`` for ``x`` of shape ``(p, n)``."""
+        x = np.array(x, dtype=np.float64)
+        x[: self.r] *= self.signs[:, None]
+        return x - self.y @ (self.t @ (self.y.T @ x))
+
+    def apply_t(self, x: np.ndarray) -> np.ndarray:
+        """``Bᵀ x`` for ``x`` of shape ``(p, n)``."""
+        x = np.asarray(x, dtype=np.float64)
+        out = x - self.y @ (self.t.T @ (self.y.T @ x))
+        out[: self.r] *= self.signs[:, None]
+        return out
+
+    def dense(self) -> np.ndarray:
+        """The ``(p, p)`` matrix, for tests and small ``p`` (refused above ``DENSE_P_LIMIT``)."""
+        from .targets import check_dense
+
+        check_dense(self.p, "A dense eigenbasis")
+        return self.apply(np.eye(self.p))
+
+
 class Design:
     """A deterministic query sequence for one target and seed."""
 
@@ -174,21 +229,21 @@ class Design:
         self.p = target.p
         self.rank = target.rank
         self.seed = seed
-        self.basis: np.ndarray | None = None  # (p, p) orthonormal; None: queries are in feature coordinates
+        self.basis: EigenBasis | None = None  # orthonormal p × p, implicit; None: feature coordinates
 
     def to_native(self, batch: SparseBatch) -> SparseBatch:
         """Activations in feature coordinates (``B w``; dense when the design has a basis)."""
         if self.basis is None:
             return batch
-        return SparseBatch.from_dense(batch.to_dense() @ self.basis.T)
+        return SparseBatch.from_dense(self.basis.apply(batch.to_dense().T).T)
 
     def design_factor(self, factor: np.ndarray) -> np.ndarray:
         """A target factor ``V`` (p, k) in the design's coordinates: ``Bᵀ V``."""
-        return factor if self.basis is None else self.basis.T @ factor
+        return factor if self.basis is None else self.basis.apply_t(factor)
 
     def native_factor(self, factor: np.ndarray) -> np.ndarray:
         """A learned factor ``U`` (p, r) in the design's coordinates, back in feature coordinates: ``B U``."""
-        return factor if self.basis is None else self.basis @ factor
+        return factor if self.basis is None else self.basis.apply(factor)
 
     @property
     def total(self) -> int | None:
@@ -232,7 +287,7 @@ class EigenDesign(Design):
 
     def __init__(self, config: DesignConfig, target: Target, seed: int):
         super().__init__(config, target, seed)
-        self.basis = target.eigenvectors()  # (p, p): constructive designs know Φ*
+        self.basis = EigenBasis(target.range_vectors())  # constructive designs know Φ*
         r = self.rank
         iu, ju = np.triu_indices(r, k=1)
         self.plan = np.concatenate([

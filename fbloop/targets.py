@@ -29,6 +29,7 @@ descriptions (see :mod:`fbloop.checkpoints`).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -39,6 +40,20 @@ import numpy as np
 from .errors import ConfigError, NonFiniteError, NonPSDError, ShapeError, TargetFileError
 
 RANK_TOL = 1e-6  # eigenvalues below RANK_TOL × largest count as zero (numerical rank)
+# Largest p for which fbloop forms a dense p × p matrix (Φ*, a full eigenbasis): 16384² float64 is 2 GiB.
+DENSE_P_LIMIT = 16_384
+# Factors with more entries than this take their SVD from the k × k Gram matrix (O(p·k²), one GEMM)
+# instead of LAPACK's SVD of the p × k factor (slower, and a workspace several times the factor).
+GRAM_SVD_ABOVE = 1 << 25
+
+
+def check_dense(p: int, what: str) -> None:
+    """Refuse a dense ``p × p`` allocation above :data:`DENSE_P_LIMIT`, saying what asked for it."""
+    if p > DENSE_P_LIMIT:
+        gib = p * p * 8 / 2**30
+        raise ConfigError(f"{what} needs a dense p × p matrix: p = {p} would take {gib:.0f} GiB; fbloop forms "
+                          f"one only for p ≤ {DENSE_P_LIMIT} (DENSE_P_LIMIT). Use the factored paths "
+                          "(the eigen design's thin basis, pcc_factored) instead.")
 
 
 @dataclass(frozen=True, eq=False)
@@ -72,8 +87,17 @@ class Target:
     @cached_property
     def _svd(self) -> tuple[np.ndarray, np.ndarray]:
         # Left singular vectors of V are Φ*'s eigenvectors; σ² its eigenvalues.
-        q, s, _ = np.linalg.svd(self.factor, full_matrices=False)
-        return q, s**2
+        if self.factor.size <= GRAM_SVD_ABOVE:
+            q, s, _ = np.linalg.svd(self.factor, full_matrices=False)
+            return q, s**2
+        # Large p: eigenvectors W of the k × k Gram VᵀV give Q = V W / σ for the eigenvalues above
+        # the rank tolerance (σ ≥ 1e-3 σ₁, so Q stays orthonormal to ~1e-10); the rest are 0.
+        lam, w = np.linalg.eigh(self.factor.T @ self.factor)
+        lam, w = np.clip(lam[::-1], 0.0, None), w[:, ::-1]
+        keep = int(np.sum(lam > RANK_TOL * lam[0]))
+        q = self.factor @ (w[:, :keep] / np.sqrt(lam[:keep]))  # (p, keep)
+        lam[keep:] = 0.0
+        return q, lam
 
     @property
     def eigenvalues(self) -> np.ndarray:
@@ -88,12 +112,19 @@ class Target:
         ev = self.eigenvalues
         return int(np.sum(ev > RANK_TOL * ev[0]))
 
+    def range_vectors(self) -> np.ndarray:
+        """The ``rank`` leading eigenvectors ``(p, rank)`` (orthonormal): they span ``Φ*``'s range."""
+        return self._svd[0][:, : self.rank]
+
     def eigenvectors(self) -> np.ndarray:
         """Orthonormal ``(p, p)`` eigenvector matrix, columns matching ``eigenvalues``.
 
         The leading ``rank`` columns span ``Φ*``'s range; the rest complete the basis.
+        Dense ``p × p``: refused above :data:`DENSE_P_LIMIT` (the eigen design uses
+        :meth:`range_vectors` and an implicit complement instead).
         """
-        q = self._svd[0][:, : self.rank]
+        check_dense(self.p, f"The eigenvectors of target {self.name!r}")
+        q = self.range_vectors()
         # Complete the basis with the null space (dense p×p: only for constructive designs).
         full, _ = np.linalg.qr(np.hstack([q, np.eye(self.p)]))
         full = full[:, : self.p]
@@ -101,7 +132,8 @@ class Target:
         return full
 
     def phi(self) -> np.ndarray:
-        """Dense ``Φ* = V Vᵀ``; ``p × p``, so only for moderate ``p``."""
+        """Dense ``Φ* = V Vᵀ``; ``p × p``, so only for ``p ≤ DENSE_P_LIMIT``."""
+        check_dense(self.p, f"Φ* of target {self.name!r}")
         return self.factor @ self.factor.T
 
     def summary(self) -> dict:
@@ -227,7 +259,7 @@ def _read_array(path: Path, keys: tuple[str, ...]) -> np.ndarray:
         raise TargetFileError(f"{path}: no such file.")
     try:
         if path.suffix == ".npy":
-            return np.load(path, allow_pickle=False)
+            return _read_npy(path)
         if path.suffix == ".safetensors":
             from safetensors.numpy import load_file
 
@@ -246,12 +278,32 @@ def _read_array(path: Path, keys: tuple[str, ...]) -> np.ndarray:
     raise TargetFileError(f"{path}: unknown file type {path.suffix!r}; expect .npy or .safetensors.")
 
 
+def _read_npy(path: Path) -> np.ndarray:
+    """A numeric ``.npy`` array; anything else is refused by name, never unpickled."""
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic != b"\x93NUMPY":
+        raise TargetFileError(f"{path}: not a .npy file (no NumPy header); expect a numeric array "
+                              "written by numpy.save.")
+    try:
+        array = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        if "pickle" in str(exc):  # an object array: numpy would need to unpickle it
+            raise TargetFileError(f"{path}: holds an object array, which fbloop never unpickles; expect a "
+                                  "numeric array written by numpy.save.") from exc
+        raise
+    if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+        raise TargetFileError(f"{path}: holds dtype {array.dtype}; expect a numeric (float) array.")
+    return array
+
+
 def _naming_file(path: Path, build):
-    """Build a target from a file; any validation error names the file."""
+    """Build a target from a file; any validation error names the file, once."""
     try:
         return build()
     except (ShapeError, NonFiniteError, NonPSDError) as exc:
-        raise type(exc)(f"{path}: {exc}") from exc
+        # The target is named after the file: drop that name so the message names the file once.
+        raise type(exc)(f"{path}: {str(exc).replace(f' {path.name!r}', '')}") from exc
 
 
 def load_phi(path: str | Path) -> Target:
@@ -272,6 +324,9 @@ def save_target(target: Target, path: str | Path) -> None:
         from safetensors.numpy import save_file
 
         save_file({"D": D}, str(path))
+        umask = os.umask(0)  # safetensors writes 0600; give the file the mode any new file gets
+        os.umask(umask)
+        os.chmod(path, 0o666 & ~umask)
     else:
         np.save(path, D)
 

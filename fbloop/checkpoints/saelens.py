@@ -208,6 +208,11 @@ def _float32(name: str, x):
 
 
 def _replace(target: Path, write: Callable[[Path], Any]) -> None:
+    """Write through a temporary file, then rename; the file gets ``0666 & ~umask`` (safetensors
+    writes ``0600``), like any file the user creates."""
     tmp = target.with_name(target.name + ".tmp")
     write(tmp)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     os.replace(tmp, target)
