@@ -202,7 +202,7 @@ def _float32(name: str, x):
     if isinstance(x, torch.Tensor):
         return x.detach().cpu().to(torch.float32).contiguous()
     try:
-        return torch.from_numpy(np.array(x, dtype=np.float32))
+        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))  # a transposed view is Fortran-ordered
     except (TypeError, ValueError) as exc:
         raise ShapeError(f"Tensor {name!r} is not a numeric array: {exc}.") from exc
 

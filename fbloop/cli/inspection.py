@@ -77,17 +77,38 @@ def runs(db_path: str, as_json: bool) -> None:
 @main.command()
 @click.argument("run_id")
 @db_option
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="answers.csv or answers.jsonl")
-@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default=None,
+@click.option("--out", default=None, type=click.Path(dir_okay=False),
+              help="answers.csv, .jsonl, .parquet, or .npz (cblearn triplets); a .meta.json sidecar goes beside it.")
+@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl", "parquet", "cblearn"]), default=None,
               help="Default: from the file's suffix.")
+@click.option("--factor", "factor_out", default=None, type=click.Path(dir_okay=False),
+              help="Write the learned factor U (p, r) as safetensors, with Φ̂ = U Uᵀ when p is small.")
+@click.option("--as-saelens", "saelens_out", default=None, type=click.Path(file_okay=False),
+              help="Write the learned Φ̂ as a SAELens directory (W_dec = U, d_in = r, d_sae = p).")
 @_fail_cleanly
-def export(run_id: str, db_path: str, out: str, fmt: str | None) -> None:
-    """Export a run's queries and answers to CSV or JSONL."""
+def export(run_id: str, db_path: str, out: str | None, fmt: str | None, factor_out: str | None,
+           saelens_out: str | None) -> None:
+    """Export a run's queries and answers (CSV, JSONL, Parquet, cblearn), and its learned factor.
+
+    Each row says its basis (feature or eigen), whether it was held out, its agent and
+    attempt; the sidecar <out>.meta.json holds the run's design and anchor.
+    """
+    from ..store.export import export_factor, export_factor_saelens
+
     if not Path(db_path).exists():
         raise click.UsageError(f"No database at {db_path}.")
+    if out is None and factor_out is None and saelens_out is None:
+        raise click.UsageError("Give --out, --factor or --as-saelens.")
     with _open_store(db_path) as store:
-        n = store.export(run_id, out, fmt)
-    click.echo(f"wrote {n} answers to {out}")
+        if out is not None:
+            n = store.export(run_id, out, fmt)
+            click.echo(f"wrote {n} answers to {out} (run header in {out}.meta.json)")
+        if factor_out is not None:
+            info = export_factor(store, run_id, factor_out)
+            click.echo(f"wrote U {tuple(info['U'])}{' and Φ̂' if info['phi_hat'] else ''} to {factor_out}")
+        if saelens_out is not None:
+            info = export_factor_saelens(store, run_id, saelens_out)
+            click.echo(f"wrote a SAELens dictionary (d_in={info['d_in']}, d_sae={info['d_sae']}) to {saelens_out}")
 
 
 @main.command()
