@@ -15,16 +15,19 @@ Target specs are short strings, stored with every run::
     phi:path/to/phi.npy         (a p × p feature matrix)
     dict:path/to/dictionary.safetensors   (a (d, p) dictionary; key "D", "W_dec" or the only tensor)
     saelens:path/to/sae_dir     (a SAELens cfg.json + sae_weights.safetensors; D = W_decᵀ)
-    dictlearn:path/to/ae_dir    (a dictionary_learning ae.pt + config.json)
+    dictlearn:path/to/ae_dir    (a dictionary_learning ae.pt + config.json, or checkpoints/ae_<step>.pt)
+    sparsify:path/to/layers.6   (an EleutherAI sparsify cfg.json + sae.safetensors)
+    gemmascope:path/to/params.npz   (a Gemma Scope JumpReLU SAE)
+    saelens:DIR;descriptions=FILE;explanation_model=NAME;force_descriptions=1
 
 ``chessgpt`` and ``pythia`` are synthetic targets with the *shapes* of the
 paper's Figure 3 and Figure 5 dictionaries (whose weights cannot be downloaded
 here): unit-norm atoms drawn as in :func:`synthetic`; they take the synthetic
 parameters too (``chessgpt:seed=1,coherence=0.1``).
 
-The two checkpoint kinds also take a file inside the directory, and attach
-``explanations.jsonl`` / ``explanations.json`` found there as feature
-descriptions (see :mod:`fbloop.checkpoints`).
+The checkpoint kinds also take a file inside the directory; their ``Φ*`` is what
+the package's loader decodes (see :mod:`fbloop.checkpoints`), and they attach
+the Neuronpedia explanations found beside them or named by ``descriptions=``.
 """
 
 from __future__ import annotations
@@ -334,16 +337,35 @@ def save_target(target: Target, path: str | Path) -> None:
 # ---------------------------------------------------------------- specs
 
 
+_FILE_KINDS = ("phi", "dict", "saelens", "dictlearn", "sparsify", "gemmascope")
+_CHECKPOINT_KINDS = ("saelens", "dictlearn", "sparsify", "gemmascope")
+# Options a checkpoint spec takes after its path: "saelens:DIR;descriptions=FILE;force_descriptions=1".
+CHECKPOINT_OPTIONS = ("descriptions", "force_descriptions", "explanation_model")
+
+
 def parse_spec(spec: str) -> tuple[str, dict[str, str], str | None]:
-    """``"kind:k=v,k=v"`` → ``(kind, params, path)``; file kinds carry a path instead."""
+    """``"kind:k=v,k=v"`` → ``(kind, params, path)``; file kinds carry a path instead.
+
+    Checkpoint kinds take options after the path, separated by ``;``
+    (``saelens:DIR;descriptions=FILE;explanation_model=gpt-4o-mini``), so the spec stored
+    with a run says which descriptions it used.
+    """
     kind, _, rest = spec.partition(":")
     kind = kind.strip()
-    if kind in ("phi", "dict", "saelens", "dictlearn"):
-        if not rest:
-            need = f"a directory: '{kind}:path/to/sae_dir'" if kind in ("saelens", "dictlearn") \
+    if kind in _FILE_KINDS:
+        path, *options = rest.split(";")
+        if not path:
+            need = f"a directory: '{kind}:path/to/sae_dir'" if kind in _CHECKPOINT_KINDS \
                 else f"a file: '{kind}:path/to/file.npy'"
             raise ConfigError(f"Target {spec!r} needs {need}.")
-        return kind, {}, rest
+        params = {}
+        for item in filter(None, (x.strip() for x in options)):
+            key, eq, value = item.partition("=")
+            if not eq or kind not in _CHECKPOINT_KINDS or key.strip() not in CHECKPOINT_OPTIONS:
+                allowed = list(CHECKPOINT_OPTIONS) if kind in _CHECKPOINT_KINDS else []
+                raise ConfigError(f"Target option {item!r} in {spec!r} is not one of {allowed} (key=value).")
+            params[key.strip()] = value.strip()
+        return kind, params, path
     params: dict[str, str] = {}
     for item in filter(None, (x.strip() for x in rest.split(","))):
         key, eq, value = item.partition("=")
@@ -353,13 +375,28 @@ def parse_spec(spec: str) -> tuple[str, dict[str, str], str | None]:
     return kind, params, None
 
 
+def with_descriptions(spec: str, descriptions: str | None, force: bool = False,
+                      explanation_model: str | None = None) -> str:
+    """A checkpoint spec with description options appended (what ``--descriptions`` does)."""
+    if descriptions is None and not force and explanation_model is None:
+        return spec
+    kind, _, _ = parse_spec(spec)
+    if kind not in _CHECKPOINT_KINDS:
+        raise ConfigError(f"--descriptions applies to checkpoint targets {list(_CHECKPOINT_KINDS)}, "
+                          f"not {kind!r}.")
+    extra = [f"descriptions={descriptions}"] * (descriptions is not None) + ["force_descriptions=1"] * force \
+        + [f"explanation_model={explanation_model}"] * (explanation_model is not None)
+    return ";".join([spec, *extra])
+
+
 # The paper's SAE shapes (Figures 3 and 5): synthetic defaults each preset overrides.
 PRESETS: dict[str, dict[str, int]] = {
     "chessgpt": {"p": 4096, "rank": 512, "d": 512},
     "pythia": {"p": 32768, "rank": 215, "d": 512},
 }
 
-TARGET_KINDS = ("synthetic", "chessgpt", "pythia", "rfm", "phi", "dict", "saelens", "dictlearn")
+TARGET_KINDS = ("synthetic", "chessgpt", "pythia", "rfm", "phi", "dict", "saelens", "dictlearn", "sparsify",
+                "gemmascope")
 
 
 def load_target(spec: str) -> Target:
@@ -401,9 +438,12 @@ def load_target(spec: str) -> Target:
         return load_phi(path)  # type: ignore[arg-type]
     if kind == "dict":
         return load_dictionary(path)  # type: ignore[arg-type]
-    if kind in ("saelens", "dictlearn"):
+    if kind in _CHECKPOINT_KINDS:
         from . import checkpoints  # checkpoints builds on this module
 
-        load = checkpoints.load_saelens if kind == "saelens" else checkpoints.load_dictionary_learning
-        return load(path)  # type: ignore[arg-type]
+        load = {"saelens": checkpoints.load_saelens, "dictlearn": checkpoints.load_dictionary_learning,
+                "sparsify": checkpoints.load_sparsify, "gemmascope": checkpoints.load_gemmascope}[kind]
+        force = params.get("force_descriptions", "0").lower() not in ("0", "false", "no", "")
+        return load(path, params.get("descriptions"), force_descriptions=force,  # type: ignore[arg-type]
+                    explanation_model=params.get("explanation_model"))
     raise ConfigError(f"Unknown target kind {kind!r}; expect one of {list(TARGET_KINDS)}.")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .common import DESIGN_CHOICES, _fail_cleanly, _open_store, db_option, json_option, main
+from .common import DESIGN_CHOICES, _fail_cleanly, _open_store, db_option, descriptions_options, json_option, main
 
 # ---------------------------------------------------------------- inspection
 
@@ -39,17 +39,26 @@ def bound(design: str, p: int | None, rank: int | None, target: str | None, as_j
                    f"any design needs ≥ {info['full_rank_lower_bound']} for a full-rank Φ*.")
 
 
+def _with_options(fn, options):
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
 @main.command()
 @click.argument("spec")
 @click.option("--save", type=click.Path(dir_okay=False), default=None,
               help="Write the dictionary D (.npy or .safetensors).")
+@lambda fn: _with_options(fn, descriptions_options)
 @json_option
 @_fail_cleanly
-def target(spec: str, save: str | None, as_json: bool) -> None:
-    """Inspect a target: p, rank, leading eigenvalues."""
-    from ..targets import load_target, save_target
+def target(spec: str, save: str | None, descriptions: str | None, force_descriptions: bool,
+           explanation_model: str | None, as_json: bool) -> None:
+    """Inspect a target: p, rank, leading eigenvalues, and for checkpoints the metadata read and
+    the decoder convention used (which atoms Φ* is built from)."""
+    from ..targets import load_target, save_target, with_descriptions
 
-    t = load_target(spec)
+    t = load_target(with_descriptions(spec, descriptions, force_descriptions, explanation_model))
     info = t.summary()
     if save:
         save_target(t, save)
@@ -113,7 +122,9 @@ def export(run_id: str, db_path: str, out: str | None, fmt: str | None, factor_o
 
 @main.command()
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory for the SAELens checkpoint.")
-@click.option("--layer", default=3, show_default=True, type=int, help="MiniLM hidden-state layer (0–6).")
+@click.option("--layer", default=3, show_default=True, type=int,
+              help="MiniLM hidden_states[L] (0–6): 0 = embeddings, L = output of block L (1-based), which "
+                   "HF names encoder.layer.{L-1}; the target's name says layer=L.")
 @click.option("--tokens", default=50_000, show_default=True, type=int, help="Tokens of stdlib docstrings.")
 @click.option("--features", default=1024, show_default=True, type=int, help="Dictionary size p.")
 @click.option("--k", default=32, show_default=True, type=int, help="TopK: active features per token.")
