@@ -281,6 +281,14 @@ def _read_array(path: Path, keys: tuple[str, ...]) -> np.ndarray:
     raise TargetFileError(f"{path}: unknown file type {path.suffix!r}; expect .npy or .safetensors.")
 
 
+def _floats(path: Path, array: np.ndarray) -> np.ndarray:
+    """Weights must be floating point: an int8 or bool array is quantised or not weights at all."""
+    if not np.issubdtype(array.dtype, np.floating):
+        raise TargetFileError(f"{path}: holds dtype {array.dtype}; expect floating-point weights "
+                              "(float16, float32, float64). Dequantise an integer checkpoint first.")
+    return array
+
+
 def _read_npy(path: Path) -> np.ndarray:
     """A numeric ``.npy`` array; anything else is refused by name, never unpickled."""
     with open(path, "rb") as f:
@@ -295,8 +303,6 @@ def _read_npy(path: Path) -> np.ndarray:
             raise TargetFileError(f"{path}: holds an object array, which fbloop never unpickles; expect a "
                                   "numeric array written by numpy.save.") from exc
         raise
-    if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
-        raise TargetFileError(f"{path}: holds dtype {array.dtype}; expect a numeric (float) array.")
     return array
 
 
@@ -311,12 +317,12 @@ def _naming_file(path: Path, build):
 
 def load_phi(path: str | Path) -> Target:
     path = Path(path)
-    return _naming_file(path, lambda: from_phi(_read_array(path, _PHI_KEYS), name=path.name))
+    return _naming_file(path, lambda: from_phi(_floats(path, _read_array(path, _PHI_KEYS)), name=path.name))
 
 
 def load_dictionary(path: str | Path) -> Target:
     path = Path(path)
-    return _naming_file(path, lambda: from_dictionary(_read_array(path, _DICT_KEYS), name=path.name))
+    return _naming_file(path, lambda: from_dictionary(_floats(path, _read_array(path, _DICT_KEYS)), name=path.name))
 
 
 def save_target(target: Target, path: str | Path) -> None:

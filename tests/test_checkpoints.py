@@ -420,3 +420,10 @@ def test_bad_checkpoint(tmp_path, kind, copy, case, bad):
     with pytest.raises(TargetFileError, match=match) as info:
         load_target(f"{kind}:{folder}")
     assert str(folder) in str(info.value) and file in str(info.value)
+
+
+def test_int8_decoder_is_refused(tmp_path):
+    folder = saelens_copy(tmp_path)
+    rewrite_weights(folder, lambda w: w.update(W_dec=torch.ones(12, 8, dtype=torch.int8)))
+    with pytest.raises(TargetFileError, match="'W_dec' has dtype int8; expect floating-point"):
+        checkpoints.load_saelens(folder)

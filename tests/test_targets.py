@@ -144,3 +144,14 @@ def test_saved_safetensors_respect_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE(os.stat(tmp_path / "d.safetensors").st_mode) == 0o644
+
+
+@pytest.mark.parametrize("dtype", ["int8", "int32", "bool"])
+def test_non_float_weights_are_refused(tmp_path, dtype):
+    from safetensors.numpy import save_file
+
+    save_file({"W_dec": np.ones((4, 6), dtype=dtype)}, str(tmp_path / "d.safetensors"))
+    np.save(tmp_path / "d.npy", np.ones((4, 6), dtype=dtype))
+    for name in ("d.safetensors", "d.npy"):
+        with pytest.raises(TargetFileError, match=f"dtype {dtype}; expect floating-point"):
+            load_target(f"dict:{tmp_path / name}")
