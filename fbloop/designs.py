@@ -177,16 +177,19 @@ class EigenBasis:
     where a dense basis would take 512 GiB.
     """
 
+    BLOCK = 65_536  # rows per block when applying B: temporaries stay O(BLOCK·n), not O(p·n)
+
     def __init__(self, q: np.ndarray):
         from scipy.linalg import qr
 
-        q = np.asarray(q, dtype=np.float64)
         p, r = q.shape
-        (raw, tau), rr = qr(q, mode="raw")  # raw: (p, r) Householder vectors below the diagonal
-        del q
-        y = np.tril(raw, -1)  # (p, r); np.tril allocates one copy, raw is then dropped
-        del raw
-        y[np.arange(r), np.arange(r)] = 1.0
+        # One Fortran-ordered copy, factorised in place: its strict lower part holds the Householder
+        # vectors, so Y is made from it without another p × r array.
+        y = np.array(q, dtype=np.float64, order="F")
+        (y, tau), rr = qr(y, mode="raw", overwrite_a=True)
+        top = np.tril(y[:r, :r], -1)  # (r, r): zero R above the diagonal, unit diagonal
+        top[np.arange(r), np.arange(r)] = 1.0
+        y[:r, :r] = top
         g = y.T @ y  # (r, r)
         t = np.zeros((r, r))
         for i in range(r):  # LAPACK dlarft's forward, column-wise recurrence
@@ -199,14 +202,19 @@ class EigenBasis:
 
     def apply(self, x: np.ndarray) -> np.ndarray:
         """``B x`` for ``x`` of shape ``(p, n)``."""
-        x = np.array(x, dtype=np.float64)
-        x[: self.r] *= self.signs[:, None]
-        return x - self.y @ (self.t @ (self.y.T @ x))
+        out = np.array(x, dtype=np.float64)
+        out[: self.r] *= self.signs[:, None]
+        small = self.t @ (self.y.T @ out)  # (r, n)
+        for lo in range(0, self.p, self.BLOCK):
+            out[lo:lo + self.BLOCK] -= self.y[lo:lo + self.BLOCK] @ small
+        return out
 
     def apply_t(self, x: np.ndarray) -> np.ndarray:
         """``Bᵀ x`` for ``x`` of shape ``(p, n)``."""
-        x = np.asarray(x, dtype=np.float64)
-        out = x - self.y @ (self.t.T @ (self.y.T @ x))
+        out = np.array(x, dtype=np.float64)
+        small = self.t.T @ (self.y.T @ out)  # (r, n)
+        for lo in range(0, self.p, self.BLOCK):
+            out[lo:lo + self.BLOCK] -= self.y[lo:lo + self.BLOCK] @ small
         out[: self.r] *= self.signs[:, None]
         return out
 

@@ -88,19 +88,20 @@ class Target:
         return self.factor.shape[0]
 
     @cached_property
-    def _svd(self) -> tuple[np.ndarray, np.ndarray]:
+    def _svd(self) -> tuple[np.ndarray | None, np.ndarray]:
         # Left singular vectors of V are Φ*'s eigenvectors; σ² its eigenvalues.
         if self.factor.size <= GRAM_SVD_ABOVE:
             q, s, _ = np.linalg.svd(self.factor, full_matrices=False)
             return q, s**2
         # Large p: eigenvectors W of the k × k Gram VᵀV give Q = V W / σ for the eigenvalues above
-        # the rank tolerance (σ ≥ 1e-3 σ₁, so Q stays orthonormal to ~1e-10); the rest are 0.
+        # the rank tolerance (σ ≥ 1e-3 σ₁, so Q stays orthonormal to ~1e-10); the rest are 0. Q is
+        # (p, rank), as large as V: it is formed on demand (range_vectors), never cached.
         lam, w = np.linalg.eigh(self.factor.T @ self.factor)
         lam, w = np.clip(lam[::-1], 0.0, None), w[:, ::-1]
         keep = int(np.sum(lam > RANK_TOL * lam[0]))
-        q = self.factor @ (w[:, :keep] / np.sqrt(lam[:keep]))  # (p, keep)
         lam[keep:] = 0.0
-        return q, lam
+        object.__setattr__(self, "_gram_vectors", np.ascontiguousarray(w[:, :keep] / np.sqrt(lam[:keep])))
+        return None, lam
 
     @property
     def eigenvalues(self) -> np.ndarray:
@@ -117,7 +118,10 @@ class Target:
 
     def range_vectors(self) -> np.ndarray:
         """The ``rank`` leading eigenvectors ``(p, rank)`` (orthonormal): they span ``Φ*``'s range."""
-        return self._svd[0][:, : self.rank]
+        q, _ = self._svd
+        if q is None:  # large factor: Q = V W σ⁻¹, computed now
+            return self.factor @ self._gram_vectors[:, : self.rank]
+        return q[:, : self.rank]
 
     def eigenvectors(self) -> np.ndarray:
         """Orthonormal ``(p, p)`` eigenvector matrix, columns matching ``eigenvalues``.
@@ -412,8 +416,8 @@ def load_target(spec: str) -> Target:
         if kind in PRESETS:
             params = {**{k: str(v) for k, v in PRESETS[kind].items()}, **params}
             target = load_target("synthetic:" + ",".join(f"{k}={v}" for k, v in params.items()))
-            q, lam = target._svd  # keep a (p, rank) factor: the oracle's and the readouts' cost
-            factor = q[:, : target.rank] * np.sqrt(lam[: target.rank])
+            # keep a (p, rank) factor: the oracle's and the readouts' cost
+            factor = target.range_vectors() * np.sqrt(target.eigenvalues[: target.rank])
             return Target(f"{kind}({target.name[len('synthetic('):]}", factor, None,
                           {**target.meta, "preset": kind})
         if kind == "synthetic":
