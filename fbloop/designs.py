@@ -180,12 +180,15 @@ class EigenBasis:
     BLOCK = 65_536  # rows per block when applying B: temporaries stay O(BLOCK·n), not O(p·n)
 
     def __init__(self, q: np.ndarray):
+        """``q`` (``p × r``, orthonormal columns) is overwritten: pass an array you own."""
         from scipy.linalg import qr
 
         p, r = q.shape
-        # One Fortran-ordered copy, factorised in place: its strict lower part holds the Householder
-        # vectors, so Y is made from it without another p × r array.
-        y = np.array(q, dtype=np.float64, order="F")
+        # Factorised in place (q is a Fortran-ordered float64 array the caller hands over, as
+        # Target.range_vectors returns): its strict lower part holds the Householder vectors, so Y
+        # is made from it without another p × r array.
+        y = np.asfortranarray(q, dtype=np.float64)
+        del q
         (y, tau), rr = qr(y, mode="raw", overwrite_a=True)
         top = np.tril(y[:r, :r], -1)  # (r, r): zero R above the diagonal, unit diagonal
         top[np.arange(r), np.arange(r)] = 1.0
@@ -237,7 +240,11 @@ class Design:
         self.p = target.p
         self.rank = target.rank
         self.seed = seed
-        self.basis: EigenBasis | None = None  # orthonormal p × p, implicit; None: feature coordinates
+
+    @property
+    def basis(self) -> EigenBasis | None:
+        """The orthonormal ``p × p`` basis the queries are sparse in (implicit); ``None``: feature coordinates."""
+        return None
 
     def to_native(self, batch: SparseBatch) -> SparseBatch:
         """Activations in feature coordinates (``B w``; dense when the design has a basis)."""
@@ -295,7 +302,8 @@ class EigenDesign(Design):
 
     def __init__(self, config: DesignConfig, target: Target, seed: int):
         super().__init__(config, target, seed)
-        self.basis = EigenBasis(target.range_vectors())  # constructive designs know Φ*
+        self._target = target  # constructive designs know Φ*; the basis is built on first use
+        self._basis: EigenBasis | None = None
         r = self.rank
         iu, ju = np.triu_indices(r, k=1)
         self.plan = np.concatenate([
@@ -303,6 +311,25 @@ class EigenDesign(Design):
             np.stack([iu, ju], 1),  # v_i + v_j
             np.stack([np.arange(r, self.p), np.full(self.p - r, -1)], 1),  # null v_k
         ])  # (count, 2)
+
+    def design_factor(self, factor: np.ndarray) -> np.ndarray:
+        """``Bᵀ V`` with its rows past ``r`` set to 0: ``V``'s columns lie in the range the design
+        spans (the rows are rounding noise, or the components below the rank tolerance the design
+        already treats as null). Allocated with ``np.zeros``, so those rows take no resident memory:
+        ``p = 262,144``, ``k = 512`` costs ``r·k`` values, not 1 GiB."""
+        b = self.basis
+        r = b.r
+        top = factor[:r] - b.y[:r] @ (b.t.T @ (b.y.T @ factor))  # (r, k): rows < r of (I − Y Tᵀ Yᵀ) V
+        out = np.zeros((self.p, factor.shape[1]))  # calloc: untouched rows stay unmapped
+        out[:r] = top * b.signs[:, None]
+        return out
+
+    @property
+    def basis(self) -> EigenBasis:
+        # Built lazily: a design made only for its count (the CLI's progress bar) costs no O(p·r²) QR.
+        if self._basis is None:
+            self._basis = EigenBasis(self._target.range_vectors())
+        return self._basis
 
     @property
     def total(self) -> int:

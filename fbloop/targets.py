@@ -117,11 +117,13 @@ class Target:
         return int(np.sum(ev > RANK_TOL * ev[0]))
 
     def range_vectors(self) -> np.ndarray:
-        """The ``rank`` leading eigenvectors ``(p, rank)`` (orthonormal): they span ``Φ*``'s range."""
+        """The ``rank`` leading eigenvectors ``(p, rank)`` (orthonormal): they span ``Φ*``'s range.
+
+        A fresh Fortran-ordered array each call (the caller owns it)."""
         q, _ = self._svd
-        if q is None:  # large factor: Q = V W σ⁻¹, computed now
-            return self.factor @ self._gram_vectors[:, : self.rank]
-        return q[:, : self.rank]
+        if q is None:  # large factor: Q = V W σ⁻¹, computed now, Fortran-ordered (no copy for a QR)
+            return (self._gram_vectors[:, : self.rank].T @ self.factor.T).T
+        return np.asfortranarray(q[:, : self.rank])  # a copy: the caller may overwrite it
 
     def eigenvectors(self) -> np.ndarray:
         """Orthonormal ``(p, p)`` eigenvector matrix, columns matching ``eigenvalues``.

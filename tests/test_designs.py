@@ -120,7 +120,7 @@ def test_eigen_basis_is_orthonormal_and_starts_with_the_range(target):
     from fbloop.designs import EigenBasis
 
     q = target.range_vectors()
-    basis = EigenBasis(q)
+    basis = EigenBasis(q.copy(order="F"))  # it factorises its argument in place
     b = basis.dense()
     np.testing.assert_allclose(b.T @ b, np.eye(target.p), atol=1e-12)
     np.testing.assert_allclose(b[:, : q.shape[1]], q, atol=1e-12)  # the eigenvectors themselves, signs too
