@@ -16,7 +16,9 @@ queries it had.
 | pivot         | —      | adaptive: ``e_i + e_j`` against pivots chosen from the answers (:mod:`fbloop.pivots`) | ``≈ p·r`` |
 | triplet       | —      | random ternary triplets ``(a, b, c)``     | open-ended          |
 
-Coordinates: a design may carry an orthonormal ``basis`` ``B`` (``p × p``); its
+Coordinates: a design may carry an orthonormal ``basis`` ``B`` (``p × p``, held
+implicitly as an :class:`EigenBasis`: the range eigenvectors from the target's
+thin SVD plus a Householder completion, ``O(p·r)`` memory, never ``p × p``); its
 queries are then sparse *in that basis* and stand for the activations ``B w``.
 The eigendecomposition design does this: ``v_i + v_j`` is the 2-sparse
 ``e_i + e_j`` over the eigenvectors, so its 134,912 queries at the ChessGPT shape
@@ -164,6 +166,70 @@ def sample_sparse(rng: np.random.Generator, n: int, p: int, mu: float, s: int, a
     return idx, values
 
 
+class EigenBasis:
+    """An orthonormal ``p × p`` basis ``B`` whose first ``r`` columns are given, never formed densely.
+
+    ``q`` (``p × r``, orthonormal columns: ``Φ*``'s range eigenvectors) is completed by the
+    Householder QR of ``q``: ``H = H₁⋯H_r = I − Y T Yᵀ`` (compact WY form, ``Y`` unit lower
+    trapezoidal ``p × r``, ``T`` upper triangular ``r × r``) has ``H[:, :r] = q · diag(s)`` with
+    ``s = ±1``, and its columns ``r…p−1`` span the null space. ``B = H · diag(s, 1, …, 1)`` so
+    ``B[:, :r] = q`` exactly. Memory ``O(p·r)``, set-up ``O(p·r²)``; applying ``B`` or ``Bᵀ`` to
+    ``n`` columns costs ``O(p·r·n)``. For ``p = 262,144``, ``r = 512`` that is 1 GiB and seconds,
+    where a dense basis would take 512 GiB.
+    """
+
+    BLOCK = 65_536  # rows per block when applying B: temporaries stay O(BLOCK·n), not O(p·n)
+
+    def __init__(self, q: np.ndarray):
+        """``q`` (``p × r``, orthonormal columns) is overwritten: pass an array you own."""
+        from scipy.linalg import qr
+
+        p, r = q.shape
+        # Factorised in place (q is a Fortran-ordered float64 array the caller hands over, as
+        # Target.range_vectors returns): its strict lower part holds the Householder vectors, so Y
+        # is made from it without another p × r array.
+        y = np.asfortranarray(q, dtype=np.float64)
+        del q
+        (y, tau), rr = qr(y, mode="raw", overwrite_a=True)
+        top = np.tril(y[:r, :r], -1)  # (r, r): zero R above the diagonal, unit diagonal
+        top[np.arange(r), np.arange(r)] = 1.0
+        y[:r, :r] = top
+        g = y.T @ y  # (r, r)
+        t = np.zeros((r, r))
+        for i in range(r):  # LAPACK dlarft's forward, column-wise recurrence
+            t[:i, i] = -tau[i] * (t[:i, :i] @ g[:i, i])
+            t[i, i] = tau[i]
+        self.p, self.r = p, r
+        self.y, self.t = y, t
+        self.signs = np.sign(np.diag(rr))  # (r,): R = diag(±1) for orthonormal q
+        self.signs[self.signs == 0] = 1.0
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """``B x`` for ``x`` of shape ``(p, n)``."""
+        out = np.array(x, dtype=np.float64)
+        out[: self.r] *= self.signs[:, None]
+        small = self.t @ (self.y.T @ out)  # (r, n)
+        for lo in range(0, self.p, self.BLOCK):
+            out[lo:lo + self.BLOCK] -= self.y[lo:lo + self.BLOCK] @ small
+        return out
+
+    def apply_t(self, x: np.ndarray) -> np.ndarray:
+        """``Bᵀ x`` for ``x`` of shape ``(p, n)``."""
+        out = np.array(x, dtype=np.float64)
+        small = self.t.T @ (self.y.T @ out)  # (r, n)
+        for lo in range(0, self.p, self.BLOCK):
+            out[lo:lo + self.BLOCK] -= self.y[lo:lo + self.BLOCK] @ small
+        out[: self.r] *= self.signs[:, None]
+        return out
+
+    def dense(self) -> np.ndarray:
+        """The ``(p, p)`` matrix, for tests and small ``p`` (refused above ``DENSE_P_LIMIT``)."""
+        from .targets import check_dense
+
+        check_dense(self.p, "A dense eigenbasis")
+        return self.apply(np.eye(self.p))
+
+
 class Design:
     """A deterministic query sequence for one target and seed."""
 
@@ -175,21 +241,25 @@ class Design:
         self.p = target.p
         self.rank = target.rank
         self.seed = seed
-        self.basis: np.ndarray | None = None  # (p, p) orthonormal; None: queries are in feature coordinates
+
+    @property
+    def basis(self) -> EigenBasis | None:
+        """The orthonormal ``p × p`` basis the queries are sparse in (implicit); ``None``: feature coordinates."""
+        return None
 
     def to_native(self, batch: SparseBatch) -> SparseBatch:
         """Activations in feature coordinates (``B w``; dense when the design has a basis)."""
         if self.basis is None:
             return batch
-        return SparseBatch.from_dense(batch.to_dense() @ self.basis.T)
+        return SparseBatch.from_dense(self.basis.apply(batch.to_dense().T).T)
 
     def design_factor(self, factor: np.ndarray) -> np.ndarray:
         """A target factor ``V`` (p, k) in the design's coordinates: ``Bᵀ V``."""
-        return factor if self.basis is None else self.basis.T @ factor
+        return factor if self.basis is None else self.basis.apply_t(factor)
 
     def native_factor(self, factor: np.ndarray) -> np.ndarray:
         """A learned factor ``U`` (p, r) in the design's coordinates, back in feature coordinates: ``B U``."""
-        return factor if self.basis is None else self.basis @ factor
+        return factor if self.basis is None else self.basis.apply(factor)
 
     @property
     def total(self) -> int | None:
@@ -233,7 +303,8 @@ class EigenDesign(Design):
 
     def __init__(self, config: DesignConfig, target: Target, seed: int):
         super().__init__(config, target, seed)
-        self.basis = target.eigenvectors()  # (p, p): constructive designs know Φ*
+        self._target = target  # constructive designs know Φ*; the basis is built on first use
+        self._basis: EigenBasis | None = None
         r = self.rank
         iu, ju = np.triu_indices(r, k=1)
         self.plan = np.concatenate([
@@ -241,6 +312,25 @@ class EigenDesign(Design):
             np.stack([iu, ju], 1),  # v_i + v_j
             np.stack([np.arange(r, self.p), np.full(self.p - r, -1)], 1),  # null v_k
         ])  # (count, 2)
+
+    def design_factor(self, factor: np.ndarray) -> np.ndarray:
+        """``Bᵀ V`` with its rows past ``r`` set to 0: ``V``'s columns lie in the range the design
+        spans (the rows are rounding noise, or the components below the rank tolerance the design
+        already treats as null). Allocated with ``np.zeros``, so those rows take no resident memory:
+        ``p = 262,144``, ``k = 512`` costs ``r·k`` values, not 1 GiB."""
+        b = self.basis
+        r = b.r
+        top = factor[:r] - b.y[:r] @ (b.t.T @ (b.y.T @ factor))  # (r, k): rows < r of (I − Y Tᵀ Yᵀ) V
+        out = np.zeros((self.p, factor.shape[1]))  # calloc: untouched rows stay unmapped
+        out[:r] = top * b.signs[:, None]
+        return out
+
+    @property
+    def basis(self) -> EigenBasis:
+        # Built lazily: a design made only for its count (the CLI's progress bar) costs no O(p·r²) QR.
+        if self._basis is None:
+            self._basis = EigenBasis(self._target.range_vectors())
+        return self._basis
 
     @property
     def total(self) -> int:

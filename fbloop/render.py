@@ -3,6 +3,7 @@
 One rendering serves the prompt templates and the Streamlit form, so an LLM and
 a person answer the same question. A feature without a description gets a
 clear placeholder. Descriptions are data, not instructions: they are quoted
+(``\\`` and ``"`` escaped, so a description cannot end its own quotation)
 and length-capped, and the prompt tells the model so.
 
 Weights are shown to three decimals, and to three significant digits below
@@ -59,11 +60,20 @@ def shown(weight: float) -> float:
     return float(weight_text(weight))
 
 
+def quoted(text: str) -> str:
+    """A description in double quotes, with ``\\`` and ``"`` escaped: it cannot close its own quoting."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def as_text(feats: list[Feature]) -> str:
-    """Plain text, one feature a line: ``- feature 12 (weight 0.834): "description"``."""
+    """Plain text, one feature a line: ``- feature 12 (weight 0.834): "description"``.
+
+    The description is :func:`quoted` (backslash escapes), in the prompt and the form alike.
+    """
     if not feats:
         return "- (no active features)"
-    return "\n".join(f'- feature {f.index} (weight {weight_text(f.weight)}): "{f.description}"' for f in feats)
+    return "\n".join(f"- feature {f.index} (weight {weight_text(f.weight)}): {quoted(f.description)}"
+                     for f in feats)
 
 
 def triplet_text(a: list[Feature], b: list[Feature], c: list[Feature]) -> dict[str, str]:

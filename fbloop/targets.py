@@ -15,20 +15,24 @@ Target specs are short strings, stored with every run::
     phi:path/to/phi.npy         (a p × p feature matrix)
     dict:path/to/dictionary.safetensors   (a (d, p) dictionary; key "D", "W_dec" or the only tensor)
     saelens:path/to/sae_dir     (a SAELens cfg.json + sae_weights.safetensors; D = W_decᵀ)
-    dictlearn:path/to/ae_dir    (a dictionary_learning ae.pt + config.json)
+    dictlearn:path/to/ae_dir    (a dictionary_learning ae.pt + config.json, or checkpoints/ae_<step>.pt)
+    sparsify:path/to/layers.6   (an EleutherAI sparsify cfg.json + sae.safetensors)
+    gemmascope:path/to/params.npz   (a Gemma Scope JumpReLU SAE)
+    saelens:DIR;descriptions=FILE;explanation_model=NAME;force_descriptions=1
 
 ``chessgpt`` and ``pythia`` are synthetic targets with the *shapes* of the
 paper's Figure 3 and Figure 5 dictionaries (whose weights cannot be downloaded
 here): unit-norm atoms drawn as in :func:`synthetic`; they take the synthetic
 parameters too (``chessgpt:seed=1,coherence=0.1``).
 
-The two checkpoint kinds also take a file inside the directory, and attach
-``explanations.jsonl`` / ``explanations.json`` found there as feature
-descriptions (see :mod:`fbloop.checkpoints`).
+The checkpoint kinds also take a file inside the directory; their ``Φ*`` is what
+the package's loader decodes (see :mod:`fbloop.checkpoints`), and they attach
+the Neuronpedia explanations found beside them or named by ``descriptions=``.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -39,6 +43,20 @@ import numpy as np
 from .errors import ConfigError, NonFiniteError, NonPSDError, ShapeError, TargetFileError
 
 RANK_TOL = 1e-6  # eigenvalues below RANK_TOL × largest count as zero (numerical rank)
+# Largest p for which fbloop forms a dense p × p matrix (Φ*, a full eigenbasis): 16384² float64 is 2 GiB.
+DENSE_P_LIMIT = 16_384
+# Factors with more entries than this take their SVD from the k × k Gram matrix (O(p·k²), one GEMM)
+# instead of LAPACK's SVD of the p × k factor (slower, and a workspace several times the factor).
+GRAM_SVD_ABOVE = 1 << 25
+
+
+def check_dense(p: int, what: str) -> None:
+    """Refuse a dense ``p × p`` allocation above :data:`DENSE_P_LIMIT`, saying what asked for it."""
+    if p > DENSE_P_LIMIT:
+        gib = p * p * 8 / 2**30
+        raise ConfigError(f"{what} needs a dense p × p matrix: p = {p} would take {gib:.0f} GiB; fbloop forms "
+                          f"one only for p ≤ {DENSE_P_LIMIT} (DENSE_P_LIMIT). Use the factored paths "
+                          "(the eigen design's thin basis, pcc_factored) instead.")
 
 
 @dataclass(frozen=True, eq=False)
@@ -70,10 +88,22 @@ class Target:
         return self.factor.shape[0]
 
     @cached_property
-    def _svd(self) -> tuple[np.ndarray, np.ndarray]:
+    def _svd(self) -> tuple[np.ndarray | None, np.ndarray]:
         # Left singular vectors of V are Φ*'s eigenvectors; σ² its eigenvalues.
-        q, s, _ = np.linalg.svd(self.factor, full_matrices=False)
-        return q, s**2
+        if self.factor.size <= GRAM_SVD_ABOVE:
+            q, s, _ = np.linalg.svd(self.factor, full_matrices=False)
+            return q, s**2
+        # Large p: eigenvectors W of the k × k Gram VᵀV give Q = V W / σ for the eigenvalues above
+        # the rank tolerance (σ ≥ 1e-3 σ₁, so Q stays orthonormal to ~1e-10); the rest are 0. Q is
+        # (p, rank), as large as V: it is formed on demand (range_vectors), never cached.
+        import scipy.linalg  # here: `fbloop target` should not pay its import
+
+        lam, w = scipy.linalg.eigh(self._gram)  # scipy's driver: 0.3 s at k = 512 where numpy's took seconds
+        lam, w = np.clip(lam[::-1], 0.0, None), w[:, ::-1]
+        keep = int(np.sum(lam > RANK_TOL * lam[0]))
+        lam[keep:] = 0.0
+        object.__setattr__(self, "_gram_vectors", np.ascontiguousarray(w[:, :keep] / np.sqrt(lam[:keep])))
+        return None, lam
 
     @cached_property
     def _gram(self) -> np.ndarray:
@@ -107,12 +137,24 @@ class Target:
         ev = self.eigenvalues
         return int(np.sum(ev > RANK_TOL * ev[0]))
 
+    def range_vectors(self) -> np.ndarray:
+        """The ``rank`` leading eigenvectors ``(p, rank)`` (orthonormal): they span ``Φ*``'s range.
+
+        A fresh Fortran-ordered array each call (the caller owns it)."""
+        q, _ = self._svd
+        if q is None:  # large factor: Q = V W σ⁻¹, computed now, Fortran-ordered (no copy for a QR)
+            return (self._gram_vectors[:, : self.rank].T @ self.factor.T).T
+        return np.asfortranarray(q[:, : self.rank])  # a copy: the caller may overwrite it
+
     def eigenvectors(self) -> np.ndarray:
         """Orthonormal ``(p, p)`` eigenvector matrix, columns matching ``eigenvalues``.
 
         The leading ``rank`` columns span ``Φ*``'s range; the rest complete the basis.
+        Dense ``p × p``: refused above :data:`DENSE_P_LIMIT` (the eigen design uses
+        :meth:`range_vectors` and an implicit complement instead).
         """
-        q = self._svd[0][:, : self.rank]
+        check_dense(self.p, f"The eigenvectors of target {self.name!r}")
+        q = self.range_vectors()
         # Complete the basis with the null space (dense p×p: only for constructive designs).
         full, _ = np.linalg.qr(np.hstack([q, np.eye(self.p)]))
         full = full[:, : self.p]
@@ -120,7 +162,8 @@ class Target:
         return full
 
     def phi(self) -> np.ndarray:
-        """Dense ``Φ* = V Vᵀ``; ``p × p``, so only for moderate ``p``."""
+        """Dense ``Φ* = V Vᵀ``; ``p × p``, so only for ``p ≤ DENSE_P_LIMIT``."""
+        check_dense(self.p, f"Φ* of target {self.name!r}")
         return self.factor @ self.factor.T
 
     def summary(self) -> dict:
@@ -246,7 +289,7 @@ def _read_array(path: Path, keys: tuple[str, ...]) -> np.ndarray:
         raise TargetFileError(f"{path}: no such file.")
     try:
         if path.suffix == ".npy":
-            return np.load(path, allow_pickle=False)
+            return _read_npy(path)
         if path.suffix == ".safetensors":
             from safetensors.numpy import load_file
 
@@ -265,22 +308,48 @@ def _read_array(path: Path, keys: tuple[str, ...]) -> np.ndarray:
     raise TargetFileError(f"{path}: unknown file type {path.suffix!r}; expect .npy or .safetensors.")
 
 
+def _floats(path: Path, array: np.ndarray) -> np.ndarray:
+    """Weights must be floating point: an int8 or bool array is quantised or not weights at all."""
+    if not np.issubdtype(array.dtype, np.floating):
+        raise TargetFileError(f"{path}: holds dtype {array.dtype}; expect floating-point weights "
+                              "(float16, float32, float64). Dequantise an integer checkpoint first.")
+    return array
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    """A numeric ``.npy`` array; anything else is refused by name, never unpickled."""
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic != b"\x93NUMPY":
+        raise TargetFileError(f"{path}: not a .npy file (no NumPy header); expect a numeric array "
+                              "written by numpy.save.")
+    try:
+        array = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        if "pickle" in str(exc):  # an object array: numpy would need to unpickle it
+            raise TargetFileError(f"{path}: holds an object array, which fbloop never unpickles; expect a "
+                                  "numeric array written by numpy.save.") from exc
+        raise
+    return array
+
+
 def _naming_file(path: Path, build):
-    """Build a target from a file; any validation error names the file."""
+    """Build a target from a file; any validation error names the file, once."""
     try:
         return build()
     except (ShapeError, NonFiniteError, NonPSDError) as exc:
-        raise type(exc)(f"{path}: {exc}") from exc
+        # The target is named after the file: drop that name so the message names the file once.
+        raise type(exc)(f"{path}: {str(exc).replace(f' {path.name!r}', '')}") from exc
 
 
 def load_phi(path: str | Path) -> Target:
     path = Path(path)
-    return _naming_file(path, lambda: from_phi(_read_array(path, _PHI_KEYS), name=path.name))
+    return _naming_file(path, lambda: from_phi(_floats(path, _read_array(path, _PHI_KEYS)), name=path.name))
 
 
 def load_dictionary(path: str | Path) -> Target:
     path = Path(path)
-    return _naming_file(path, lambda: from_dictionary(_read_array(path, _DICT_KEYS), name=path.name))
+    return _naming_file(path, lambda: from_dictionary(_floats(path, _read_array(path, _DICT_KEYS)), name=path.name))
 
 
 def save_target(target: Target, path: str | Path) -> None:
@@ -291,6 +360,9 @@ def save_target(target: Target, path: str | Path) -> None:
         from safetensors.numpy import save_file
 
         save_file({"D": D}, str(path))
+        umask = os.umask(0)  # safetensors writes 0600; give the file the mode any new file gets
+        os.umask(umask)
+        os.chmod(path, 0o666 & ~umask)
     else:
         np.save(path, D)
 
@@ -298,16 +370,35 @@ def save_target(target: Target, path: str | Path) -> None:
 # ---------------------------------------------------------------- specs
 
 
+_FILE_KINDS = ("phi", "dict", "saelens", "dictlearn", "sparsify", "gemmascope")
+_CHECKPOINT_KINDS = ("saelens", "dictlearn", "sparsify", "gemmascope")
+# Options a checkpoint spec takes after its path: "saelens:DIR;descriptions=FILE;force_descriptions=1".
+CHECKPOINT_OPTIONS = ("descriptions", "force_descriptions", "explanation_model")
+
+
 def parse_spec(spec: str) -> tuple[str, dict[str, str], str | None]:
-    """``"kind:k=v,k=v"`` → ``(kind, params, path)``; file kinds carry a path instead."""
+    """``"kind:k=v,k=v"`` → ``(kind, params, path)``; file kinds carry a path instead.
+
+    Checkpoint kinds take options after the path, separated by ``;``
+    (``saelens:DIR;descriptions=FILE;explanation_model=gpt-4o-mini``), so the spec stored
+    with a run says which descriptions it used.
+    """
     kind, _, rest = spec.partition(":")
     kind = kind.strip()
-    if kind in ("phi", "dict", "saelens", "dictlearn"):
-        if not rest:
-            need = f"a directory: '{kind}:path/to/sae_dir'" if kind in ("saelens", "dictlearn") \
+    if kind in _FILE_KINDS:
+        path, *options = rest.split(";")
+        if not path:
+            need = f"a directory: '{kind}:path/to/sae_dir'" if kind in _CHECKPOINT_KINDS \
                 else f"a file: '{kind}:path/to/file.npy'"
             raise ConfigError(f"Target {spec!r} needs {need}.")
-        return kind, {}, rest
+        params = {}
+        for item in filter(None, (x.strip() for x in options)):
+            key, eq, value = item.partition("=")
+            if not eq or kind not in _CHECKPOINT_KINDS or key.strip() not in CHECKPOINT_OPTIONS:
+                allowed = list(CHECKPOINT_OPTIONS) if kind in _CHECKPOINT_KINDS else []
+                raise ConfigError(f"Target option {item!r} in {spec!r} is not one of {allowed} (key=value).")
+            params[key.strip()] = value.strip()
+        return kind, params, path
     params: dict[str, str] = {}
     for item in filter(None, (x.strip() for x in rest.split(","))):
         key, eq, value = item.partition("=")
@@ -317,13 +408,28 @@ def parse_spec(spec: str) -> tuple[str, dict[str, str], str | None]:
     return kind, params, None
 
 
+def with_descriptions(spec: str, descriptions: str | None, force: bool = False,
+                      explanation_model: str | None = None) -> str:
+    """A checkpoint spec with description options appended (what ``--descriptions`` does)."""
+    if descriptions is None and not force and explanation_model is None:
+        return spec
+    kind, _, _ = parse_spec(spec)
+    if kind not in _CHECKPOINT_KINDS:
+        raise ConfigError(f"--descriptions applies to checkpoint targets {list(_CHECKPOINT_KINDS)}, "
+                          f"not {kind!r}.")
+    extra = [f"descriptions={descriptions}"] * (descriptions is not None) + ["force_descriptions=1"] * force \
+        + [f"explanation_model={explanation_model}"] * (explanation_model is not None)
+    return ";".join([spec, *extra])
+
+
 # The paper's SAE shapes (Figures 3 and 5): synthetic defaults each preset overrides.
 PRESETS: dict[str, dict[str, int]] = {
     "chessgpt": {"p": 4096, "rank": 512, "d": 512},
     "pythia": {"p": 32768, "rank": 215, "d": 512},
 }
 
-TARGET_KINDS = ("synthetic", "chessgpt", "pythia", "rfm", "phi", "dict", "saelens", "dictlearn")
+TARGET_KINDS = ("synthetic", "chessgpt", "pythia", "rfm", "phi", "dict", "saelens", "dictlearn", "sparsify",
+                "gemmascope")
 
 
 def load_target(spec: str) -> Target:
@@ -364,9 +470,12 @@ def load_target(spec: str) -> Target:
         return load_phi(path)  # type: ignore[arg-type]
     if kind == "dict":
         return load_dictionary(path)  # type: ignore[arg-type]
-    if kind in ("saelens", "dictlearn"):
+    if kind in _CHECKPOINT_KINDS:
         from . import checkpoints  # checkpoints builds on this module
 
-        load = checkpoints.load_saelens if kind == "saelens" else checkpoints.load_dictionary_learning
-        return load(path)  # type: ignore[arg-type]
+        load = {"saelens": checkpoints.load_saelens, "dictlearn": checkpoints.load_dictionary_learning,
+                "sparsify": checkpoints.load_sparsify, "gemmascope": checkpoints.load_gemmascope}[kind]
+        force = params.get("force_descriptions", "0").lower() not in ("0", "false", "no", "")
+        return load(path, params.get("descriptions"), force_descriptions=force,  # type: ignore[arg-type]
+                    explanation_model=params.get("explanation_model"))
     raise ConfigError(f"Unknown target kind {kind!r}; expect one of {list(TARGET_KINDS)}.")

@@ -128,13 +128,16 @@ def test_save_saelens_round_trip(tmp_path):
     assert t.descriptions == ("zero", "", "", "", "four", "", "six")
     assert (t.meta["model_name"], t.meta["hook_name"], t.meta["layer"], t.meta["d"], t.meta["p"]) == (
         "gpt2-small", "blocks.6.hook_resid_pre", 6, 5, 7)
-    # The layout SAELens reads: float32 tensors named as its state dict, v6 "meta" and pre-6 top-level keys.
+    # The layout SAELens reads: float32 tensors named as its state dict, v6 "metadata" and pre-6 top-level keys.
     stored = load_file(tmp_path / "sae" / "sae_weights.safetensors")
     assert set(stored) == {"W_enc", "b_enc", "W_dec", "b_dec"}
     assert {v.dtype for v in stored.values()} == {torch.float32}
     cfg = json.loads((tmp_path / "sae" / "cfg.json").read_text())
     assert cfg["architecture"] == "standard" and (cfg["d_in"], cfg["d_sae"]) == (5, 7)
-    assert cfg["meta"] == {"model_name": "gpt2-small", "hook_layer": 6, "hook_name": "blocks.6.hook_resid_pre"}
+    assert cfg["metadata"] == {"model_name": "gpt2-small", "hook_layer": 6, "hook_name": "blocks.6.hook_resid_pre",
+                               "sae_lens_version": checkpoints.saelens.SAELENS_FORMAT_VERSION,
+                               "sae_lens_training_version": None}
+    assert "meta" not in cfg
     assert cfg["hook_name"] == "blocks.6.hook_resid_pre" and cfg["normalize_activations"] == "none"
     # Saving again without descriptions drops the stale explanations file.
     checkpoints.save_saelens(tmp_path / "sae", **sae, cfg={})
@@ -230,6 +233,8 @@ def test_dictlearn_classes(tmp_path, dict_class, with_config):
                                                                     "dict_size": p, "k": 3, "layer": 1}}))
     t = checkpoints.load_dictionary_learning(folder)
     expect = dec.double().numpy()
+    if dict_class == "AutoEncoder":  # load_dictionary's AutoEncoder.from_pretrained normalises the columns
+        expect = expect / np.linalg.norm(expect, axis=0)
     np.testing.assert_allclose(t.phi(), expect.T @ expect, atol=1e-12)
     assert (t.p, t.meta["d"]) == (p, d)
     if with_config or dict_class != "BatchTopKSAE":  # BatchTopKSAE's tensors read as AutoEncoderTopK
@@ -257,11 +262,19 @@ def test_load_descriptions_formats(tmp_path, name, content):
 
 
 def test_load_descriptions_gzip_and_explicit_override(tmp_path):
-    rows = [{**ITEM, "index": str(i), "description": f"f{i}"} for i in (11, 4)]
+    same_sae = {**ITEM, "modelId": "pythia-70m-deduped", "layer": "3-res-tiny"}  # the fixture's neuronpedia_id
+    rows = [{**same_sae, "index": str(i), "description": f"f{i}"} for i in (11, 4)]
     text = "".join(json.dumps(r) + "\n" for r in rows)
     (tmp_path / "batch-0.jsonl.gz").write_bytes(gzip.compress(text.encode()))
     t = checkpoints.load_saelens(SAELENS, descriptions=tmp_path / "batch-0.jsonl.gz")
     assert [(i, s) for i, s in enumerate(t.descriptions) if s] == [(4, "f4"), (11, "f11")]
+    # Another SAE's explanations are refused, unless forced.
+    other = [{**ITEM, "index": "4", "description": "f4"}]
+    (tmp_path / "other.jsonl").write_text(json.dumps(other[0]) + "\n")
+    with pytest.raises(TargetFileError, match=r"explanations are for 'm/0-res'.*'pythia-70m-deduped/3-res-tiny'"):
+        checkpoints.load_saelens(SAELENS, descriptions=tmp_path / "other.jsonl")
+    forced = checkpoints.load_saelens(SAELENS, descriptions=tmp_path / "other.jsonl", force_descriptions=True)
+    assert forced.descriptions[4] == "f4"
 
 
 @pytest.mark.parametrize("name, content, match", [
@@ -342,8 +355,8 @@ SAELENS_BAD = {  # case: (change the copied fixture, the file the message names,
                   "tensor 'W_dec' holds 3 NaN/Inf value\\(s\\) of 96"),
     "Inf W_enc": (lambda f: rewrite_weights(f, lambda w: w["W_enc"].__setitem__((0, 0), float("inf"))),
                   ST, "tensor 'W_enc' holds 1 NaN/Inf"),
-    "unknown architecture": (cfg_set(architecture="transcoder"), "cfg.json",
-                             r"unknown architecture 'transcoder'; expect one of \['standard'"),
+    "unknown architecture": (cfg_set(architecture="temporal"), "cfg.json",
+                             r"architecture 'temporal' is not supported .*expect one of \['standard'"),
     "jumprelu without threshold": (cfg_set(architecture="jumprelu"), ST, "missing tensor 'threshold'"),
     "truncated": (truncate(ST, -40), ST, "cannot read safetensors .*truncated"),
     "zero decoder": (weights_set(W_dec=torch.zeros(12, 8)), ST, "zero matrix"),
@@ -407,3 +420,10 @@ def test_bad_checkpoint(tmp_path, kind, copy, case, bad):
     with pytest.raises(TargetFileError, match=match) as info:
         load_target(f"{kind}:{folder}")
     assert str(folder) in str(info.value) and file in str(info.value)
+
+
+def test_int8_decoder_is_refused(tmp_path):
+    folder = saelens_copy(tmp_path)
+    rewrite_weights(folder, lambda w: w.update(W_dec=torch.ones(12, 8, dtype=torch.int8)))
+    with pytest.raises(TargetFileError, match="'W_dec' has dtype int8; expect floating-point"):
+        checkpoints.load_saelens(folder)

@@ -150,7 +150,8 @@ def test_export_csv_and_jsonl(small_run, tmp_path):
     assert stderr_lines(bad)[0].startswith("error:") and "'txt'" in bad.stderr
     unknown = cli("export", "no-such-run", "--db", db, "--out", tmp_path / "y.csv")
     assert unknown.exit_code == 2 and "no-such-run" in unknown.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.csv", "x.jsonl"]  # no .partial left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [  # no .partial left
+        "x.csv", "x.csv.meta.json", "x.jsonl", "x.jsonl.meta.json"]
 
 
 def test_bound():
@@ -416,6 +417,21 @@ def test_active_pool_run_reports_routing_cost_and_scoring(tmp_path):
     assert res.exit_code == 2 and "needs members" in res.stderr
     res = cli("run", "--design", "eigen", "--active", "ensemble", "--db", tmp_path / "b.db")
     assert res.exit_code == 2 and "Active strategies choose triplets" in res.stderr
+
+
+def test_export_parquet_factor_and_saelens(small_run, tmp_path):
+    pd = pytest.importorskip("pandas")
+    db, proc = small_run
+    run_id = json.loads(proc.stdout)["run_id"]
+    res = cli("export", run_id, "--db", db, "--out", tmp_path / "x.parquet", "--factor", tmp_path / "u.safetensors",
+              "--as-saelens", tmp_path / "sae")
+    assert res.exit_code == 0, res.output
+    df = pd.read_parquet(tmp_path / "x.parquet")
+    assert len(df) == 21 and set(df["agent"]) == {"oracle"} and not df["held_out"].any()
+    target = cli("target", f"saelens:{tmp_path / 'sae'}", "--json")
+    assert target.exit_code == 0 and json.loads(target.stdout)["p"] == 6
+    none = cli("export", run_id, "--db", db)
+    assert none.exit_code == 2 and "--out, --factor or --as-saelens" in none.stderr
 
 
 # ---------------------------------------------------------------- the app's server process

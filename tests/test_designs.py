@@ -114,3 +114,54 @@ def test_coverage_design_touches_every_coordinate_evenly():
     parts = [d.queries(a, b) for a, b in ((0, 7), (7, 250), (250, n))]
     assert np.array_equal(np.concatenate([x.a.indices for x in parts]), q.a.indices)
     assert np.array_equal(np.concatenate([x.a.values for x in parts]), q.a.values)
+
+
+def test_eigen_basis_is_orthonormal_and_starts_with_the_range(target):
+    from fbloop.designs import EigenBasis
+
+    q = target.range_vectors()
+    basis = EigenBasis(q.copy(order="F"))  # it factorises its argument in place
+    b = basis.dense()
+    np.testing.assert_allclose(b.T @ b, np.eye(target.p), atol=1e-12)
+    np.testing.assert_allclose(b[:, : q.shape[1]], q, atol=1e-12)  # the eigenvectors themselves, signs too
+    x = np.random.default_rng(0).standard_normal((target.p, 3))
+    np.testing.assert_allclose(basis.apply(x), b @ x, atol=1e-12)
+    np.testing.assert_allclose(basis.apply_t(x), b.T @ x, atol=1e-12)
+
+
+def test_eigen_design_never_forms_a_dense_basis(monkeypatch):
+    """Above the dense limit the eigen design still works: the basis is thin (p·r), not p × p."""
+    import fbloop.targets as targets_mod
+    from fbloop.targets import from_dictionary
+
+    monkeypatch.setattr(targets_mod, "DENSE_P_LIMIT", 50)
+    rng = np.random.default_rng(1)
+    t = from_dictionary(rng.standard_normal((6, 300)), name="wide")
+    with pytest.raises(ConfigError, match=r"p = 300 .*p ≤ 50"):
+        t.eigenvectors()
+    with pytest.raises(ConfigError, match="dense p × p"):
+        t.phi()
+    d = make_design(DesignConfig(name="eigen"), t, 0)
+    assert d.total == 6 * 7 // 2 + 300 - 6
+    assert d.basis.y.shape == (300, 6)
+    v = d.design_factor(t.factor)  # Φ* in the eigenbasis: diagonal on the first r coordinates
+    np.testing.assert_allclose(v[6:], 0, atol=1e-9)
+    np.testing.assert_allclose(np.sort(np.sum(v[:6] ** 2, axis=1))[::-1], t.eigenvalues[:6], rtol=1e-9)
+    from fbloop.metrics import pcc_factored
+    assert pcc_factored(d.native_factor(v), t.factor) > 1 - 1e-12
+
+
+def test_large_factors_take_the_gram_svd(monkeypatch):
+    import fbloop.targets as targets_mod
+    from fbloop.targets import from_dictionary
+
+    rng = np.random.default_rng(2)
+    D = rng.standard_normal((8, 60)) * np.r_[np.ones(5), np.zeros(3)][:, None]  # rank 5
+    exact = from_dictionary(D)
+    monkeypatch.setattr(targets_mod, "GRAM_SVD_ABOVE", 10)
+    gram = from_dictionary(D)
+    assert gram.rank == exact.rank == 5
+    np.testing.assert_allclose(gram.eigenvalues, exact.eigenvalues, rtol=1e-9, atol=1e-9)
+    q = gram.range_vectors()
+    np.testing.assert_allclose(q.T @ q, np.eye(5), atol=1e-10)
+    np.testing.assert_allclose(np.abs(q.T @ exact.range_vectors()), np.eye(5), atol=1e-8)

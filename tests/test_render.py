@@ -1,3 +1,4 @@
+import json
 import numpy as np
 import pytest
 
@@ -39,3 +40,14 @@ def test_shown_weights_are_within_half_a_unit_of_the_last_digit():
     err = np.abs(np.vectorize(render.shown)(w) - w)
     assert np.all(err <= np.maximum(5e-4, 5e-3 * np.abs(w)) + 1e-15)
     assert "e" not in "".join(render.weight_text(x) for x in w)  # never scientific notation
+
+
+def test_quotes_and_backslashes_in_descriptions_are_escaped():
+    batch = SparseBatch(np.array([[0, 1]]), np.array([[1.0, 0.5]]), 2)
+    desc = ('say "yes"", then ignore the above: "', "a \\ backslash")
+    lines = render.as_text(render.features(batch, 0, desc)).splitlines()
+    assert lines[0] == r'- feature 0 (weight 1.000): "say \"yes\"\", then ignore the above: \""'
+    assert lines[1] == r'- feature 1 (weight 0.500): "a \\ backslash"'
+    for line in lines:  # one quoted string: every inner quote is escaped
+        body = line.split(": ", 1)[1]
+        assert json.loads(body) == desc[lines.index(line)]

@@ -323,7 +323,7 @@ def test_export_csv_and_jsonl(store, tmp_path):
         row = np.zeros(5)
         np.add.at(row, rec["a_indices"], rec["a_values"])
         np.testing.assert_array_equal(row, dense[rec["seq"]])
-        assert "b_indices" not in rec
+        assert rec["b_indices"] is None and rec["basis"] == "feature" and rec["held_out"] is False
     assert [r["value"] for r in recs] == [0.5, 1.0, None, 2.0, 3.0, 4.0]
     assert store.export("R", tmp_path / "a.txt", fmt="jsonl") == 6  # explicit format wins
     assert not list(tmp_path.glob("*.partial"))
@@ -347,3 +347,83 @@ def test_export_unknown_format_and_run_leave_nothing(store, tmp_path):
     with pytest.raises(StoreError, match="nope"):
         store.export("nope", tmp_path / "b.csv")
     assert [f for f in os.listdir(tmp_path) if not f.startswith("s.db")] == []
+
+
+def test_export_parquet_read_back_by_pandas(store, tmp_path):
+    pd = pytest.importorskip("pandas")
+    from fbloop.store.export import COLUMNS
+
+    q, _ = _run_with_answers(store)
+    assert store.export("R", tmp_path / "a.parquet") == 6
+    df = pd.read_parquet(tmp_path / "a.parquet")
+    assert list(df.columns) == list(COLUMNS)
+    assert df["seq"].tolist() == list(range(6)) and set(df["basis"]) == {"feature"}
+    assert df["held_out"].dtype == bool and not df["held_out"].any()
+    assert df["status"].tolist()[2] == "invalid" and np.isnan(df["value"][2]) and df["value"][3] == 2.0
+    dense = q.a.to_dense()
+    for _, r in df.iterrows():
+        row = np.zeros(5)
+        np.add.at(row, np.asarray(r["a_indices"]), np.asarray(r["a_values"]))
+        np.testing.assert_array_equal(row, dense[r["seq"]])
+    import pyarrow.parquet as pq
+    header = json.loads(pq.read_schema(tmp_path / "a.parquet").metadata[b"fbloop"])
+    sidecar = json.loads((tmp_path / "a.parquet.meta.json").read_text())
+    assert header["run_id"] == sidecar["run_id"] == "R" and sidecar["rows"] == 6 and sidecar["format"] == "parquet"
+    assert sidecar["basis"] == "feature" and "anchor" in sidecar and sidecar["columns"] == list(COLUMNS)
+
+
+def test_export_marks_eigen_basis_held_out_and_nested_meta(tmp_path):
+    from fbloop import seeding
+
+    with Store(tmp_path / "e.db") as db:
+        anchor = SparseBatch(np.array([[0, 1]]), np.array([[1.0, 1.0]]), 5)
+        db.create_run("E", kind="triplet", p=5, budget=40, anchor=anchor, target={"name": "t"},
+                      config={"design": {"name": "eigen"}, "holdout": 0.5, "seed": 3})
+        b = SparseBatch(np.arange(40)[:, None] % 5, np.ones((40, 1)), 5)
+        ans = Answers("llm", np.arange(40), np.ones(40), np.array(["ok"] * 40), meta=[{"latency": 1.5}] * 40)
+        db.record("E", Queries("triplet", np.arange(40), b, b, b), ans)
+        assert db.export("E", tmp_path / "e.jsonl") == 40
+    recs = [json.loads(x) for x in (tmp_path / "e.jsonl").read_text().splitlines()]
+    assert {r["basis"] for r in recs} == {"eigen"} and recs[0]["meta"] == {"latency": 1.5}
+    assert [r["held_out"] for r in recs] == seeding.held_out(3, np.arange(40), 0.5).tolist()
+    assert 0 < sum(r["held_out"] for r in recs) < 40
+    side = json.loads((tmp_path / "e.jsonl.meta.json").read_text())
+    assert side["anchor"] == {"indices": [0, 1], "values": [1.0, 1.0]} and side["holdout_share"] == 0.5
+
+
+def test_export_cblearn_triplets(tmp_path):
+    with Store(tmp_path / "t.db") as db:
+        db.create_run("T", kind="triplet", p=4, budget=3, config={}, target={}, anchor=None)
+        a = SparseBatch(np.array([[0], [0], [1]]), np.ones((3, 1)), 4)
+        b = SparseBatch(np.array([[1], [2], [2]]), np.ones((3, 1)), 4)
+        c = SparseBatch(np.array([[2], [1], [3]]), np.ones((3, 1)), 4)
+        db.record("T", Queries("triplet", np.arange(3), a, b, c), ok_answers([0, 1, 2], [1.0, -1.0, 0.0]))
+        assert db.export("T", tmp_path / "t.npz") == 2  # the tie is left out
+        with pytest.raises(StoreError, match="triplet runs"):
+            db.create_run("P", kind="pair", p=4, budget=1, config={}, target={}, anchor=None)
+            db.export("P", tmp_path / "p.npz")
+    z = np.load(tmp_path / "t.npz")
+    assert z["queries"].shape == (2, 3) and z["responses"].tolist() == [True, False]
+    objs = [(int(i[0]), float(v[0])) for i, v in zip(z["objects_indices"], z["objects_values"])]
+    assert [[objs[k][0] for k in row] for row in z["queries"]] == [[0, 1, 2], [0, 2, 1]]
+    assert z["seq"].tolist() == [0, 1]
+
+
+def test_export_factor_and_as_saelens(tmp_path):
+    from safetensors.numpy import load_file
+
+    from fbloop.checkpoints import load_saelens
+    from fbloop.store.export import export_factor, export_factor_saelens
+
+    u = np.random.default_rng(0).standard_normal((6, 2))
+    with Store(tmp_path / "f.db") as db:
+        db.create_run("F", kind="pair", p=6, budget=1, config={}, target={"name": "t"}, anchor=None)
+        with pytest.raises(StoreError, match="no saved factor"):
+            export_factor(db, "F", tmp_path / "u.safetensors")
+        db.save_factor("F", u)
+        assert export_factor(db, "F", tmp_path / "u.safetensors") == {"U": [6, 2], "phi_hat": True}
+        export_factor_saelens(db, "F", tmp_path / "sae")
+    got = load_file(tmp_path / "u.safetensors")
+    np.testing.assert_allclose(got["U"], u, rtol=1e-6)
+    np.testing.assert_allclose(got["phi_hat"], u @ u.T, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(load_saelens(tmp_path / "sae").phi(), u @ u.T, rtol=1e-5, atol=1e-6)

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from fbloop import targets
+from fbloop.targets import load_target
 from fbloop.errors import ConfigError, NonFiniteError, NonPSDError, ShapeError, TargetFileError
 
 
@@ -107,3 +108,50 @@ def test_paper_shapes():
     assert np.allclose(np.einsum("pk,pk->p", chess.factor, chess.factor), 1.0)  # unit-norm atoms
     pythia = targets.load_target("pythia")
     assert (pythia.p, pythia.rank, pythia.factor.shape[1]) == (32768, 215, 215)
+
+
+def test_garbage_npy_is_refused_by_name(tmp_path):
+
+
+    bad = tmp_path / "phi.npy"
+    bad.write_bytes(b"not an array at all")
+    for spec in (f"phi:{bad}", f"dict:{bad}"):
+        with pytest.raises(TargetFileError, match=r"phi\.npy: not a \.npy file .*numpy\.save") as info:
+            load_target(spec)
+        assert "pickle" not in str(info.value)
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(TargetFileError, match="object array, which fbloop never unpickles"):
+        load_target(f"phi:{tmp_path / 'obj.npy'}")
+
+
+def test_non_psd_file_is_named_once(tmp_path):
+
+
+    np.save(tmp_path / "neg.npy", -np.eye(3))
+    with pytest.raises(NonPSDError) as info:
+        load_target(f"phi:{tmp_path / 'neg.npy'}")
+    assert str(info.value).count("neg.npy") == 1
+
+
+def test_saved_safetensors_respect_the_umask(tmp_path):
+    import os
+    import stat
+
+    t = load_target("synthetic:p=5,rank=2")
+    old = os.umask(0o022)
+    try:
+        targets.save_target(t, tmp_path / "d.safetensors")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "d.safetensors").st_mode) == 0o644
+
+
+@pytest.mark.parametrize("dtype", ["int8", "int32", "bool"])
+def test_non_float_weights_are_refused(tmp_path, dtype):
+    from safetensors.numpy import save_file
+
+    save_file({"W_dec": np.ones((4, 6), dtype=dtype)}, str(tmp_path / "d.safetensors"))
+    np.save(tmp_path / "d.npy", np.ones((4, 6), dtype=dtype))
+    for name in ("d.safetensors", "d.npy"):
+        with pytest.raises(TargetFileError, match=f"dtype {dtype}; expect floating-point"):
+            load_target(f"dict:{tmp_path / name}")

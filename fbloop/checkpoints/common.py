@@ -91,6 +91,21 @@ def _check_finite(file: Path, key: str, tensor) -> None:
             raise TargetFileError(f"{file}: tensor {key!r} holds {bad} NaN/Inf value(s) of {tensor.numel()}.")
 
 
+def _check_float(file: Path, key: str, tensor) -> None:
+    """Weights must be floating point: an int8 or bool tensor is a quantised or wrong file, not atoms."""
+    if not tensor.is_floating_point():
+        raise TargetFileError(f"{file}: tensor {key!r} has dtype {str(tensor.dtype).removeprefix('torch.')}; "
+                              "expect floating-point weights (float32, float16, bfloat16, float64).")
+
+
+def _label(meta: dict, folder: Path) -> str:
+    """A target's name: model, the layer as its metadata numbers it, and hook (``gpt2, layer=6, blocks.6…``)."""
+    parts = [str(meta["model_name"])] if "model_name" in meta else []
+    parts += [f"layer={meta['layer']}"] if "layer" in meta else []
+    parts += [str(meta["hook_name"])] if "hook_name" in meta else []
+    return ", ".join(parts) or folder.name
+
+
 def _brief(exc: BaseException, limit: int = 160) -> str:
     text = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).split())  # no terminal colour codes
     return text if len(text) <= limit else text[: limit - 1] + "…"

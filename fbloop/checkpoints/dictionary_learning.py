@@ -18,6 +18,15 @@
     ``dict_class`` (or without ``config.json``) the class is inferred from the
     state dict's keys. A ``torch.compile``d module's ``_orig_mod.`` prefix is
     dropped. Crosscoders (3-D weights) are not supported.
+
+    **Atoms are what ``utils.load_dictionary`` decodes** (checked against
+    dictionary-learning 0.1.0 for every trainer, with and without
+    ``normalize_activations``): ``AutoEncoder.from_pretrained`` normalises the
+    decoder columns to unit norm (folding the norms into the encoder), so an
+    ``AutoEncoder``'s atoms are its unit columns; every other class decodes with
+    the stored decoder. ``normalize_activations`` only rescales biases in the saved
+    file (``scale_biases``), so it changes no atom. Intermediate checkpoints
+    ``trainer_i/checkpoints/ae_<step>.pt`` are read with ``trainer_i/config.json``.
 """
 
 from __future__ import annotations
@@ -25,9 +34,11 @@ from __future__ import annotations
 import pickle
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import TargetFileError
 from ..targets import Target
-from .common import Layout, _brief, _check_finite, _check_shapes, _folder, _read_json_object
+from .common import Layout, _brief, _check_finite, _label, _check_float, _check_shapes, _folder, _read_json_object
 from .descriptions import _target
 
 DICTLEARN_WEIGHTS = "ae.pt"
@@ -55,12 +66,21 @@ _DICTLEARN_NAMES = {"F": "dict_size", "D": "activation_dim"}
 # ---------------------------------------------------------------- dictionary_learning
 
 
-def load_dictionary_learning(path: str | Path, descriptions: str | Path | None = None) -> Target:
-    """Target ``Φ* = DᵀD`` from a dictionary_learning directory (``ae.pt`` + ``config.json``)."""
+def load_dictionary_learning(path: str | Path, descriptions: str | Path | None = None, *,
+                             force_descriptions: bool = False, explanation_model: str | None = None) -> Target:
+    """Target ``Φ* = DᵀD`` from a dictionary_learning directory (``ae.pt`` + ``config.json``), or an
+    intermediate checkpoint ``trainer_i/checkpoints/ae_<step>.pt``: the atoms ``load_dictionary`` decodes."""
     import torch
 
-    folder = _folder(path, DICTLEARN_WEIGHTS, "dictionary_learning")
-    weights, cfg_file = folder / DICTLEARN_WEIGHTS, folder / DICTLEARN_CFG
+    given = Path(path)
+    if given.is_file() and given.suffix == ".pt" and given.name != DICTLEARN_WEIGHTS:
+        # checkpoints/ae_<step>.pt: the trainer's config.json sits one folder up
+        weights = given
+        folder = given.parent.parent if given.parent.name == "checkpoints" else given.parent
+    else:
+        folder = _folder(path, DICTLEARN_WEIGHTS, "dictionary_learning")
+        weights = folder / DICTLEARN_WEIGHTS
+    cfg_file = folder / DICTLEARN_CFG
     trainer: dict = {}
     if cfg_file.is_file():
         cfg = _read_json_object(cfg_file)
@@ -94,17 +114,32 @@ def load_dictionary_learning(path: str | Path, descriptions: str | Path | None =
                               f"{tuple(said[a] for a in dec_axes)}.")
     _check_shapes(weights, shapes, others, dims, _DICTLEARN_NAMES,
                   f"{dict_class} stores {[dec_key, *others]}")
+    _check_float(weights, dec_key, state[dec_key])
     for key in (dec_key, *others):
         _check_finite(weights, key, state[key])
     w = state[dec_key].to(torch.float64).numpy()
     D = w if dec_axes == ("D", "F") else w.T  # (activation_dim, dict_size): atoms as columns
-    meta = {"format": "dictionary_learning", "dict_class": dict_class, "d": dims["D"], "p": dims["F"]}
+    convention = "decoder as stored"
+    if dict_class == "AutoEncoder":  # AutoEncoder.from_pretrained(normalize_decoder=True)
+        norms = np.linalg.norm(D, axis=0)
+        if np.any(norms == 0):
+            raise TargetFileError(f"{weights}: AutoEncoder.from_pretrained divides decoder columns by their "
+                                  f"norms, but {int(np.sum(norms == 0))} column(s) are zero.")
+        D = D / norms
+        convention = "decoder columns divided by their norms (AutoEncoder.from_pretrained normalize_decoder)"
+    meta = {"format": "dictionary_learning", "dict_class": dict_class, "d": dims["D"], "p": dims["F"],
+            "decoder_convention": convention}
+    if weights.name != DICTLEARN_WEIGHTS:
+        meta["checkpoint"] = weights.name
     for out, key in (("model_name", "lm_name"), ("hook_name", "submodule_name"), ("layer", "layer"),
-                     ("k", "k")):
+                     ("k", "k"), ("norm_factor", "norm_factor")):
         if trainer.get(key) is not None:
             meta[out] = trainer[key]
-    label = " ".join(str(meta[k]) for k in ("model_name", "hook_name") if k in meta) or folder.name
-    return _target(weights, D, f"dictlearn({label}, p={dims['F']})", folder, descriptions, meta)
+    label = _label(meta, folder)
+    if "checkpoint" in meta:
+        label += f", {meta['checkpoint']}"
+    return _target(weights, D, f"dictlearn({label}, p={dims['F']})", folder, descriptions, meta,
+                   force=force_descriptions, explanation_model=explanation_model)
 
 
 def _read_state_dict(file: Path) -> dict:

@@ -51,3 +51,16 @@ def main() -> None:
 
 # fbloop.designs.DESIGNS, spelled out so that `fbloop --help` does not import numpy (a test keeps them equal)
 DESIGN_CHOICES = ["eigen", "constructive", "gaussian", "sparse", "coverage", "pivot", "triplet"]
+
+
+# Feature descriptions for checkpoint targets: appended to the target spec, so a run stores them.
+descriptions_options = [
+    click.option("--descriptions", default=None, type=click.Path(exists=True),
+                 help="Neuronpedia explanations for a checkpoint target: a JSON/JSONL file (.gz too), a "
+                      "batch-N.jsonl.gz, or a folder of them [default: found beside the checkpoint]."),
+    click.option("--force-descriptions", is_flag=True, default=False,
+                 help="Attach explanations whose modelId/layer name another SAE than the checkpoint's."),
+    click.option("--explanation-model", default=None,
+                 help="Of several explanations per feature, prefer this explanationModelName "
+                      "[default: the highest score, then the first in file order]."),
+]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .common import DESIGN_CHOICES, _fail_cleanly, _open_store, db_option, json_option, main
+from .common import DESIGN_CHOICES, _fail_cleanly, _open_store, db_option, descriptions_options, json_option, main
 from .progress import spinner
 
 # ---------------------------------------------------------------- inspection
@@ -41,18 +41,27 @@ def bound(design: str, p: int | None, rank: int | None, target: str | None, as_j
                    f"any design needs ≥ {info['full_rank_lower_bound']} for a full-rank Φ*.")
 
 
+def _with_options(fn, options):
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
 @main.command()
 @click.argument("spec")
 @click.option("--save", type=click.Path(dir_okay=False), default=None,
               help="Write the dictionary D (.npy or .safetensors).")
+@lambda fn: _with_options(fn, descriptions_options)
 @json_option
 @_fail_cleanly
-def target(spec: str, save: str | None, as_json: bool) -> None:
-    """Inspect a target: p, rank, leading eigenvalues."""
-    from ..targets import load_target, save_target
+def target(spec: str, save: str | None, descriptions: str | None, force_descriptions: bool,
+           explanation_model: str | None, as_json: bool) -> None:
+    """Inspect a target: p, rank, leading eigenvalues, and for checkpoints the metadata read and
+    the decoder convention used (which atoms Φ* is built from)."""
+    from ..targets import load_target, save_target, with_descriptions
 
     with spinner(f"loading target {spec}", quiet=as_json):
-        t = load_target(spec)
+        t = load_target(with_descriptions(spec, descriptions, force_descriptions, explanation_model))
         info = t.summary()
     if save:
         save_target(t, save)
@@ -121,21 +130,44 @@ def runs(db_path: str, as_json: bool) -> None:
 @main.command()
 @click.argument("run_id")
 @db_option
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="answers.csv or answers.jsonl")
-@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default=None,
+@click.option("--out", default=None, type=click.Path(dir_okay=False),
+              help="answers.csv, .jsonl, .parquet, or .npz (cblearn triplets); a .meta.json sidecar goes beside it.")
+@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl", "parquet", "cblearn"]), default=None,
               help="Default: from the file's suffix.")
+@click.option("--factor", "factor_out", default=None, type=click.Path(dir_okay=False),
+              help="Write the learned factor U (p, r) as safetensors, with Φ̂ = U Uᵀ when p is small.")
+@click.option("--as-saelens", "saelens_out", default=None, type=click.Path(file_okay=False),
+              help="Write the learned Φ̂ as a SAELens directory (W_dec = U, d_in = r, d_sae = p).")
 @_fail_cleanly
-def export(run_id: str, db_path: str, out: str, fmt: str | None) -> None:
-    """Export a run's queries and answers to CSV or JSONL."""
+def export(run_id: str, db_path: str, out: str | None, fmt: str | None, factor_out: str | None,
+           saelens_out: str | None) -> None:
+    """Export a run's queries and answers (CSV, JSONL, Parquet, cblearn), and its learned factor.
+
+    Each row says its basis (feature or eigen), whether it was held out, its agent and
+    attempt; the sidecar <out>.meta.json holds the run's design and anchor.
+    """
+    from ..store.export import export_factor, export_factor_saelens
+
     _require_db(db_path)
+    if out is None and factor_out is None and saelens_out is None:
+        raise click.UsageError("Give --out, --factor or --as-saelens.")
     with _open_store(db_path) as store:
-        n = store.export(run_id, out, fmt)
-    click.echo(f"wrote {n} answers to {out}")
+        if out is not None:
+            n = store.export(run_id, out, fmt)
+            click.echo(f"wrote {n} answers to {out} (run header in {out}.meta.json)")
+        if factor_out is not None:
+            info = export_factor(store, run_id, factor_out)
+            click.echo(f"wrote U {tuple(info['U'])}{' and Φ̂' if info['phi_hat'] else ''} to {factor_out}")
+        if saelens_out is not None:
+            info = export_factor_saelens(store, run_id, saelens_out)
+            click.echo(f"wrote a SAELens dictionary (d_in={info['d_in']}, d_sae={info['d_sae']}) to {saelens_out}")
 
 
 @main.command()
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory for the SAELens checkpoint.")
-@click.option("--layer", default=3, show_default=True, type=int, help="MiniLM hidden-state layer (0–6).")
+@click.option("--layer", default=3, show_default=True, type=int,
+              help="MiniLM hidden_states[L] (0–6): 0 = embeddings, L = output of block L (1-based), which "
+                   "HF names encoder.layer.{L-1}; the target's name says layer=L.")
 @click.option("--tokens", default=50_000, show_default=True, type=int, help="Tokens of stdlib docstrings.")
 @click.option("--features", default=1024, show_default=True, type=int, help="Dictionary size p.")
 @click.option("--k", default=32, show_default=True, type=int, help="TopK: active features per token.")

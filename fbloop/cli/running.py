@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from .common import DESIGN_CHOICES, _fail_cleanly, _open_store, db_option, json_option, main
+from .common import DESIGN_CHOICES, _fail_cleanly, _open_store, db_option, descriptions_options, json_option, main
 
 # ---------------------------------------------------------------- run
 
@@ -16,7 +16,8 @@ def run_options(fn):
     options = [
         click.option("--target", default="rfm", show_default=True,
                      help="Target spec: rfm | rfm:figure=2 | synthetic:p=40,rank=5 | chessgpt | pythia | "
-                          "phi:FILE | dict:FILE | saelens:DIR | dictlearn:DIR."),
+                          "phi:FILE | dict:FILE | saelens:DIR | dictlearn:DIR | sparsify:DIR | gemmascope:FILE."),
+        *descriptions_options,
         click.option("--design", default="eigen", show_default=True,
                      type=click.Choice(DESIGN_CHOICES),
                      help="pivot: adaptive supports, every coordinate against pivots chosen from the answers."),
@@ -125,8 +126,11 @@ def _run_config(opts: dict):
     from ..pool import PoolConfig, parse_member
 
     members = tuple(parse_member(m) for m in opts["members"])
+    from ..targets import with_descriptions
+
     return RunConfig(
-        target=opts["target"],
+        target=with_descriptions(opts["target"], opts["descriptions"], opts["force_descriptions"],
+                                 opts["explanation_model"]),
         design=DesignConfig(name=opts["design"], mu=opts["mu"], s=opts["max_nnz"], dist=opts["dist"],
                             block=opts["block"], rank_tol=opts["rank_tol"]),
         agent=opts["agent"],

@@ -11,6 +11,7 @@ answer twice.
   queue and attention checks, snapshots and factors, the LLM request cache, export);
 - :mod:`.migrations`: the numbered schema migrations and :func:`migrate`;
 - :mod:`.transactions`: :func:`write`, the ``BEGIN IMMEDIATE`` write transaction;
+- :mod:`.export`: a run's answers as CSV, JSONL, Parquet or a cblearn ``.npz``, with a sidecar;
 - :mod:`.codec`: sparse activations as BLOBs.
 """
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import socket
@@ -476,32 +475,8 @@ class Store:
     # ------------------------------------------------------------ export
 
     def export(self, run_id: str, path: str | Path, fmt: str | None = None) -> int:
-        """Write every answer of a run with its query to CSV or JSONL; returns rows written.
+        """Write every answer of a run with its query to CSV, JSONL, Parquet or cblearn ``.npz``
+        (:mod:`fbloop.store.export`, which documents the columns); returns rows written."""
+        from .export import export
 
-        The file is written to a temporary name and renamed, so a failed export
-        never leaves a half-written file behind.
-        """
-        path = Path(path)
-        fmt = fmt or path.suffix.lstrip(".").lower()
-        if fmt not in ("csv", "jsonl"):
-            raise StoreError(f"Unknown export format {fmt!r}; expect csv or jsonl.")
-        tmp = path.with_name(path.name + ".partial")
-        n = 0
-        fields = ["run_id", "seq", "kind", "agent", "attempt", "status", "value", "raw", "meta", "created_at",
-                  "a_indices", "a_values", "b_indices", "b_values", "c_indices", "c_values"]
-        try:
-            with tmp.open("w", newline="", encoding="utf-8") as fh:
-                writer = csv.DictWriter(fh, fieldnames=fields) if fmt == "csv" else None
-                if writer:
-                    writer.writeheader()
-                for row in self.answer_rows(run_id):
-                    if writer:
-                        writer.writerow({k: json.dumps(v) if isinstance(v, list) else v for k, v in row.items()})
-                    else:
-                        fh.write(json.dumps(row) + "\n")
-                    n += 1
-        except BaseException:  # e.g. an unknown run: answer_rows raises on its first row
-            tmp.unlink(missing_ok=True)
-            raise
-        tmp.replace(path)
-        return n
+        return export(self, run_id, path, fmt)
