@@ -47,8 +47,10 @@ class GradientLearner:
         scale = 1.0
         if anchor is not None:
             scale = 1.0 / max(float(np.linalg.norm(anchor.values)), 1e-12)
-        u0 = torch.randn(p, self.rank, generator=self.gen, dtype=torch.float64) * scale / np.sqrt(self.rank)
+        # In place: at p = 262,144, r = 512 each float64 temporary is 1 GiB (the same values, bit for bit).
+        u0 = torch.randn(p, self.rank, generator=self.gen, dtype=torch.float64).mul_(scale).div_(np.sqrt(self.rank))
         self.U = u0.to(self.device, self.dtype)  # (p, r)
+        del u0
         self.opt = _LazyAdam((p, self.rank), config.lr, self.device, self.dtype)
         i32, fl = torch.int32, self.dtype
         self._pairs = _Columns((i32, fl, fl), self.device)  # idx (n, s), val (n, s), c (n,)
