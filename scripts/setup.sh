@@ -4,7 +4,7 @@
 # The install is skipped when pyproject.toml and constraints.txt are unchanged since the last one that
 # succeeded (a stamp in .venv); FBLOOP_REINSTALL=1 forces it.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$(readlink -f "$0")")/.."  # the real checkout, also when called through a link
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv

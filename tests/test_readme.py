@@ -10,9 +10,9 @@ A block may be preceded by one HTML comment (invisible on the rendered page) tha
   reason is required and shows in the test report;
 * anything in parentheses is a remark.
 
-Each block runs as one ``bash -e`` script in a fresh folder (the repository's ``scripts/``, ``.venv``,
-``pyproject.toml`` and ``constraints.txt`` linked in, so that ``./scripts/demo.sh`` works as written), with
-the interpreter's ``bin/`` first on ``PATH``; background jobs are killed when it ends.
+Each block runs as one ``bash -e`` script in a fresh folder (the repository's ``scripts/`` linked in, so
+that ``./scripts/demo.sh`` works as written: the scripts resolve the link to the real checkout), with the
+interpreter's ``bin/`` first on ``PATH``; background jobs are killed when it ends.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 BLOCK = re.compile(r"(?:<!--\s*readme-test:(?P<directive>.*?)-->\s*\n)?```bash\n(?P<body>.*?)```", re.S)
-LINKED = ["scripts", ".venv", "pyproject.toml", "constraints.txt"]
+LINKED = ["scripts"]  # the scripts find the real checkout through the link (its .venv, its pyproject)
 
 
 def parse_directive(text: str | None) -> tuple[str | bool, list[tuple[str, str]]]:
