@@ -75,3 +75,19 @@ def test_the_schema_sent_accepts_a_reply_the_parser_takes_and_rejects_one_it_ref
     bad = {"answers": [{"id": 1, "answer": "B"}]} if batch else {"answer": "first", "why": "x"}
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(bad, schema)
+
+
+def test_a_batch_schema_can_fix_the_count_and_ids():
+    from fbloop.agents.replies import schema
+    from fbloop.agents.structured import request_fields
+
+    fixed = schema(True, 3)["properties"]["answers"]
+    assert fixed["minItems"] == fixed["maxItems"] == 3
+    assert fixed["items"]["properties"]["id"]["enum"] == [1, 2, 3]
+    assert "minItems" not in schema(True)["properties"]["answers"]
+    # the engines' own fields carry the count; OpenAI's strict json_schema keeps the plain shape
+    assert request_fields("json_object", True, 3)["response_format"]["schema"]["properties"]["answers"] == fixed
+    assert request_fields("ollama", True, 3)["extra_body"]["format"]["properties"]["answers"] == fixed
+    strict = request_fields("json_schema", True, 3)["response_format"]["json_schema"]["schema"]
+    assert strict == schema(True)
+    assert request_fields("json_object", False, 1)["response_format"]["schema"] == schema(False)

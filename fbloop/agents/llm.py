@@ -302,8 +302,8 @@ class LLMAgent:
         scrub = self._scrubber()
         try:
             for mode in PROBE_ORDER[:-1]:
-                rep = await send(client, lambda m: self._kwargs(prompt, m), self._policy(), scrub, self.usage,
-                                 ModeState(mode), probing=True)
+                rep = await send(client, lambda m: self._kwargs(prompt, m, len(ids) or 1), self._policy(), scrub,
+                                 self.usage, ModeState(mode), probing=True)
                 why = rep.text if rep.failed else rep.unreadable
                 if why is None:
                     why = parse_batch(rep.text, ids)[1][1] if self.batched else parse_single(rep.text)[1]
@@ -447,8 +447,8 @@ class LLMAgent:
                              response_id=m.get("response_id"), served_model=m.get("served_model"),
                              mode=m.get("structured"), raw_chars=len(got["reply"]))
             async with sem:
-                rep = await send(client, lambda mode: self._kwargs(req.prompt, mode), policy, scrub, self.usage,
-                                 self.modes)
+                rep = await send(client, lambda mode: self._kwargs(req.prompt, mode, len(req.rows)), policy, scrub,
+                                 self.usage, self.modes)
             if self._understood(req, rep):
                 put((req, rep))  # at once: a process killed later in this chunk keeps what it paid for
             return rep
@@ -458,7 +458,7 @@ class LLMAgent:
         finally:
             await client.close()
 
-    def _kwargs(self, prompt: str, mode: str) -> dict:
+    def _kwargs(self, prompt: str, mode: str, n: int = 1) -> dict:
         cfg = self.config
         kwargs: dict = {"model": cfg.model, "messages": [{"role": "system", "content": self.system_text},
                                                          {"role": "user", "content": prompt}]}
@@ -466,7 +466,7 @@ class LLMAgent:
             kwargs["temperature"] = cfg.temperature
         if cfg.max_tokens is not None:
             kwargs["max_tokens"] = cfg.max_tokens
-        return {**kwargs, **request_fields(mode, self.batched)}
+        return {**kwargs, **request_fields(mode, self.batched, n)}
 
     # ------------------------------------------------------------ answers
 

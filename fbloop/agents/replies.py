@@ -88,13 +88,22 @@ def parse_batch(text: str, ids: list[int]) -> dict[int, tuple[str | None, str | 
     return out
 
 
-def schema(batch: bool) -> dict:
-    """The JSON schema of a reply (one triplet, or a batch)."""
+def schema(batch: bool, n: int | None = None) -> dict:
+    """The JSON schema of a reply (one triplet, or a batch).
+
+    ``n``: the batch's size, when the engine should be held to it — exactly ``n`` answers with ids
+    1…``n``. A grammar-constrained engine (llama.cpp) otherwise lets a small model stop early: at batch 8,
+    SmolLM2-135M answered ids [1, 2] to every request (16 of 16 invalid); the parser still checks the ids.
+    """
     answer = {"type": "string", "enum": list(TOKENS)}
     if batch:
-        item = {"type": "object", "properties": {"id": {"type": "integer"}, "answer": answer},
+        ids: dict = {"type": "integer"} if n is None else {"type": "integer", "enum": list(range(1, n + 1))}
+        item = {"type": "object", "properties": {"id": ids, "answer": answer},
                 "required": ["id", "answer"], "additionalProperties": False}
-        return {"type": "object", "properties": {"answers": {"type": "array", "items": item}},
+        array: dict = {"type": "array", "items": item}
+        if n is not None:
+            array.update(minItems=n, maxItems=n)
+        return {"type": "object", "properties": {"answers": array},
                 "required": ["answers"], "additionalProperties": False}
     return {"type": "object", "properties": {"answer": answer}, "required": ["answer"],
             "additionalProperties": False}

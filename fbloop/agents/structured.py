@@ -33,13 +33,18 @@ _FIELD_WORDS = ("response_format", "json_schema", "json_object", "guided", "stru
 _REFUSAL_STATUS = {400, 415, 422, 500, 501}
 
 
-def request_fields(mode: str, batched: bool) -> dict:
-    """Keyword arguments for ``chat.completions.create`` that ask for the reply's shape in ``mode``."""
-    shape = schema(batched)
+def request_fields(mode: str, batched: bool, n: int | None = None) -> dict:
+    """Keyword arguments for ``chat.completions.create`` that ask for the reply's shape in ``mode``.
+
+    ``n``, a batch's size, fixes the answers' count and ids in the engines' own fields (a grammar then
+    cannot stop early); OpenAI's strict ``json_schema`` gets the plain shape, since strict mode refuses
+    keywords it does not support and the parser checks the ids anyway.
+    """
+    shape = schema(batched, n if batched else None)
     name = "triplet_answers" if batched else "triplet_answer"
     if mode == "json_schema":
         return {"response_format": {"type": "json_schema",
-                                    "json_schema": {"name": name, "strict": True, "schema": shape}}}
+                                    "json_schema": {"name": name, "strict": True, "schema": schema(batched)}}}
     if mode == "json_object":
         return {"response_format": {"type": "json_object", "schema": shape}}
     if mode == "vllm":
