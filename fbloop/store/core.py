@@ -19,6 +19,7 @@ from ..designs import Queries
 from ..errors import StoreError
 from ..sparse import SparseBatch
 from .codec import _decode, _encode
+from .crowd import CrowdStore
 from .migrations import migrate
 from .transactions import write
 
@@ -31,7 +32,10 @@ def _not_a_check(alias: str) -> str:
 # ---------------------------------------------------------------- the store
 
 
-class Store:
+ENQUEUE_CHUNK = 20_000  # queue rows per write transaction: other writers (people's answers) get in between
+
+
+class Store(CrowdStore):
     """A run database on disk."""
 
     def __init__(self, path: str | Path):
@@ -252,7 +256,8 @@ class Store:
                       since: float | None = None, prefix: str | None = None) -> Iterator[tuple[Queries, Answers]]:
         """Stored ok answers with their queries, in storage order, ``chunk`` rows at a time.
 
-        Attention checks are left out: they test the annotator, not ``Φ``. ``since``
+        Attention checks are left out: they test the annotator, not ``Φ``; so are the answers of
+        people blocked on the run (:meth:`set_blocked`: kept in the store, not learned from). ``since``
         keeps only answers stored after that time (seconds since the epoch); ``prefix`` only those of
         agents whose name starts with it (``"human:"``: every annotator). A chunk from
         several agents comes as agent ``MIXED`` with each row's agent in ``meta[i]["agent"]``.
@@ -260,7 +265,8 @@ class Store:
         run = self.require_run(run_id)
         sql = ("SELECT q.seq, q.kind, q.a_idx, q.a_val, q.b_idx, q.b_val, q.c_idx, q.c_val, "
                "a.agent, a.value, a.id FROM answers a JOIN queries q ON q.run_id = a.run_id AND q.seq = a.seq "
-               f"WHERE a.run_id = ? AND a.status = 'ok' AND a.id > ? AND {_not_a_check('a')}"
+               f"WHERE a.run_id = ? AND a.status = 'ok' AND a.id > ? AND {_not_a_check('a')} "
+               "AND NOT EXISTS (SELECT 1 FROM blocked b WHERE b.run_id = a.run_id AND b.agent = a.agent)"
                + (" AND a.agent = ?" if agent is not None else "")
                + (" AND substr(a.agent, 1, ?) = ?" if prefix is not None else "")
                + (" AND a.created_at > ?" if since is not None else "") + " ORDER BY a.id LIMIT ?")
@@ -315,24 +321,34 @@ class Store:
         """Queue queries for the annotation form in the order given, after what is queued already.
 
         ``checks`` maps the positions of attention checks among ``queries`` to
-        ``(kind, expected answer)``. Queries, queue rows and checks commit together;
-        a query queued before keeps its place. Returns how many were newly queued.
+        ``(kind, expected answer)``. Written in chunks of ``ENQUEUE_CHUNK`` queue rows, each
+        chunk's queries, queue rows and checks in one transaction, so people's answers get in
+        between the chunks of a large queue; a killed enqueue leaves a whole prefix queued, and
+        queueing again (:func:`fbloop.human.queue`) adds the rest. A query queued before keeps
+        its place. Returns how many were newly queued.
         """
         checks = checks or {}
-        now = time.time()
-        with write(self.db):
-            self._insert_queries(run_id, queries)
-            start = self.db.execute("SELECT COALESCE(MAX(position), -1) + 1 FROM human_queue WHERE run_id = ?",
-                                    [run_id]).fetchone()[0]
-            before = self.db.conn.total_changes
-            self.db.conn.executemany(
-                "INSERT OR IGNORE INTO human_queue (run_id, seq, position, created_at) VALUES (?, ?, ?, ?)",
-                [(run_id, int(s), start + i, now) for i, s in enumerate(queries.seq)])
-            queued = self.db.conn.total_changes - before
-            self.db.conn.executemany(
-                "INSERT OR IGNORE INTO checks (run_id, seq, kind, expected) VALUES (?, ?, ?, ?)",
-                [(run_id, int(s), kind, float(expected)) for s, (kind, expected) in checks.items()])
-            return queued
+        queued = 0
+        for lo in range(0, len(queries), ENQUEUE_CHUNK):
+            part = queries.select(np.arange(lo, min(lo + ENQUEUE_CHUNK, len(queries))))
+            now = time.time()
+            with write(self.db):
+                self._insert_queries(run_id, part)
+                start = self.db.execute("SELECT COALESCE(MAX(position), -1) + 1 FROM human_queue WHERE run_id = ?",
+                                        [run_id]).fetchone()[0]
+                before = self.db.conn.total_changes
+                self.db.conn.executemany(
+                    "INSERT OR IGNORE INTO human_queue (run_id, seq, position, created_at) VALUES (?, ?, ?, ?)",
+                    [(run_id, int(s), start + i, now) for i, s in enumerate(part.seq)])
+                n = self.db.conn.total_changes - before
+                here = [(int(s), checks[int(s)]) for s in part.seq if int(s) in checks]
+                before = self.db.conn.total_changes
+                self.db.conn.executemany(
+                    "INSERT OR IGNORE INTO checks (run_id, seq, kind, expected) VALUES (?, ?, ?, ?)",
+                    [(run_id, s, kind, float(expected)) for s, (kind, expected) in here])
+                self._count_queued(run_id, n, self.db.conn.total_changes - before)
+                queued += n
+        return queued
 
     def queued(self, run_id: str) -> np.ndarray:
         """Positions of a run's queued queries (attention checks included), in the order asked."""
@@ -341,8 +357,8 @@ class Store:
 
     def queued_runs(self) -> dict[str, int]:
         """Runs with an annotation queue, oldest first: ``{run_id: queued queries}``."""
-        rows = self.db.execute("SELECT h.run_id, COUNT(*) FROM human_queue h JOIN runs r ON r.id = h.run_id "
-                               "GROUP BY h.run_id ORDER BY MIN(r.created_at)")
+        rows = self.db.execute("SELECT h.run_id, h.queued FROM human_runs h JOIN runs r ON r.id = h.run_id "
+                               "WHERE h.queued > 0 ORDER BY r.created_at")
         return {r[0]: int(r[1]) for r in rows}
 
     def next_queued(self, run_id: str, agent: str) -> int | None:
@@ -354,15 +370,16 @@ class Store:
         return None if row is None else int(row[0])
 
     def queue_progress(self, run_id: str, agent: str | None = None) -> dict[str, int]:
-        """``{"queued", "checks", "answered"}``: queue size, checks in it, and queued positions
-        answered (any status) by ``agent``, or by anyone when ``agent`` is ``None``."""
-        who = " AND a.agent = ?" if agent is not None else ""
-        row = self.db.execute(
-            "SELECT COUNT(*), COUNT(k.seq), COALESCE(SUM(EXISTS (SELECT 1 FROM answers a WHERE a.run_id = h.run_id "
-            f"AND a.seq = h.seq{who})), 0) FROM human_queue h "
-            "LEFT JOIN checks k ON k.run_id = h.run_id AND k.seq = h.seq WHERE h.run_id = ?",
-            ([agent] if agent is not None else []) + [run_id]).fetchone()
-        return {"queued": int(row[0]), "checks": int(row[1]), "answered": int(row[2])}
+        """``{"queued", "checks", "answered"}``: queue size, checks in it, and how many queued positions
+        ``agent`` answered (any status), or, when ``agent`` is ``None``, how many real triplets have all
+        the answers they want (the run's overlap) plus the checks (which never hold a run up: everyone
+        answers them along the way). From running totals, never a scan of the queue."""
+        info = self.assignment(run_id)
+        if agent is not None:
+            rows = self.annotator_stats(run_id, agent)
+            done = sum(int(r["ok"]) + int(r["skipped"]) + int(r["checks"]) for r in rows)
+            return {"queued": info["queued"], "checks": info["checks"], "answered": done}
+        return {"queued": info["queued"], "checks": info["checks"], "answered": info["filled"] + info["checks"]}
 
     def checks(self, run_id: str) -> dict[int, tuple[str, float]]:
         """A run's attention checks: ``{seq: (kind, expected answer)}``."""
