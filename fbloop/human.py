@@ -353,3 +353,67 @@ def check_accuracy(store: Store, run_id: str) -> list[dict]:
     for rec in out.values():
         rec["accuracy"] = rec["correct"] / rec["checks"] if rec["checks"] else None
     return sorted(out.values(), key=lambda r: r["agent"])
+
+
+# ---------------------------------------------------------------- access: invitations and the owner's token
+
+
+TOKEN_BYTES = 24  # 192 random bits, 32 URL-safe characters
+
+
+def _new_token(kind: str) -> str:
+    import secrets
+
+    return f"{kind}-{secrets.token_urlsafe(TOKEN_BYTES)}"
+
+
+def invite(store: Store, annotator: str, run_ids: list[str]) -> str:
+    """Invite ``annotator`` to ``run_ids`` and return their new secret (shown once, never stored).
+
+    The store keeps the secret's sha256 only. Inviting someone again issues a new secret (the
+    old link stops working) and adds the runs to those they were invited to.
+    """
+    from .store.crowd import token_hash
+
+    name = normalise_name(annotator)
+    if not run_ids:
+        raise ConfigError(f"Invite {annotator!r} to at least one run (--run RUN).")
+    for run_id in run_ids:
+        store.require_run(run_id)
+    token = _new_token("a")
+    store.add_annotator(name, " ".join(str(annotator).split()), token_hash(token), list(run_ids))
+    return token
+
+
+def owner_token(store: Store, label: str = "owner") -> str:
+    """A new dashboard secret for the experiments' owner (stored as its sha256); returned once."""
+    from .store.crowd import token_hash
+
+    token = _new_token("o")
+    store.add_owner_token(token_hash(token), label)
+    return token
+
+
+@dataclass(frozen=True)
+class Access:
+    """Who a link signs in: ``role`` ``annotator`` (with their ``name`` and invited ``runs``) or ``owner``."""
+
+    role: Literal["annotator", "owner"]
+    name: str | None = None
+    runs: tuple[str, ...] = ()
+
+
+def sign_in(store: Store, token: str | None) -> Access | None:
+    """The access a link's secret grants, or ``None`` for a missing, unknown or forged one."""
+    from .store.crowd import token_hash
+
+    if not token or len(token) > 100:
+        return None
+    digest = token_hash(str(token))
+    if store.is_owner_token(digest):
+        return Access("owner")
+    who = store.annotator_by_token(digest)
+    if who is None:
+        return None
+    runs = tuple(r for r in who["runs"] if f"{PREFIX}{who['name']}" not in store.blocked(r))
+    return Access("annotator", who["name"], runs)

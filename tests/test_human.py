@@ -301,3 +301,30 @@ def test_cli_queues_for_the_app(tmp_path):
     out = CliRunner().invoke(main, ["run", "--target", "synthetic:p=6,rank=2", "--design", "eigen", "--agent", "human",
                                     "--db", str(db)])
     assert out.exit_code == 2 and "--design triplet" in out.output
+
+
+def test_cli_invites_blocks_and_refuses_open_access_beyond_localhost(tmp_path):
+    db = tmp_path / "cli.db"
+    args = ["run", "--target", "synthetic:p=6,rank=2", "--design", "triplet", "--agent", "human", "--budget", "9",
+            "--db", str(db), "--run-id", "people"]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    out = CliRunner().invoke(main, ["annotators", "add", "Alice", "--run", "people", "--db", str(db), "--json"])
+    assert out.exit_code == 0, out.output
+    info = json.loads(out.output)
+    token = info["url"].split("token=")[1]
+    assert info["name"] == "alice" and info["url"].startswith("http://127.0.0.1:8501/?token=a-")
+    with Store(db) as store:
+        assert human.sign_in(store, token) == human.Access("annotator", "alice", ("people",))
+        assert token not in "".join(str(r) for r in sql_rows(db, "SELECT * FROM annotators"))  # a hash only
+    out = CliRunner().invoke(main, ["annotators", "add", "bob", "--run", "nope", "--db", str(db)])
+    assert out.exit_code == 2 and "nope" in out.output
+    out = CliRunner().invoke(main, ["annotators", "owner", "--db", str(db)])
+    with Store(db) as store:
+        assert human.sign_in(store, out.output.split("token=")[1].strip()).role == "owner"
+    assert CliRunner().invoke(main, ["annotators", "block", "ALICE", "--run", "people", "--db", str(db)]).exit_code == 0
+    with Store(db) as store:
+        assert human.sign_in(store, token).runs == ()  # blocked: the link opens nothing
+    out = CliRunner().invoke(main, ["annotators", "overlap", "3", "--run", "people", "--db", str(db)])
+    assert out.exit_code == 0 and "3 people per triplet" in out.output
+    out = CliRunner().invoke(main, ["app", "--db", str(db), "--host", "0.0.0.0", "--open"])
+    assert out.exit_code == 2 and "refusing" in out.output

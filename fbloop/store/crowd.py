@@ -287,5 +287,10 @@ class CrowdStore:
             else:
                 self.db.execute("DELETE FROM blocked WHERE run_id = ? AND agent = ?", [run_id, agent])
 
+    def has_agent_prefix(self, run_id: str, prefix: str) -> bool:
+        """Whether any answer of the run comes from an agent whose name starts with ``prefix``."""
+        return self.db.execute("SELECT 1 FROM answers WHERE run_id = ? AND agent >= ? AND agent < ? LIMIT 1",
+                               [run_id, prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1)]).fetchone() is not None
+
     def blocked(self, run_id: str) -> set[str]:
         return {r[0] for r in self.db.execute("SELECT agent FROM blocked WHERE run_id = ?", [run_id])}
