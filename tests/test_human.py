@@ -328,3 +328,20 @@ def test_cli_invites_blocks_and_refuses_open_access_beyond_localhost(tmp_path):
     assert out.exit_code == 0 and "3 people per triplet" in out.output
     out = CliRunner().invoke(main, ["app", "--db", str(db), "--host", "0.0.0.0", "--open"])
     assert out.exit_code == 2 and "refusing" in out.output
+
+
+def test_running_totals_equal_a_rebuild_from_the_answers(store, target):
+    human.queue(store, "r", triplets(target, 0, 30), check_rate=0.2)
+    human.set_assignment(store, "r", overlap=2)
+    simulate(store, 5, 7)
+    q = human.next_query(store, "r", "ann0")
+    human.submit(store, "r", q.seq, "ann0", "skip", None, q.token)
+    human.undo(store, "r", "ann1")
+    before = (store.assignment("r"), store.annotator_stats("r"),
+              store.db.execute("SELECT seq, taken, open FROM human_queue ORDER BY seq").fetchall())
+    store.rebuild_crowd_totals("r")
+    after = (store.assignment("r"), store.annotator_stats("r"),
+             store.db.execute("SELECT seq, taken, open FROM human_queue ORDER BY seq").fetchall())
+    assert before[0] == after[0] and before[2] == after[2]
+    assert [(r["agent"], r["ok"], r["skipped"], r["checks"], r["correct"], r["ms_n"]) for r in before[1]] == \
+        [(r["agent"], r["ok"], r["skipped"], r["checks"], r["correct"], r["ms_n"]) for r in after[1]]

@@ -35,6 +35,38 @@ def _spread(agent: str, seq: int) -> int:
     return int.from_bytes(hashlib.blake2b(f"{agent}|{seq}".encode(), digest_size=8).digest(), "big")
 
 
+def rebuild_totals(db, run_id: str | None = None) -> None:
+    """Recompute the crowd's running totals (per run, per triplet, per person) from the stored queue and
+    answers, for one run or all: after a migration, or after answers were stored by another path than
+    :meth:`CrowdStore.submit_answer` (a bulk import). Keeps each run's overlap and lease settings."""
+    where, args = ("WHERE h.run_id = ?", [run_id]) if run_id is not None else ("", [])
+    db.execute("INSERT OR IGNORE INTO human_runs (run_id, created_at) SELECT DISTINCT h.run_id, ? FROM human_queue h "
+               + where, [time.time(), *args])
+    runs = "" if run_id is None else " AND run_id = ?"
+    db.execute("UPDATE human_runs SET queued = (SELECT COUNT(*) FROM human_queue h WHERE h.run_id = human_runs.run_id), "
+               "checks = (SELECT COUNT(*) FROM checks k JOIN human_queue h ON h.run_id = k.run_id AND h.seq = k.seq "
+               "WHERE k.run_id = human_runs.run_id) WHERE 1" + runs, args)
+    db.execute("UPDATE human_queue SET taken = CASE WHEN EXISTS (SELECT 1 FROM checks k WHERE k.run_id = "
+               "human_queue.run_id AND k.seq = human_queue.seq) THEN 0 ELSE (SELECT COUNT(DISTINCT a.agent) "
+               "FROM answers a WHERE a.run_id = human_queue.run_id AND a.seq = human_queue.seq AND a.status = 'ok') "
+               "END WHERE 1" + runs, args)
+    db.execute("UPDATE human_queue SET open = (taken < (SELECT overlap FROM human_runs r WHERE r.run_id = "
+               "human_queue.run_id) OR EXISTS (SELECT 1 FROM checks k WHERE k.run_id = human_queue.run_id "
+               "AND k.seq = human_queue.seq)) WHERE 1" + runs, args)
+    db.execute("UPDATE human_runs SET filled = (SELECT COUNT(*) FROM human_queue h WHERE h.run_id = "
+               "human_runs.run_id AND h.open = 0) WHERE 1" + runs, args)
+    db.execute("DELETE FROM annotator_stats WHERE 1" + runs, args)
+    db.execute(
+        "INSERT INTO annotator_stats (run_id, agent, ok, skipped, checks, correct, ms_sum, ms_n, last_seq, last_at) "
+        "SELECT a.run_id, a.agent, SUM(a.status = 'ok' AND k.seq IS NULL), SUM(a.status = 'skipped'), "
+        "SUM(k.seq IS NOT NULL AND a.status = 'ok'), SUM(k.seq IS NOT NULL AND a.status = 'ok' AND a.value = k.expected), "
+        "COALESCE(SUM(json_extract(a.meta, '$.response_ms')), 0), COUNT(json_extract(a.meta, '$.response_ms')), "
+        "NULL, MAX(a.created_at) FROM answers a JOIN human_queue h ON h.run_id = a.run_id AND h.seq = a.seq "
+        "LEFT JOIN checks k ON k.run_id = a.run_id AND k.seq = a.seq "
+        "WHERE substr(a.agent, 1, 6) = 'human:'" + ("" if run_id is None else " AND a.run_id = ?")
+        + " GROUP BY a.run_id, a.agent", args)
+
+
 class CrowdStore:
     """The crowd annotation part of :class:`~fbloop.store.Store` (uses its ``self.db``)."""
 
@@ -112,6 +144,11 @@ class CrowdStore:
             self.db.execute("INSERT OR REPLACE INTO human_leases (run_id, seq, agent, until) VALUES (?, ?, ?, ?)",
                             [run_id, seq, agent, now + lease_s])
             return seq
+
+    def rebuild_crowd_totals(self, run_id: str) -> None:
+        """:func:`rebuild_totals` for one run, in one transaction."""
+        with write(self.db):
+            rebuild_totals(self.db, run_id)
 
     def release(self, run_id: str, agent: str) -> None:
         """Give up ``agent``'s lease (they left, or skipped)."""

@@ -196,24 +196,9 @@ def _m7_crowd(db: sqlite_utils.Database) -> None:
         """
     )
     # Runs queued before this migration: totals and per-triplet counts from what is stored.
-    now = time.time()
-    db.execute("INSERT INTO human_runs (run_id, queued, checks, created_at) SELECT h.run_id, COUNT(*), "
-               "COUNT(k.seq), ? FROM human_queue h LEFT JOIN checks k ON k.run_id = h.run_id AND k.seq = h.seq "
-               "GROUP BY h.run_id", [now])
-    db.execute("UPDATE human_queue SET taken = (SELECT COUNT(DISTINCT a.agent) FROM answers a WHERE a.run_id = "
-               "human_queue.run_id AND a.seq = human_queue.seq AND a.status = 'ok')")
-    db.execute("UPDATE human_queue SET open = 0 WHERE taken >= 1 AND NOT EXISTS (SELECT 1 FROM checks k "
-               "WHERE k.run_id = human_queue.run_id AND k.seq = human_queue.seq)")
-    db.execute("UPDATE human_runs SET filled = (SELECT COUNT(*) FROM human_queue h WHERE h.run_id = "
-               "human_runs.run_id AND h.open = 0)")
-    db.execute(
-        "INSERT INTO annotator_stats (run_id, agent, ok, skipped, checks, correct, ms_sum, ms_n, last_seq, last_at) "
-        "SELECT a.run_id, a.agent, SUM(a.status = 'ok'), SUM(a.status = 'skipped'), "
-        "SUM(k.seq IS NOT NULL AND a.status = 'ok'), SUM(k.seq IS NOT NULL AND a.status = 'ok' AND a.value = k.expected), "
-        "COALESCE(SUM(json_extract(a.meta, '$.response_ms')), 0), COUNT(json_extract(a.meta, '$.response_ms')), "
-        "NULL, MAX(a.created_at) FROM answers a JOIN human_queue h ON h.run_id = a.run_id AND h.seq = a.seq "
-        "LEFT JOIN checks k ON k.run_id = a.run_id AND k.seq = a.seq "
-        "WHERE substr(a.agent, 1, 6) = 'human:' GROUP BY a.run_id, a.agent")
+    from .crowd import rebuild_totals
+
+    rebuild_totals(db)
 
 
 MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
