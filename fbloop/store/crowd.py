@@ -115,7 +115,8 @@ class CrowdStore:
         second tab: they resume where they were). Otherwise the first ``window`` open triplets, in
         queue order, that they have not answered or skipped and that still want an answer once the
         other people's live leases are counted; among them their own fixed order picks one. Checks
-        ignore leases and overlap: everyone answers every check.
+        ignore leases and overlap (everyone may answer every check) and come to each person at the
+        queue's check rate of *their own* answers, never as their first question.
         """
         now = time.time() if now is None else now
         with write(self.db):
@@ -130,13 +131,23 @@ class CrowdStore:
             if mine is not None:
                 seq = int(mine[0])
             else:
-                rows = self.db.execute(
-                    "SELECT h.seq FROM human_queue h LEFT JOIN checks k ON k.run_id = h.run_id AND k.seq = h.seq "
-                    "WHERE h.run_id = ? AND h.open = 1 AND NOT EXISTS (SELECT 1 FROM answers a WHERE "
-                    "a.run_id = h.run_id AND a.seq = h.seq AND a.agent = ?) AND (k.seq IS NOT NULL OR h.taken + "
-                    "(SELECT COUNT(*) FROM human_leases l WHERE l.run_id = h.run_id AND l.seq = h.seq AND "
-                    "l.agent != ? AND l.until > ?) < ?) ORDER BY h.position LIMIT ?",
-                    [run_id, agent, agent, now, overlap, int(window)]).fetchall()
+                # A check is due when this person's own share of checks falls behind the queue's: each
+                # person meets checks at the queue's rate, whatever the crowd's pace (never first).
+                queued, checks = self.db.execute("SELECT queued, checks FROM human_runs WHERE run_id = ?",
+                                                 [run_id]).fetchone()
+                mine = self.db.execute("SELECT ok + skipped + checks, checks FROM annotator_stats WHERE run_id = ? "
+                                       "AND agent = ?", [run_id, agent]).fetchone() or (0, 0)
+                due = checks > 0 and mine[1] < int(mine[0] * checks / queued)
+                sql = ("SELECT h.seq FROM human_queue h LEFT JOIN checks k ON k.run_id = h.run_id AND k.seq = h.seq "
+                       "WHERE h.run_id = ? AND h.open = 1 AND NOT EXISTS (SELECT 1 FROM answers a WHERE "
+                       "a.run_id = h.run_id AND a.seq = h.seq AND a.agent = ?) AND (k.seq IS NOT NULL OR h.taken + "
+                       "(SELECT COUNT(*) FROM human_leases l WHERE l.run_id = h.run_id AND l.seq = h.seq AND "
+                       "l.agent != ? AND l.until > ?) < ?) {} ORDER BY h.position LIMIT ?")
+                args = [run_id, agent, agent, now, overlap]
+                rows = self.db.execute(sql.format("AND (k.seq IS NULL) = ?"),
+                                       args + [int(not due), int(window)]).fetchall()
+                if not rows:  # nothing of the kind due: the other kind (checks at a queue's end, say)
+                    rows = self.db.execute(sql.format(""), args + [int(window)]).fetchall()
                 if not rows:
                     self.db.execute("DELETE FROM human_leases WHERE run_id = ? AND agent = ?", [run_id, agent])
                     return None
