@@ -168,6 +168,16 @@ def time_pages(path: Path, owner: str, token: str, repeats: int) -> dict:
     warm = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)  # a running server has its imports done
     warm.query_params["token"] = owner
     warm.run()
+    # AppTest's own cost per new test app (it scans installed packages for components, which a server
+    # does once): a one-line script, timed the same way, to read the pages' figures against.
+    blank = Path(tempfile.mkdtemp()) / "blank.py"
+    blank.write_text("import streamlit as st\nst.write('x')\n")
+    out["apptest_blank_s"] = []
+    for _ in range(repeats):
+        at = AppTest.from_file(str(blank), default_timeout=300)
+        t = time.perf_counter()
+        at.run()
+        out["apptest_blank_s"].append(time.perf_counter() - t)
     for _ in range(repeats):
         at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
         at.query_params["token"] = owner
@@ -280,12 +290,13 @@ def plot(result: dict, path: Path) -> None:
         ax.legend()
         ax = axes[1]
         pages = scale["pages"]
-        names = ["dashboard_s", "dashboard_rerun_s", "annotate_s"]
-        ax.bar(range(3), [np.median(pages[n]) for n in names], color=["#4c78a8", "#72b7b2", "#f58518"])
+        names = ["dashboard_s", "dashboard_rerun_s", "annotate_s", "apptest_blank_s"]
+        ax.bar(range(4), [np.median(pages[n]) for n in names], color=["#4c78a8", "#72b7b2", "#f58518", "#bab0ac"])
         for i, n in enumerate(names):
             ax.scatter([i] * len(pages[n]), pages[n], color="black", s=10, zorder=3)
         ax.axhline(2.0, color="grey", ls="--", lw=1)
-        ax.set_xticks(range(3), ["dashboard\nfirst render", "dashboard\nrerun (Live)", "annotate\nform"])
+        ax.set_xticks(range(4), ["dashboard\nfirst render", "dashboard\nrerun (Live)", "annotate\nform",
+                                 "AppTest,\nblank script"])
         ax.set_ylabel("seconds (AppTest, whole script)")
         ax.set_title("page renders")
     fig.tight_layout()
@@ -308,6 +319,7 @@ def main() -> None:
     ap.add_argument("--concurrent-queue", type=int, default=200_000)
     ap.add_argument("--quick", action="store_true", help="Small sizes, written to a temporary folder.")
     ap.add_argument("--keep", default=None, help="Folder for the databases (default: a temporary one).")
+    ap.add_argument("--reuse", action="store_true", help="Scale: time the large file --keep holds, do not rebuild.")
     args = ap.parse_args()
     if args.quick:
         args.queue, args.answers, args.annotators, args.clicks, args.repeats = 20_000, 3_000, 20, 50, 1
@@ -321,9 +333,17 @@ def main() -> None:
         result["coverage"] = coverage(folder, args.people, args.each)
     if "scale" in parts:
         path = folder / "large.db"
-        if path.exists():
-            path.unlink()
-        build = build_large(path, args.queue, args.answers, args.annotators)
+        if args.reuse and path.exists():  # the file a previous run built (and clicked in)
+            with Store(path) as store:
+                build = {"reused": True, "answers": store.db.execute("SELECT COUNT(*) FROM answers").fetchone()[0],
+                         "queue": store.db.execute("SELECT COUNT(*) FROM human_queue").fetchone()[0],
+                         "annotators": args.annotators, "owner": human.owner_token(store),
+                         "token": human.invite(store, "ann0", ["big"]), "db_mb": path.stat().st_size / 2**20,
+                         "build_s": 0.0}
+        else:
+            if path.exists():
+                path.unlink()
+            build = build_large(path, args.queue, args.answers, args.annotators)
         print(f"built {path}: {build['queue']:,} queued, {build['answers']:,} answers, "
               f"{build['db_mb']:.0f} MB in {build['build_s']:.0f} s", flush=True)
         clicks = time_clicks(path, args.annotators, args.clicks)
@@ -331,7 +351,8 @@ def main() -> None:
               f"(submit + next) p50 {clicks['click_p50_ms']:.1f} ms, p95 {clicks['click_p95_ms']:.1f} ms", flush=True)
         pages = time_pages(path, build.pop("owner"), build.pop("token"), args.repeats)
         print(f"dashboard first render {pages['dashboard_median_s']:.2f} s, rerun {pages['dashboard_rerun_median_s']:.2f} s,"
-              f" annotate {pages['annotate_median_s']:.2f} s (medians of {args.repeats})", flush=True)
+              f" annotate {pages['annotate_median_s']:.2f} s, AppTest of a blank script "
+              f"{pages['apptest_blank_median_s']:.2f} s (medians of {args.repeats})", flush=True)
         result["scale"] = {"build": build, "clicks": clicks, "pages": pages}
     if "concurrency" in parts:
         result["concurrency"] = concurrency(folder, args.procs, args.per_proc, args.concurrent_queue)
@@ -340,6 +361,11 @@ def main() -> None:
     result["machine"]["load_after"] = os.getloadavg()
     out = Path(tempfile.mkdtemp()) if args.quick else RESULTS
     out.mkdir(parents=True, exist_ok=True)
+    if (out / "crowd.json").exists():  # parts not run this time keep their earlier figures
+        earlier = json.loads((out / "crowd.json").read_text())
+        result = {**{k: v for k, v in earlier.items() if k in ("coverage", "scale", "concurrency")}, **result}
+        result["machine_by_part"] = {**earlier.get("machine_by_part", {}),
+                                     **{part: result["machine"] for part in parts}}
     (out / "crowd.json").write_text(json.dumps(result, indent=1, default=float))
     plot(result, out / "crowd.png")
     print(f"wrote {out / 'crowd.json'} and {out / 'crowd.png'}")

@@ -32,7 +32,7 @@ READOUTS = {"pcc": "PCC", "holdout": "held-out agreement"}  # curve readouts, in
 ROUTES = ("shared", "hard", "rest", "skipped")
 PEOPLE = "people"  # every annotator (agents human:<name>) as one row where per-person rows would not fit
 FOLD_PEOPLE_OVER = 8  # more annotators than this: answers per agent shows them as one bar
-ALPHA_MAX_ROWS = 200_000  # people's answers read for the agreement between them  # a pool's routing split, in the order it is drawn
+ALPHA_MAX_ITEMS = 100_000  # shared triplets read for the agreement between people  # a pool's routing split, in the order it is drawn
 
 
 @functools.lru_cache(maxsize=8)
@@ -215,8 +215,8 @@ def strategy_label(config: dict) -> str:
 
 
 def _configs(store: Store) -> dict[str, dict]:
-    """Every run's config, in creation order."""
-    return {r["id"]: store.require_run(r["id"])["config"] for r in store.runs()}
+    """Every run's config, in creation order (one query, no counting)."""
+    return store.run_configs()
 
 
 def strategy_labels(store: Store) -> dict[str, str]:
@@ -352,16 +352,9 @@ def people_agreement(store: Store, run_id: str) -> dict:
     """Agreement between people on the triplets several of them answered: Krippendorff's α (nominal:
     first / second / equal), from the ``krippendorff`` package. ``{"alpha", "items", "answers", "pairs_agree"}``:
     ``alpha`` ``None`` below two shared items, ``pairs_agree`` the raw share of agreeing answer pairs."""
-    rows = store.human_answers(run_id, ALPHA_MAX_ROWS)
-    if not rows:
+    counts = np.array(store.human_value_counts(run_id, ALPHA_MAX_ITEMS), dtype=np.int64).reshape(-1, 3)
+    if not len(counts):  # (items, categories): second, equal, first
         return {"alpha": None, "items": 0, "answers": 0, "pairs_agree": None}
-    seq = np.array([r[0] for r in rows])
-    value = np.array([r[2] for r in rows])
-    items, item = np.unique(seq, return_inverse=True)
-    cat = np.searchsorted([-1.0, 0.0, 1.0], np.sign(value))  # (n,) in 0..2
-    counts = np.zeros((len(items), 3), dtype=np.int64)  # (items, categories)
-    np.add.at(counts, (item, cat), 1)
-    counts = counts[counts.sum(1) >= 2]
     pairs = (counts * (counts - 1)).sum() / 2
     total = (counts.sum(1) * (counts.sum(1) - 1)).sum() / 2
     alpha = None

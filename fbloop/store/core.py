@@ -93,16 +93,21 @@ class Store(CrowdStore):
             raise StoreError(f"No run {run_id!r} in {self.path}; latest runs: {known}.")
         return run
 
-    def runs(self) -> list[dict]:
-        """Every run, oldest first: id, created_at, status, kind, p, budget, the target's name, the agent,
-        ok answers (attention checks left out), the latest PCC and the process that last ran it."""
+    def run_configs(self) -> dict[str, dict]:
+        """Every run's config, oldest first, without counting anything: ``{run_id: config}``."""
+        return {r[0]: json.loads(r[1]) for r in self.db.execute("SELECT id, config FROM runs ORDER BY created_at")}
+
+    def runs(self, run_id: str | None = None) -> list[dict]:
+        """Every run (or the one ``run_id``), oldest first: id, created_at, status, kind, p, budget, the
+        target's name, the agent, ok answers (attention checks left out), the latest PCC and the process
+        that last ran it. Counts each run's answers: for a list of names use :meth:`run_configs`."""
         sql = ("SELECT r.id, r.created_at, r.status, r.kind, r.p, r.budget, r.owner_host, r.owner_pid, "
                "json_extract(r.target, '$.name') AS target, json_extract(r.config, '$.agent') AS agent, "
                f"(SELECT COUNT(*) FROM answers a WHERE a.run_id = r.id AND a.status = 'ok' AND {_not_a_check('a')}) "
                "AS answers, "
                "(SELECT pcc FROM snapshots s WHERE s.run_id = r.id ORDER BY s.id DESC LIMIT 1) AS pcc "
-               "FROM runs r ORDER BY r.created_at")
-        return list(self.db.query(sql))
+               "FROM runs r" + (" WHERE r.id = ?" if run_id is not None else "") + " ORDER BY r.created_at")
+        return list(self.db.query(sql, [run_id] if run_id is not None else []))
 
     def set_status(self, run_id: str, status: str) -> None:
         """Set a run's status; ``running`` also records this process (host, pid) as the run's owner."""

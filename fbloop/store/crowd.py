@@ -272,13 +272,13 @@ class CrowdStore:
             args.append(agent)
         return list(self.db.query(sql + " ORDER BY s.agent", args))
 
-    def human_answers(self, run_id: str, limit: int) -> list[tuple[int, str, float]]:
-        """``(seq, agent, value)`` of people's ok answers to real triplets answered by two or more people,
-        at most ``limit`` rows (the latest queued first): the input of agreement between people."""
+    def human_value_counts(self, run_id: str, limit: int) -> list[tuple[int, int, int]]:
+        """Per real triplet that two or more people answered (ok): how many said second (−1), equal (0),
+        first (+1); at most ``limit`` triplets. Attention checks (negative positions) are left out.
+        The input of agreement between people: one grouped pass over the people's answers, never the queue."""
         return [tuple(r) for r in self.db.execute(
-            "SELECT a.seq, a.agent, a.value FROM human_queue h JOIN answers a ON a.run_id = h.run_id AND a.seq = h.seq "
-            "WHERE h.run_id = ? AND h.taken >= 2 AND a.status = 'ok' AND substr(a.agent, 1, 6) = 'human:' "
-            "AND NOT EXISTS (SELECT 1 FROM checks k WHERE k.run_id = h.run_id AND k.seq = h.seq) LIMIT ?",
+            "SELECT SUM(value < 0), SUM(value = 0), SUM(value > 0) FROM answers WHERE run_id = ? AND status = 'ok' "
+            "AND seq >= 0 AND agent >= 'human:' AND agent < 'human;' GROUP BY seq HAVING COUNT(*) >= 2 LIMIT ?",
             [run_id, int(limit)])]
 
     # ------------------------------------------------------------ access
