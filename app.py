@@ -143,12 +143,14 @@ def practice_feedback() -> None:
 
 
 def triplet_tables(reference, first, second) -> None:
+    reference, first, second = views.aligned(reference, first, second)
     shared = views.shared_features(reference, first, second)
     st.markdown(views.feature_table(reference, shared["reference"], "Reference"), unsafe_allow_html=True)
     left, right = st.columns(2)
     left.markdown(views.feature_table(first, shared["first"], "First candidate"), unsafe_allow_html=True)
     right.markdown(views.feature_table(second, shared["second"], "Second candidate"), unsafe_allow_html=True)
-    st.caption("◆ = a feature the reference shares with a candidate. Bars show each feature's weight.")
+    st.caption("◆ = a feature the reference shares with a candidate (listed first, in the reference's order). "
+               "Bars show each feature's weight.")
 
 
 def answer_buttons(prefix: str, on_click, args_of) -> None:

@@ -413,6 +413,21 @@ def shared_features(reference: list, first: list, second: list) -> dict[str, set
     return {"reference": ids[0] & (ids[1] | ids[2]), "first": ids[1] & ids[0], "second": ids[2] & ids[0]}
 
 
+def aligned(reference: list, first: list, second: list) -> tuple[list, list, list]:
+    """The three blocks with shared features first, in the reference's order, so that a feature the
+    reference shares with a candidate sits on the same row in both tables; the rest keep their order
+    (strongest first)."""
+    order = {f.index: i for i, f in enumerate(reference)}
+    ids = [{f.index for f in block} for block in (first, second)]
+    shared_ref = ids[0] | ids[1]
+
+    def lead(block: list, shared: set[int]) -> list:
+        return sorted([f for f in block if f.index in shared], key=lambda f: order[f.index]) + \
+            [f for f in block if f.index not in shared]
+
+    return (lead(reference, shared_ref), lead(first, set(order)), lead(second, set(order)))
+
+
 def practice_triplets(p: int, descriptions: tuple[str, ...] | None, n: int = 3, seed: int = 0) -> list[dict]:
     """``n`` easy triplets with known answers for the form's practice round (never stored as answers).
 

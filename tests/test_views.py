@@ -255,3 +255,13 @@ def test_feature_tables_escape_and_mark_shared_features():
     html = views.feature_table(ref, shared["reference"], "Reference")
     assert "<script>" not in html and "&lt;script&gt;" in html
     assert "◆ #1" in html and "no description" in html and "no description available" not in html
+
+
+def test_shared_features_come_first_in_the_references_order():
+    from fbloop.render import Feature
+
+    ref = [Feature(1, 0.9, "a"), Feature(2, 0.5, "b"), Feature(3, 0.1, "c")]
+    first = [Feature(7, 0.9, "x"), Feature(3, 0.5, "c"), Feature(1, 0.2, "a")]
+    second = [Feature(2, 0.8, "b"), Feature(9, 0.1, "y")]
+    r, f, s = views.aligned(ref, first, second)
+    assert [x.index for x in r] == [1, 2, 3] and [x.index for x in f] == [1, 3, 7] and [x.index for x in s] == [2, 9]
