@@ -229,7 +229,7 @@ def writer_proc(path: str, n: int, start: mp.Event, out: mp.Queue) -> None:
         out.put({"writer_s": time.perf_counter() - t})
 
 
-def concurrency(folder: Path, procs: int, per_proc: int, queue: int) -> dict:
+def concurrency(folder: Path, procs: int, per_proc: int, queue: int, settle_s: float = 5.0) -> dict:
     path = folder / "concurrent.db"
     with Store(path) as store:
         new_run(store, "conc")
@@ -242,7 +242,7 @@ def concurrency(folder: Path, procs: int, per_proc: int, queue: int) -> dict:
     workers.append(ctx.Process(target=writer_proc, args=(str(path), queue, start, out)))
     for w in workers:
         w.start()
-    time.sleep(5)  # let every process import and open the store
+    time.sleep(settle_s)  # let every process open the store: the race starts together
     t0 = time.perf_counter()
     start.set()
     results = [out.get(timeout=3600) for _ in workers]
