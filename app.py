@@ -55,6 +55,41 @@ for kept in ("annotator", "annotate_run", "run"):
         st.session_state[kept] = st.session_state[kept]
 
 
+# The response clock runs in the browser: mounted with the question's token, it notes the time from the
+# question's display to the press (a button, or a shortcut key pressed outside any text field) and sends
+# it with the click, so reading time is not stretched by the network or a busy server.
+CLOCK_JS = """
+export default function(component) {
+  const { data, setStateValue } = component;
+  const t0 = performance.now();
+  const handler = (e) => {
+    const t = e.target;
+    if (e.type === 'keydown') {
+      if (t && (t.tagName === 'INPUT' || t.tagName === 'TEXTAREA' || t.isContentEditable)) return;
+      if (!['1', '2', 'e', 'E', 's', 'S'].includes(e.key)) return;
+    } else if (!(t && t.closest && t.closest('button'))) { return; }
+    setStateValue('shown', {token: data.token, ms: Math.round(performance.now() - t0)});
+  };
+  document.addEventListener('pointerdown', handler, true);
+  document.addEventListener('keydown', handler, true);
+  return () => {
+    document.removeEventListener('pointerdown', handler, true);
+    document.removeEventListener('keydown', handler, true);
+  };
+}
+"""
+clock = st.components.v2.component("fbloop.response_clock", js=CLOCK_JS)
+
+
+def browser_ms(token: str) -> float | None:
+    """The response time the browser measured for the question ``token``, or ``None`` (no browser clock)."""
+    state = st.session_state.get("clock") or {}
+    shown = state.get("shown") if hasattr(state, "get") else None
+    if isinstance(shown, dict) and shown.get("token") == token and isinstance(shown.get("ms"), (int, float)):
+        return float(shown["ms"])
+    return None
+
+
 def open_store() -> Store:
     return Store(DB)
 
@@ -100,13 +135,15 @@ def on_answer(run_id: str, seq: int, token: str, annotator: str, choice: str) ->
     if token in st.session_state.sent:  # a double click: this question was already sent
         st.session_state.last = {"choice": choice, "stored": False}
         return
-    seconds = time.time() - st.session_state.shown_at
-    if seconds < REPEAT_GUARD_S:  # too soon to have read it: not an answer to this question
+    ms, source = browser_ms(token), "browser"
+    if ms is None:  # no browser clock (a test harness): the server's, which includes the round trips
+        ms, source = 1000 * (time.time() - st.session_state.shown_at), "server"
+    if ms < 1000 * REPEAT_GUARD_S:  # too soon to have read it: not an answer to this question
         st.session_state.last = {"too_quick": True}
         return
     try:
         with open_store() as store:
-            stored = human.submit(store, run_id, seq, annotator, choice, 1000 * seconds, token)
+            stored = human.submit(store, run_id, seq, annotator, choice, ms, token, source)
     except FbloopError as exc:  # the question stays on screen: nothing was lost
         st.session_state.last = {"error": f"Your answer could not be stored ({exc}). It is still on screen; "
                                           "please answer again."}
@@ -229,6 +266,7 @@ def annotate_page() -> None:
         # Keys carry the question's token: a click that arrives after the next question is drawn
         # names a button that no longer exists, so it can never answer the new question.
         answer_buttons(f"answer-{q.token}", on_answer, lambda choice: (run_id, q.seq, q.token, annotator, choice))
+        clock(key="clock", data={"token": q.token}, on_shown_change=lambda: None)
     done = prog["answered"] + prog["skipped"]
     line = f"{done} answered by you · {prog['remaining']} triplets still open"
     if last and "practice" in last:

@@ -263,12 +263,14 @@ def next_query(store: Store, run_id: str, annotator: str,
 
 
 def submit(store: Store, run_id: str, seq: int, annotator: str, answer: Choice, response_ms: float | None,
-           token: str) -> bool:
+           token: str, clock: Literal["browser", "server"] | None = None) -> bool:
     """Store one annotator's answer to queued position ``seq``; ``False`` when they answered it already.
 
     ``answer`` is ``first`` (+1), ``second`` (−1), ``equal`` (0) or ``skip``
     (status ``skipped``). ``meta`` keeps the annotator, the response time in
-    milliseconds (measured where the question was shown) and the question's token.
+    milliseconds and the question's token, and ``clock``, where that time was measured when
+    the caller says (``browser``: from display to press, in the page; ``server``: from drawing
+    the question to the click's arrival, network and queueing included).
     One short transaction (:meth:`Store.submit_answer`): a few indexed lookups,
     whatever the size of the queue or the number of stored answers.
     """
@@ -279,6 +281,10 @@ def submit(store: Store, run_id: str, seq: int, annotator: str, answer: Choice, 
     agent = agent_name(annotator)
     ms = None if response_ms is None else int(response_ms)
     meta = {"annotator": agent.split(":", 1)[1], "response_ms": ms, "token": token}
+    if clock is not None:
+        if clock not in ("browser", "server"):
+            raise ConfigError(f"Expect clock 'browser' or 'server', got {clock!r}.")
+        meta["clock"] = clock
     status = "skipped" if answer == "skip" else "ok"
     try:
         return store.submit_answer(run_id, int(seq), agent, status, CHOICES[answer], meta, ms)

@@ -8,6 +8,7 @@ control on, as `fbloop app` does: people come in through invitation links, the o
 dashboard link.
 """
 
+import json
 import shutil
 import socket
 import subprocess
@@ -159,10 +160,14 @@ def test_annotate_in_the_browser_then_see_the_dashboard(server, browser, db):
     assert [(r[1], r[2]) for r in rows] == [("ok", -1.0)]
     settle(page, "1 answered by you")
 
-    # One click answers one triplet.
+    # One click answers one triplet; its response time is the browser's, from display to press.
+    page.get_by_text("1 answered by you").wait_for()
+    time.sleep(1.0)
     page.get_by_role("button", name="Closer to first").click()
     rows = wait_for_rows(db, "human:dora", 2)
     assert [(r[1], r[2]) for r in rows][1:] == [("ok", 1.0)]
+    meta = json.loads(sql_rows(db, "SELECT meta FROM answers WHERE agent = 'human:dora' ORDER BY id")[1][0])
+    assert meta["clock"] == "browser" and 1000 <= meta["response_ms"] < 2000, meta
     settle(page, "2 answered by you")
 
     # A double click answers the question on screen once, never the next one too.
