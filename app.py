@@ -231,7 +231,7 @@ def annotate_page() -> None:
                                           placeholder="e.g. alice")
             else:
                 annotator = access.name
-                st.markdown(f"Signed in as **{access.name}**")
+                st.text(f"Signed in as {access.name}")  # text: a name is data, never markup
             run_id = st.selectbox("Experiment", list(queued)[::-1], key="annotate_run",
                                   format_func=lambda r: f"{r} ({queued[r]} triplets)")
         if not queued:

@@ -491,3 +491,13 @@ def test_undo_takes_back_the_last_answer(db):
     at = at.button(key="undo").click().run()
     assert not human_answers(db) and said(at, "taken back")
     assert at.session_state["question"].seq == q.seq
+
+
+@pytest.mark.parametrize("name", ["<script>alert(1)</script>", "[me](javascript:alert(1))"])
+def test_a_hostile_name_is_shown_as_text(db, monkeypatch, name):
+    with Store(db) as store:
+        token = human.invite(store, name, ["people"])
+    at = invited(db, monkeypatch, token)
+    assert not at.exception
+    assert any(t.value == f"Signed in as {human.normalise_name(name)}" for t in at.text)
+    assert not any("alert" in m.value for m in at.markdown)
