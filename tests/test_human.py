@@ -345,3 +345,34 @@ def test_running_totals_equal_a_rebuild_from_the_answers(store, target):
     assert before[0] == after[0] and before[2] == after[2]
     assert [(r["agent"], r["ok"], r["skipped"], r["checks"], r["correct"], r["ms_n"]) for r in before[1]] == \
         [(r["agent"], r["ok"], r["skipped"], r["checks"], r["correct"], r["ms_n"]) for r in after[1]]
+
+
+def test_migration_7_backfills_a_queue_answered_before_it(tmp_path, target):
+    """A database written before migration 7: its queue and answers get their totals when it is opened."""
+    import sqlite_utils
+
+    from fbloop.store import migrations
+
+    path = tmp_path / "old.db"
+    with Store(path) as store:
+        store.create_run("r", kind="triplet", p=target.p, budget=40, config={"target": SPEC}, target={}, anchor=None)
+        human.queue(store, "r", triplets(target, 0, 10), check_rate=0.2)
+        for name in ("ann0", "ann1"):
+            for _ in range(4):
+                q = human.next_query(store, "r", name)
+                human.submit(store, "r", q.seq, name, "first", 500, q.token)
+        want = (store.assignment("r"), [(r["agent"], r["ok"], r["checks"]) for r in store.annotator_stats("r")])
+    db = sqlite_utils.Database(path)  # undo migration 7, keeping the queue and the answers
+    for table in ("human_runs", "human_leases", "annotator_stats", "invitations", "annotators", "owner_tokens",
+                  "blocked"):
+        db.execute(f"DROP TABLE {table}")
+    db.execute("DROP INDEX human_queue_open")
+    db.execute("ALTER TABLE human_queue DROP COLUMN taken")
+    db.execute("ALTER TABLE human_queue DROP COLUMN open")
+    db.execute("DELETE FROM _migrations WHERE id = 7")
+    db.conn.commit()
+    db.close()
+    with Store(path) as store:
+        assert 7 in {r[0] for r in store.db.execute("SELECT id FROM _migrations")}
+        assert (store.assignment("r"), [(r["agent"], r["ok"], r["checks"]) for r in store.annotator_stats("r")]) == want
+    assert migrations.MIGRATIONS[-1][0] == 7
