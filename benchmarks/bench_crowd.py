@@ -350,8 +350,9 @@ def main() -> None:
         print(f"submit p50 {clicks['submit_p50_ms']:.1f} ms, p95 {clicks['submit_p95_ms']:.1f} ms; click "
               f"(submit + next) p50 {clicks['click_p50_ms']:.1f} ms, p95 {clicks['click_p95_ms']:.1f} ms", flush=True)
         pages = time_pages(path, build.pop("owner"), build.pop("token"), args.repeats)
-        print(f"dashboard first render {pages['dashboard_median_s']:.2f} s, rerun {pages['dashboard_rerun_median_s']:.2f} s,"
-              f" annotate {pages['annotate_median_s']:.2f} s, AppTest of a blank script "
+        print(f"dashboard first render {pages['dashboard_median_s']:.2f} s, "
+              f"rerun {pages['dashboard_rerun_median_s']:.2f} s, annotate {pages['annotate_median_s']:.2f} s, "
+              "AppTest of a blank script "
               f"{pages['apptest_blank_median_s']:.2f} s (medians of {args.repeats})", flush=True)
         result["scale"] = {"build": build, "clicks": clicks, "pages": pages}
     if "concurrency" in parts:

@@ -29,10 +29,10 @@ HEATMAP_MAX_P = 256  # beyond this a heatmap is unreadable and Φ is too big to 
 AGREEMENT_MAX_ROWS = 20_000  # answers scored per agent for the agreement readout
 SWAP_SUFFIX = "#swap"  # the LLM agent's answers with the candidates swapped
 READOUTS = {"pcc": "PCC", "holdout": "held-out agreement"}  # curve readouts, in order of preference
-ROUTES = ("shared", "hard", "rest", "skipped")
+ROUTES = ("shared", "hard", "rest", "skipped")  # a pool's routing split, in the order it is drawn
 PEOPLE = "people"  # every annotator (agents human:<name>) as one row where per-person rows would not fit
 FOLD_PEOPLE_OVER = 8  # more annotators than this: answers per agent shows them as one bar
-ALPHA_MAX_ITEMS = 100_000  # shared triplets read for the agreement between people  # a pool's routing split, in the order it is drawn
+ALPHA_MAX_ITEMS = 100_000  # shared triplets read for the agreement between people
 
 
 @functools.lru_cache(maxsize=8)
@@ -338,7 +338,8 @@ def annotators(store: Store, run_id: str, sort: str = "answers", top: int | None
     if sort not in keys:
         raise ConfigError(f"Expect sort in {list(keys)}, got {sort!r}.")
     rows = [{**r, "name": r["agent"][len(human.PREFIX):],
-             "mean_s": None if r["mean_ms"] is None else r["mean_ms"] / 1000} for r in human.annotator_summary(store, run_id)]
+             "mean_s": None if r["mean_ms"] is None else r["mean_ms"] / 1000}
+            for r in human.annotator_summary(store, run_id)]
     if sort == "name":
         rows.sort(key=lambda r: r["name"])
     elif sort in ("check_accuracy", "mean_s"):

@@ -15,7 +15,8 @@ from .common import _fail_cleanly, db_option, main
 LOCAL = "127.0.0.1"
 
 
-def app_command(db_path: str, port: int, host: str = LOCAL, open_access: bool = False) -> tuple[list[str], dict[str, str]]:
+def app_command(db_path: str, port: int, host: str = LOCAL,
+                open_access: bool = False) -> tuple[list[str], dict[str, str]]:
     """``(argv, env)`` that serve ``app.py`` on ``host``:``port`` with the database ``db_path``.
 
     Access control is on unless ``open_access``: the form needs an invitation link and the

@@ -43,7 +43,8 @@ def rebuild_totals(db, run_id: str | None = None) -> None:
     db.execute("INSERT OR IGNORE INTO human_runs (run_id, created_at) SELECT DISTINCT h.run_id, ? FROM human_queue h "
                + where, [time.time(), *args])
     runs = "" if run_id is None else " AND run_id = ?"
-    db.execute("UPDATE human_runs SET queued = (SELECT COUNT(*) FROM human_queue h WHERE h.run_id = human_runs.run_id), "
+    db.execute("UPDATE human_runs SET queued = (SELECT COUNT(*) FROM human_queue h WHERE h.run_id = "
+               "human_runs.run_id), "
                "checks = (SELECT COUNT(*) FROM checks k JOIN human_queue h ON h.run_id = k.run_id AND h.seq = k.seq "
                "WHERE k.run_id = human_runs.run_id) WHERE 1" + runs, args)
     db.execute("UPDATE human_queue SET taken = CASE WHEN EXISTS (SELECT 1 FROM checks k WHERE k.run_id = "
@@ -59,7 +60,8 @@ def rebuild_totals(db, run_id: str | None = None) -> None:
     db.execute(
         "INSERT INTO annotator_stats (run_id, agent, ok, skipped, checks, correct, ms_sum, ms_n, last_seq, last_at) "
         "SELECT a.run_id, a.agent, SUM(a.status = 'ok' AND k.seq IS NULL), SUM(a.status = 'skipped'), "
-        "SUM(k.seq IS NOT NULL AND a.status = 'ok'), SUM(k.seq IS NOT NULL AND a.status = 'ok' AND a.value = k.expected), "
+        "SUM(k.seq IS NOT NULL AND a.status = 'ok'), "
+        "SUM(k.seq IS NOT NULL AND a.status = 'ok' AND a.value = k.expected), "
         "COALESCE(SUM(json_extract(a.meta, '$.response_ms')), 0), COUNT(json_extract(a.meta, '$.response_ms')), "
         "NULL, MAX(a.created_at) FROM answers a JOIN human_queue h ON h.run_id = a.run_id AND h.seq = a.seq "
         "LEFT JOIN checks k ON k.run_id = a.run_id AND k.seq = a.seq "
