@@ -18,6 +18,12 @@ the 5–20 s a triplet takes to read, short enough that a person who walked away
 holds nothing for long); a skip is not an answer, so a skipped triplet stays open
 and goes to someone else, never back to the person who skipped it.
 
+**Access** (:func:`invite`, :func:`owner_token`, :func:`sign_in`): an invitation's
+secret (``a-`` + 32 URL-safe characters, 192 random bits) signs one person in to the
+runs they were invited to; the owner's (``o-`` …) opens the dashboard. The store
+keeps the sha256 of each secret, never the secret. :func:`block` keeps a person's
+answers in the store and out of every learner (``Store.iter_answered``).
+
 **Names** are normalised (:func:`normalise_name`: Unicode NFKC, case-folded,
 spaces collapsed; a name mixing scripts, such as a Cyrillic "а" in "аlice", is
 refused), so "Alice" and "alice" are one person.
