@@ -32,9 +32,6 @@ def _not_a_check(alias: str) -> str:
 # ---------------------------------------------------------------- the store
 
 
-ENQUEUE_CHUNK = 20_000  # queue rows per write transaction: other writers (people's answers) get in between
-
-
 class Store(CrowdStore):
     """A run database on disk."""
 
@@ -319,83 +316,6 @@ class Store(CrowdStore):
                 out[f"{name}_values"] = np.frombuffer(row[i + 1], "<f8").tolist()
             out["kind"] = run["kind"]
             yield out
-
-    # ------------------------------------------------------------ the annotation queue and attention checks
-
-    def enqueue(self, run_id: str, queries: Queries, checks: dict[int, tuple[str, float]] | None = None) -> int:
-        """Queue queries for the annotation form in the order given, after what is queued already.
-
-        ``checks`` maps the positions of attention checks among ``queries`` to
-        ``(kind, expected answer)``. Written in chunks of ``ENQUEUE_CHUNK`` queue rows, each
-        chunk's queries, queue rows and checks in one transaction, so people's answers get in
-        between the chunks of a large queue; a killed enqueue leaves a whole prefix queued, and
-        queueing again (:func:`fbloop.human.queue`) adds the rest. A query queued before keeps
-        its place. Returns how many were newly queued.
-        """
-        checks = checks or {}
-        queued = 0
-        for lo in range(0, len(queries), ENQUEUE_CHUNK):
-            part = queries.select(np.arange(lo, min(lo + ENQUEUE_CHUNK, len(queries))))
-            now = time.time()
-            with write(self.db):
-                self._insert_queries(run_id, part)
-                start = self.db.execute("SELECT COALESCE(MAX(position), -1) + 1 FROM human_queue WHERE run_id = ?",
-                                        [run_id]).fetchone()[0]
-                before = self.db.conn.total_changes
-                self.db.conn.executemany(
-                    "INSERT OR IGNORE INTO human_queue (run_id, seq, position, created_at) VALUES (?, ?, ?, ?)",
-                    [(run_id, int(s), start + i, now) for i, s in enumerate(part.seq)])
-                n = self.db.conn.total_changes - before
-                here = [(int(s), checks[int(s)]) for s in part.seq if int(s) in checks]
-                before = self.db.conn.total_changes
-                self.db.conn.executemany(
-                    "INSERT OR IGNORE INTO checks (run_id, seq, kind, expected) VALUES (?, ?, ?, ?)",
-                    [(run_id, s, kind, float(expected)) for s, (kind, expected) in here])
-                self._count_queued(run_id, n, self.db.conn.total_changes - before)
-                queued += n
-        return queued
-
-    def queued(self, run_id: str) -> np.ndarray:
-        """Positions of a run's queued queries (attention checks included), in the order asked."""
-        rows = self.db.execute("SELECT seq FROM human_queue WHERE run_id = ? ORDER BY position", [run_id])
-        return np.array([r[0] for r in rows], dtype=np.int64)
-
-    def queued_runs(self) -> dict[str, int]:
-        """Runs with an annotation queue, oldest first: ``{run_id: queued queries}``."""
-        rows = self.db.execute("SELECT h.run_id, h.queued FROM human_runs h JOIN runs r ON r.id = h.run_id "
-                               "WHERE h.queued > 0 ORDER BY r.created_at")
-        return {r[0]: int(r[1]) for r in rows}
-
-    def next_queued(self, run_id: str, agent: str) -> int | None:
-        """The first queued position ``agent`` has no answer for (of any status), or ``None``."""
-        row = self.db.execute(
-            "SELECT h.seq FROM human_queue h WHERE h.run_id = ? AND NOT EXISTS "
-            "(SELECT 1 FROM answers a WHERE a.run_id = h.run_id AND a.seq = h.seq AND a.agent = ?) "
-            "ORDER BY h.position LIMIT 1", [run_id, agent]).fetchone()
-        return None if row is None else int(row[0])
-
-    def queue_progress(self, run_id: str, agent: str | None = None) -> dict[str, int]:
-        """``{"queued", "checks", "answered"}``: queue size, checks in it, and how many queued positions
-        ``agent`` answered (any status), or, when ``agent`` is ``None``, how many real triplets have all
-        the answers they want (the run's overlap) plus the checks (which never hold a run up: everyone
-        answers them along the way). From running totals, never a scan of the queue."""
-        info = self.assignment(run_id)
-        if agent is not None:
-            rows = self.annotator_stats(run_id, agent)
-            done = sum(int(r["ok"]) + int(r["skipped"]) + int(r["checks"]) for r in rows)
-            return {"queued": info["queued"], "checks": info["checks"], "answered": done}
-        return {"queued": info["queued"], "checks": info["checks"], "answered": info["filled"] + info["checks"]}
-
-    def checks(self, run_id: str) -> dict[int, tuple[str, float]]:
-        """A run's attention checks: ``{seq: (kind, expected answer)}``."""
-        rows = self.db.execute("SELECT seq, kind, expected FROM checks WHERE run_id = ?", [run_id])
-        return {int(r[0]): (r[1], float(r[2])) for r in rows}
-
-    def check_answers(self, run_id: str) -> list[dict]:
-        """Every answer to an attention check: ``agent, seq, kind, expected, status, value``."""
-        return list(self.db.query(
-            "SELECT a.agent, a.seq, k.kind, k.expected, a.status, a.value FROM answers a "
-            "JOIN checks k ON k.run_id = a.run_id AND k.seq = a.seq WHERE a.run_id = ? ORDER BY a.id", [run_id]))
 
     def answer_counts(self, run_id: str) -> list[dict]:
         """Answers grouped by ``agent``, ``status``, ``sign`` of the value (+1/−1/0, ``None`` unless ok)
