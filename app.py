@@ -4,6 +4,11 @@ Start it with `fbloop app` (or `streamlit run app.py`); the database comes from
 the FBLOOP_DB environment variable (default runs/fbloop.db). UI only: what the
 form stores goes through fbloop.human, what the dashboard shows comes from
 fbloop.views.
+
+Access (FBLOOP_ACCESS): ``invite`` (the default) needs a link with ``?token=``:
+an annotator's invitation opens the form on the experiments they were invited
+to, the owner's opens the dashboard; anything else sees nothing. ``open`` (local,
+one person) shows a name field, every experiment and the dashboard.
 """
 
 import os
@@ -22,6 +27,8 @@ from fbloop.errors import FbloopError  # noqa: E402
 from fbloop.store import Store  # noqa: E402
 
 PAGES = ("Annotate", "Dashboard")
+ACCESS = os.environ.get("FBLOOP_ACCESS", "invite")  # "invite" or "open"
+PRACTICE = 3  # practice triplets before the real ones
 CHOICES = {  # answer: (button label, keyboard shortcut); the order is the buttons' order
     "first": ("◀ Closer to first", "1"),
     "equal": ("Equally close", "E"),
@@ -40,11 +47,47 @@ st.session_state.setdefault("question", None)  # the Question on screen (with it
 st.session_state.setdefault("shown_at", 0.0)  # when it was first shown, for the response time
 st.session_state.setdefault("sent", set())  # tokens this session has already submitted
 st.session_state.setdefault("last", None)  # what the last click did, for a one-line receipt
+st.session_state.setdefault("practice", {})  # run -> practice triplets answered this session
 # Streamlit forgets a widget's value when its page is not drawn; writing it back keeps the
 # annotator's name and the chosen experiments across page switches.
 for kept in ("annotator", "annotate_run", "run"):
     if kept in st.session_state:
         st.session_state[kept] = st.session_state[kept]
+
+
+# The response clock runs in the browser: mounted with the question's token, it notes the time from the
+# question's display to the press (a button, or a shortcut key pressed outside any text field) and sends
+# it with the click, so reading time is not stretched by the network or a busy server.
+CLOCK_JS = """
+export default function(component) {
+  const { data, setStateValue } = component;
+  const t0 = performance.now();
+  const handler = (e) => {
+    const t = e.target;
+    if (e.type === 'keydown') {
+      if (t && (t.tagName === 'INPUT' || t.tagName === 'TEXTAREA' || t.isContentEditable)) return;
+      if (!['1', '2', 'e', 'E', 's', 'S'].includes(e.key)) return;
+    } else if (!(t && t.closest && t.closest('button'))) { return; }
+    setStateValue('shown', {token: data.token, ms: Math.round(performance.now() - t0)});
+  };
+  document.addEventListener('pointerdown', handler, true);
+  document.addEventListener('keydown', handler, true);
+  return () => {
+    document.removeEventListener('pointerdown', handler, true);
+    document.removeEventListener('keydown', handler, true);
+  };
+}
+"""
+clock = st.components.v2.component("fbloop.response_clock", js=CLOCK_JS)
+
+
+def browser_ms(token: str) -> float | None:
+    """The response time the browser measured for the question ``token``, or ``None`` (no browser clock)."""
+    state = st.session_state.get("clock") or {}
+    shown = state.get("shown") if hasattr(state, "get") else None
+    if isinstance(shown, dict) and shown.get("token") == token and isinstance(shown.get("ms"), (int, float)):
+        return float(shown["ms"])
+    return None
 
 
 def open_store() -> Store:
@@ -55,15 +98,33 @@ def pct(x: float | None) -> str:
     return "—" if x is None else f"{100 * x:.0f}%"
 
 
-with st.sidebar:
-    st.title("fbloop")
-    st.caption("Features from feedback")
-    page = st.radio("Page", PAGES, key="page", label_visibility="collapsed")
-    st.query_params["page"] = page.lower()
-
 if not Path(DB).exists():
     st.info(f"No database at {DB} yet. Run `fbloop demo` or `fbloop run` first.")
     st.stop()
+
+# Who is here. The token stays in the address (?token=…), so a reload keeps them signed in.
+if ACCESS == "open":
+    access = None
+    pages = PAGES
+else:
+    with Store(DB) as _store:
+        access = human.sign_in(_store, st.query_params.get("token"))
+    if access is None:
+        st.title("fbloop")
+        st.error("This page needs a valid invitation link. Ask the experiment's owner for yours.")
+        st.stop()
+    pages = ("Dashboard",) if access.role == "owner" else ("Annotate",)
+    if st.session_state.page not in pages:
+        st.session_state.page = pages[0]
+
+with st.sidebar:
+    st.title("fbloop")
+    st.caption("Features from feedback")
+    if len(pages) > 1:
+        page = st.radio("Page", pages, key="page", label_visibility="collapsed")
+    else:
+        page = pages[0]
+    st.query_params["page"] = page.lower()
 
 
 # ---------------------------------------------------------------- the annotation form
@@ -72,41 +133,111 @@ if not Path(DB).exists():
 def on_answer(run_id: str, seq: int, token: str, annotator: str, choice: str) -> None:
     """A button's callback, bound to the question on screen when it was drawn."""
     if token in st.session_state.sent:  # a double click: this question was already sent
-        st.session_state.last = {"choice": choice, "stored": False, "seq": seq}
+        st.session_state.last = {"choice": choice, "stored": False}
         return
-    seconds = time.time() - st.session_state.shown_at
-    if seconds < REPEAT_GUARD_S:  # too soon to have read it: not an answer to this question
+    ms, source = browser_ms(token), "browser"
+    if ms is None:  # no browser clock (a test harness): the server's, which includes the round trips
+        ms, source = 1000 * (time.time() - st.session_state.shown_at), "server"
+    if ms < 1000 * REPEAT_GUARD_S:  # too soon to have read it: not an answer to this question
         st.session_state.last = {"too_quick": True}
         return
     try:
         with open_store() as store:
-            stored = human.submit(store, run_id, seq, annotator, choice, 1000 * seconds, token)
-    except FbloopError as exc:
-        st.session_state.last = {"error": str(exc)}
+            stored = human.submit(store, run_id, seq, annotator, choice, ms, token, source)
+    except FbloopError as exc:  # the question stays on screen: nothing was lost
+        st.session_state.last = {"error": f"Your answer could not be stored ({exc}). It is still on screen; "
+                                          "please answer again."}
         return
     st.session_state.sent.add(token)
     st.session_state.question = None  # draw the next one
-    st.session_state.last = {"choice": choice, "stored": stored, "seq": seq}
+    st.session_state.last = {"choice": choice, "stored": stored}
 
 
-def block(title: str, text: str) -> None:
-    with st.container(border=True):
-        st.markdown(f"**{title}**")
-        st.code(text, language=None, wrap_lines=True)
+def on_undo(run_id: str, annotator: str) -> None:
+    try:
+        with open_store() as store:
+            seq = human.undo(store, run_id, annotator)
+    except FbloopError as exc:
+        st.session_state.last = {"error": f"Could not undo ({exc})."}
+        return
+    st.session_state.question = None  # the undone triplet comes back: it is leased to them again
+    st.session_state.last = {"undone": seq is not None}
+
+
+def on_practice(run_id: str, item: dict, choice: str) -> None:
+    done = st.session_state.practice.setdefault(run_id, [])
+    done.append({"choice": choice, "answer": item["answer"], "why": item["why"]})
+    ok = choice == item["answer"]
+    st.session_state.last = {"practice": ok, "text": ("Right: " if ok else f"Not quite — the answer was "
+                                                     f"{item['answer']}: ") + item["why"] + "."}
+    st.session_state.shown_at = time.time()
+
+
+def practice_feedback() -> None:
+    last = st.session_state.last
+    if last and "practice" in last:
+        (st.success if last["practice"] else st.warning)(last["text"])
+
+
+def triplet_tables(reference, first, second) -> None:
+    reference, first, second = views.aligned(reference, first, second)
+    shared = views.shared_features(reference, first, second)
+    st.markdown(views.feature_table(reference, shared["reference"], "Reference"), unsafe_allow_html=True)
+    left, right = st.columns(2)
+    left.markdown(views.feature_table(first, shared["first"], "First candidate"), unsafe_allow_html=True)
+    right.markdown(views.feature_table(second, shared["second"], "Second candidate"), unsafe_allow_html=True)
+    st.caption("◆ = a feature the reference shares with a candidate (listed first, in the reference's order). "
+               "Bars show each feature's weight.")
+
+
+def answer_buttons(prefix: str, on_click, args_of) -> None:
+    for col, (choice, (label, key)) in zip(st.columns(4), CHOICES.items()):
+        col.button(label, key=f"{prefix}-{choice}", shortcut=key, width="stretch",
+                   type="primary" if choice in ("first", "second") else "secondary",
+                   on_click=on_click, args=args_of(choice))
+
+
+GUIDE = ("**How to answer.** Each triplet shows a *reference* and two *candidates*, each a few features with "
+         "weights. Pick the candidate whose features are closer to the reference's: the same features, with "
+         "similar weights, count most; descriptions tell you what a feature means. *Equally close* when you "
+         "cannot tell, *Skip* when you cannot judge it. Keys: 1 · 2 · E · S.")
+
+
+def practice(run_id: str, p: int, descriptions) -> bool:
+    """The practice round with feedback; returns True once it is done."""
+    items = views.practice_triplets(p, descriptions, PRACTICE)
+    done = st.session_state.practice.get(run_id, [])
+    if len(done) >= len(items):
+        return True
+    st.header("Practice first")
+    st.markdown(GUIDE)
+    practice_feedback()
+    item = items[len(done)]
+    st.caption(f"Practice triplet {len(done) + 1} of {len(items)} (not stored)")
+    answer_buttons(f"practice-{len(done)}", on_practice, lambda choice: (run_id, item, choice))
+    triplet_tables(item["reference"], item["first"], item["second"])
+    return False
 
 
 def annotate_page() -> None:
     with open_store() as store:
-        queued = store.queued_runs()
+        if access is None:  # open access: any name, every experiment
+            queued = store.queued_runs()
+        else:
+            queued = {r: n for r, n in store.queued_runs().items() if r in access.runs}
         with st.sidebar:
-            annotator = st.text_input("Your name", key="annotator", max_chars=human.MAX_NAME,
-                                      placeholder="e.g. alice")
+            if access is None:
+                annotator = st.text_input("Your name", key="annotator", max_chars=human.MAX_NAME,
+                                          placeholder="e.g. alice")
+            else:
+                annotator = access.name
+                st.text(f"Signed in as {access.name}")  # text: a name is data, never markup
             run_id = st.selectbox("Experiment", list(queued)[::-1], key="annotate_run",
                                   format_func=lambda r: f"{r} ({queued[r]} triplets)")
-        st.header("Which candidate is the reference closer to?")
         if not queued:
-            st.info(f"No experiment in {DB} has triplets queued for people yet. Queue some with "
-                    f"`fbloop run --design triplet --agent human --budget 50 --db {DB}`.")
+            st.info("No experiment of yours has triplets queued yet. " + (
+                f"Queue some with `fbloop run --design triplet --agent human --budget 50 --db {DB}`."
+                if access is None else "Come back later."))
             st.stop()
         if not annotator.strip():
             st.info("Enter your name in the sidebar to start.")
@@ -116,51 +247,54 @@ def annotate_page() -> None:
         except FbloopError as exc:
             st.error(str(exc))
             st.stop()
-
+        prog = human.progress(store, run_id, annotator)
+        descriptions = views.descriptions(store, run_id)
+        p = store.require_run(run_id)["p"]
+        if prog["answered"] + prog["skipped"] == 0 and not practice(run_id, p, descriptions):
+            return
         q = st.session_state.question
-        if q is None or q.run_id != run_id or q.annotator != annotator:
-            q = human.next_query(store, run_id, annotator, views.descriptions(store, run_id))
+        if q is None or q.run_id != run_id or q.annotator != human.normalise_name(annotator):
+            q = human.next_query(store, run_id, annotator, descriptions)
             st.session_state.question = q
             st.session_state.shown_at = time.time()
-        prog = human.progress(store, run_id, annotator)
 
-    done = prog["queued"] - prog["remaining"]
-    st.progress(done / max(prog["queued"], 1), text=f"{done} of {prog['queued']} triplets done")
-    cols = st.columns(4)
-    cols[0].metric("Answered", prog["answered"])
-    cols[1].metric("Skipped", prog["skipped"])
-    cols[2].metric("Remaining", prog["remaining"])
-    cols[3].metric("Attention checks", pct(prog["check_accuracy"]),
-                   help="Share of the known-answer triplets you answered correctly "
-                        f"({prog['checks_correct']} of {prog['checks']}).")
     last = st.session_state.last
-    if last and "error" in last:
+    if q is None:
+        st.success("You have answered every triplet there is for you in this experiment. Thank you!")
+    else:
+        st.markdown("#### Which candidate is the reference closer to?")
+        # Keys carry the question's token: a click that arrives after the next question is drawn
+        # names a button that no longer exists, so it can never answer the new question.
+        answer_buttons(f"answer-{q.token}", on_answer, lambda choice: (run_id, q.seq, q.token, annotator, choice))
+        clock(key="clock", data={"token": q.token}, on_shown_change=lambda: None)
+    done = prog["answered"] + prog["skipped"]
+    line = f"{done} answered by you · {prog['remaining']} triplets still open"
+    if last and "practice" in last:
+        practice_feedback()
+        st.caption("Practice done: the real triplets start here. " + line)
+        line = None
+    elif last and "error" in last:
         st.error(last["error"])
     elif last and "too_quick" in last:
         st.caption("That click came right after the question appeared, so it was not taken as an answer.")
+    elif last and "undone" in last:
+        st.caption("Your last answer was taken back; answer it again." if last["undone"]
+                   else "Nothing to undo.")
     elif last and not last["stored"]:
-        st.caption(f"Your answer to triplet {last['seq']} was already stored; not stored twice.")
+        st.warning("You had already answered that triplet (another tab, or a double click); it was not stored "
+                   "twice. Here is the next one.")
     elif last:
-        st.caption(f"Stored your last answer: {CHOICES[last['choice']][0].strip('◀▶ ').lower()}.")
-
-    if q is None:
-        st.success("You have answered every queued triplet of this experiment. Thank you!")
-        return
-    texts = q.texts()
-    block("Reference", texts["reference"])
-    left, right = st.columns(2)
-    with left:
-        block("First candidate", texts["first"])
-    with right:
-        block("Second candidate", texts["second"])
-    # Keys carry the question's token: a click that arrives after the next question is drawn
-    # names a button that no longer exists, so it can never answer the new question.
-    for col, (choice, (label, key)) in zip(st.columns(4), CHOICES.items()):
-        col.button(label, key=f"answer-{choice}-{q.token}", shortcut=key, width="stretch",
-                   type="primary" if choice in ("first", "second") else "secondary",
-                   on_click=on_answer, args=(run_id, q.seq, q.token, annotator, choice))
-    st.caption("Keys: 1 = closer to first · 2 = closer to second · E = equally close · S = skip. "
-               "Weights are the features' activations; a feature without a description shows a placeholder.")
+        st.caption(f"Stored: {CHOICES[last['choice']][0].strip('◀▶ ').lower()}. {line}")
+        line = None
+    if line:
+        st.caption(line)
+    if done:
+        st.button("↶ Undo last answer", key="undo", on_click=on_undo, args=(run_id, annotator))
+    if q is not None:
+        texts = (q.reference, q.first, q.second)
+        triplet_tables(*texts)
+        with st.expander("How to answer"):
+            st.markdown(GUIDE)
 
 
 # ---------------------------------------------------------------- the dashboard
@@ -262,7 +396,7 @@ def heatmaps(pair) -> None:
 def dashboard_body(run_id: str) -> None:
     with open_store() as store:
         run = store.require_run(run_id)
-        info = next(r for r in store.runs() if r["id"] == run_id)
+        snaps = store.snapshots(run_id)
         queue = store.queue_progress(run_id)
         curve = views.pcc_curve(store, run_id)
         held = views.holdout_curve(store, run_id)
@@ -270,16 +404,17 @@ def dashboard_body(run_id: str) -> None:
         counts = views.answers_by_agent(store, run_id)
         pair = views.phi_pair(store, run_id)
         agree = views.agreement(store, run_id)
-        checks = views.check_accuracy(store, run_id)
-        llm = views.llm_stats(store, run_id)
+        people = views.annotators(store, run_id)
+        llm = views.llm_stats(store, run_id) if views.has_llm(store, run_id) else None
         noise = views.source_noise(store, run_id)
         pool = views.pool_summary(store, run_id)
         timing = views.active_timing(store, run_id)
 
     cols = st.columns(4)
-    cols[0].metric("Status", info["status"])
+    cols[0].metric("Status", run["status"])
     cols[1].metric("Answers", f"{ok_answers(counts)}", help=f"budget {run['budget']}; attention checks not counted")
-    cols[2].metric("PCC", "—" if info["pcc"] is None else f"{info['pcc']:.4f}", help="latest snapshot")
+    pcc = snaps[-1]["pcc"] if snaps else None
+    cols[2].metric("PCC", "—" if pcc is None else f"{pcc:.4f}", help="latest snapshot")
     cols[3].metric("Queued for people", f"{queue['answered']}/{queue['queued']}" if queue["queued"] else "—",
                    help="queued triplets with an answer or skip from anyone")
 
@@ -324,40 +459,97 @@ def dashboard_body(run_id: str) -> None:
         else:
             st.caption("Triplet runs with a stored factor only.")
 
-    left, right = st.columns(2)
-    with left:
-        st.subheader("Attention checks")
-        if checks:
-            rows = [{"annotator": c["agent"], "share": c["accuracy"] or 0.0,
-                     "label": f"{c['correct']}/{c['checks']} correct, {c['skipped']} skipped"
-                              + (f"; fitted at flip rate {noise[c['agent']]:.2f}" if c["agent"] in noise else "")}
-                    for c in checks]
-            st.altair_chart(share_chart(rows, "annotator"), width="stretch")
-            st.caption("Triplets with a known answer, mixed into the queue; their answers never reach a learner. "
-                       "The learner fits each person's answers at the flip rate their checks show.")
-        else:
-            st.caption("No attention check answered yet.")
-    with right:
-        st.subheader("LLM agents")
-        for m in llm or [None]:
-            if m is not None:
-                eps = noise.get(f"llm:{m['model']}")
-                st.markdown(f"**{m['model']}** · {m['answers']} answers, {m['requests']} requests"
-                            + ("" if eps is None else f" · fitted at flip rate {eps:.3f} (from its order swaps)"))
-            cols = st.columns(2) + st.columns(2)
-            cols[0].metric("Invalid replies", pct(m and m["invalid_rate"]))
-            cols[1].metric("Position bias", pct(m and m["position_bias"]),
-                           help="how often the answer changes when the candidates are swapped")
-            cols[2].metric("Tokens", "—" if m is None else f"{m['prompt_tokens'] + m['completion_tokens']:,}")
-            cols[3].metric("Cost", "—" if m is None or m["cost"] is None else f"${m['cost']:.4f}")
-        if not llm:
-            st.caption("No LLM answers in this run.")
+    if llm is not None:
+        llm_section(llm, noise)
+    if people or queue["queued"]:
+        people_section(run_id, people, noise)
 
     if run["config"].get("active"):
         active_section(timing)
     if run["config"].get("agent") == "pool" or pool is not None:
         pool_section(pool)
     compare_section(run_id)
+
+
+def llm_section(llm: list[dict], noise: dict) -> None:
+    st.subheader("LLM agents")
+    for m in llm or [None]:
+        if m is not None:
+            eps = noise.get(f"llm:{m['model']}")
+            st.markdown(f"**{m['model']}** · {m['answers']} answers, {m['requests']} requests"
+                        + ("" if eps is None else f" · fitted at flip rate {eps:.3f} (from its order swaps)"))
+        cols = st.columns(4)
+        cols[0].metric("Invalid replies", pct(m and m["invalid_rate"]))
+        cols[1].metric("Position bias", pct(m and m["position_bias"]),
+                       help="how often the answer changes when the candidates are swapped")
+        cols[2].metric("Tokens", "—" if m is None else f"{m['prompt_tokens'] + m['completion_tokens']:,}")
+        cols[3].metric("Cost", "—" if m is None or m["cost"] is None else f"${m['cost']:.4f}")
+    if not llm:
+        st.caption("No LLM answers in this run yet.")
+
+
+SORTS = {"answers": "most answers", "check_accuracy": "lowest check accuracy", "mean_s": "fastest",
+         "skipped": "most skips", "name": "name"}
+
+
+def people_section(run_id: str, people: list[dict], noise: dict) -> None:
+    st.subheader("Annotators")
+    with open_store() as store:
+        agree = views.people_agreement(store, run_id)
+        overlap = store.assignment(run_id)["overlap"]
+    cols = st.columns(4)
+    cols[0].metric("Annotators", len(people))
+    cols[1].metric("Per triplet", overlap, help="different people asked per triplet (fbloop annotators overlap)")
+    cols[2].metric("Krippendorff's α", "—" if agree["alpha"] is None else f"{agree['alpha']:.2f}",
+                   help=f"agreement between people on the {agree['items']} triplets several answered "
+                        "(nominal: first / second / equal; 1 = perfect, 0 = chance)")
+    cols[3].metric("Agreeing pairs", pct(agree["pairs_agree"]), help="raw share of answer pairs that agree")
+    if not people:
+        st.caption("Nobody has answered yet.")
+        return
+    left, right = st.columns([1, 3])
+    sort = left.selectbox("Sort by", list(SORTS), format_func=SORTS.get, key=f"sort-{run_id}")
+    top = left.selectbox("Show", [10, 25, 50, 100, 0], format_func=lambda n: f"top {n}" if n else "all",
+                         key=f"top-{run_id}")
+    with open_store() as store:
+        rows = views.annotators(store, run_id, sort=sort, top=top or None)
+    right.dataframe([{"annotator": r["name"], "answers": r["answers"], "skipped": r["skipped"],
+                      "checks": f"{r['correct']}/{r['checks']}", "check accuracy": r["check_accuracy"],
+                      "mean time (s)": None if r["mean_s"] is None else round(r["mean_s"], 1),
+                      "fitted flip rate": noise.get(r["agent"]), "blocked": r["blocked"]} for r in rows],
+                    hide_index=True, width="stretch", height=min(38 + 35 * len(rows), 400))
+    st.caption("Checks: triplets with a known answer mixed into the queue (annotators are not told which); "
+               "their answers never reach a learner. Blocked annotators' answers stay stored but are left out "
+               "of learning from the next `fbloop run`.")
+    names = [r["name"] for r in people]
+    chosen = st.multiselect("Annotators to block or unblock", names, key=f"block-{run_id}")
+    b1, b2, _ = st.columns([1, 1, 4])
+    if b1.button("Block", key=f"do-block-{run_id}", disabled=not chosen):
+        with open_store() as store:
+            for name in chosen:
+                human.block(store, run_id, name, True)
+        st.rerun()
+    if b2.button("Unblock", key=f"do-unblock-{run_id}", disabled=not chosen):
+        with open_store() as store:
+            for name in chosen:
+                human.block(store, run_id, name, False)
+        st.rerun()
+
+
+def export_section(run_id: str) -> None:
+    with st.expander("Export answers"):
+        fmt = st.radio("Format", ["csv", "jsonl"], horizontal=True, key=f"export-fmt-{run_id}")
+        if st.button("Prepare export", key=f"export-{run_id}"):
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as tmp, open_store() as store:
+                path = Path(tmp) / f"{run_id}.{fmt}"
+                n = store.export(run_id, path, fmt)
+                st.session_state[f"export-data-{run_id}"] = (path.read_bytes(), fmt, n)
+        ready = st.session_state.get(f"export-data-{run_id}")
+        if ready:
+            st.download_button(f"Download {ready[2]:,} answers ({ready[1]})", ready[0], f"{run_id}.{ready[1]}",
+                               key=f"download-{run_id}")
 
 
 def active_section(timing: dict | None) -> None:
@@ -469,16 +661,19 @@ def ok_answers(counts: dict[str, list]) -> int:
 
 def dashboard_page() -> None:
     with open_store() as store:
-        runs = store.runs()
-    if not runs:
+        run_ids = list(store.run_configs())
+    if not run_ids:
         st.info(f"{DB} holds no runs yet.")
         st.stop()
     with st.sidebar:
-        run_id = st.selectbox("Experiment", [r["id"] for r in runs][::-1], key="run")
+        run_id = st.selectbox("Experiment", run_ids[::-1], key="run")
         live = st.toggle("Live (refresh every 5 s)", key="live")
     st.header(run_id)
     st.fragment(run_every=5 if live else None)(dashboard_body)(run_id)
-    with st.expander("All experiments"):
+    export_section(run_id)
+    if st.toggle("All experiments", key="all-runs", help="every run with its answers and latest PCC"):
+        with open_store() as store:
+            runs = store.runs()  # counts every run's answers: only when asked for
         st.dataframe(
             [{"run": r["id"], "status": r["status"], "kind": r["kind"], "p": r["p"],
               "answers": f"{r['answers']}/{r['budget']}", "PCC": r["pcc"]} for r in runs],

@@ -4,10 +4,29 @@ The form (``app.py``) is only a face for these functions:
 
 - :func:`queue` puts a run's triplets in the annotation queue and mixes in
   *attention checks* (triplets whose answer is known) at a configurable rate;
-- :func:`next_query` gives an annotator the first queued triplet they have not
-  answered or skipped, in one deterministic order shared by every annotator;
-- :func:`submit` stores one answer through the same store call every agent
-  uses, as :class:`~fbloop.agents.base.Answers` of agent ``human:<name>``.
+- :func:`next_query` gives an annotator the next triplet that still wants an
+  answer and is not on someone else's screen (a *lease*), in their own order
+  near the queue's front; a reload or a second tab resumes the same triplet;
+- :func:`submit` stores one answer as agent ``human:<name>`` (the same answers
+  table and unique key every agent uses), updating the run's running totals in
+  the same transaction; :func:`undo` takes the latest one back.
+
+**Assignment** (:func:`set_assignment`): ``overlap`` different people answer each
+real triplet (default 1); attention checks go to everyone. A triplet shown to
+someone is leased to them for ``lease_s`` seconds (default 120 s: several times
+the 5–20 s a triplet takes to read, short enough that a person who walked away
+holds nothing for long); a skip is not an answer, so a skipped triplet stays open
+and goes to someone else, never back to the person who skipped it.
+
+**Access** (:func:`invite`, :func:`owner_token`, :func:`sign_in`): an invitation's
+secret (``a-`` + 32 URL-safe characters, 192 random bits) signs one person in to the
+runs they were invited to; the owner's (``o-`` …) opens the dashboard. The store
+keeps the sha256 of each secret, never the secret. :func:`block` keeps a person's
+answers in the store and out of every learner (``Store.iter_answered``).
+
+**Names** are normalised (:func:`normalise_name`: Unicode NFKC, case-folded,
+spaces collapsed; a name mixing scripts, such as a Cyrillic "а" in "аlice", is
+refused), so "Alice" and "alice" are one person.
 
 Answers follow the triplet sign: ``+1`` the reference is closer to the first
 candidate, ``−1`` to the second, ``0`` equally close; a skip is stored with
@@ -32,6 +51,7 @@ sequence, are marked in the ``checks`` table and are never given to a learner
 from __future__ import annotations
 
 import math
+import unicodedata
 import uuid
 from dataclasses import dataclass
 from typing import Literal
@@ -44,6 +64,7 @@ from .agents.oracle import triplet_margins
 from .designs import Queries
 from .errors import ConfigError
 from .sparse import SparseBatch
+from .errors import StoreError
 from .store import Store
 
 Choice = Literal["first", "second", "equal", "skip"]
@@ -56,12 +77,41 @@ MAX_NAME = 40  # characters in an annotator's name
 PREFIX = "human:"  # every annotator's answers are stored as agent PREFIX + name
 
 
-def agent_name(annotator: str) -> str:
-    """``human:<name>`` for an annotator; the name is stripped and must be 1–40 printable characters."""
-    name = " ".join(str(annotator).split())
+OVERLAP = 1  # different people asked per real triplet, by default
+LEASE_S = 120.0  # seconds a shown triplet stays reserved for the person it was shown to
+UNDO_S = 600.0  # how old an answer may be and still be taken back
+
+
+def _scripts(name: str) -> set[str]:
+    """The scripts of a name's letters (LATIN, CYRILLIC, GREEK, …), from their Unicode names."""
+    return {unicodedata.name(ch, "?").split(" ")[0] for ch in name if ch.isalpha()}
+
+
+def normalise_name(annotator: str) -> str:
+    """An annotator's name as identity: NFKC, case-folded, inner spaces collapsed, 1–40 printable characters,
+    letters of one script (so a look-alike such as Cyrillic "аlice" cannot pass for "alice")."""
+    name = " ".join(unicodedata.normalize("NFKC", str(annotator)).casefold().split())
     if not name or len(name) > MAX_NAME or not name.isprintable():
         raise ConfigError(f"Expect an annotator name of 1 to {MAX_NAME} printable characters, got {annotator!r}.")
-    return f"{PREFIX}{name}"
+    if len(_scripts(name)) > 1:
+        raise ConfigError(f"Expect an annotator name in one script, got {annotator!r} mixing "
+                          f"{' and '.join(sorted(_scripts(name)))} letters.")
+    return name
+
+
+def agent_name(annotator: str) -> str:
+    """``human:<name>`` for an annotator, the name normalised by :func:`normalise_name`."""
+    return f"{PREFIX}{normalise_name(annotator)}"
+
+
+def set_assignment(store: Store, run_id: str, overlap: int = OVERLAP, lease_s: float = LEASE_S) -> None:
+    """How many different people answer each real triplet of a run, and how long a lease lasts."""
+    if not 1 <= int(overlap) <= 50:
+        raise ConfigError(f"Expect an overlap of 1 to 50 people per triplet, got {overlap}.")
+    if not 5.0 <= float(lease_s) <= 3600.0:
+        raise ConfigError(f"Expect a lease of 5 to 3600 seconds, got {lease_s}.")
+    store.require_run(run_id)
+    store.set_assignment(run_id, int(overlap), float(lease_s))
 
 
 # ---------------------------------------------------------------- queueing
@@ -202,42 +252,62 @@ class Question:
 
 def next_query(store: Store, run_id: str, annotator: str,
                descriptions: tuple[str, ...] | None = None) -> Question | None:
-    """The next queued triplet ``annotator`` has neither answered nor skipped, or ``None`` when done.
+    """The next triplet for ``annotator`` (leased to them, see the module's docstring), or ``None`` when
+    nothing is left for them. A blocked annotator gets ``None``.
 
     Every call issues a new token; keep the question (and its token) while it is on screen.
     """
-    seq = store.next_queued(run_id, agent_name(annotator))
+    agent = agent_name(annotator)
+    if agent in store.blocked(run_id):
+        return None
+    seq = store.assign(run_id, agent)
     if seq is None:
         return None
     q = store.load_queries(run_id, np.array([seq]))
     feats = [render.features(batch, 0, descriptions) for batch in (q.a, q.b, q.c)]
-    return Question(run_id, seq, annotator, uuid.uuid4().hex, *feats)
+    return Question(run_id, seq, normalise_name(annotator), uuid.uuid4().hex, *feats)
 
 
 def submit(store: Store, run_id: str, seq: int, annotator: str, answer: Choice, response_ms: float | None,
-           token: str) -> bool:
-    """Store one annotator's answer to queued position ``seq``; ``False`` when it was answered already.
+           token: str, clock: Literal["browser", "server"] | None = None) -> bool:
+    """Store one annotator's answer to queued position ``seq``; ``False`` when they answered it already.
 
     ``answer`` is ``first`` (+1), ``second`` (−1), ``equal`` (0) or ``skip``
     (status ``skipped``). ``meta`` keeps the annotator, the response time in
-    milliseconds and the question's token.
+    milliseconds and the question's token, and ``clock``, where that time was measured when
+    the caller says (``browser``: from display to press, in the page; ``server``: from drawing
+    the question to the click's arrival, network and queueing included).
+    One short transaction (:meth:`Store.submit_answer`): a few indexed lookups,
+    whatever the size of the queue or the number of stored answers.
     """
     if answer not in CHOICES:
         raise ConfigError(f"Unknown answer {answer!r}; expect one of {list(CHOICES)}.")
     if not token:
         raise ConfigError("Expect the token of the displayed question, got an empty one.")
     agent = agent_name(annotator)
-    if int(seq) not in set(store.queued(run_id).tolist()):
-        raise ConfigError(f"Position {seq} of run {run_id!r} is not in the annotation queue.")
-    meta = {"annotator": agent.split(":", 1)[1], "response_ms": None if response_ms is None else int(response_ms),
-            "token": token}
-    answers = Answers(agent, np.array([int(seq)]), np.array([CHOICES[answer]]),
-                      np.array(["skipped" if answer == "skip" else "ok"]), meta=[meta])
-    return store.add_answers(run_id, answers) == 1
+    ms = None if response_ms is None else int(response_ms)
+    meta = {"annotator": agent.split(":", 1)[1], "response_ms": ms, "token": token}
+    if clock is not None:
+        if clock not in ("browser", "server"):
+            raise ConfigError(f"Expect clock 'browser' or 'server', got {clock!r}.")
+        meta["clock"] = clock
+    status = "skipped" if answer == "skip" else "ok"
+    try:
+        return store.submit_answer(run_id, int(seq), agent, status, CHOICES[answer], meta, ms)
+    except StoreError as exc:
+        if "not in the annotation queue" in str(exc):
+            raise ConfigError(str(exc)) from exc
+        raise
+
+
+def undo(store: Store, run_id: str, annotator: str, within_s: float = UNDO_S) -> int | None:
+    """Take back ``annotator``'s latest answer on ``run_id`` (at most ``within_s`` old): it is deleted and
+    its triplet is the next one they see. Returns the position, or ``None`` when there is nothing to undo."""
+    return store.undo_last(run_id, agent_name(annotator), within_s)
 
 
 def waiting(store: Store, run_id: str) -> bool:
-    """Whether some queued triplet has no answer (or skip) from anyone yet."""
+    """Whether some queued real triplet still wants answers (the run's overlap is not reached)."""
     info = store.queue_progress(run_id)
     return info["answered"] < info["queued"]
 
@@ -246,18 +316,37 @@ def waiting(store: Store, run_id: str) -> bool:
 
 
 def progress(store: Store, run_id: str, annotator: str) -> dict:
-    """One annotator on one run: ``answered`` (ok), ``skipped``, ``remaining`` and their check record."""
+    """One annotator on one run, from running totals: ``answered`` (ok, checks included: they are not told
+    which were checks), ``skipped``, and the run's ``queued``, ``remaining`` (real triplets still wanting
+    answers) and ``overlap``."""
+    info = store.assignment(run_id)
+    rows = store.annotator_stats(run_id, agent_name(annotator))
+    row = rows[0] if rows else {"ok": 0, "skipped": 0, "checks": 0}
+    real = info["queued"] - info["checks"]
+    return {"answered": int(row["ok"]) + int(row["checks"]), "skipped": int(row["skipped"]),
+            "remaining": real - info["filled"], "queued": real, "overlap": info["overlap"]}
+
+
+def annotator_summary(store: Store, run_id: str) -> list[dict]:
+    """Per person on a run, from running totals (no scan of answers): ``agent, answers, skipped, checks,
+    correct, check_accuracy, mean_ms, last_at, blocked``."""
+    out = []
+    for r in store.annotator_stats(run_id):
+        out.append({"agent": r["agent"], "answers": int(r["ok"]), "skipped": int(r["skipped"]),
+                    "checks": int(r["checks"]), "correct": int(r["correct"]),
+                    "check_accuracy": r["correct"] / r["checks"] if r["checks"] else None,
+                    "mean_ms": r["ms_sum"] / r["ms_n"] if r["ms_n"] else None, "last_at": r["last_at"],
+                    "blocked": bool(r["blocked"])})
+    return out
+
+
+def block(store: Store, run_id: str, annotator: str, blocked: bool = True) -> str:
+    """Block (``blocked=False``: unblock) an annotator on a run: their answers stay in the store, learners
+    skip them from the next ``fbloop run`` on, and the form gives them nothing more. Returns the agent name."""
     agent = agent_name(annotator)
-    queue_info = store.queue_progress(run_id, agent)
-    counts = {"ok": 0, "skipped": 0}
-    for row in store.answer_counts(run_id):
-        if row["agent"] == agent and row["status"] in counts:
-            counts[row["status"]] += row["n"]
-    record = next((r for r in check_accuracy(store, run_id) if r["agent"] == agent),
-                  {"checks": 0, "correct": 0, "accuracy": None})
-    return {"answered": counts["ok"], "skipped": counts["skipped"],
-            "remaining": queue_info["queued"] - queue_info["answered"], "queued": queue_info["queued"],
-            "checks": record["checks"], "checks_correct": record["correct"], "check_accuracy": record["accuracy"]}
+    store.require_run(run_id)
+    store.set_blocked(run_id, agent, blocked)
+    return agent
 
 
 def check_accuracy(store: Store, run_id: str) -> list[dict]:
@@ -276,3 +365,67 @@ def check_accuracy(store: Store, run_id: str) -> list[dict]:
     for rec in out.values():
         rec["accuracy"] = rec["correct"] / rec["checks"] if rec["checks"] else None
     return sorted(out.values(), key=lambda r: r["agent"])
+
+
+# ---------------------------------------------------------------- access: invitations and the owner's token
+
+
+TOKEN_BYTES = 24  # 192 random bits, 32 URL-safe characters
+
+
+def _new_token(kind: str) -> str:
+    import secrets
+
+    return f"{kind}-{secrets.token_urlsafe(TOKEN_BYTES)}"
+
+
+def invite(store: Store, annotator: str, run_ids: list[str]) -> str:
+    """Invite ``annotator`` to ``run_ids`` and return their new secret (shown once, never stored).
+
+    The store keeps the secret's sha256 only. Inviting someone again issues a new secret (the
+    old link stops working) and adds the runs to those they were invited to.
+    """
+    from .store.crowd import token_hash
+
+    name = normalise_name(annotator)
+    if not run_ids:
+        raise ConfigError(f"Invite {annotator!r} to at least one run (--run RUN).")
+    for run_id in run_ids:
+        store.require_run(run_id)
+    token = _new_token("a")
+    store.add_annotator(name, " ".join(str(annotator).split()), token_hash(token), list(run_ids))
+    return token
+
+
+def owner_token(store: Store, label: str = "owner") -> str:
+    """A new dashboard secret for the experiments' owner (stored as its sha256); returned once."""
+    from .store.crowd import token_hash
+
+    token = _new_token("o")
+    store.add_owner_token(token_hash(token), label)
+    return token
+
+
+@dataclass(frozen=True)
+class Access:
+    """Who a link signs in: ``role`` ``annotator`` (with their ``name`` and invited ``runs``) or ``owner``."""
+
+    role: Literal["annotator", "owner"]
+    name: str | None = None
+    runs: tuple[str, ...] = ()
+
+
+def sign_in(store: Store, token: str | None) -> Access | None:
+    """The access a link's secret grants, or ``None`` for a missing, unknown or forged one."""
+    from .store.crowd import token_hash
+
+    if not token or len(token) > 100:
+        return None
+    digest = token_hash(str(token))
+    if store.is_owner_token(digest):
+        return Access("owner")
+    who = store.annotator_by_token(digest)
+    if who is None:
+        return None
+    runs = tuple(r for r in who["runs"] if f"{PREFIX}{who['name']}" not in store.blocked(r))
+    return Access("annotator", who["name"], runs)

@@ -30,6 +30,9 @@ AGREEMENT_MAX_ROWS = 20_000  # answers scored per agent for the agreement readou
 SWAP_SUFFIX = "#swap"  # the LLM agent's answers with the candidates swapped
 READOUTS = {"pcc": "PCC", "holdout": "held-out agreement"}  # curve readouts, in order of preference
 ROUTES = ("shared", "hard", "rest", "skipped")  # a pool's routing split, in the order it is drawn
+PEOPLE = "people"  # every annotator (agents human:<name>) as one row where per-person rows would not fit
+FOLD_PEOPLE_OVER = 8  # more annotators than this: answers per agent shows them as one bar
+ALPHA_MAX_ITEMS = 100_000  # shared triplets read for the agreement between people
 
 
 @functools.lru_cache(maxsize=8)
@@ -95,11 +98,15 @@ def phi_pair(store: Store, run_id: str) -> tuple[np.ndarray, np.ndarray | None] 
 def answers_by_agent(store: Store, run_id: str) -> dict[str, list]:
     """Long-form counts for a stacked bar chart: ``{"agent", "answer", "count"}`` columns.
 
-    ``answer`` is ok / invalid / skipped, or ``attention check`` for answers to checks.
+    ``answer`` is ok / invalid / skipped, or ``attention check`` for answers to checks. Past
+    ``FOLD_PEOPLE_OVER`` annotators, people are one bar (:data:`PEOPLE`); :func:`annotators` has each.
     """
     totals: dict[tuple[str, str], int] = {}
-    for row in store.answer_counts(run_id):
-        key = (row["agent"], "attention check" if row["is_check"] else row["status"])
+    rows = store.answer_counts(run_id)
+    fold = len({r["agent"] for r in rows if r["agent"].startswith(human.PREFIX)}) > FOLD_PEOPLE_OVER
+    for row in rows:
+        agent = PEOPLE if fold and row["agent"].startswith(human.PREFIX) else row["agent"]
+        key = (agent, "attention check" if row["is_check"] else row["status"])
         totals[key] = totals.get(key, 0) + row["n"]
     keys = sorted(totals)
     return {"agent": [k[0] for k in keys], "answer": [k[1] for k in keys], "count": [totals[k] for k in keys]}
@@ -112,9 +119,11 @@ def check_accuracy(store: Store, run_id: str) -> list[dict]:
 
 def _agreement_counts(store: Store, run_id: str, agent: str, factor: np.ndarray,
                       since: float | None) -> tuple[int, float]:
-    """``(n, agreeing)`` for ``agent``'s ok triplet answers (stored after ``since``) against ``Φ̂``."""
+    """``(n, agreeing)`` for ``agent``'s ok triplet answers (stored after ``since``) against ``Φ̂``;
+    ``agent`` :data:`PEOPLE` takes every annotator's answers together."""
     n, agree = 0, 0.0
-    for queries, answers in store.iter_answered(run_id, chunk=5_000, agent=agent, since=since):
+    who = {"prefix": human.PREFIX} if agent == PEOPLE else {"agent": agent}
+    for queries, answers in store.iter_answered(run_id, chunk=5_000, since=since, **who):
         delta, total = triplet_margins(queries.a, queries.b, queries.c, factor)
         predicted = np.sign(np.where(np.abs(delta) > 1e-12 * np.maximum(total, 1e-300), delta, 0.0))
         agree += triplet_agreement(predicted, answers.value) * len(answers)
@@ -130,15 +139,17 @@ def agreement(store: Store, run_id: str) -> list[dict]:
     ``held_out`` scores the answers stored after the current ``Φ̂`` was fit (the
     learner never saw them); ``fit`` the answers it was fit to. Each is ``None``
     when there are no such answers; attention checks are not scored, and at most
-    ``AGREEMENT_MAX_ROWS`` answers are read per set. Empty for pair runs or before
-    a first factor.
+    ``AGREEMENT_MAX_ROWS`` answers are read per set. People are scored together, as
+    agent :data:`PEOPLE` (one row, not one per annotator: a crowd of 150 would cost 150
+    passes). Empty for pair runs or before a first factor.
     """
     run = store.require_run(run_id)
     factor = store.load_factor(run_id)
     saved = store.factor_saved_at(run_id)
     if run["kind"] != "triplet" or factor is None:
         return []
-    agents = sorted({r["agent"] for r in store.answer_counts(run_id) if r["status"] == "ok" and not r["is_check"]})
+    agents = sorted({PEOPLE if r["agent"].startswith(human.PREFIX) else r["agent"]
+                     for r in store.answer_counts(run_id) if r["status"] == "ok" and not r["is_check"]})
     out = []
     for agent in agents:
         n_all, agree_all = _agreement_counts(store, run_id, agent, factor, None)
@@ -204,8 +215,8 @@ def strategy_label(config: dict) -> str:
 
 
 def _configs(store: Store) -> dict[str, dict]:
-    """Every run's config, in creation order."""
-    return {r["id"]: store.require_run(r["id"])["config"] for r in store.runs()}
+    """Every run's config, in creation order (one query, no counting)."""
+    return store.run_configs()
 
 
 def strategy_labels(store: Store) -> dict[str, str]:
@@ -314,3 +325,133 @@ def active_timing(store: Store, run_id: str) -> dict | None:
     return {"strategy": active.get("strategy"), "chunks": int(active.get("chunks") or 0), "score_s_total": score,
             "wait_s_total": wait, "wait_s_max": _number(active.get("wait_s_max")) or 0.0,
             "hidden_share": min(max(1.0 - wait / score, 0.0), 1.0) if score > 0 else None}
+
+
+# ---------------------------------------------------------------- the crowd, for the owner
+
+
+def annotators(store: Store, run_id: str, sort: str = "answers", top: int | None = None) -> list[dict]:
+    """Per annotator on a run, from running totals: ``agent, name, answers, skipped, checks, correct,
+    check_accuracy, mean_s, blocked``, sorted by ``sort`` (largest first; ``check_accuracy`` and
+    ``mean_s`` smallest first: the people to look at) and cut to the ``top`` first."""
+    keys = ("answers", "skipped", "check_accuracy", "mean_s", "name")
+    if sort not in keys:
+        raise ConfigError(f"Expect sort in {list(keys)}, got {sort!r}.")
+    rows = [{**r, "name": r["agent"][len(human.PREFIX):],
+             "mean_s": None if r["mean_ms"] is None else r["mean_ms"] / 1000}
+            for r in human.annotator_summary(store, run_id)]
+    if sort == "name":
+        rows.sort(key=lambda r: r["name"])
+    elif sort in ("check_accuracy", "mean_s"):
+        rows.sort(key=lambda r: (r[sort] is None, r[sort] if r[sort] is not None else 0.0, r["name"]))
+    else:
+        rows.sort(key=lambda r: (-r[sort], r["name"]))
+    return rows[:top] if top else rows
+
+
+def people_agreement(store: Store, run_id: str) -> dict:
+    """Agreement between people on the triplets several of them answered: Krippendorff's α (nominal:
+    first / second / equal), from the ``krippendorff`` package. ``{"alpha", "items", "answers", "pairs_agree"}``:
+    ``alpha`` ``None`` below two shared items, ``pairs_agree`` the raw share of agreeing answer pairs."""
+    counts = np.array(store.human_value_counts(run_id, ALPHA_MAX_ITEMS), dtype=np.int64).reshape(-1, 3)
+    if not len(counts):  # (items, categories): second, equal, first
+        return {"alpha": None, "items": 0, "answers": 0, "pairs_agree": None}
+    pairs = (counts * (counts - 1)).sum() / 2
+    total = (counts.sum(1) * (counts.sum(1) - 1)).sum() / 2
+    alpha = None
+    if len(counts) >= 2:
+        import krippendorff
+
+        with np.errstate(all="ignore"):
+            a = krippendorff.alpha(value_counts=counts, level_of_measurement="nominal")
+        alpha = None if not np.isfinite(a) else float(a)
+    return {"alpha": alpha, "items": int(len(counts)), "answers": int(counts.sum()),
+            "pairs_agree": float(pairs / total) if total else None}
+
+
+def has_llm(store: Store, run_id: str) -> bool:
+    """Whether a run has an LLM: its config sets one up, or some answer is an LLM's (one indexed probe)."""
+    return store.require_run(run_id)["config"].get("llm") is not None or store.has_agent_prefix(run_id, "llm:")
+
+
+# ---------------------------------------------------------------- the form's feature tables
+
+
+def feature_table(features: list, shared: set[int], title: str) -> str:
+    """One activation as a compact HTML table: feature, weight bar, description.
+
+    Features also active in another block of the triplet (``shared``) are highlighted and
+    marked ◆; a feature without a description says so in grey italics instead of a
+    placeholder sentence. Every value from data is HTML-escaped.
+    """
+    import html
+
+    from . import render
+
+    top = max([abs(f.weight) for f in features] + [1e-12])
+    rows = []
+    for f in features:
+        width = int(round(100 * abs(f.weight) / top))
+        colour = "#4c78a8" if f.weight >= 0 else "#e45756"
+        placeholder = f.description == render.PLACEHOLDER.format(index=f.index)
+        desc = ('<span style="color:#888;font-style:italic">no description</span>' if placeholder
+                else html.escape(f.description))
+        mark = "◆ " if f.index in shared else ""
+        style = ' style="background:#fff3c4"' if f.index in shared else ""
+        rows.append(f'<tr{style}><td style="white-space:nowrap;padding:1px 6px">{mark}#{f.index}</td>'
+                    f'<td style="width:90px;padding:1px 6px"><div title="{html.escape(render.weight_text(f.weight))}" '
+                    f'style="background:{colour};height:10px;width:{width}%"></div></td>'
+                    f'<td style="padding:1px 6px;font-variant-numeric:tabular-nums">{render.weight_text(f.weight)}</td>'
+                    f'<td style="padding:1px 6px">{desc}</td></tr>')
+    body = "".join(rows) or '<tr><td colspan="4" style="color:#888">(no active features)</td></tr>'
+    return (f'<div style="font-size:0.9rem"><b>{html.escape(title)}</b><table style="width:100%;'
+            f'border-collapse:collapse;margin:2px 0 8px 0">{body}</table></div>')
+
+
+def shared_features(reference: list, first: list, second: list) -> dict[str, set[int]]:
+    """Which features of each block also appear in another block: ``{"reference", "first", "second"}``."""
+    ids = [{f.index for f in block} for block in (reference, first, second)]
+    return {"reference": ids[0] & (ids[1] | ids[2]), "first": ids[1] & ids[0], "second": ids[2] & ids[0]}
+
+
+def aligned(reference: list, first: list, second: list) -> tuple[list, list, list]:
+    """The three blocks with shared features first, in the reference's order, so that a feature the
+    reference shares with a candidate sits on the same row in both tables; the rest keep their order
+    (strongest first)."""
+    order = {f.index: i for i, f in enumerate(reference)}
+    ids = [{f.index for f in block} for block in (first, second)]
+    shared_ref = ids[0] | ids[1]
+
+    def lead(block: list, shared: set[int]) -> list:
+        return sorted([f for f in block if f.index in shared], key=lambda f: order[f.index]) + \
+            [f for f in block if f.index not in shared]
+
+    return (lead(reference, shared_ref), lead(first, set(order)), lead(second, set(order)))
+
+
+def practice_triplets(p: int, descriptions: tuple[str, ...] | None, n: int = 3, seed: int = 0) -> list[dict]:
+    """``n`` easy triplets with known answers for the form's practice round (never stored as answers).
+
+    The reference shares its strongest feature with the right candidate; the other candidate has
+    unrelated features. ``[{"reference", "first", "second", "answer", "why"}]`` with features as
+    :class:`fbloop.render.Feature` lists.
+    """
+    from . import render
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        a, b, c, d = (int(x) for x in rng.choice(p, size=4, replace=p < 4))
+
+        def feat(index: int, weight: float) -> render.Feature:
+            text = descriptions[index] if descriptions is not None and descriptions[index] else ""
+            text = " ".join(str(text).split())[:render.MAX_DESCRIPTION] or render.PLACEHOLDER.format(index=index)
+            return render.Feature(index, weight, text)
+
+        ref = [feat(a, 1.0), feat(b, 0.2)]
+        close, far = [feat(a, 0.9)], [feat(c, 0.8), feat(d, 0.3)]
+        answer = "first" if i % 2 == 0 else "second"
+        first, second = (close, far) if answer == "first" else (far, close)
+        out.append({"reference": ref, "first": first, "second": second, "answer": answer,
+                    "why": f"the {answer} candidate shares the reference's strongest feature, #{a}"})
+    return out

@@ -2,10 +2,13 @@
 
 Uses Debian's `chromium` through the `playwright` package (``executable_path``;
 never ``playwright install``), with flags that keep the browser off the network.
-Screenshots of the form and the dashboard (a people run, and an agent-pool run with active
-querying) land in ``test-artifacts/``.
+Screenshots of the form (desktop, and a 390 × 844 phone), and the dashboard (a people run, and
+an agent-pool run with active querying) land in ``test-artifacts/``. The server runs with access
+control on, as `fbloop app` does: people come in through invitation links, the owner through the
+dashboard link.
 """
 
+import json
 import shutil
 import socket
 import subprocess
@@ -48,7 +51,7 @@ def db(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("browser") / "app.db"
     fast = LearnerConfig(final_steps=300, polish=False)
     design = DesignConfig(name="triplet", mu=0.7)
-    people = RunConfig(target="synthetic:p=8,rank=3", design=design, agent="human", budget=24, check_rate=0.2,
+    people = RunConfig(target="synthetic:p=8,rank=3", design=design, agent="human", budget=80, check_rate=0.2,
                        learner_config=fast)
     with Store(path) as store:
         add_run(store, "pool", strategy="uncertainty", agent="pool", cost_per_answer=0.28,
@@ -63,7 +66,14 @@ def db(tmp_path_factory) -> Path:
             q = human.next_query(store, "people", "bob")
             human.submit(store, "people", q.seq, "bob", ("first", "second", "equal")[i % 3], 800, q.token)
         run_loop(people, store, run_id="people")
+        TOKENS.update({"owner": human.owner_token(store), "dora": human.invite(store, "Dora", ["people"]),
+                       "phone": human.invite(store, "phone", ["people"]),
+                       **{f"crowd{i}": human.invite(store, f"crowd{i}", ["people"]) for i in range(CROWD)}})
     return path
+
+
+TOKENS: dict[str, str] = {}  # invitation and owner secrets of the module's database
+CROWD = 10  # concurrent browser annotators in the slow test
 
 
 @pytest.fixture(scope="module")
@@ -124,55 +134,141 @@ def settle(page, text: str) -> None:
     page.wait_for_timeout(700)
 
 
+def sign_in(browser, server, who: str, width: int = 1280, height: int = 1000):
+    page = browser.new_page(viewport={"width": width, "height": height})
+    page.goto(f"{server}/?token={TOKENS[who]}")
+    return page
+
+
+def practise(page) -> None:
+    """The three practice triplets, answered with the mouse."""
+    settle(page, "Practice first")
+    for i in range(3):
+        page.get_by_role("button", name="Closer to first").click()
+        settle(page, "Practice done" if i == 2 else f"Practice triplet {i + 2} of 3")
+
+
 def test_annotate_in_the_browser_then_see_the_dashboard(server, browser, db):
     ARTIFACTS.mkdir(exist_ok=True)
-    page = browser.new_page(viewport={"width": 1280, "height": 1000})
-    page.goto(f"{server}/?page=annotate")
-    name = page.get_by_label("Your name")
-    name.fill("dora")
-    name.press("Enter")
-    page.get_by_text("First candidate").wait_for(timeout=60_000)
-    settle(page, "0 of 30 triplets done")
+    page = sign_in(browser, server, "dora")
+    practise(page)
     page.screenshot(path=str(ARTIFACTS / "form.png"), full_page=True)
 
-    # One click answers one triplet.
-    page.get_by_role("button", name="Closer to first").click()
-    rows = wait_for_rows(db, "human:dora", 1)
-    assert [(r[1], r[2]) for r in rows] == [("ok", 1.0)]
-    settle(page, "1 of 30 triplets done")
-
-    # The keyboard shortcut "2" answers "closer to second" (focus off the name field first).
-    page.get_by_text("Which candidate is the reference closer to?").click()
+    # The first key after the practice counts.
     page.keyboard.press("2")
+    rows = wait_for_rows(db, "human:dora", 1)
+    assert [(r[1], r[2]) for r in rows] == [("ok", -1.0)]
+    settle(page, "1 answered by you")
+
+    # One click answers one triplet; its response time is the browser's, from display to press.
+    page.get_by_text("1 answered by you").wait_for()
+    time.sleep(1.0)
+    page.get_by_role("button", name="Closer to first").click()
     rows = wait_for_rows(db, "human:dora", 2)
-    assert [(r[1], r[2]) for r in rows][1:] == [("ok", -1.0)]
-    settle(page, "2 of 30 triplets done")
+    assert [(r[1], r[2]) for r in rows][1:] == [("ok", 1.0)]
+    meta = json.loads(sql_rows(db, "SELECT meta FROM answers WHERE agent = 'human:dora' ORDER BY id")[1][0])
+    assert meta["clock"] == "browser" and 1000 <= meta["response_ms"] < 2000, meta
+    settle(page, "2 answered by you")
 
     # A double click answers the question on screen once, never the next one too.
     page.get_by_role("button", name="Equally close").dblclick()
-    settle(page, "3 of 30 triplets done")
+    settle(page, "3 answered by you")
     time.sleep(1.0)  # room for a stray second submission to land, were there one
     rows = answers_of(db, "human:dora")
     assert len(rows) == 3 and len({r[0] for r in rows}) == 3 and rows[2][1:] == ("ok", 0.0)
-    settle(page, "3 of 30 triplets done")
+
+    # Undo takes the last answer back; the same triplet is asked again.
+    page.get_by_role("button", name="Undo last answer").click()
+    settle(page, "taken back")
+    assert len(answers_of(db, "human:dora")) == 2
+    page.get_by_role("button", name="Closer to second").click()
+    rows = wait_for_rows(db, "human:dora", 3)
+    assert rows[2][0] == [r[0] for r in rows][2] and rows[2][1:] == ("ok", -1.0)
+    settle(page, "3 answered by you")
+
+    # A reload keeps her signed in (the link's token stays in the address).
+    page.reload()
+    settle(page, "3 answered by you")
     page.screenshot(path=str(ARTIFACTS / "form-answered.png"), full_page=True)
 
-    dash = browser.new_page(viewport={"width": 1280, "height": 1700})
-    dash.goto(f"{server}/?page=dashboard")
+    dash = sign_in(browser, server, "owner", height=1700)
     dash.get_by_text("Answers per agent").wait_for(timeout=60_000)
-    dash.get_by_text("human:dora").first.wait_for()
+    dash.get_by_text("Krippendorff").first.wait_for()
     dash.wait_for_timeout(1500)  # let the charts draw
     dash.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
     page.close()
     dash.close()
 
 
+def test_a_shortcut_key_in_a_text_field_is_typing_not_an_answer(server, browser, db):
+    page = sign_in(browser, server, "dora")
+    settle(page, "answered by you")
+    before = len(answers_of(db, "human:dora"))
+    box = page.get_by_label("Experiment")
+    box.click()
+    page.keyboard.press("1")  # typed into the experiment search, not an answer
+    page.keyboard.press("Escape")
+    time.sleep(1.5)
+    assert len(answers_of(db, "human:dora")) == before
+    page.get_by_text("Which candidate is the reference closer to?").click()  # focus off the field
+    page.keyboard.press("1")
+    assert len(wait_for_rows(db, "human:dora", before + 1)) == before + 1
+    page.close()
+
+
+@pytest.mark.parametrize("link", ["", "?token=forged", "?page=dashboard", "?token=&page=dashboard"])
+def test_without_an_invitation_the_browser_sees_nothing(server, browser, link):
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.goto(f"{server}/{link}")
+    settle(page, "needs a valid invitation link")
+    assert page.get_by_role("button", name="Closer to first").count() == 0
+    assert page.get_by_text("Answers per agent").count() == 0 and page.get_by_text("people (").count() == 0
+    page.close()
+
+
+def test_on_a_phone_the_buttons_are_in_view(server, browser, db):
+    ARTIFACTS.mkdir(exist_ok=True)
+    page = sign_in(browser, server, "phone", width=390, height=844)
+    practise(page)
+    page.screenshot(path=str(ARTIFACTS / "form-phone.png"))  # the first screen, as the phone shows it
+    for name in ("Closer to first", "Equally close", "Skip", "Closer to second"):
+        box = page.get_by_role("button", name=name).bounding_box()
+        assert box is not None and 0 <= box["y"] and box["y"] + box["height"] <= 844, (name, box)
+    page.get_by_role("button", name="Closer to second").click()
+    assert wait_for_rows(db, "human:phone", 1)[0][1:] == ("ok", -1.0)
+    page.close()
+
+
+@pytest.mark.slow
+def test_a_crowd_of_browsers_answers_at_once(server, browser, db):
+    """``CROWD`` pages answer at once through the real app: every click is stored or visibly refused."""
+    pages = [sign_in(browser, server, f"crowd{i}") for i in range(CROWD)]
+    for page in pages:
+        practise(page)
+    clicks = 3
+    for k in range(clicks):
+        for page in pages:  # each page's press goes out before the others' replies are in
+            if k == 0:  # the first answer by key, right after the practice: the first key counts
+                page.keyboard.press("1")
+            else:
+                page.get_by_role("button", name="Closer to first").click(no_wait_after=True)
+        for i, page in enumerate(pages):
+            page.get_by_text(f"{k + 1} answered by you").or_(page.get_by_text("could not be stored")).wait_for(
+                timeout=180_000)
+    stored = {i: answers_of(db, f"human:crowd{i}") for i in range(CROWD)}
+    refused = sum(page.get_by_text("could not be stored").count() for page in pages)
+    assert sum(len(v) for v in stored.values()) + refused == CROWD * clicks
+    seqs = [r[0] for v in stored.values() for r in v if r[0] >= 0]  # checks (at negative positions) are shared
+    assert len(seqs) == len(set(seqs))  # overlap 1: no two people got the same triplet
+    for page in pages:
+        page.close()
+
+
 def test_dashboard_of_a_pool_run(server, browser):
     ARTIFACTS.mkdir(exist_ok=True)
-    page = browser.new_page(viewport={"width": 1280, "height": 2600})  # the app scrolls inside: show it all
-    page.goto(f"{server}/?page=dashboard")
+    page = sign_in(browser, server, "owner", height=2600)  # the app scrolls inside: show it all
     settle(page, "Answers per agent")
-    page.get_by_label("Experiment").click()
+    page.get_by_label("Experiment", exact=True).click()
     page.get_by_role("option", name="pool", exact=True).click()
     settle(page, "Routing split")
     page.get_by_text("PCC against cost").wait_for()

@@ -68,6 +68,7 @@ def test_people_are_weighed_by_their_attention_checks(tmp_path):
         with Store(tmp_path / f"{aware}.db") as store:
             cfg = RunConfig(**base, noise_aware=aware)
             run_loop(cfg, store, run_id="h")  # queues
+            human.set_assignment(store, "h", overlap=2)  # both people answer every triplet
             checks = store.checks("h")
             for who, flip in (("ann", 0.0), ("careless", 0.4)):
                 while (q := human.next_query(store, "h", who)) is not None:

@@ -83,7 +83,30 @@ def test_a_writer_waits_for_another_instead_of_failing(store):
     assert store.count_answers("R") == 2
 
 
-def test_a_writer_held_up_past_the_busy_timeout_gets_a_store_error_and_writes_nothing(store):
+def test_a_writer_held_up_past_the_busy_timeout_tries_again_and_writes(store):
+    """One busy timeout is not the end: the store tries again (within WRITE_WAIT_S) and the write lands."""
+    store.add_queries("R", pair_queries(0, 4))
+    store.db.execute("PRAGMA busy_timeout=50")
+    holding = threading.Event()
+
+    def holder() -> None:
+        with Store(store.path) as other, write(other.db):
+            other.db.execute("UPDATE runs SET status = 'busy' WHERE id = 'R'")
+            holding.set()
+            time.sleep(0.6)  # twelve busy timeouts
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    holding.wait(5)
+    assert store.add_answers("R", ok_answers([0, 1])) == 2
+    thread.join()
+    assert store.count_answers("R") == 2
+
+
+def test_a_writer_held_up_past_the_whole_wait_gets_a_store_error_and_writes_nothing(store, monkeypatch):
+    from fbloop.store import transactions
+
+    monkeypatch.setattr(transactions, "WRITE_WAIT_S", 0.3)
     store.add_queries("R", pair_queries(0, 4))
     store.db.execute("PRAGMA busy_timeout=50")
     holding, release = threading.Event(), threading.Event()

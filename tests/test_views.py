@@ -193,3 +193,75 @@ def test_active_timing(store):
     assert views.active_timing(store, "idle")["hidden_share"] is None
     add_run(store, "fixed")
     assert views.active_timing(store, "fixed") is None
+
+
+# ---------------------------------------------------------------- the crowd, for the owner
+
+
+def crowd(tmp_path, answers: dict[str, list[str]], overlap: int = 3) -> Store:
+    """A people run whose annotators give ``answers[name][i]`` to the i-th triplet they are shown."""
+    from fbloop import human
+
+    store = Store(tmp_path / "crowd.db")
+    target = load_target(SPEC)
+    store.create_run("c", kind="triplet", p=8, budget=20, config={"target": SPEC}, target={}, anchor=None)
+    human.queue(store, "c", make_design(DesignConfig(name="triplet", mu=0.7), target, 0).queries(0, 6),
+                check_rate=0.0)
+    human.set_assignment(store, "c", overlap=overlap)
+    for name, choices in answers.items():
+        for i, choice in enumerate(choices):
+            q = human.next_query(store, "c", name)
+            human.submit(store, "c", q.seq, name, choice, 1000 * (i + 1), q.token)
+    return store
+
+
+def test_krippendorff_alpha_between_people(tmp_path):
+    from fbloop import human
+
+    with crowd(tmp_path, {}) as store:
+        for name in "abc":  # everyone gives each triplet the same answer, by its position
+            while (q := human.next_query(store, "c", name)) is not None:
+                human.submit(store, "c", q.seq, name, ("first", "second", "equal")[q.seq % 3], 900, q.token)
+        got = views.people_agreement(store, "c")
+        assert got["alpha"] == pytest.approx(1.0) and got["items"] == 6 and got["pairs_agree"] == 1.0
+        store.db.execute("UPDATE answers SET value = -value WHERE agent = 'human:c' AND value != 0")
+        flipped = views.people_agreement(store, "c")
+        assert flipped["alpha"] < 0.5 and flipped["pairs_agree"] < 1.0
+
+
+def test_alpha_needs_shared_items(tmp_path):
+    with crowd(tmp_path, {"a": ["first", "second"]}, overlap=1) as store:
+        assert views.people_agreement(store, "c") == {"alpha": None, "items": 0, "answers": 0, "pairs_agree": None}
+
+
+def test_annotators_sorted_and_cut(tmp_path):
+    with crowd(tmp_path, {"a": ["first"] * 2, "b": ["second"] * 5, "c": ["equal"] * 3}) as store:
+        rows = views.annotators(store, "c", sort="answers", top=2)
+        assert [(r["name"], r["answers"]) for r in rows] == [("b", 5), ("c", 3)]
+        assert views.annotators(store, "c", sort="mean_s")[0]["name"] == "a"  # 1.5 s mean
+        assert views.annotators(store, "c", sort="mean_s")[0]["mean_s"] == pytest.approx(1.5)
+        assert not views.has_llm(store, "c")
+        with pytest.raises(ConfigError, match="sort"):
+            views.annotators(store, "c", sort="nope")
+
+
+def test_feature_tables_escape_and_mark_shared_features():
+    from fbloop.render import PLACEHOLDER, Feature
+
+    ref = [Feature(1, 0.9, "<script>alert(1)</script>"), Feature(2, 0.1, PLACEHOLDER.format(index=2))]
+    first = [Feature(1, 0.5, "x")]
+    shared = views.shared_features(ref, first, [Feature(5, 0.4, "y")])
+    assert shared == {"reference": {1}, "first": {1}, "second": set()}
+    html = views.feature_table(ref, shared["reference"], "Reference")
+    assert "<script>" not in html and "&lt;script&gt;" in html
+    assert "◆ #1" in html and "no description" in html and "no description available" not in html
+
+
+def test_shared_features_come_first_in_the_references_order():
+    from fbloop.render import Feature
+
+    ref = [Feature(1, 0.9, "a"), Feature(2, 0.5, "b"), Feature(3, 0.1, "c")]
+    first = [Feature(7, 0.9, "x"), Feature(3, 0.5, "c"), Feature(1, 0.2, "a")]
+    second = [Feature(2, 0.8, "b"), Feature(9, 0.1, "y")]
+    r, f, s = views.aligned(ref, first, second)
+    assert [x.index for x in r] == [1, 2, 3] and [x.index for x in f] == [1, 3, 7] and [x.index for x in s] == [2, 9]

@@ -12,18 +12,33 @@ from .common import _fail_cleanly, db_option, main
 # ---------------------------------------------------------------- the app
 
 
-def app_command(db_path: str, port: int) -> tuple[list[str], dict[str, str]]:
-    """``(argv, env)`` that serve ``app.py`` on 127.0.0.1:``port`` with the database ``db_path``."""
+LOCAL = "127.0.0.1"
+
+
+def app_command(db_path: str, port: int, host: str = LOCAL,
+                open_access: bool = False) -> tuple[list[str], dict[str, str]]:
+    """``(argv, env)`` that serve ``app.py`` on ``host``:``port`` with the database ``db_path``.
+
+    Access control is on unless ``open_access``: the form needs an invitation link and the
+    dashboard the owner's (``fbloop annotators``). Open access (a name field, every experiment,
+    the dashboard for anyone) is for one person on their own machine: it is refused on any
+    address but 127.0.0.1.
+    """
     import os
+
+    if open_access and host != LOCAL:
+        raise click.UsageError(f"--open serves the app without access control; refusing to do that on {host}. "
+                               "Invite people with `fbloop annotators add NAME --run RUN` and drop --open.")
 
     script = Path(__file__).resolve().parent.parent.parent / "app.py"  # beside the package in a source checkout
     if not script.is_file():
         raise click.UsageError(f"The app's script is not at {script}; run fbloop from a source checkout "
                                "(pip install -e .).")
-    argv = [sys.executable, "-m", "streamlit", "run", str(script), "--server.address", "127.0.0.1",
+    argv = [sys.executable, "-m", "streamlit", "run", str(script), "--server.address", host,
             "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
             "--client.toolbarMode", "minimal"]
-    return argv, {**os.environ, "FBLOOP_DB": str(Path(db_path).resolve())}
+    return argv, {**os.environ, "FBLOOP_DB": str(Path(db_path).resolve()),
+                  "FBLOOP_ACCESS": "open" if open_access else "invite"}
 
 
 GRACE_S = 10.0  # how long a stopped child may take to shut down before it is killed
@@ -88,11 +103,23 @@ def run_child(argv: list[str], env: dict[str, str], grace_s: float = GRACE_S) ->
 @main.command()
 @db_option
 @click.option("--port", default=8501, show_default=True, type=click.IntRange(1, 65535),
-              help="Port on 127.0.0.1 to serve the app on.")
-def app(db_path: str, port: int) -> None:
-    """Serve the annotation form and the dashboard on http://127.0.0.1:PORT."""
-    argv, env = app_command(db_path, port)
-    click.echo(f"fbloop app on http://127.0.0.1:{port} (database {env['FBLOOP_DB']}); Ctrl+C stops it.", err=True)
+              help="Port to serve the app on.")
+@click.option("--host", default=LOCAL, show_default=True,
+              help="Address to bind. Anything but 127.0.0.1 serves other machines and needs access control "
+                   "(no --open).")
+@click.option("--open", "open_access", is_flag=True,
+              help="No access control (127.0.0.1 only): a name field, every experiment, the dashboard for anyone.")
+def app(db_path: str, port: int, host: str, open_access: bool) -> None:
+    """Serve the annotation form and the dashboard on http://HOST:PORT.
+
+    People sign in with their invitation link (`fbloop annotators add NAME --run RUN`), the owner
+    with the dashboard link (`fbloop annotators owner`).
+    """
+    argv, env = app_command(db_path, port, host, open_access)
+    how = ("open access: anyone on this machine" if open_access else
+           "invitation links only: fbloop annotators add NAME --run RUN; the dashboard: fbloop annotators owner")
+    click.echo(f"fbloop app on http://{host}:{port} (database {env['FBLOOP_DB']}; {how}); Ctrl+C stops it.",
+               err=True)
     sys.exit(run_child(argv, env))
 
 

@@ -9,8 +9,11 @@ answer twice.
 
 - :mod:`.core`: :class:`Store`, a run database on disk (runs, queries and answers, the annotation
   queue and attention checks, snapshots and factors, the LLM request cache, export);
+- :mod:`.crowd`: the annotation queue for a crowd (assignment with leases and overlap, answers with
+  running totals, undo, invitations and owner tokens as sha256 hashes, blocking), mixed into :class:`Store`;
 - :mod:`.migrations`: the numbered schema migrations and :func:`migrate`;
-- :mod:`.transactions`: :func:`write`, the ``BEGIN IMMEDIATE`` write transaction;
+- :mod:`.transactions`: :func:`write`, the ``BEGIN IMMEDIATE`` write transaction, retried while the
+  database is busy for up to ``WRITE_WAIT_S``;
 - :mod:`.export`: a run's answers as CSV, JSONL, Parquet or a cblearn ``.npz``, with a sidecar;
 - :mod:`.codec`: sparse activations as BLOBs.
 """

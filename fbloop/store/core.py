@@ -18,6 +18,7 @@ from ..designs import Queries
 from ..errors import StoreError
 from ..sparse import SparseBatch
 from .codec import _decode, _encode
+from .crowd import CrowdStore
 from .migrations import migrate
 from .transactions import write
 
@@ -30,7 +31,7 @@ def _not_a_check(alias: str) -> str:
 # ---------------------------------------------------------------- the store
 
 
-class Store:
+class Store(CrowdStore):
     """A run database on disk."""
 
     def __init__(self, path: str | Path):
@@ -88,16 +89,21 @@ class Store:
             raise StoreError(f"No run {run_id!r} in {self.path}; latest runs: {known}.")
         return run
 
-    def runs(self) -> list[dict]:
-        """Every run, oldest first: id, created_at, status, kind, p, budget, the target's name, the agent,
-        ok answers (attention checks left out), the latest PCC and the process that last ran it."""
+    def run_configs(self) -> dict[str, dict]:
+        """Every run's config, oldest first, without counting anything: ``{run_id: config}``."""
+        return {r[0]: json.loads(r[1]) for r in self.db.execute("SELECT id, config FROM runs ORDER BY created_at")}
+
+    def runs(self, run_id: str | None = None) -> list[dict]:
+        """Every run (or the one ``run_id``), oldest first: id, created_at, status, kind, p, budget, the
+        target's name, the agent, ok answers (attention checks left out), the latest PCC and the process
+        that last ran it. Counts each run's answers: for a list of names use :meth:`run_configs`."""
         sql = ("SELECT r.id, r.created_at, r.status, r.kind, r.p, r.budget, r.owner_host, r.owner_pid, "
                "json_extract(r.target, '$.name') AS target, json_extract(r.config, '$.agent') AS agent, "
                f"(SELECT COUNT(*) FROM answers a WHERE a.run_id = r.id AND a.status = 'ok' AND {_not_a_check('a')}) "
                "AS answers, "
                "(SELECT pcc FROM snapshots s WHERE s.run_id = r.id ORDER BY s.id DESC LIMIT 1) AS pcc "
-               "FROM runs r ORDER BY r.created_at")
-        return list(self.db.query(sql))
+               "FROM runs r" + (" WHERE r.id = ?" if run_id is not None else "") + " ORDER BY r.created_at")
+        return list(self.db.query(sql, [run_id] if run_id is not None else []))
 
     def set_status(self, run_id: str, status: str) -> None:
         """Set a run's status; ``running`` also records this process (host, pid) as the run's owner."""
@@ -251,7 +257,8 @@ class Store:
                       since: float | None = None, prefix: str | None = None) -> Iterator[tuple[Queries, Answers]]:
         """Stored ok answers with their queries, in storage order, ``chunk`` rows at a time.
 
-        Attention checks are left out: they test the annotator, not ``Φ``. ``since``
+        Attention checks are left out: they test the annotator, not ``Φ``; so are the answers of
+        people blocked on the run (:meth:`set_blocked`: kept in the store, not learned from). ``since``
         keeps only answers stored after that time (seconds since the epoch); ``prefix`` only those of
         agents whose name starts with it (``"human:"``: every annotator). A chunk from
         several agents comes as agent ``MIXED`` with each row's agent in ``meta[i]["agent"]``.
@@ -259,7 +266,8 @@ class Store:
         run = self.require_run(run_id)
         sql = ("SELECT q.seq, q.kind, q.a_idx, q.a_val, q.b_idx, q.b_val, q.c_idx, q.c_val, "
                "a.agent, a.value, a.id FROM answers a JOIN queries q ON q.run_id = a.run_id AND q.seq = a.seq "
-               f"WHERE a.run_id = ? AND a.status = 'ok' AND a.id > ? AND {_not_a_check('a')}"
+               f"WHERE a.run_id = ? AND a.status = 'ok' AND a.id > ? AND {_not_a_check('a')} "
+               "AND NOT EXISTS (SELECT 1 FROM blocked b WHERE b.run_id = a.run_id AND b.agent = a.agent)"
                + (" AND a.agent = ?" if agent is not None else "")
                + (" AND substr(a.agent, 1, ?) = ?" if prefix is not None else "")
                + (" AND a.created_at > ?" if since is not None else "") + " ORDER BY a.id LIMIT ?")
@@ -307,72 +315,6 @@ class Store:
                 out[f"{name}_values"] = np.frombuffer(row[i + 1], "<f8").tolist()
             out["kind"] = run["kind"]
             yield out
-
-    # ------------------------------------------------------------ the annotation queue and attention checks
-
-    def enqueue(self, run_id: str, queries: Queries, checks: dict[int, tuple[str, float]] | None = None) -> int:
-        """Queue queries for the annotation form in the order given, after what is queued already.
-
-        ``checks`` maps the positions of attention checks among ``queries`` to
-        ``(kind, expected answer)``. Queries, queue rows and checks commit together;
-        a query queued before keeps its place. Returns how many were newly queued.
-        """
-        checks = checks or {}
-        now = time.time()
-        with write(self.db):
-            self._insert_queries(run_id, queries)
-            start = self.db.execute("SELECT COALESCE(MAX(position), -1) + 1 FROM human_queue WHERE run_id = ?",
-                                    [run_id]).fetchone()[0]
-            before = self.db.conn.total_changes
-            self.db.conn.executemany(
-                "INSERT OR IGNORE INTO human_queue (run_id, seq, position, created_at) VALUES (?, ?, ?, ?)",
-                [(run_id, int(s), start + i, now) for i, s in enumerate(queries.seq)])
-            queued = self.db.conn.total_changes - before
-            self.db.conn.executemany(
-                "INSERT OR IGNORE INTO checks (run_id, seq, kind, expected) VALUES (?, ?, ?, ?)",
-                [(run_id, int(s), kind, float(expected)) for s, (kind, expected) in checks.items()])
-            return queued
-
-    def queued(self, run_id: str) -> np.ndarray:
-        """Positions of a run's queued queries (attention checks included), in the order asked."""
-        rows = self.db.execute("SELECT seq FROM human_queue WHERE run_id = ? ORDER BY position", [run_id])
-        return np.array([r[0] for r in rows], dtype=np.int64)
-
-    def queued_runs(self) -> dict[str, int]:
-        """Runs with an annotation queue, oldest first: ``{run_id: queued queries}``."""
-        rows = self.db.execute("SELECT h.run_id, COUNT(*) FROM human_queue h JOIN runs r ON r.id = h.run_id "
-                               "GROUP BY h.run_id ORDER BY MIN(r.created_at)")
-        return {r[0]: int(r[1]) for r in rows}
-
-    def next_queued(self, run_id: str, agent: str) -> int | None:
-        """The first queued position ``agent`` has no answer for (of any status), or ``None``."""
-        row = self.db.execute(
-            "SELECT h.seq FROM human_queue h WHERE h.run_id = ? AND NOT EXISTS "
-            "(SELECT 1 FROM answers a WHERE a.run_id = h.run_id AND a.seq = h.seq AND a.agent = ?) "
-            "ORDER BY h.position LIMIT 1", [run_id, agent]).fetchone()
-        return None if row is None else int(row[0])
-
-    def queue_progress(self, run_id: str, agent: str | None = None) -> dict[str, int]:
-        """``{"queued", "checks", "answered"}``: queue size, checks in it, and queued positions
-        answered (any status) by ``agent``, or by anyone when ``agent`` is ``None``."""
-        who = " AND a.agent = ?" if agent is not None else ""
-        row = self.db.execute(
-            "SELECT COUNT(*), COUNT(k.seq), COALESCE(SUM(EXISTS (SELECT 1 FROM answers a WHERE a.run_id = h.run_id "
-            f"AND a.seq = h.seq{who})), 0) FROM human_queue h "
-            "LEFT JOIN checks k ON k.run_id = h.run_id AND k.seq = h.seq WHERE h.run_id = ?",
-            ([agent] if agent is not None else []) + [run_id]).fetchone()
-        return {"queued": int(row[0]), "checks": int(row[1]), "answered": int(row[2])}
-
-    def checks(self, run_id: str) -> dict[int, tuple[str, float]]:
-        """A run's attention checks: ``{seq: (kind, expected answer)}``."""
-        rows = self.db.execute("SELECT seq, kind, expected FROM checks WHERE run_id = ?", [run_id])
-        return {int(r[0]): (r[1], float(r[2])) for r in rows}
-
-    def check_answers(self, run_id: str) -> list[dict]:
-        """Every answer to an attention check: ``agent, seq, kind, expected, status, value``."""
-        return list(self.db.query(
-            "SELECT a.agent, a.seq, k.kind, k.expected, a.status, a.value FROM answers a "
-            "JOIN checks k ON k.run_id = a.run_id AND k.seq = a.seq WHERE a.run_id = ? ORDER BY a.id", [run_id]))
 
     def answer_counts(self, run_id: str) -> list[dict]:
         """Answers grouped by ``agent``, ``status``, ``sign`` of the value (+1/−1/0, ``None`` unless ok)

@@ -129,12 +129,85 @@ def _m5_run_owner(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE runs ADD COLUMN owner_pid INTEGER")
 
 
+def _m7_crowd(db: sqlite_utils.Database) -> None:
+    # The annotation form for a crowd (human.py): per-run assignment settings and running totals, how
+    # many different people answered each queued triplet (so the next question is one indexed lookup,
+    # never a scan of the run's answers), short leases so two people are not shown the same triplet at
+    # once, per-annotator running totals (progress, speed, checks), invitations and the owner's
+    # tokens (sha256 of the secret, never the secret), and blocked annotators (kept, not learned from).
+    db.executescript(
+        """
+        CREATE TABLE human_runs (
+            run_id TEXT PRIMARY KEY,
+            overlap INTEGER NOT NULL DEFAULT 1,   -- different people asked per real triplet
+            lease_s REAL NOT NULL DEFAULT 120,    -- how long a shown triplet stays reserved for its viewer
+            queued INTEGER NOT NULL DEFAULT 0,    -- queue rows, attention checks included
+            checks INTEGER NOT NULL DEFAULT 0,
+            filled INTEGER NOT NULL DEFAULT 0,    -- real triplets with `overlap` ok answers
+            created_at REAL NOT NULL
+        );
+        ALTER TABLE human_queue ADD COLUMN taken INTEGER NOT NULL DEFAULT 0;  -- ok answers from different people
+        ALTER TABLE human_queue ADD COLUMN open INTEGER NOT NULL DEFAULT 1;   -- 0 once it has all it needs
+        CREATE INDEX human_queue_open ON human_queue(run_id, open, position);
+        CREATE TABLE human_leases (
+            run_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            agent TEXT NOT NULL,
+            until REAL NOT NULL,
+            PRIMARY KEY (run_id, agent)              -- one triplet on screen per person and run
+        );
+        CREATE INDEX human_leases_seq ON human_leases(run_id, seq);
+        CREATE TABLE annotator_stats (
+            run_id TEXT NOT NULL,
+            agent TEXT NOT NULL,
+            ok INTEGER NOT NULL DEFAULT 0,
+            skipped INTEGER NOT NULL DEFAULT 0,
+            checks INTEGER NOT NULL DEFAULT 0,       -- attention checks answered (ok)
+            correct INTEGER NOT NULL DEFAULT 0,
+            ms_sum REAL NOT NULL DEFAULT 0,          -- response times of answers that carry one
+            ms_n INTEGER NOT NULL DEFAULT 0,
+            last_seq INTEGER,                        -- the latest answer, for undo
+            last_at REAL,
+            PRIMARY KEY (run_id, agent)
+        );
+        CREATE TABLE annotators (
+            name TEXT PRIMARY KEY,                   -- NFKC, case-folded, spaces collapsed
+            display TEXT NOT NULL,                   -- as first written
+            token_hash TEXT NOT NULL UNIQUE,         -- sha256 hex of the invitation secret
+            created_at REAL NOT NULL
+        );
+        CREATE TABLE invitations (
+            name TEXT NOT NULL REFERENCES annotators(name),
+            run_id TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            PRIMARY KEY (name, run_id)
+        );
+        CREATE TABLE owner_tokens (
+            token_hash TEXT PRIMARY KEY,             -- sha256 hex of the dashboard secret
+            label TEXT,
+            created_at REAL NOT NULL
+        );
+        CREATE TABLE blocked (
+            run_id TEXT NOT NULL,
+            agent TEXT NOT NULL,                     -- human:<name>; their answers stay, the learner skips them
+            created_at REAL NOT NULL,
+            PRIMARY KEY (run_id, agent)
+        );
+        """
+    )
+    # Runs queued before this migration: totals and per-triplet counts from what is stored.
+    from .crowd import rebuild_totals
+
+    rebuild_totals(db)
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
     (1, "core tables", _m1_core),
     (2, "human queue and attention checks", _m2_human),
     (3, "llm request cache", _m3_llm_cache),
     (4, "drop the redundant answers(run_id, seq) index", _m4_lean_answers),
     (5, "the process that runs a run", _m5_run_owner),
+    (7, "crowd annotation: assignment, leases, totals, invitations, blocking", _m7_crowd),
 ]
 
 
