@@ -61,7 +61,21 @@ for kept in ("annotator", "annotate_run", "run"):
 CLOCK_JS = """
 export default function(component) {
   const { data, setStateValue } = component;
-  const t0 = performance.now();
+  // When each question's buttons appeared (their container carries the class st-key-answer-<token>-…),
+  // noted by one observer of the page that outlives reruns: under load this component may mount a
+  // while after the question is on screen, and its clock must not start late.
+  const shown = (window.__fbloopShown = window.__fbloopShown || {});
+  if (!window.__fbloopObserver) {
+    const note = () => document.querySelectorAll('[class*="st-key-answer-"]').forEach((el) => {
+      const m = el.className.match(/st-key-answer-([0-9a-f]{32})-/);
+      if (m && !(m[1] in shown)) shown[m[1]] = performance.now();
+    });
+    window.__fbloopObserver = new MutationObserver(note);
+    window.__fbloopObserver.observe(document.body, {childList: true, subtree: true});
+    note();
+  }
+  if (!(data.token in shown)) shown[data.token] = performance.now();
+  const t0 = shown[data.token];
   const handler = (e) => {
     const t = e.target;
     if (e.type === 'keydown') {
@@ -139,7 +153,7 @@ def on_answer(run_id: str, seq: int, token: str, annotator: str, choice: str) ->
     if ms is None:  # no browser clock (a test harness): the server's, which includes the round trips
         ms, source = 1000 * (time.time() - st.session_state.shown_at), "server"
     if ms < 1000 * REPEAT_GUARD_S:  # too soon to have read it: not an answer to this question
-        st.session_state.last = {"too_quick": True}
+        st.session_state.last = {"too_quick": True, "ms": ms, "clock": source}
         return
     try:
         with open_store() as store:
@@ -276,7 +290,8 @@ def annotate_page() -> None:
     elif last and "error" in last:
         st.error(last["error"])
     elif last and "too_quick" in last:
-        st.caption("That click came right after the question appeared, so it was not taken as an answer.")
+        st.caption(f"That click came {last['ms']:.0f} ms after the question appeared ({last['clock']} clock), "
+                   "so it was not taken as an answer.")
     elif last and "undone" in last:
         st.caption("Your last answer was taken back; answer it again." if last["undone"]
                    else "Nothing to undo.")
