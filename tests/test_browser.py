@@ -167,7 +167,9 @@ def test_annotate_in_the_browser_then_see_the_dashboard(server, browser, db):
     rows = wait_for_rows(db, "human:dora", 2)
     assert [(r[1], r[2]) for r in rows][1:] == [("ok", 1.0)]
     meta = json.loads(sql_rows(db, "SELECT meta FROM answers WHERE agent = 'human:dora' ORDER BY id")[1][0])
-    assert meta["clock"] == "browser" and 1000 <= meta["response_ms"] < 2000, meta
+    # At least the 1 s waited; the upper bound only catches a clock started at the wrong event (page load):
+    # on a loaded machine the click itself lands up to a second or two after the wait (2,082 ms seen).
+    assert meta["clock"] == "browser" and 1000 <= meta["response_ms"] < 5000, meta
     settle(page, "2 answered by you")
 
     # A double click answers the question on screen once, never the next one too.

@@ -207,6 +207,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
     (3, "llm request cache", _m3_llm_cache),
     (4, "drop the redundant answers(run_id, seq) index", _m4_lean_answers),
     (5, "the process that runs a run", _m5_run_owner),
+    # 6 is unused: it was held for work that needed no schema change (ids need not be consecutive)
     (7, "crowd annotation: assignment, leases, totals, invitations, blocking", _m7_crowd),
 ]
 
