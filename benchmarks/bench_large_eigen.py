@@ -12,7 +12,7 @@ size from /proc every 50 ms (peak RSS, including its children). It stops the run
 ``--after`` seconds past the first answer (or at ``--timeout``) and records what it saw.
 
     python benchmarks/bench_large_eigen.py                 # p = 262,144, d = 512 (about 2 minutes)
-    python benchmarks/bench_large_eigen.py --p 32768 --d 64 --out /tmp/x.json   # a quick run
+    python benchmarks/bench_large_eigen.py --p 32768 --d 64 --out x.json   # a quick run
 
 Writes benchmarks/results/large_eigen.json. The goal (issue 18): the first answer within
 60 s and a peak under 4 GiB, where a dense p × p eigenbasis would need 512 GiB.

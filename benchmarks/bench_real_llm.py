@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import tempfile
 import time
 from pathlib import Path
 
@@ -64,7 +65,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=40, help="triplets (each asked in both orders at batch 1)")
     ap.add_argument("--n-batch", type=int, default=16, help="triplets asked at batch 8")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--work", type=Path, default=ROOT / "results" / "real_llm_work")
+    ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "fbloop-real-llm",
+                    help="where the SAE and its activations are kept between runs (never under results/)")
     ap.add_argument("--out", type=Path, default=ROOT / "results")
     args = ap.parse_args()
 
