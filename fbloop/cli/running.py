@@ -291,8 +291,9 @@ def _print_queue(run_id: str, db_path: str) -> None:
         info = store.queue_progress(run_id)
     click.echo(f"run {run_id}: {info['queued']} triplets queued for people ({info['checks']} attention checks), "
                f"{info['answered']} answered so far.")
-    click.echo(f"Answer them in the app: fbloop app --db {db_path}; run this command again "
-               f"with --run-id {run_id} to learn from the answers.")
+    click.echo(f"Invite people with fbloop annotators add NAME --run {run_id} --db {db_path} (a secret link each) "
+               f"and serve the form with fbloop app --db {db_path}; run this command again with --run-id {run_id} "
+               "to learn from the answers.")
 
 
 @main.command()
