@@ -2,8 +2,8 @@
 
 Start it with `fbloop app` (or `streamlit run app.py`); the database comes from
 the FBLOOP_DB environment variable (default runs/fbloop.db). UI only: what the
-form stores goes through fbloop.human, what the dashboard shows comes from
-fbloop.views.
+form stores goes through fbloop.agents.people, what the dashboard shows comes from
+fbloop.app.views.
 
 Access (FBLOOP_ACCESS): ``invite`` (the default) needs a link with ``?token=``:
 an annotator's invitation opens the form on the experiments they were invited
@@ -22,7 +22,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import streamlit as st  # noqa: E402
 
-from fbloop import human, views  # noqa: E402
+from fbloop.agents import people as human  # noqa: E402
+from fbloop.app import views  # noqa: E402
 from fbloop.errors import FbloopError  # noqa: E402
 from fbloop.store import Store  # noqa: E402
 

@@ -1,9 +1,9 @@
 """Active querying: ternary answers needed to reach PCC 0.9 and 0.99, adaptive vs uniform random.
 
 Each run drives the learner in-process: a noisy ternary oracle answers the triplets an
-:class:`fbloop.active.ActiveStrategy` asks, in rounds that grow the answer count by
+:class:`fbloop.queries.active.ActiveStrategy` asks, in rounds that grow the answer count by
 ``--growth`` (√2: finer than doubling, so the crossing points are resolved to ±20 %);
-after each round the :class:`~fbloop.learner.GradientLearner` takes
+after each round the :class:`~fbloop.learners.GradientLearner` takes
 ``max(100, 3·N/1024)`` more Adam steps (about three passes over the ``N`` answers so far,
 warm-started) and PCC(Φ̂, Φ*) is read from the factors. A run stops once PCC ≥ 0.99 or at
 the target's answer cap. Every strategy starts from the same ``max(50, 3p)`` uniformly random
@@ -59,12 +59,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from fbloop import metrics, targets  # noqa: E402
-from fbloop.active import (ActiveConfig, ActiveStrategy, NoiseModel, answer_probability,  # noqa: E402
-                           compress_factor, relative_margins)
 from fbloop.agents import OracleAgent, OracleConfig  # noqa: E402
-from fbloop.designs import DesignConfig  # noqa: E402
-from fbloop.learner import GradientLearner, LearnerConfig  # noqa: E402
+from fbloop.learners import GradientLearner, LearnerConfig  # noqa: E402
 from fbloop.metrics import triplet_agreement  # noqa: E402
+from fbloop.queries.active import ActiveConfig, ActiveStrategy, NoiseModel, answer_probability, compress_factor, relative_margins
+from fbloop.queries.designs import DesignConfig  # noqa: E402
 from fbloop.sparse import SparseBatch  # noqa: E402
 
 try:
@@ -97,7 +96,7 @@ class OracleInformed(ActiveStrategy):
     """Diagnostic ``oracle-kl``: asks the candidates whose answers ``Φ̂`` predicts worst, judged by ``Φ*``.
 
     Score ``KL(P* ‖ P̂)``: the divergence of the answer law ``Φ̂`` predicts from the one the oracle
-    answers by, both under the run's noise model (``fbloop.active.answer_probability`` of the relative
+    answers by, both under the run's noise model (``fbloop.queries.active.answer_probability`` of the relative
     margins). It is the learner's expected excess loss on the candidate, which no score computed from
     ``Φ̂`` alone can know; the answers it needs to a PCC bound what picking from the same pool could save.
     """
@@ -365,7 +364,7 @@ def pool_run(arm: str, seed: int, level: float, cap: int, llm_flip: float, growt
     answers at cost 0.01 (a simulated stand-in for an LLM, not the LLM agent). Queries come from the
     uncertainty strategy; the learner (sharpness 20) is the same in every arm and weights no agent.
     """
-    from fbloop.pool import AgentPool, MemberConfig, PoolConfig
+    from fbloop.agents.pool import AgentPool, MemberConfig, PoolConfig
 
     t = load("p32", seed)
     anchor = SparseBatch(np.zeros((1, 1), np.int64), np.ones((1, 1)), t.p)
@@ -393,13 +392,13 @@ def pool_run(arm: str, seed: int, level: float, cap: int, llm_flip: float, growt
         factor = learner.factor()
         pool.factor = factor
         pcc = metrics.pcc_factored(factor, t.factor)
-        rounds.append({"queries": n, "pcc": pcc, "cost": pool.summary()["total_cost"]})
+        rounds.append({"queries": n, "pcc": pcc, "cost": pool.report()["total_cost"]})
         if pcc >= level or n >= cap:
             break
         goal = min(cap, int(np.ceil(n * growth)))
     reached = bool(pcc >= level)
     return {"arm": arm, "seed": seed, "level": level, "reached": reached, "queries": n,
-            "cost": rounds[-1]["cost"], "rounds": rounds, "pool": pool.summary()}
+            "cost": rounds[-1]["cost"], "rounds": rounds, "pool": pool.report()}
 
 
 def pool_main(args: argparse.Namespace) -> None:

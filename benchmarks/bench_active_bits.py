@@ -59,11 +59,11 @@ from scipy.special import ndtr  # noqa: E402
 
 from bench_active import NOISES, OUT, TARGETS, crossing, learner_config, load  # noqa: E402
 from fbloop import metrics  # noqa: E402
-from fbloop.active import (ActiveConfig, NoiseModel, binary_entropy, compress_factor,  # noqa: E402
-                           perturbed_factors, relative_margins, sample_triplets)
 from fbloop.agents import OracleAgent  # noqa: E402
-from fbloop.designs import DesignConfig, Queries  # noqa: E402
-from fbloop.learner import GradientLearner  # noqa: E402
+from fbloop.learners import GradientLearner  # noqa: E402
+from fbloop.queries.active import ActiveConfig, NoiseModel, binary_entropy, compress_factor, perturbed_factors, relative_margins, sample_triplets
+from fbloop.queries.designs import DesignConfig
+from fbloop.records import Queries  # noqa: E402
 from fbloop.sparse import SparseBatch  # noqa: E402
 
 try:

@@ -1,6 +1,6 @@
 """The annotation app under a crowd: assignment, server-side speed at scale, concurrent writers.
 
-Four parts, each through fbloop's own code (``fbloop.human``, the store, ``app.py`` in
+Four parts, each through fbloop's own code (``fbloop.agents.people``, the store, ``app.py`` in
 Streamlit's ``AppTest``), on SQLite on disk:
 
 - **coverage**: ``--people`` simulated annotators (34) answer ``--each`` triplets (20) apiece,
@@ -43,10 +43,10 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fbloop import human  # noqa: E402
-from fbloop.agents import Answers  # noqa: E402
-from fbloop.designs import Queries  # noqa: E402
+from fbloop.agents import people as human  # noqa: E402
 from fbloop.errors import FbloopError  # noqa: E402
+from fbloop.records import Answers  # noqa: E402
+from fbloop.records import Queries  # noqa: E402
 from fbloop.sparse import SparseBatch  # noqa: E402
 from fbloop.store import Store  # noqa: E402
 

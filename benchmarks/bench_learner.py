@@ -55,8 +55,9 @@ import torch  # noqa: E402
 
 from fbloop import metrics, targets  # noqa: E402
 from fbloop.agents.oracle import pair_scales  # noqa: E402
-from fbloop.designs import DesignConfig, make_design, sample_sparse  # noqa: E402
-from fbloop.learner import GradientLearner, LearnerConfig  # noqa: E402
+from fbloop.learners import GradientLearner, LearnerConfig  # noqa: E402
+from fbloop.queries.catalogue import make_design  # noqa: E402
+from fbloop.queries.designs import DesignConfig, sample_sparse
 from fbloop.sparse import SparseBatch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent

@@ -28,8 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from fbloop.agents import LLMAgent, LLMConfig
-from fbloop.designs import DesignConfig, make_design
-from fbloop.targets import load_target
+from fbloop.queries.catalogue import make_design
+from fbloop.queries.designs import DesignConfig
+from fbloop.targets.load import load_target
 
 ROOT = Path(__file__).resolve().parent
 TARGET = "synthetic:p=32,rank=8"

@@ -51,7 +51,7 @@ FIGURES: dict[str, dict] = {
         ("coverage-1M", "coverage", 1_000_000, 0.7152, None),
         ("coverage-2M", "coverage", 2_000_000, 0.8256, None),
         ("coverage-4M", "coverage", 4_000_000, 0.9625, 0.99),
-        # Adaptive supports (the pivot design, fbloop.pivots), against the paper's 3-sparse sampling:
+        # Adaptive supports (the pivot design, fbloop.queries.pivots), against the paper's 3-sparse sampling:
         ("pivot-1M", "pivot", 1_000_000, 0.7152, None),
         ("pivot-2M", "pivot", 2_000_000, 0.8256, None),
         ("pivot-4M", "pivot", 4_000_000, 0.9625, None),
@@ -65,7 +65,7 @@ FIGURES: dict[str, dict] = {
         ("coverage-2M", "coverage", 2_000_000, 0.38, None),
         ("coverage-5M", "coverage", 5_000_000, 0.54, None),
         ("coverage-10M", "coverage", 10_000_000, 0.65, None),
-        # Adaptive supports (the pivot design, fbloop.pivots), against the paper's 3-sparse sampling:
+        # Adaptive supports (the pivot design, fbloop.queries.pivots), against the paper's 3-sparse sampling:
         ("pivot-2M", "pivot", 2_000_000, 0.38, None),
         ("pivot-5M", "pivot", 5_000_000, 0.54, None),
         ("pivot-10M", "pivot", 10_000_000, 0.65, None),
@@ -86,11 +86,11 @@ def child(spec: dict) -> dict:
     import torch
     from tqdm import tqdm
 
-    from fbloop.designs import DesignConfig, n_params
-    from fbloop.learner import LearnerConfig, factor_rank
+    from fbloop.queries.designs import DesignConfig, n_params
+    from fbloop.learners import LearnerConfig, factor_rank
     from fbloop.loop import RunConfig, run_loop
     from fbloop.store import Store
-    from fbloop.targets import load_target
+    from fbloop.targets.load import load_target
 
     torch.set_num_threads(spec["threads"])
     t0 = time.perf_counter()
@@ -157,7 +157,7 @@ def run_case(spec: dict) -> dict:
 def row_key(row: dict) -> tuple:
     """A case run again replaces its row; a run at a non-default learner rank or number of final epochs
     gets a row of its own."""
-    from fbloop.learner import LearnerConfig, factor_rank
+    from fbloop.learners import LearnerConfig, factor_rank
 
     rank = row.get("learner_rank")
     default = factor_rank(row["p"], None) if "p" in row else None
@@ -240,7 +240,7 @@ def plot(rows: list[dict], info: dict, path: Path) -> None:
 
 
 def main() -> None:
-    from fbloop.learner import LearnerConfig  # its defaults are the benchmark's
+    from fbloop.learners import LearnerConfig  # its defaults are the benchmark's
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--figure", choices=list(FIGURES), default="3")

@@ -43,13 +43,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from fbloop.active import ActiveConfig, NoiseModel  # noqa: E402
 from fbloop.agents import LLMConfig, OracleConfig  # noqa: E402
-from fbloop.designs import DesignConfig  # noqa: E402
-from fbloop.learner import LearnerConfig  # noqa: E402
+from fbloop.agents.pool import MemberConfig, MemberSpec, PoolConfig  # noqa: E402
+from fbloop.agents.server import ServerConfig, serve  # noqa: E402
+from fbloop.learners import LearnerConfig  # noqa: E402
 from fbloop.loop import RunConfig, run_loop  # noqa: E402
-from fbloop.pool import MemberConfig, MemberSpec, PoolConfig  # noqa: E402
-from fbloop.server import ServerConfig, serve  # noqa: E402
+from fbloop.queries.active import ActiveConfig, NoiseModel  # noqa: E402
+from fbloop.queries.designs import DesignConfig  # noqa: E402
 from fbloop.store import Store  # noqa: E402
 
 OUT = Path(__file__).parent / "results"

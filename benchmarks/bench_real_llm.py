@@ -37,8 +37,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 def sae_target(path: Path, seed: int):
     """fbloop's MiniLM SAE (64 features, descriptions from its top tokens), trained once into ``path``."""
-    from fbloop.sae import ActivationConfig, SAEConfig, build_target
-    from fbloop.targets import load_target
+    from fbloop.targets.sae import ActivationConfig, SAEConfig, build_target
+    from fbloop.targets.load import load_target
 
     if not (path / "cfg.json").exists():
         build_target(ActivationConfig(n_tokens=4000, layer=3, cache_dir=str(path.parent / "cache")),
@@ -48,7 +48,7 @@ def sae_target(path: Path, seed: int):
 
 def llm_run(store, target, spec: str, url: str, model: str, n: int, batch: int, swap: bool, seed: int, run_id: str):
     from fbloop.agents import LLMConfig
-    from fbloop.designs import DesignConfig
+    from fbloop.queries.designs import DesignConfig
     from fbloop.loop import RunConfig, run_loop
 
     llm = LLMConfig(base_url=url, model=model, batch_size=batch, order_swap=swap, concurrency=1, timeout_s=600,
@@ -71,7 +71,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from fbloop.agents import OracleAgent, llamacpp, triplet_margins
-    from fbloop.designs import DesignConfig, make_design
+    from fbloop.queries.designs import DesignConfig
+    from fbloop.queries.catalogue import make_design
     from fbloop.errors import NoUsableAnswersError
     from fbloop.loop import RunConfig, run_loop
     from fbloop.store import Store

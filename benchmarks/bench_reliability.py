@@ -11,7 +11,7 @@ Each cell is a real ``run_loop`` with the LLM agent (the ``openai`` client over 
 
 Both arms of a seed ask the same triplets and get the same replies (the server's draws are a pure function
 of the prompt); they differ only in ``noise_aware``. The figure is the final PCC and, for the aware arm,
-the flip rate read from the order swaps (``fbloop.reliability``), with the true error rate of one asking,
+the flip rate read from the order swaps (``fbloop.agents.reliability``), with the true error rate of one asking,
 measured against the noise-free oracle on the same answers.
 
     python benchmarks/bench_reliability.py            # 3 noises × 2 seeds × 2 arms, ~10 min on 2 cores
@@ -33,12 +33,12 @@ from pathlib import Path
 import numpy as np
 
 from fbloop.agents import LLMConfig, OracleAgent, OracleConfig
-from fbloop.designs import DesignConfig
-from fbloop.learner import LearnerConfig
+from fbloop.agents.server import ServerConfig, serve
+from fbloop.learners import LearnerConfig
 from fbloop.loop import RunConfig, run_loop
-from fbloop.server import ServerConfig, serve
+from fbloop.queries.designs import DesignConfig
 from fbloop.store import Store
-from fbloop.targets import load_target
+from fbloop.targets.load import load_target
 
 try:
     from tqdm import tqdm

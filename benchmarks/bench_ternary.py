@@ -40,9 +40,10 @@ from tqdm import tqdm
 
 from fbloop import metrics, targets
 from fbloop.agents import OracleAgent
-from fbloop.bisection import BisectionAgent, BisectionConfig, triplets_used
-from fbloop.designs import DesignConfig, make_design
-from fbloop.learner import GradientLearner, LearnerConfig
+from fbloop.agents.bisection import BisectionAgent, BisectionConfig, triplets_used
+from fbloop.learners import GradientLearner, LearnerConfig
+from fbloop.queries.catalogue import make_design
+from fbloop.queries.designs import DesignConfig
 
 OUT = Path(__file__).parent / "results"
 TARGETS = {"rfm": "rfm", "p10r4": "synthetic:p=10,rank=4", "p32r8": "synthetic:p=32,rank=8"}

@@ -10,15 +10,17 @@ import importlib
 # Public names, by the module that defines them. They load on first use (PEP 562), so that
 # `fbloop --help` and `import fbloop.cli` do not pull in numpy, torch and scipy (~4 s).
 _EXPORTS = {
-    "active": ("ActiveConfig", "ActiveStrategy", "NoiseModel"),
-    "agents": ("Agent", "Answers", "OracleAgent", "OracleConfig"),
-    "designs": ("DESIGNS", "DesignConfig", "Queries", "bound", "design_count", "make_design"),
+    "queries.active": ("ActiveConfig", "ActiveStrategy", "NoiseModel"),
+    "agents": ("Agent", "OracleAgent", "OracleConfig"),
+    "records": ("Answers", "Queries"),
+    "queries.designs": ("DESIGNS", "DesignConfig"),
+    "queries.catalogue": ("bound", "design_count", "make_design"),
     "errors": ("ConfigError", "FbloopError", "NonFiniteError", "NonPSDError", "ShapeError", "StoreError",
                "TargetFileError"),
-    "learner": ("GradientLearner", "LearnerConfig"),
+    "learners": ("GradientLearner", "LearnerConfig"),
     "loop": ("RunConfig", "RunResult", "run_loop"),
     "metrics": ("pcc", "pcc_factored", "relative_error", "triplet_agreement"),
-    "pool": ("AgentPool", "MemberConfig", "MemberSpec", "PoolConfig", "parse_member"),
+    "agents.pool": ("AgentPool", "MemberConfig", "MemberSpec", "PoolConfig", "parse_member"),
     "sparse": ("SparseBatch",),
     "store": ("Store",),
     "targets": ("SyntheticConfig", "Target", "from_dictionary", "from_phi", "load_target", "synthetic"),

@@ -7,7 +7,7 @@
 Each run goes through the real CLI (``python -m fbloop run … --json``) in a fresh database, one thread,
 the same seeds: the simulated oracle exact and noisy, the LLM agent over HTTP (``fbloop serve-oracle``
 on 127.0.0.1, both candidate orders), an agent pool, people (queued, answered through
-:func:`fbloop.human.submit` by simulated annotators reading ``Φ*``, then learned from), bisection, the
+:func:`fbloop.agents.people.submit` by simulated annotators reading ``Φ*``, then learned from), bisection, the
 pivot design and an active strategy. For each it records the final PCC, the answer count and a SHA-256
 of every stored answer ``(seq, agent, attempt, status, value)``; ``--compare`` says which differ.
 """
@@ -57,9 +57,9 @@ def cli(args: list[str], db: Path) -> dict:
 def answer_people(db: Path, target: str, annotators: int = 3) -> int:
     """Simulated annotators, in turn, answer every triplet the queue offers them, exactly from ``Φ*``."""
     sys.path.insert(0, str(ROOT))
-    from fbloop import human
+    from fbloop.agents import people as human
     from fbloop.store import Store
-    from fbloop.targets import load_target
+    from fbloop.targets.load import load_target
 
     factor = load_target(target).factor
     n, busy = 0, True

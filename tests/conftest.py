@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fbloop.agents.base import Answers
-from fbloop.designs import Queries
+from fbloop.records import Answers, Queries
 from fbloop.sparse import SparseBatch
 
 
@@ -89,7 +88,7 @@ def target():
 @pytest.fixture(scope="module")
 def server(target):
     """A local OpenAI-compatible server answering from ``target``'s oracle."""
-    from fbloop.server import ServerConfig, serve
+    from fbloop.agents.server import ServerConfig, serve
 
     with serve(ServerConfig(target=ORACLE_SPEC), target=target) as srv:
         yield srv

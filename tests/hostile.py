@@ -1,6 +1,6 @@
 """A hostile OpenAI-compatible endpoint: fbloop's oracle behind it, most replies broken on purpose.
 
-Every chat request is answered truthfully by :class:`fbloop.server.OracleModel` first; then the
+Every chat request is answered truthfully by :class:`fbloop.agents.server.OracleModel` first; then the
 request's *class* decides what is actually sent. Classes come round in a fixed, shuffled cycle of
 :data:`CYCLE` slots indexed by the request's arrival number, so any ``len(CYCLE)`` requests meet
 every class once and 60 % of requests misbehave:
@@ -28,7 +28,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
-from fbloop.server import OracleModel, ServerConfig, _uvicorn
+from fbloop.agents.server import OracleModel, ServerConfig, _uvicorn
 
 OK = ("ok", "ok-pretty", "ok-parts", "ok-reordered", "ok-badusage")
 INVALID = ("prose", "fenced", "extra-keys", "upper", "both", "number", "truncated", "empty", "null", "refusal",

@@ -2,13 +2,14 @@ import numpy as np
 import pytest
 import torch
 
-from fbloop import active, metrics, targets
-from fbloop.active import ActiveConfig, ActiveStrategy, NoiseModel
+from fbloop import metrics, targets
 from fbloop.agents import OracleAgent, OracleConfig
 from fbloop.agents.oracle import triplet_margins
-from fbloop.designs import DesignConfig, sample_sparse
 from fbloop.errors import ConfigError, ShapeError
-from fbloop.learner import GradientLearner, LearnerConfig
+from fbloop.learners import GradientLearner, LearnerConfig
+from fbloop.queries import active
+from fbloop.queries.active import ActiveConfig, ActiveStrategy, NoiseModel
+from fbloop.queries.designs import DesignConfig, sample_sparse
 from fbloop.sparse import SparseBatch
 
 
@@ -166,7 +167,7 @@ def test_coverage_counts_touched_coordinates():
     a = one_hot(p, [[(0, 1.0), (1, 0.5)]])
     b = one_hot(p, [[(1, 1.0)]])
     c = one_hot(p, [[(5, 1.0)]])
-    from fbloop.designs import Queries
+    from fbloop.records import Queries
 
     st.observe(Queries("triplet", np.array([0]), a, b, c))
     np.testing.assert_array_equal(st.coverage_, [1, 2, 0, 0, 0, 1])

@@ -10,12 +10,13 @@ import pyarrow as pa
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from fbloop import human, views
-from fbloop.agents import Answers
+from fbloop.agents import people as human
+from fbloop.app import views
 from fbloop.cli import app_command
-from fbloop.designs import DesignConfig
-from fbloop.learner import LearnerConfig
+from fbloop.learners import LearnerConfig
 from fbloop.loop import RunConfig, run_loop
+from fbloop.queries.designs import DesignConfig
+from fbloop.records import Answers
 from fbloop.store import Store
 
 from conftest import sql_rows
@@ -161,7 +162,7 @@ def test_answering_stores_one_answer_and_moves_on(db):
 
 
 def test_a_pool_runs_people_answer_in_the_form(db):
-    from fbloop.pool import parse_member
+    from fbloop.agents.pool import parse_member
 
     cfg = RunConfig(target="synthetic:p=8,rank=3", design=TRIPLETS, agent="pool", budget=200, chunk=50,
                     pool=(parse_member("people:human,cost=1,reference"), parse_member("cheap:oracle,cost=0.01")),

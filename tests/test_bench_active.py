@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from fbloop.active import ActiveConfig, NoiseModel, relative_margins
-from fbloop.designs import DesignConfig
+from fbloop.queries.active import ActiveConfig, NoiseModel, relative_margins
+from fbloop.queries.designs import DesignConfig
 from fbloop.sparse import SparseBatch
 
 from conftest import load_benchmark

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fbloop.active import NoiseModel, binary_entropy
+from fbloop.queries.active import NoiseModel, binary_entropy
 
 from conftest import load_benchmark
 

@@ -2,11 +2,13 @@ import numpy as np
 import pytest
 
 from fbloop import targets
-from fbloop.agents import Answers, OracleAgent, OracleConfig
-from fbloop.bisection import SUB_STEPS, BisectionAgent, BisectionConfig, triplets_used
-from fbloop.designs import DesignConfig, make_design
+from fbloop.agents import OracleAgent, OracleConfig
+from fbloop.agents.bisection import SUB_STEPS, BisectionAgent, BisectionConfig, triplets_used
 from fbloop.errors import ConfigError
 from fbloop.loop import RunConfig, run_loop
+from fbloop.queries.catalogue import make_design
+from fbloop.queries.designs import DesignConfig
+from fbloop.records import Answers
 from fbloop.store import Store
 
 

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from fbloop import human
+from fbloop.agents import people as human
 from fbloop.cli import app_command
-from fbloop.designs import DesignConfig
-from fbloop.learner import LearnerConfig
+from fbloop.learners import LearnerConfig
 from fbloop.loop import RunConfig, run_loop
+from fbloop.queries.designs import DesignConfig
 from fbloop.store import Store
 
 from conftest import sql_rows

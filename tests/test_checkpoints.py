@@ -11,12 +11,12 @@ import torch
 from safetensors.numpy import load_file as load_numpy
 from safetensors.torch import load_file, save_file
 
-from fbloop import checkpoints
-from fbloop.designs import DesignConfig
 from fbloop.errors import ConfigError, NonFiniteError, ShapeError, TargetFileError
 from fbloop.loop import RunConfig, run_loop
+from fbloop.queries.designs import DesignConfig
 from fbloop.store import Store
-from fbloop.targets import load_target
+from fbloop.targets import checkpoints
+from fbloop.targets.load import load_target
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SAELENS = FIXTURES / "saelens_tiny"

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from fbloop.metrics import pcc_factored
-from fbloop.targets import load_target
+from fbloop.targets.load import load_target
 
 REAL = Path(__file__).parent / "fixtures" / "real"
 ROOT = Path(__file__).parent.parent
@@ -114,7 +114,7 @@ def test_saelens_loads_what_save_saelens_and_export_write(tmp_path):
     python = ROOT / ".venv-saelens" / "bin" / "python"
     if not python.exists():
         pytest.skip("no .venv-saelens; run scripts/make_real_checkpoints.sh first")
-    from fbloop.checkpoints import save_saelens
+    from fbloop.targets.checkpoints import save_saelens
     from fbloop.store import Store
     from fbloop.store.export import export_factor_saelens
 

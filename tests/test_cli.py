@@ -19,8 +19,9 @@ from click.testing import CliRunner
 from conftest import sql_rows
 from fbloop import cli as cli_module
 from fbloop.cli import main
-from fbloop.designs import DESIGNS, DesignConfig, make_design
-from fbloop.targets import load_target
+from fbloop.queries.catalogue import make_design
+from fbloop.queries.designs import DESIGNS, DesignConfig
+from fbloop.targets.load import load_target
 
 SMALL = ["--target", "synthetic:p=6,rank=2", "--design", "constructive"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}

@@ -1,9 +1,11 @@
 import numpy as np
 import pytest
 
-from fbloop import designs, targets
-from fbloop.designs import DesignConfig, make_design
+from fbloop import targets
 from fbloop.errors import ConfigError
+from fbloop.queries import catalogue, designs
+from fbloop.queries.catalogue import make_design
+from fbloop.queries.designs import DesignConfig
 
 
 @pytest.fixture(scope="module")
@@ -12,13 +14,13 @@ def target():
 
 
 def test_counts_match_the_paper():
-    assert designs.design_count("eigen", 4096, 512) == 134_912  # the paper's Fig. 3 count
-    assert designs.design_count("constructive", 4096, 512) == 8_390_656
-    assert designs.design_count("gaussian", 10, 10) == 54
-    assert designs.design_count("sparse", 10, 4) is None
-    assert designs.bound("gaussian", 10, 4)["full_rank_lower_bound"] == 54
+    assert catalogue.design_count("eigen", 4096, 512) == 134_912  # the paper's Fig. 3 count
+    assert catalogue.design_count("constructive", 4096, 512) == 8_390_656
+    assert catalogue.design_count("gaussian", 10, 10) == 54
+    assert catalogue.design_count("sparse", 10, 4) is None
+    assert catalogue.bound("gaussian", 10, 4)["full_rank_lower_bound"] == 54
     with pytest.raises(ConfigError, match="r=11"):
-        designs.bound("eigen", 10, 11)
+        catalogue.bound("eigen", 10, 11)
 
 
 @pytest.mark.parametrize("name", ["eigen", "constructive"])
@@ -117,7 +119,7 @@ def test_coverage_design_touches_every_coordinate_evenly():
 
 
 def test_eigen_basis_is_orthonormal_and_starts_with_the_range(target):
-    from fbloop.designs import EigenBasis
+    from fbloop.queries.designs import EigenBasis
 
     q = target.range_vectors()
     basis = EigenBasis(q.copy(order="F"))  # it factorises its argument in place
@@ -131,8 +133,8 @@ def test_eigen_basis_is_orthonormal_and_starts_with_the_range(target):
 
 def test_eigen_design_never_forms_a_dense_basis(monkeypatch):
     """Above the dense limit the eigen design still works: the basis is thin (p·r), not p × p."""
-    import fbloop.targets as targets_mod
-    from fbloop.targets import from_dictionary
+    import fbloop.targets.target as targets_mod
+    from fbloop.targets.target import from_dictionary
 
     monkeypatch.setattr(targets_mod, "DENSE_P_LIMIT", 50)
     rng = np.random.default_rng(1)
@@ -152,8 +154,8 @@ def test_eigen_design_never_forms_a_dense_basis(monkeypatch):
 
 
 def test_large_factors_take_the_gram_svd(monkeypatch):
-    import fbloop.targets as targets_mod
-    from fbloop.targets import from_dictionary
+    import fbloop.targets.target as targets_mod
+    from fbloop.targets.target import from_dictionary
 
     rng = np.random.default_rng(2)
     D = rng.standard_normal((8, 60)) * np.r_[np.ones(5), np.zeros(3)][:, None]  # rank 5

@@ -3,10 +3,12 @@ import pytest
 
 from fbloop import metrics, targets
 from fbloop.agents import OracleAgent
-from fbloop.designs import DesignConfig, Queries, make_design
-from fbloop.direct import DirectLearner
 from fbloop.errors import ConfigError, ShapeError
+from fbloop.learners.direct import DirectLearner
 from fbloop.loop import RunConfig, run_loop
+from fbloop.queries.catalogue import make_design
+from fbloop.queries.designs import DesignConfig
+from fbloop.records import Queries
 from fbloop.sparse import SparseBatch
 from fbloop.store import Store
 

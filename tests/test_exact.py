@@ -1,4 +1,4 @@
-"""Exact learner from equality pairs with scale (``fbloop.exact``)."""
+"""Exact learner from equality pairs with scale (``fbloop.learners.exact``)."""
 
 from __future__ import annotations
 
@@ -7,16 +7,7 @@ import numpy as np
 import pytest
 
 from fbloop.errors import ConfigError, NonFiniteError, ShapeError
-from fbloop.exact import (
-    ExactConfig,
-    InconsistentAnswersError,
-    SolverError,
-    constraint_matrix,
-    fit_exact,
-    solution_spread,
-    unvech,
-    vech,
-)
+from fbloop.learners.exact import ExactConfig, InconsistentAnswersError, SolverError, constraint_matrix, fit_exact, solution_spread, unvech, vech
 from fbloop.metrics import pcc
 from fbloop.sparse import SparseBatch
 
@@ -243,7 +234,7 @@ def test_no_answers_gives_min_trace_anchor_matrix() -> None:
 
 
 def test_inaccurate_point_must_be_feasible() -> None:
-    from fbloop.exact import _affine_solutions, _check_inaccurate, _reduce
+    from fbloop.learners.exact import _affine_solutions, _check_inaccurate, _reduce
 
     rng = np.random.default_rng(5)
     u, anchor = gaussian_design(3, 3, rng)

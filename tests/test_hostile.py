@@ -17,13 +17,12 @@ import pytest
 from fbloop.agents import LLMAgent, LLMConfig
 from fbloop.agents.replies import TOKENS
 from fbloop.agents.structured import CHOICES
-from fbloop.designs import DesignConfig
-from fbloop.learner import LearnerConfig
+from fbloop.learners import LearnerConfig
 from fbloop.loop import RunConfig, run_loop
+from fbloop.queries.designs import DesignConfig
 from fbloop.store import Store
 
-from conftest import ORACLE_SPEC as SPEC
-from conftest import sql_rows
+from conftest import ORACLE_SPEC as SPEC, sql_rows
 from hostile import HUGE, KIND, HostileConfig, Running
 
 KEY = "sk-hostile-0123456789abcdef"  # echoed back by the hostile server; must never be stored or printed
@@ -106,7 +105,7 @@ def test_a_batch_numbered_from_zero_is_invalid_whole_not_shifted(target, tmp_pat
 
 
 def test_retry_after_is_honoured_and_capped(target):
-    from fbloop.designs import make_design
+    from fbloop.queries.catalogue import make_design
 
     q = make_design(DesignConfig(name="triplet"), target, 0).queries(0, 1)
     for asked, cap, low, high in [("0.4", 5.0, 0.4, 1.5), ("3600", 0.3, 0.3, 1.5)]:
@@ -223,7 +222,7 @@ def test_a_thousand_hostile_queries_at_batch_1_and_8_with_and_without_swap_and_a
 
 
 def test_the_probe_keeps_the_first_mode_whose_reply_parses(target):
-    from fbloop.server import ServerConfig, serve
+    from fbloop.agents.server import ServerConfig, serve
 
     with serve(ServerConfig(target=SPEC), target=target) as srv:
         agent = LLMAgent(LLMConfig(base_url=srv.url))

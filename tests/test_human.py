@@ -6,16 +6,16 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from fbloop import human
-from fbloop.agents import OracleAgent
+from fbloop.agents import OracleAgent, people as human
 from fbloop.agents.oracle import triplet_margins
 from fbloop.cli import main
-from fbloop.designs import DesignConfig, make_design
 from fbloop.errors import ConfigError
-from fbloop.learner import LearnerConfig
+from fbloop.learners import LearnerConfig
 from fbloop.loop import RunConfig, run_loop
+from fbloop.queries.catalogue import make_design
+from fbloop.queries.designs import DesignConfig
 from fbloop.store import Store
-from fbloop.targets import load_target
+from fbloop.targets.load import load_target
 
 from conftest import pair_queries, sql_rows
 

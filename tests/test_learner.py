@@ -4,9 +4,10 @@ import torch
 
 from fbloop import metrics, targets
 from fbloop.agents import OracleAgent
-from fbloop.designs import DesignConfig, make_design, sample_sparse
 from fbloop.errors import ConfigError, NonFiniteError, ShapeError
-from fbloop.learner import GradientLearner, LearnerConfig, gap_candidates, psd_dof
+from fbloop.learners import GradientLearner, LearnerConfig, gap_candidates, psd_dof
+from fbloop.queries.catalogue import make_design
+from fbloop.queries.designs import DesignConfig, sample_sparse
 from fbloop.sparse import SparseBatch
 
 
@@ -110,7 +111,7 @@ def test_psd_dof():
 
 
 def test_dense_triplet_loss_equals_the_gathered_one(target, monkeypatch):
-    import fbloop.learner.gradient  # the module that reads DENSE_TRIPLETS_MAX
+    import fbloop.learners.gradient  # the module that reads DENSE_TRIPLETS_MAX
 
     _, q, t = gaussian_triplets("synthetic:p=12,rank=3", 300, 0)
     learner = GradientLearner(target.p, LearnerConfig(seed=0), None)
@@ -118,7 +119,7 @@ def test_dense_triplet_loss_equals_the_gathered_one(target, monkeypatch):
     U = learner.U.clone()
     dense = float(learner._full_loss(U, 80.0))
     assert learner._dense is not None
-    monkeypatch.setattr(fbloop.learner.gradient, "DENSE_TRIPLETS_MAX", 0)
+    monkeypatch.setattr(fbloop.learners.gradient, "DENSE_TRIPLETS_MAX", 0)
     learner._dense = None
     assert float(learner._full_loss(U, 80.0)) == pytest.approx(dense, rel=1e-12)
     assert learner._dense is None
@@ -313,7 +314,7 @@ def test_cuda_fast_path_matches_cpu(form):
 
 
 def test_flip_robust_loss_at_eps_zero_is_the_logistic_loss():
-    from fbloop.learner import _triplet_loss
+    from fbloop.learners import _triplet_loss
 
     g = torch.Generator().manual_seed(0)
     d_ab, d_ac = (torch.rand(500, generator=g, dtype=torch.float64) * 3 for _ in range(2))
@@ -333,7 +334,7 @@ def test_flip_robust_loss_at_eps_zero_is_the_logistic_loss():
 
 
 def test_sources_are_stored_with_the_triplets_and_eps_zero_changes_nothing(target, monkeypatch):
-    import fbloop.learner.gradient  # the module that reads DENSE_TRIPLETS_MAX
+    import fbloop.learners.gradient  # the module that reads DENSE_TRIPLETS_MAX
 
     _, q, t = gaussian_triplets("synthetic:p=12,rank=3", 300, 0)
     t = np.where(np.arange(300) % 7 == 0, 0.0, t)  # ties too
@@ -352,7 +353,7 @@ def test_sources_are_stored_with_the_triplets_and_eps_zero_changes_nothing(targe
     assert learner.source_noise == {0: 0.0, 1: 0.0, 2: 0.25, 3: 0.0, 4: 0.0, 5: 0.1}
     dense = float(learner._full_loss(U, 80.0))
     assert dense != pytest.approx(plain)
-    monkeypatch.setattr(fbloop.learner.gradient, "DENSE_TRIPLETS_MAX", 0)  # the gathered path weighs sources alike
+    monkeypatch.setattr(fbloop.learners.gradient, "DENSE_TRIPLETS_MAX", 0)  # the gathered path weighs sources alike
     learner._dense = None
     assert float(learner._full_loss(U, 80.0)) == pytest.approx(dense, rel=1e-12)
     assert learner._dense is None  # the gathered path was the one taken

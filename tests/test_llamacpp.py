@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from fbloop.agents import LLMAgent, LLMConfig, llamacpp
-from fbloop.designs import DesignConfig, make_design
+from fbloop.queries.catalogue import make_design
+from fbloop.queries.designs import DesignConfig
 
 from conftest import sql_rows
 

@@ -10,11 +10,13 @@ import pytest
 from fbloop import prompts, render
 from fbloop.agents import EndpointError, LLMAgent, LLMConfig, OracleAgent
 from fbloop.agents.replies import parse_batch, parse_single
-from fbloop.designs import DesignConfig, Queries, make_design
+from fbloop.agents.server import ServerConfig, serve
 from fbloop.errors import ConfigError
-from fbloop.learner import LearnerConfig
+from fbloop.learners import LearnerConfig
 from fbloop.loop import RunConfig, run_loop
-from fbloop.server import ServerConfig, serve
+from fbloop.queries.catalogue import make_design
+from fbloop.queries.designs import DesignConfig
+from fbloop.records import Queries
 from fbloop.sparse import SparseBatch
 from fbloop.store import Store
 
@@ -371,7 +373,7 @@ def test_a_server_refusing_response_format_gets_the_next_mode_and_in_flight_requ
     from starlette.requests import Request
     from starlette.responses import JSONResponse
 
-    from fbloop.server import _uvicorn, make_app
+    from fbloop.agents.server import _uvicorn, make_app
 
     inner = make_app(ServerConfig(target=SPEC), target)
     refused = []

@@ -5,11 +5,12 @@ import pytest
 
 from fbloop import metrics, seeding, targets
 from fbloop.agents import OracleAgent
-from fbloop.designs import DesignConfig, make_design, n_params
 from fbloop.errors import ConfigError
-from fbloop.exact import constraint_matrix, unvech, vech
-from fbloop.learner import GradientLearner, LearnerConfig
+from fbloop.learners import GradientLearner, LearnerConfig
+from fbloop.learners.exact import constraint_matrix, unvech, vech
 from fbloop.loop import RunConfig, run_loop
+from fbloop.queries.catalogue import make_design
+from fbloop.queries.designs import DesignConfig, n_params
 from fbloop.store import Store
 
 from conftest import crash_on_record
@@ -215,11 +216,11 @@ def test_stop_at_ends_the_run_once_a_snapshot_reaches_it(store):
 
 
 def test_a_new_run_never_takes_an_existing_runs_id(store, monkeypatch):
-    from fbloop.loop import run as loop_run  # run_loop looks new_run_id up in its own module
+    from fbloop.loop import session as loop_session  # open_session looks new_run_id up in its own module
 
     cfg = RunConfig(target="synthetic:p=6,rank=2", budget=30, rfm_mse=False)
     ids = iter(["taken", "taken", "free"])
-    monkeypatch.setattr(loop_run, "new_run_id", lambda config: next(ids))
+    monkeypatch.setattr(loop_session, "new_run_id", lambda config: next(ids))
     first = run_loop(cfg, store)
     second = run_loop(cfg, store)  # the generator repeats "taken" (as a 4-hex suffix can within one second)
     assert (first.run_id, second.run_id) == ("taken", "free")

@@ -3,8 +3,9 @@ import pytest
 
 from fbloop import targets
 from fbloop.agents import OracleAgent, OracleConfig
-from fbloop.designs import DesignConfig, make_design
 from fbloop.errors import ConfigError, NonPSDError
+from fbloop.queries.catalogue import make_design
+from fbloop.queries.designs import DesignConfig
 from fbloop.sparse import SparseBatch
 
 

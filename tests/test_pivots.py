@@ -3,16 +3,18 @@
 import numpy as np
 import pytest
 
-from fbloop import pivots
 from fbloop.agents import LLMConfig, OracleConfig
-from fbloop.bisection import BisectionConfig
-from fbloop.designs import DesignConfig, make_design
+from fbloop.agents.bisection import BisectionConfig
 from fbloop.errors import ConfigError, NonFiniteError, ShapeError
+from fbloop.learners.nystrom import PivotLearner
 from fbloop.loop import RunConfig, make_agent, run_loop
-from fbloop.pivots import HOLDOUT_EVERY, PivotDesign, PivotLearner, pivot_order, position, tri
+from fbloop.queries import pivots
+from fbloop.queries.catalogue import make_design
+from fbloop.queries.designs import DesignConfig
+from fbloop.queries.pivots import HOLDOUT_EVERY, PivotDesign, pivot_order, position, tri
 from fbloop.sparse import SparseBatch
 from fbloop.store import Store
-from fbloop.targets import load_target
+from fbloop.targets.load import load_target
 
 from conftest import ORACLE_SPEC, crash_on_record  # ORACLE_SPEC: the target behind the `server` fixture
 

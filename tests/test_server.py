@@ -10,9 +10,11 @@ import pytest
 from fbloop import prompts, render
 from fbloop.agents import OracleAgent
 from fbloop.agents.replies import parse_batch, parse_single
-from fbloop.designs import DesignConfig, Queries, make_design
+from fbloop.agents.server import ServerConfig, parse_prompt, serve
 from fbloop.errors import ConfigError
-from fbloop.server import ServerConfig, parse_prompt, serve
+from fbloop.queries.catalogue import make_design
+from fbloop.queries.designs import DesignConfig
+from fbloop.records import Queries
 from fbloop.sparse import SparseBatch
 
 from conftest import ORACLE_SPEC as SPEC  # the target behind the shared `server` fixture

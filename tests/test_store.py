@@ -13,13 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from conftest import ok_answers, pair_queries, sql_rows
-from fbloop.agents.base import Answers
-from fbloop.designs import Queries
 from fbloop.errors import StoreError
+from fbloop.records import Answers, Queries
 from fbloop.sparse import SparseBatch
 from fbloop.store import MIGRATIONS, Store, migrate, write
 
@@ -435,7 +433,7 @@ def test_export_cblearn_triplets(tmp_path):
 def test_export_factor_and_as_saelens(tmp_path):
     from safetensors.numpy import load_file
 
-    from fbloop.checkpoints import load_saelens
+    from fbloop.targets.checkpoints import load_saelens
     from fbloop.store.export import export_factor, export_factor_saelens
 
     u = np.random.default_rng(0).standard_normal((6, 2))

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from fbloop import targets
-from fbloop.targets import load_target
 from fbloop.errors import ConfigError, NonFiniteError, NonPSDError, ShapeError, TargetFileError
+from fbloop.targets.load import load_target
 
 
 @pytest.mark.parametrize("p, rank, d", [(10, 4, None), (40, 40, None), (32, 8, 16), (6, 1, 3)])

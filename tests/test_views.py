@@ -10,14 +10,15 @@ import math
 import numpy as np
 import pytest
 
-from fbloop import views
-from fbloop.agents import Answers
-from fbloop.designs import DesignConfig, make_design
+from fbloop.agents.pool import AgentPool, MemberConfig, PoolConfig
+from fbloop.app import views
 from fbloop.errors import ConfigError
 from fbloop.loop import RunConfig
-from fbloop.pool import AgentPool, MemberConfig, PoolConfig
+from fbloop.queries.catalogue import make_design
+from fbloop.queries.designs import DesignConfig
+from fbloop.records import Answers
 from fbloop.store import Store
-from fbloop.targets import load_target
+from fbloop.targets.load import load_target
 
 SPEC = "synthetic:p=8,rank=3"
 CURVE = ((50, 0.4), (100, 0.7), (150, 0.9))
@@ -170,7 +171,7 @@ def test_pool_summary_reads_what_a_real_pool_reports(store):
                       (Always("llm", -1.0), MemberConfig(cost=0.01)), (Always("spare"), MemberConfig(cost=5.0))],
                      PoolConfig(hard_share=0.2, shared_share=0.1, min_shared=5))
     pool.answer_sets(queries, uncertainty=np.linspace(0, 1, len(queries)))
-    add_run(store, "pool", agent="pool", final={"pool": pool.summary(), "cost": pool.summary()["total_cost"]})
+    add_run(store, "pool", agent="pool", final={"pool": pool.report(), "cost": pool.report()["total_cost"]})
     out = views.pool_summary(store, "pool")
     agents = {a["agent"]: a for a in out["agents"]}
     assert set(agents) == {"people", "llm", "spare"}
@@ -200,7 +201,7 @@ def test_active_timing(store):
 
 def crowd(tmp_path, answers: dict[str, list[str]], overlap: int = 3) -> Store:
     """A people run whose annotators give ``answers[name][i]`` to the i-th triplet they are shown."""
-    from fbloop import human
+    from fbloop.agents import people as human
 
     store = Store(tmp_path / "crowd.db")
     target = load_target(SPEC)
@@ -216,7 +217,7 @@ def crowd(tmp_path, answers: dict[str, list[str]], overlap: int = 3) -> Store:
 
 
 def test_krippendorff_alpha_between_people(tmp_path):
-    from fbloop import human
+    from fbloop.agents import people as human
 
     with crowd(tmp_path, {}) as store:
         for name in "abc":  # everyone gives each triplet the same answer, by its position

@@ -1,6 +1,7 @@
 """Agents answer queries: the simulated oracle, the LLM agent; the human form beside them."""
 
-from .base import STATUSES, Agent, Answers
+from ..records import STATUSES, Answers
+from .base import Agent
 from .llm import EndpointError, LLMAgent, LLMConfig
 from .oracle import OracleAgent, OracleConfig, pair_scales, triplet_margins
 

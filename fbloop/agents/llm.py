@@ -79,10 +79,11 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .. import prompts, render
-from ..designs import Queries
 from ..errors import ConfigError
+from ..records import Answers, Queries
 from ..sparse import SparseBatch
-from .base import Answers
+from .base import ImmediateAgent, Ledger
+from .reliability import flip_rate_from_swaps
 from .replies import TOKENS, parse_batch, parse_single
 from .structured import CHOICES, PROBE_ORDER, request_fields
 from .transport import ModeState, Policy, Reply, Scrubber, describe, send
@@ -192,7 +193,7 @@ def _loop_running() -> bool:
     return True
 
 
-class LLMAgent:
+class LLMAgent(ImmediateAgent):
     """Answers triplet queries by asking an OpenAI-compatible chat model.
 
     ``descriptions`` (one per feature, or ``None``) label the features in the prompt;
@@ -222,6 +223,7 @@ class LLMAgent:
         # "auto" stays unresolved until the probe (check(), or the first answer) picks a mode
         self.modes: ModeState | None = None if config.structured == "auto" else ModeState(config.structured)
         self.probe_log: list[dict] = []
+        self._stored_swaps: dict | None = None
 
     # ------------------------------------------------------------ pre-flight
 
@@ -331,6 +333,29 @@ class LLMAgent:
     def answer_sets(self, queries: Queries) -> list[Answers]:
         """``[answers]``, or ``[answers, swapped answers]`` with ``order_swap``; asked concurrently."""
         return self._answer(queries, ("ab", "ba") if self.config.order_swap else ("ab",))
+
+    # ------------------------------------------------------------ the agent protocol
+
+    def start(self, ledger: Ledger, resumed: bool) -> None:
+        super().start(ledger, resumed)
+        # Asking both orders: the pairs stored before this process, on top of which its own tally counts.
+        self._stored_swaps = (ledger.store.agreement(ledger.run_id, self.name, self.swap_name)
+                              if self.config.order_swap else None)
+
+    def sources(self) -> list[str]:
+        return [self.name] + ([self.swap_name] if self.config.order_swap else [])
+
+    def noise(self) -> dict[str, float]:
+        """With the order swap: one flip rate for both orders, from how often they disagree."""
+        if self._stored_swaps is None:
+            return {}
+        u, s = self.usage, self._stored_swaps
+        eps = flip_rate_from_swaps(s["both"] + u.swap_pairs, s["agree"] + u.swap_pairs - u.swap_disagreements)
+        return {} if eps is None else {name: eps for name in self.sources()}
+
+    def summary(self, final: bool = False) -> dict:
+        """At the end of a run: requests, tokens, cost, structured-output mode, position bias."""
+        return {"llm": self.run_summary(self._ledger().store, self._ledger().run_id)} if final else {}
 
     def run_summary(self, store, run_id: str) -> dict:
         """Requests, tokens, cost and (with the order swap) the position-bias rate of a run, from the store."""

@@ -21,10 +21,10 @@ from typing import Literal
 import numpy as np
 
 from .. import seeding
-from ..designs import Queries
 from ..errors import ConfigError, NonPSDError
+from ..records import Answers, Queries
 from ..sparse import SparseBatch, difference, quad_form
-from .base import Answers
+from .base import ImmediateAgent
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ def triplet_margins(a: SparseBatch, b: SparseBatch, c: SparseBatch, factor: np.n
     return d_ac - d_ab, d_ab + d_ac
 
 
-class OracleAgent:
+class OracleAgent(ImmediateAgent):
     """Answers from ``Φ*``; ``name`` is stored with every answer."""
 
     def __init__(self, factor: np.ndarray, anchor: SparseBatch, config: OracleConfig = OracleConfig()):

@@ -36,7 +36,7 @@ def annotators() -> None:
 @_fail_cleanly
 def add(name: str, runs: tuple[str, ...], db_path: str, base_url: str, as_json: bool) -> None:
     """Invite NAME to the runs given; prints their secret link (shown once: the store keeps only its hash)."""
-    from .. import human
+    from ..agents import people as human
 
     with _open_store(db_path) as store:
         token = human.invite(store, name, list(runs))
@@ -55,7 +55,7 @@ def add(name: str, runs: tuple[str, ...], db_path: str, base_url: str, as_json: 
 @_fail_cleanly
 def owner(db_path: str, base_url: str, label: str) -> None:
     """Issue a dashboard link for the experiments' owner (shown once: the store keeps only its hash)."""
-    from .. import human
+    from ..agents import people as human
 
     with _open_store(db_path) as store:
         token = human.owner_token(store, label)
@@ -87,7 +87,7 @@ def list_(db_path: str, as_json: bool) -> None:
 @_fail_cleanly
 def block(name: str, run_id: str, undo: bool, db_path: str) -> None:
     """Block NAME on a run: their answers stay stored, the learner skips them, the form asks them nothing more."""
-    from .. import human
+    from ..agents import people as human
 
     with _open_store(db_path) as store:
         agent = human.block(store, run_id, name, blocked=not undo)
@@ -104,7 +104,7 @@ def block(name: str, run_id: str, undo: bool, db_path: str) -> None:
 @_fail_cleanly
 def overlap(people: int, run_id: str, lease_s: float, db_path: str) -> None:
     """How many different people answer each triplet of a run (attention checks: everyone)."""
-    from .. import human
+    from ..agents import people as human
 
     with _open_store(db_path) as store:
         human.set_assignment(store, run_id, people, lease_s)

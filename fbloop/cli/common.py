@@ -49,7 +49,7 @@ def main() -> None:
     """Recover a network's feature matrix Φ = DᵀD from feedback."""
 
 
-# fbloop.designs.DESIGNS, spelled out so that `fbloop --help` does not import numpy (a test keeps them equal)
+# fbloop.queries.designs.DESIGNS, spelled out so that `fbloop --help` does not import numpy (a test keeps them equal)
 DESIGN_CHOICES = ["eigen", "constructive", "gaussian", "sparse", "coverage", "pivot", "triplet"]
 
 

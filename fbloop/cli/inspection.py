@@ -23,8 +23,8 @@ from .progress import spinner
 @_fail_cleanly
 def bound(design: str, p: int | None, rank: int | None, target: str | None, as_json: bool) -> None:
     """The pairs a design needs for (p, r), beside the full-rank lower bound P − 1."""
-    from ..designs import bound as design_bound
-    from ..targets import load_target
+    from ..queries.catalogue import bound as design_bound
+    from ..targets.load import load_target
 
     if target is not None:
         with spinner(f"loading target {target}", quiet=as_json):
@@ -58,7 +58,7 @@ def target(spec: str, save: str | None, descriptions: str | None, force_descript
            explanation_model: str | None, as_json: bool) -> None:
     """Inspect a target: p, rank, leading eigenvalues, and for checkpoints the metadata read and
     the decoder convention used (which atoms Φ* is built from)."""
-    from ..targets import load_target, save_target, with_descriptions
+    from ..targets.load import load_target, save_target, with_descriptions
 
     with spinner(f"loading target {spec}", quiet=as_json):
         t = load_target(with_descriptions(spec, descriptions, force_descriptions, explanation_model))
@@ -177,7 +177,7 @@ def export(run_id: str, db_path: str, out: str | None, fmt: str | None, factor_o
 @_fail_cleanly
 def sae(out: str, layer: int, tokens: int, features: int, k: int, steps: int, seed: int) -> None:
     """Train a TopK SAE on a real transformer's activations (MiniLM, offline) and save it as a target."""
-    from .. import sae as sae_mod
+    from ..targets import sae as sae_mod
 
     target = sae_mod.build_target(
         sae_mod.ActivationConfig(layer=layer, n_tokens=tokens, seed=seed),
@@ -195,7 +195,7 @@ def sae(out: str, layer: int, tokens: int, features: int, k: int, steps: int, se
 @_fail_cleanly
 def reproduce(figure: str, seeds: int, db_path: str | None, as_json: bool) -> None:
     """The paper's Figure 1 or 2 (RFM target): fbloop's MSE beside the ground truth and the paper."""
-    from .. import reproduce as rep
+    from ..loop import reproduce as rep
 
     rows = rep.reproduce(figure, seeds=seeds, db_path=db_path, progress=not as_json)
     if as_json:

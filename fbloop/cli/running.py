@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-import sys
+import signal
+import threading
 
 import click
 
@@ -32,7 +34,8 @@ def run_options(fn):
                      help="Triplet activations."),
         click.option("--agent", default="oracle", show_default=True,
                      type=click.Choice(["oracle", "human", "llm", "pool"]),
-                     help="human: queue the triplets for `fbloop app`; run again to learn from the answers. "
+                     help="human: queue the triplets for `fbloop app`; run again (or with --watch) to learn from "
+                          "the answers. "
                           "pool: several agents (--member), routed by the learner's uncertainty."),
         click.option("--active", default=None, type=click.Choice(["random", "uncertainty", "ensemble"]),
                      help="Triplet design: choose each chunk's triplets from Φ̂ (uncertainty sampling, or "
@@ -119,14 +122,14 @@ def run_options(fn):
 
 def _run_config(opts: dict):
     from ..agents import OracleConfig
-    from ..bisection import BisectionConfig
-    from ..designs import DesignConfig
-    from ..learner import LearnerConfig
+    from ..agents.bisection import BisectionConfig
+    from ..queries.designs import DesignConfig
+    from ..learners import LearnerConfig
     from ..loop import RunConfig
-    from ..pool import PoolConfig, parse_member
+    from ..agents.pool import PoolConfig, parse_member
 
     members = tuple(parse_member(m) for m in opts["members"])
-    from ..targets import with_descriptions
+    from ..targets.load import with_descriptions
 
     return RunConfig(
         target=with_descriptions(opts["target"], opts["descriptions"], opts["force_descriptions"],
@@ -155,7 +158,7 @@ def _run_config(opts: dict):
 
 def _active_config(opts: dict):
     """The --active strategy, told the oracle's noise when it is simulated (a logistic guess otherwise)."""
-    from ..active import ActiveConfig, NoiseModel
+    from ..queries.active import ActiveConfig, NoiseModel
 
     if opts["active"] is None:
         return None
@@ -175,10 +178,34 @@ def _llm_config(opts: dict):
                      cost_prompt_1k=opts["cost_prompt_1k"], cost_completion_1k=opts["cost_completion_1k"])
 
 
-def execute_run(config, db_path: str, run_id: str | None, quiet: bool):
-    from ..designs import make_design
+@contextlib.contextmanager
+def _stop_on_signals(event: threading.Event | None):
+    """While watching, Ctrl+C and SIGTERM end the watch cleanly: the loop learns what is in, stores the
+    fit and the run's status, and returns. A second signal interrupts at once."""
+    if event is None:
+        yield
+        return
+
+    def handler(signum, frame):
+        if event.is_set():
+            raise KeyboardInterrupt
+        event.set()
+        click.echo(f"\n{signal.Signals(signum).name}: learning what is in, then stopping "
+                   "(again to stop at once).", err=True)
+
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
+def execute_run(config, db_path: str, run_id: str | None, quiet: bool, watch: bool = False,
+                poll_s: float = 2.0):
+    from ..queries.catalogue import make_design
     from ..loop import run_loop
-    from ..targets import load_target
+    from ..targets.load import load_target
     from .progress import RunProgress, spinner
 
     with spinner(f"loading target {config.target}", quiet=quiet):
@@ -188,7 +215,10 @@ def execute_run(config, db_path: str, run_id: str | None, quiet: bool):
     with _open_store(db_path) as store:
         result = None
         try:
-            result = run_loop(config, store, run_id=run_id, progress=show, target=target)
+            event = threading.Event() if watch else None
+            with _stop_on_signals(event):
+                result = run_loop(config, store, run_id=run_id, progress=show, target=target, watch=event,
+                                  poll_s=poll_s)
             return result
         finally:
             stopped = None
@@ -249,11 +279,16 @@ def _print_result(result, as_json: bool) -> None:
 @run_options
 @db_option
 @json_option
+@click.option("--watch", is_flag=True,
+              help="Stay up while people (or another deferred agent) answer: learn as answers arrive, queue an "
+                   "active run's next chunk, stop on Ctrl+C / SIGTERM or when every asked query is answered.")
+@click.option("--poll", "poll_s", default=2.0, show_default=True, type=click.FloatRange(0.05),
+              help="With --watch: seconds between looks for new answers.")
 @_fail_cleanly
-def run(db_path: str, as_json: bool, run_id: str | None, **opts) -> None:
+def run(db_path: str, as_json: bool, run_id: str | None, watch: bool, poll_s: float, **opts) -> None:
     """Run (or resume, with an existing --run-id) one feedback loop."""
     config = _run_config(opts)
-    result = execute_run(config, db_path, run_id, quiet=as_json)
+    result = execute_run(config, db_path, run_id, quiet=as_json, watch=watch, poll_s=poll_s)
     if config.agent == "human":
         _print_human(result, db_path, as_json)
     else:
@@ -263,7 +298,7 @@ def run(db_path: str, as_json: bool, run_id: str | None, **opts) -> None:
 
 
 def _print_human(result, db_path: str, as_json: bool) -> None:
-    from ..human import waiting
+    from ..agents.people import waiting
     from ..store import Store
 
     with Store(db_path) as store:
@@ -293,7 +328,7 @@ def _print_queue(run_id: str, db_path: str) -> None:
                f"{info['answered']} answered so far.")
     click.echo(f"Invite people with fbloop annotators add NAME --run {run_id} --db {db_path} (a secret link each) "
                f"and serve the form with fbloop app --db {db_path}; run this command again with --run-id {run_id} "
-               "to learn from the answers.")
+               "to learn from the answers (add --watch to learn as they arrive).")
 
 
 @main.command()
@@ -302,7 +337,7 @@ def _print_queue(run_id: str, db_path: str) -> None:
 @_fail_cleanly
 def demo(db_path: str, seed: int) -> None:
     """The simulated loop on the paper's Figure 1 RFM target, three designs, live PCC."""
-    from ..reproduce import demo_configs
+    from ..loop.reproduce import demo_configs
 
     rows = []
     for config in demo_configs(seed):

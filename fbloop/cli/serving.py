@@ -156,7 +156,7 @@ def serve_oracle(target: str, port: int, model: str, latency_ms: float, malforme
     import os
 
     from ..agents import OracleConfig
-    from ..server import HOST, ServerConfig, run_forever
+    from ..agents.server import HOST, ServerConfig, run_forever
 
     key = None
     if api_key_env:

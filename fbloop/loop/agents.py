@@ -1,75 +1,67 @@
-"""Who answers a run's queries: the agent (:func:`make_agent`) and the names its answers are stored under."""
+"""Who answers a run's queries: :func:`make_agent` builds the agent a run's config names, composing
+basis views, bisection and pools around the oracle, the LLM and people."""
 
 from __future__ import annotations
 
 import dataclasses
 
-from .. import human
-from ..active import NoiseModel
-from ..agents import Answers, OracleAgent
+from ..agents import people
+from ..agents.base import Agent, ImmediateAgent
+from ..agents.basis import BasisView
+from ..agents.bisection import BisectionAgent
 from ..agents.llm import LLMAgent
-from ..designs import Design, Queries
+from ..agents.oracle import OracleAgent
+from ..agents.pool import AgentPool, PoolConfig
 from ..errors import ConfigError
-from ..pool import AgentPool, PoolConfig
+from ..queries.active import NoiseModel
+from ..queries.designs import Design
 from ..store import Store
-from ..targets import Target
+from ..targets.target import Target
 from .config import RunConfig
 
 
-def answer_names(agent) -> list[str]:
-    """The agent names an agent's answers are stored under (the LLM agent's order swap adds one)."""
-    if isinstance(agent, AgentPool):
-        return [*agent.agents, agent.name]
-    inner = agent.agent if isinstance(agent, NativeView) else agent  # bisection answers are pairs, one name
-    return [agent.name] + ([inner.swap_name] if isinstance(inner, LLMAgent) and inner.config.order_swap else [])
-
-
-class NativeView:
-    """Shows an agent a basis design's queries in feature coordinates (see :class:`fbloop.designs.Design`)."""
-
-    def __init__(self, agent: LLMAgent, design: Design):
-        self.agent, self.design = agent, design
-        self.name = agent.name
-
-    def _native(self, q: Queries) -> Queries:
-        conv = lambda x: None if x is None else self.design.to_native(x)  # noqa: E731
-        return Queries(q.kind, q.seq, conv(q.a), conv(q.b), conv(q.c))
-
-    def answer(self, queries: Queries) -> Answers:
-        return self.agent.answer(self._native(queries))
-
-    def answer_sets(self, queries: Queries) -> list[Answers]:
-        return self.agent.answer_sets(self._native(queries))
-
-    def run_summary(self, store: Store, run_id: str) -> dict:
-        return self.agent.run_summary(store, run_id)
-
-
-def make_agent(config: RunConfig, target: Target, design: Design, store: Store | None = None
-               ) -> OracleAgent | LLMAgent | NativeView | AgentPool:
+def make_agent(config: RunConfig, target: Target, design: Design, store: Store | None = None) -> Agent:
     """The run's agent; an LLM agent checks its endpoint first and caches replies in ``store``.
 
-    The oracle answers in the design's coordinates (``Φ*`` rotated into its basis);
-    the LLM sees feature coordinates, as a person would. A pool builds each member
-    the same way, under the member's name.
+    The oracle answers in the design's coordinates (``Φ*`` rotated into its basis); the LLM sees
+    feature coordinates (a :class:`BasisView`), as a person would. A pair design answered by ternary
+    comparisons goes through :class:`BisectionAgent`. A pool builds each member the same way, under
+    the member's name.
     """
     if config.agent == "pool":
-        members = []
-        for spec in config.pool or ():
-            if spec.agent == "human":  # the people in the app: what is routed to them is queued for the form
-                if store is None:
-                    raise ConfigError(f"Pool member {spec.name!r} (people) needs the run's store to queue in.")
-                rate = human.CHECK_RATE if config.check_rate is None else config.check_rate
-                member = human.PeopleMember(spec.name, store, rate, target.factor, config.seed)
-            else:
-                member = make_agent(dataclasses.replace(config, agent=spec.agent, oracle=spec.oracle, pool=None),
-                                    target, design, store)
-                member.name = spec.name
-            members.append((member, spec.terms))
-        noise = config.active.noise if config.active is not None else NoiseModel()
-        return AgentPool(members, config.pool_config or PoolConfig(seed=config.seed), noise)
+        return _pool(config, target, design, store)
+    if config.agent == "human":
+        return _people("human", config, target, store)
+    agent = _answerer(config, target, design, store)
+    if config.bisection is not None and design.kind == "pair":
+        agent = BisectionAgent(agent, design.anchor(), config.bisection)
+    return agent
+
+
+def _answerer(config: RunConfig, target: Target, design: Design, store: Store | None) -> ImmediateAgent:
     if config.agent == "llm":
         agent = LLMAgent(config.llm, target.descriptions, cache=store)
         agent.check()  # a missing key or a dead endpoint fails here, before any query is spent
-        return agent if design.basis is None else NativeView(agent, design)
+        return agent if design.basis is None else BasisView(agent, design)
     return OracleAgent(design.design_factor(target.factor), design.anchor(), config.oracle)
+
+
+def _people(name: str, config: RunConfig, target: Target, store: Store | None) -> people.People:
+    if store is None:
+        raise ConfigError(f"Agent {name!r} (people) needs the run's store to queue in.")
+    rate = people.CHECK_RATE if config.check_rate is None else config.check_rate
+    return people.People(name, store, rate, target.factor, config.seed)
+
+
+def _pool(config: RunConfig, target: Target, design: Design, store: Store | None) -> AgentPool:
+    members = []
+    for spec in config.pool or ():
+        if spec.agent == "human":  # the people in the app: what is routed to them is queued for the form
+            member = _people(spec.name, config, target, store)
+        else:
+            member = _answerer(dataclasses.replace(config, agent=spec.agent, oracle=spec.oracle, pool=None),
+                               target, design, store)
+            member.name = spec.name
+        members.append((member, spec.terms))
+    noise = config.active.noise if config.active is not None else NoiseModel()
+    return AgentPool(members, config.pool_config or PoolConfig(seed=config.seed), noise)

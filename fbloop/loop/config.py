@@ -8,14 +8,14 @@ from typing import Literal
 
 import numpy as np
 
-from ..active import ActiveConfig
 from ..agents import OracleConfig
+from ..agents.bisection import BisectionConfig
 from ..agents.llm import LLMConfig
-from ..bisection import BisectionConfig
-from ..designs import DesignConfig
+from ..agents.pool import MemberSpec, PoolConfig
 from ..errors import ConfigError
-from ..learner import LearnerConfig
-from ..pool import MemberSpec, PoolConfig
+from ..learners import LearnerConfig
+from ..queries.active import ActiveConfig
+from ..queries.designs import DesignConfig
 
 LearnerName = Literal["gradient", "exact", "direct", "pivot", "auto"]
 AGENTS = ("oracle", "llm", "human", "pool")
@@ -31,7 +31,7 @@ class RunConfig:
     oracle: OracleConfig = field(default_factory=OracleConfig)
     llm: LLMConfig | None = None  # the llm agent's endpoint and options; None (oracle runs) keeps old configs equal
     check_rate: float | None = None  # human agent: share of attention checks in its queue; None → 0.1
-    bisection: BisectionConfig | None = None  # pair designs answered by ternary comparisons (fbloop.bisection)
+    bisection: BisectionConfig | None = None  # pair designs answered by ternary comparisons (fbloop.agents.bisection)
     budget: int | None = None  # answers to collect; None → the design's count (or a default)
     learner: LearnerName = "gradient"
     learner_config: LearnerConfig = field(default_factory=LearnerConfig)
@@ -39,12 +39,12 @@ class RunConfig:
     snapshot_every: int | None = None  # answers between PCC snapshots; None → ~40 per run
     rfm_mse: bool = True  # RFM targets: score Φ̂ by the predictor's test MSE at the end (a 4000² solve)
     holdout: float | None = None  # triplet runs: share of queries answered and stored, never learned from
-    active: ActiveConfig | None = None  # triplet runs: choose each chunk's queries from Φ̂ (fbloop.active)
-    pool: tuple[MemberSpec, ...] | None = None  # agent "pool": its members (fbloop.pool)
+    active: ActiveConfig | None = None  # triplet runs: choose each chunk's queries from Φ̂ (fbloop.queries.active)
+    pool: tuple[MemberSpec, ...] | None = None  # agent "pool": its members (fbloop.agents.pool)
     pool_config: PoolConfig | None = None  # agent "pool": routing shares; None → PoolConfig(seed=seed)
     stop_at: float | None = None  # stop asking once a snapshot's PCC reaches this (needs a Φ*; simulations)
     # Triplet runs: fit each source's answers at its estimated flip rate (people by their attention checks,
-    # an LLM by its order swaps; fbloop.reliability). None is on (and keeps older stored configs equal);
+    # an LLM by its order swaps; fbloop.agents.reliability). None is on (and keeps older stored configs equal);
     # False takes every answer as exact. Pools: pool_config.noise_aware.
     noise_aware: bool | None = None
     seed: int = 0
@@ -84,6 +84,12 @@ class RunConfig:
             raise ConfigError(f"Expect stop_at in (0, 1], a PCC, got stop_at={self.stop_at}.")
         if self.holdout is not None and not 0.0 <= self.holdout < 1.0:
             raise ConfigError(f"Expect a held-out share in [0, 1), got holdout={self.holdout}.")
+
+    def learns_noise(self) -> bool:
+        """Whether each source's answers are fitted at its estimated flip rate (a pool's own setting)."""
+        if self.agent == "pool":
+            return (self.pool_config or PoolConfig()).noise_aware
+        return self.noise_aware is not False
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

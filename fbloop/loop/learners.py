@@ -6,11 +6,10 @@ from __future__ import annotations
 import numpy as np
 
 from .. import metrics, seeding
-from ..agents import Answers
-from ..designs import Design, Queries
-from ..direct import SolvedLearner
 from ..errors import ConfigError
-from ..learner import GradientLearner, LearnerConfig
+from ..learners import GradientLearner, LearnerConfig
+from ..queries.designs import Design
+from ..records import Answers, Queries
 from ..sparse import SparseBatch
 from .config import RunConfig
 
@@ -21,41 +20,9 @@ DIRECT_DESIGNS = ("constructive", "eigen")  # 1- and 2-sparse pairs: "auto" solv
 # ---------------------------------------------------------------- learners
 
 
-class ExactLearner(SolvedLearner):
-    """Adapter giving the batch exact solver the incremental learner's interface."""
-
-    name = "exact"
-
-    def __init__(self, p: int, anchor: SparseBatch):
-        self.p, self.anchor = p, anchor
-        self._u: list[SparseBatch] = []
-        self._c: list[np.ndarray] = []
-        self._factor: np.ndarray | None = None
-        self.last_loss: float | None = None
-        self.method: str | None = None
-
-    def add_pairs(self, u: SparseBatch, c: np.ndarray) -> None:
-        self._u.append(u)
-        self._c.append(np.asarray(c, dtype=np.float64))
-        self._factor = None
-
-    def factor(self) -> np.ndarray:
-        if self._factor is None:
-            from ..exact import fit_exact
-
-            if not self._u:
-                return np.zeros((self.p, 1))
-            res = fit_exact(SparseBatch.concat(self._u), np.concatenate(self._c), self.anchor)
-            lam, vec = np.linalg.eigh(res.phi)
-            keep = lam > 1e-12 * max(lam[-1], 1e-300)
-            self._factor = vec[:, keep] * np.sqrt(lam[keep]) if keep.any() else np.zeros((self.p, 1))
-            self.last_loss, self.method = res.residual, res.method
-        return self._factor
-
-
 def choose_learner(config: RunConfig, design: Design) -> str:
     """The learner a run uses: ``auto`` picks pivot (the pivot design), exact (small p), direct or gradient."""
-    from ..direct import MAX_P as DIRECT_MAX_P
+    from ..learners.direct import MAX_P as DIRECT_MAX_P
 
     if config.learner == "pivot" and design.config.name != "pivot":
         raise ConfigError(f"The pivot learner solves the pivot design's answers; got design "
@@ -64,7 +31,7 @@ def choose_learner(config: RunConfig, design: Design) -> str:
         if config.learner in ("exact", "direct") and design.kind != "pair":
             raise ConfigError(f"The {config.learner} learner takes equality pairs; use --learner gradient "
                               "for triplets.")
-        from ..exact import ExactConfig
+        from ..learners.exact import ExactConfig
 
         max_p = ExactConfig().max_p
         if config.learner == "exact" and design.p > max_p:
@@ -85,13 +52,15 @@ def choose_learner(config: RunConfig, design: Design) -> str:
 
 def make_learner(name: str, p: int, config: LearnerConfig, anchor: SparseBatch, design: Design | None = None):
     if name == "pivot":
-        from ..pivots import PivotLearner
+        from ..learners.nystrom import PivotLearner
 
         return PivotLearner(design)  # type: ignore[arg-type]
     if name == "exact":
+        from ..learners.exact import ExactLearner
+
         return ExactLearner(p, anchor)
     if name == "direct":
-        from ..direct import DirectLearner
+        from ..learners.direct import DirectLearner
 
         return DirectLearner(p)
     learner = GradientLearner(p, config, anchor)
@@ -142,7 +111,7 @@ def feed(learner, queries: Queries, answers: Answers, held: HeldOut | None = Non
          source: int | np.ndarray = 0) -> None:
     """Give the learner the ok answers of a chunk; held-out ones go to ``held`` instead.
 
-    ``source`` names who gave them (:class:`fbloop.reliability.Sources` ids: one, or one per
+    ``source`` names who gave them (:class:`fbloop.agents.reliability.Sources` ids: one, or one per
     answer), for a learner that weighs each source by its reliability.
     """
     ok = answers.ok

@@ -1,319 +1,208 @@
-"""Running one experiment, :func:`run_loop`.
+"""Running one experiment: :func:`run_loop`.
 
-:func:`run_loop` walks the design's query sequence chunk by chunk. Each chunk's
-queries and answers commit in one transaction; the learner takes a few steps
-after each chunk and a PCC snapshot is stored every ``snapshot_every`` answers.
-Calling it again with the same ``run_id`` resumes: stored answers are replayed
-into a fresh learner and only unanswered queries are asked — nothing is lost or
-asked twice.
+The loop is the same for every agent (:class:`fbloop.agents.base.Agent`)::
+
+    choose queries (a fixed design or an active strategy) → ask → collect what is in
+        → learn → snapshot → stop rule
+
+Each chunk's queries and answers commit in one transaction (an immediate agent's) or wait in the
+store for their answerers (a deferred agent's: people, batch jobs). The learner takes a few steps
+after each chunk that brought answers, and a PCC snapshot is stored every ``snapshot_every``
+answers. Calling it again with the same ``run_id`` resumes: stored answers are replayed into a fresh
+learner (:func:`fbloop.loop.session.open_session`) and only unasked queries are asked — nothing is
+lost or asked twice. With ``watch`` the run stays up while a deferred agent's answers come in,
+learning as they arrive and asking the next chunk when the agent is ready for it.
 """
 
 from __future__ import annotations
 
-import json
+import threading
 import time
-import uuid
 from collections.abc import Callable
 
 import numpy as np
 
-from .. import human, metrics
-from ..active import ActiveStrategy
-from ..agents.llm import LLMAgent
-from ..bisection import BisectionAgent
-from ..designs import Design, make_design, n_params
-from ..errors import ConfigError, NoUsableAnswersError, StoreError
-from ..learner import GradientLearner
-from ..pool import AgentPool
-from ..querying import ActiveQueries, Prequential, random_positions, stored_chunk
-from ..reliability import Sources, source_noise
+from .. import metrics
+from ..errors import NoUsableAnswersError
+from ..queries.sources import random_positions
+from ..records import Answers, Queries
 from ..store import Store
-from ..targets import Target, load_target
-from .agents import NativeView, answer_names, make_agent
+from ..targets.target import Target
 from .config import Progress, RunConfig, RunResult
-from .learners import HeldOut, choose_learner, feed, make_learner
+from .learners import feed
+from .session import Session, auto_chunk, default_budget, new_run_id, open_session, refit_noise
 
 ACTIVE_STEPS = 100  # active runs: learner steps after each chunk at least (the strategy scores under Φ̂)
+WATCH_POLL_S = 2.0  # seconds between looks at the store while watching
 
-
-# ---------------------------------------------------------------- the loop
-
-
-def default_budget(design: Design) -> int:
-    if design.count is not None:
-        return design.count
-    return 4 * n_params(design.p) if design.kind == "pair" else 20 * n_params(design.p)
-
-
-def auto_chunk(budget: int) -> int:
-    """Queries per transaction when the config leaves it open: ~500 chunks a run, 64 to 16,384 each."""
-    return int(min(max(budget // 500, 64), 16_384))
-
-
-def new_run_id(config: RunConfig) -> str:
-    return f"{config.design.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
-
-
-def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
-    out = []
-    for key in sorted(set(a) | set(b)):
-        va, vb = a.get(key), b.get(key)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            out += _config_diff(va, vb, f"{prefix}{key}.")
-        elif va != vb:
-            out.append(f"{prefix}{key}: stored {va!r}, given {vb!r}")
-    return out
+__all__ = ["run_loop", "ACTIVE_STEPS", "WATCH_POLL_S", "auto_chunk", "default_budget", "new_run_id", "readouts"]
 
 
 def run_loop(config: RunConfig, store: Store, run_id: str | None = None,
-             progress: Callable[[Progress], None] | None = None,
-             target: Target | None = None) -> RunResult:
-    """Run (or resume) one experiment and return its result."""
-    t0 = time.perf_counter()
-    target = target or load_target(config.target)
-    design = make_design(config.design, target, config.seed)
-    anchor = design.anchor()
-    budget = config.budget or default_budget(design)
-    if design.total is not None and budget > design.total:
-        raise ConfigError(f"Budget {budget} exceeds the {design.total} distinct queries of design "
-                          f"{config.design.name!r} at p={target.p}, rank={target.rank}.")
-    learner_name = choose_learner(config, design)
-    learner = make_learner(learner_name, target.p, config.learner_config, anchor, design)
-    if config.agent == "llm" and design.kind != "triplet" and config.bisection is None:
-        raise ConfigError("The llm agent answers triplets; pair designs need the bisection route "
-                          "(--bisection 1e-3) or --design triplet.")
-    if config.agent in ("human", "pool") and design.kind != "triplet":
-        raise ConfigError(f"The {config.agent} agent answers triplets; use --design triplet with --agent "
-                          f"{config.agent}.")
-    if config.holdout and design.kind != "triplet":
-        raise ConfigError(f"A held-out share scores triplet answers; design {config.design.name!r} asks pairs.")
-    if config.active is not None and config.design.name != "triplet":
-        raise ConfigError(f"Active strategies choose triplets; design {config.design.name!r} is fixed in "
-                          "advance. Use --design triplet with --active.")
-    held = HeldOut(config.holdout, config.seed) if config.holdout else None
-    agent = make_agent(config, target, design, store)
-    if config.bisection is not None and design.kind == "pair":
-        agent = BisectionAgent(agent, anchor, config.bisection)
-    pool = agent if isinstance(agent, AgentPool) else None
-    people = next((m for m in pool.agents.values() if isinstance(m, human.PeopleMember)), None) if pool else None
-    names = answer_names(agent)
-    sources = Sources(list(pool.agents) if pool is not None else names)  # the learner's source ids
-    noise_aware = isinstance(learner, GradientLearner) and design.kind == "triplet" and (
-        pool.config.noise_aware if pool is not None else config.noise_aware is not False)
-    active = (ActiveQueries(ActiveStrategy(target.p, config.active, config.design), config.seed)
-              if config.active is not None else None)
-    preq = Prequential() if active is not None else None
+             progress: Callable[[Progress], None] | None = None, target: Target | None = None,
+             watch: threading.Event | None = None, poll_s: float = WATCH_POLL_S) -> RunResult:
+    """Run (or resume) one experiment and return its result.
 
-    if run_id is None:
-        run_id = new_run_id(config)
-        while store.get_run(run_id) is not None:  # a new run never lands on another's id (same second, same suffix)
-            run_id = new_run_id(config)
-    cfg_json = json.loads(json.dumps(config.to_dict()))
-    existing = store.get_run(run_id)
-    if existing is None:
-        store.create_run(run_id, kind=design.kind, p=target.p, budget=budget, config=cfg_json,
-                         target=target.summary(), anchor=anchor)
-    else:
-        diff = _config_diff(existing["config"], cfg_json)
-        if diff:
-            raise StoreError(f"Run {run_id!r} exists with another config ({'; '.join(diff[:3])}); "
-                             "use a new --run-id.")
-        replays = [{"agent": who} for who in pool.agents] if pool is not None else [{}]
-        if people is not None:
-            replays.append({"prefix": human.PREFIX})  # every annotator's answers
-        for which in replays:  # replay what was stored
-            for queries, answers in store.iter_answered(run_id, **which):
-                feed(learner, queries, answers, held, sources.of(answers))
-                design.observe(queries, answers)
-                if active is not None:
-                    active.observe(queries)
-        if pool is not None:
-            rows = store.answer_values(run_id)
-            if people is not None:  # annotators answer as the people member; it was charged per triplet queued
-                rows = [(q, people.name if a.startswith(human.PREFIX) else a, st, v) for q, a, st, v in rows]
-            pool.replay(rows)
-        if config.learner_config.steps_per_chunk:
-            learner.step(config.learner_config.steps_per_chunk)
-    if people is not None:  # what the run queued for people before counts as asked (and charged)
-        people.bind(run_id)
-        pool.asked_[people.name] = len(people.queued)
-        pool.spent_[people.name] = pool.members[people.name].cost * len(people.queued)
-    # An LLM asking both orders: its own tally of this process's swapped pairs, on top of what was stored before.
-    inner = agent.agent if isinstance(agent, NativeView) else agent
-    swapper = inner if pool is None and isinstance(inner, LLMAgent) and inner.config.order_swap else None
-    stored_swaps = store.agreement(run_id, *names) if swapper is not None else None
-
-    def swaps() -> tuple[int, int] | None:  # (answered in both orders, agreeing)
-        if swapper is None:
-            return None
-        u = swapper.usage
-        return (stored_swaps["both"] + u.swap_pairs, stored_swaps["agree"] + u.swap_pairs - u.swap_disagreements)
-
-    def refit_noise() -> dict[int, float]:  # each source's flip rate from what is stored, given to the learner
-        fitted = source_noise(store, run_id, config.agent == "human" or people is not None, pool, sources,
-                              swaps(), names)
-        learner.set_source_noise(fitted)
-        return fitted
-
-    noise: dict[int, float] = refit_noise() if noise_aware else {}
-    stored_until = store.next_position(run_id) if active is not None and existing is not None else 0
-
-    chunk = config.chunk or auto_chunk(budget)
-    every = config.snapshot_every or max(chunk, budget // 40)
-    history: list[tuple[int, float | None]] = [(s["answers"], s["pcc"]) for s in store.snapshots(run_id)]
-    n_ok = store.count_answers(run_id)
-    last_snap = history[-1][0] if history else 0
-
-    def current_factor() -> np.ndarray | None:
-        return learner.factor() if getattr(learner, "n_triplets", 0) else None
-
-    def live_extra() -> dict:
-        extra: dict = {}
-        if held is not None:
-            extra["holdout_agreement"], extra["holdout_n"] = held.agreement(learner), held.n
-        elif preq is not None:
-            extra["holdout_agreement"], extra["holdout_n"] = preq.agreement(), preq.n
-            extra["holdout_kind"] = "prequential"
-        if pool is not None:
-            summary = pool.summary()
-            extra["cost"], extra["pool"] = summary["total_cost"], summary
-        if noise:  # the flip rate each source's answers are fitted at
-            extra["source_noise"] = sources.named(noise)
-        if learner_name == "pivot":  # its rank and the hold-out pairs' PCC, the readout without Φ*
-            extra["pivot"] = learner.summary()
-        return extra
-
-    def snapshot() -> float:  # a snapshot while answers arrive; the final one is stored after the fit
-        pcc = metrics.pcc_factored(design.native_factor(learner.factor()), target.factor)
-        extra = {"loss": learner.last_loss, "learner": learner_name, "final": False, **live_extra()}
-        store.add_snapshot(run_id, n_ok, pcc, time.perf_counter() - t0, extra)
-        history.append((n_ok, pcc))
-        return pcc
-
-    pcc: float | None = history[-1][1] if history else None
-    store.set_status(run_id, "running")
-    if config.agent == "human":  # people answer in the app: queue the triplets, learn from what is in so far
-        rate = human.CHECK_RATE if config.check_rate is None else config.check_rate
-        if active is None:
-            human.queue(store, run_id, design.queries(0, budget), check_rate=rate, factor=target.factor,
-                        seed=config.seed)
-        elif n_ok == 0:  # the first chunk, random; later ones are chosen after the fit below
-            top_up_queue(store, run_id, active, budget, chunk, None, rate, target.factor, config.seed)
-        if n_ok == 0:  # nothing answered yet, nothing to learn
-            store.set_status(run_id, "waiting")
-            if active is not None:
-                active.close()
-            return RunResult(run_id, None, 0, budget, design.count, learner_name, time.perf_counter() - t0,
-                             np.zeros((target.p, 1)), history)
-    names = answer_names(agent)
+    ``watch``: keep the run up while a deferred agent has answers outstanding, until every asked
+    query is answered or the event is set (Ctrl+C / SIGTERM in ``fbloop run --watch``).
+    """
+    s = open_session(config, store, run_id, target, progress)
+    store.set_status(s.run_id, "running")
     try:
-        stop = 0
-        while stop < (budget if config.agent != "human" else 0):
-            start = stop
-            # An adaptive design (the pivot design) may end a chunk early where its next queries wait on answers.
-            stop = design.ready_until(start, min(start + chunk, budget))
-            done = store.answered(run_id, start, stop, None if pool is not None else agent.name)
-            if people is not None:  # queued for people counts as asked: their answers come later
-                done = np.union1d(done, [s for s in range(start, stop) if s in people.queued]).astype(np.int64)
-            # A resumed run asks again what got only invalid answers (an unparseable reply), one attempt later.
-            retry = store.invalid_only(run_id, start, stop, names) if existing is not None else {}
-            if len(done) == stop - start and not retry:
-                continue  # answered before a restart; already replayed
-            # Φ̂ as learnt so far, copied once a chunk for the strategy and the pool's routing
-            factor = current_factor() if active is not None or pool is not None else None
-            if active is None:
-                queries = design.queries(start, stop)
-            else:
-                queries = stored_chunk(store, run_id, start, stop) if start < stored_until else None
-                if queries is None:
-                    queries = active.get(start, stop, factor)
-                if stop < budget and stop >= stored_until:  # score the next chunk while this one is answered
-                    active.prefetch(stop, min(stop + chunk, budget), factor)
-            pending = queries.select(~np.isin(queries.seq, done) | np.isin(queries.seq, list(retry)))
-            if pool is not None:
-                pool.factor = factor  # the pool routes the least sure queries to its most reliable member
-            # An agent may give several answer sets per query (the LLM agent's order swap); all are kept.
-            sets = agent.answer_sets(pending) if hasattr(agent, "answer_sets") else [agent.answer(pending)]
-            if retry:
-                store.record_attempts(run_id, queries, sets, retry)
-            else:
-                store.record(run_id, queries, sets)
-            for answers in sets:
-                n_ok += int(answers.ok.sum())
-                if preq is not None:  # score the random share before learning from it
-                    preq.score(learner, pending, answers,
-                               random_positions(config.seed, answers.seq, config.active.random_share))
-                feed(learner, pending, answers, held, sources.of(answers))
-                design.observe(pending, answers)
-            if noise_aware:
-                noise = refit_noise()
-            loss = None
-            if learner_name == "gradient":
-                steps = learner.arrival_steps(stop - start)
-                loss = learner.step(max(steps, ACTIVE_STEPS) if active is not None else steps)
-            if n_ok - last_snap >= every and learner_name in ("gradient", "pivot"):
-                pcc, last_snap = snapshot(), n_ok
-            if progress:
-                progress(Progress(min(stop, budget), budget, pcc, loss))
-            if config.stop_at is not None and pcc is not None and pcc >= config.stop_at:
-                break  # good enough: no more answers are paid for
+        stopped = advance(s)
+        while watch is not None and not stopped and not watch.is_set() and waits_for_answers(s):
+            watch.wait(poll_s)
+            stopped = advance(s)
     finally:
-        if active is not None:
-            active.close()
+        s.source.close()
+    if s.n_ok == 0 and s.agent.outstanding():  # nothing answered yet, nothing to learn
+        store.set_status(s.run_id, "waiting")
+        return RunResult(s.run_id, None, 0, s.budget, s.design.count, s.learner_name,
+                         time.perf_counter() - s.t0, np.zeros((s.target.p, 1)), s.history)
+    no_usable_answers(store, s.run_id, s.n_ok)
+    return finish(s)
 
-    no_usable_answers(store, run_id, n_ok)
-    if isinstance(learner, GradientLearner):
-        fit_pcc, reports = pcc, [0]
 
-        def fit_progress(done: int, total: int, loss: float) -> None:
-            nonlocal fit_pcc
-            reports[0] += 1
-            if reports[0] % 10 == 0:  # a PCC readout costs O(p·r²): every tenth report
-                fit_pcc = metrics.pcc_factored(design.native_factor(learner.factor()), target.factor)
-            if progress:
-                progress(Progress(n_ok, budget, fit_pcc, loss, fit=(done, total)))
+def waits_for_answers(s: Session) -> bool:
+    """Whether a watched run has anything left to wait for: answers outstanding, or a deferred agent's
+    queries still to ask (an active run's next chunk)."""
+    if s.agent.outstanding() > 0:
+        return True
+    return s.agent.deferred and s.store.next_position(s.run_id) < s.budget
 
-        def fit_stage(name: str) -> None:
-            if progress:
-                progress(Progress(n_ok, budget, fit_pcc, None, stage=name))
 
-        learner.finish(progress=fit_progress, stage=fit_stage)
-    else:
-        if progress:
-            progress(Progress(n_ok, budget, pcc, None, stage=f"{learner_name} solve"))
-        learner.finish()
-    factor = design.native_factor(learner.factor())
-    pcc = metrics.pcc_factored(factor, target.factor)
-    store.save_factor(run_id, factor)
-    if config.rfm_mse and target.meta.get("kind") == "rfm" and progress:
-        progress(Progress(n_ok, budget, pcc, None, stage="RFM test MSE"))
-    extra = readouts(target, factor) if config.rfm_mse else {}
-    asker = agent.agent if isinstance(agent, BisectionAgent) else agent  # who actually answered
-    asker = asker.agent if isinstance(asker, NativeView) else asker
-    if hasattr(asker, "run_summary"):  # requests, tokens, cost, position bias
-        extra["llm"] = asker.run_summary(store, run_id)
-    for member in (pool.agents.values() if pool is not None else ()):
-        if hasattr(member, "run_summary"):  # a pool's LLM member
-            extra["llm"] = member.run_summary(store, run_id)
-    if isinstance(agent, BisectionAgent):  # every ternary answer behind the bisected pairs
-        extra["ternary_answers"] = store.sum_meta(run_id, "triplets")
-    extra.update(live_extra())
-    if active is not None:
-        extra["active"] = active.summary()
-    if design.adaptive:
-        extra["design"] = design.summary()
-    store.add_snapshot(run_id, n_ok, pcc, time.perf_counter() - t0,  # one final snapshot, every readout in it
-                       {"loss": learner.last_loss, "learner": learner_name, "final": True, **extra})
-    history.append((n_ok, pcc))
-    if config.agent == "human" and active is not None:  # the next chunk, chosen under what was just learnt
-        rate = human.CHECK_RATE if config.check_rate is None else config.check_rate
-        top_up_queue(store, run_id, active, budget, chunk, learner.factor(), rate, target.factor, config.seed)
-    store.set_status(run_id, "waiting" if (config.agent == "human" or people is not None)
-                     and human.waiting(store, run_id) else "done")
-    if progress:
-        progress(Progress(n_ok, budget, pcc, learner.last_loss, stage="done"))
-    return RunResult(run_id, pcc, n_ok, budget, design.count, learner_name,
-                     time.perf_counter() - t0, factor, history, extra)
+def advance(s: Session) -> bool:
+    """One pass over the run's positions: ask what is unasked (while the agent is ready), collect what
+    came in, learn. Returns whether the stop rule (``stop_at``) ended the run."""
+    stop = 0
+    while stop < s.budget:
+        start = stop
+        # An adaptive design (the pivot design) may end a chunk early where its next queries wait on answers.
+        stop = s.design.ready_until(start, min(start + s.chunk, s.budget))
+        ask_chunk(s, start, stop)
+        arrived = s.agent.collect()
+        if not arrived:
+            continue  # answered before (replayed), or waiting for a deferred agent
+        loss = learn(s, arrived, stop - start)
+        s.report(min(stop, s.budget), s.pcc, loss)
+        if s.config.stop_at is not None and s.pcc is not None and s.pcc >= s.config.stop_at:
+            return True  # good enough: no more answers are paid for
+    return False
+
+
+def ask_chunk(s: Session, start: int, stop: int) -> bool:
+    """Ask the positions of ``[start, stop)`` not asked before (and, on a resumed run, those that got
+    only invalid answers, one attempt later). Returns whether anything was asked."""
+    asked = s.agent.asked(start, stop)
+    retry = s.ledger.invalid_only(start, stop, s.agent.sources()) if s.resumed else {}
+    if len(asked) == stop - start and not retry:
+        return False
+    if not s.agent.ready(s.chunk):
+        return False  # a deferred agent with a chunk still waiting: the next one is chosen later
+    factor = _once(s.factor_now)  # Φ̂ as learnt so far, copied once a chunk for the strategy and a pool
+    queries = s.source.get(start, stop, factor)
+    pending = queries.select(~np.isin(queries.seq, asked) | np.isin(queries.seq, list(retry)))
+    s.agent.ask(pending, retry, factor)
+    return True
+
+
+def learn(s: Session, arrived: list[tuple[Queries, Answers]], n_asked: int) -> float | None:
+    """Learn from the answers that arrived, and snapshot every ``every`` answers. Returns the loss of
+    the learner's steps (gradient learner), else ``None``."""
+    for queries, answers in arrived:
+        s.n_ok += int(answers.ok.sum())
+        if s.preq is not None:  # score the random share before learning from it
+            s.preq.score(s.learner, queries, answers,
+                         random_positions(s.config.seed, answers.seq, s.config.active.random_share))
+        feed(s.learner, queries, answers, s.held, s.sources.of(answers))
+        s.design.observe(queries, answers)
+    refit_noise(s)
+    loss = None
+    if s.learner_name == "gradient":
+        steps = s.learner.arrival_steps(n_asked)
+        loss = s.learner.step(max(steps, ACTIVE_STEPS) if s.config.active is not None else steps)
+    if s.n_ok - s.last_snap >= s.every and s.learner_name in ("gradient", "pivot"):
+        s.pcc, s.last_snap = snapshot(s), s.n_ok
+    return loss
+
+
+def _once(fn: Callable[[], np.ndarray | None]) -> Callable[[], np.ndarray | None]:
+    """``fn``, computed on the first call only (a chunk's factor is read by the strategy and a pool)."""
+    box: list = []
+
+    def get():
+        if not box:
+            box.append(fn())
+        return box[0]
+
+    return get
+
+
+def live_extra(s: Session, final: bool = False) -> dict:
+    """The readouts stored with each snapshot: hold-out agreement, the agent's own, the noise fitted."""
+    extra: dict = {}
+    if s.held is not None:
+        extra["holdout_agreement"], extra["holdout_n"] = s.held.agreement(s.learner), s.held.n
+    elif s.preq is not None:
+        extra["holdout_agreement"], extra["holdout_n"] = s.preq.agreement(), s.preq.n
+        extra["holdout_kind"] = "prequential"
+    extra.update(s.agent.summary(final))
+    if s.noise:  # the flip rate each source's answers are fitted at
+        extra["source_noise"] = s.sources.named(s.noise)
+    if s.learner_name == "pivot":  # its rank and the hold-out pairs' PCC, the readout without Φ*
+        extra["pivot"] = s.learner.summary()
+    return extra
+
+
+def snapshot(s: Session) -> float:
+    """A snapshot while answers arrive; the final one is stored after the fit."""
+    pcc = metrics.pcc_factored(s.design.native_factor(s.learner.factor()), s.target.factor)
+    extra = {"loss": s.learner.last_loss, "learner": s.learner_name, "final": False, **live_extra(s)}
+    s.store.add_snapshot(s.run_id, s.n_ok, pcc, time.perf_counter() - s.t0, extra)
+    s.history.append((s.n_ok, pcc))
+    return pcc
+
+
+def final_fit(s: Session) -> None:
+    """Fit to convergence, reporting the fit's steps and stages."""
+    if s.learner_name != "gradient":
+        s.report(s.n_ok, s.pcc, None, stage=f"{s.learner_name} solve")
+        s.learner.finish()
+        return
+    fit_pcc, reports = s.pcc, [0]
+
+    def fit_progress(done: int, total: int, loss: float) -> None:
+        nonlocal fit_pcc
+        reports[0] += 1
+        if reports[0] % 10 == 0:  # a PCC readout costs O(p·r²): every tenth report
+            fit_pcc = metrics.pcc_factored(s.design.native_factor(s.learner.factor()), s.target.factor)
+        s.report(s.n_ok, fit_pcc, loss, fit=(done, total))
+
+    s.learner.finish(progress=fit_progress, stage=lambda name: s.report(s.n_ok, fit_pcc, None, stage=name))
+
+
+def finish(s: Session) -> RunResult:
+    """The final fit, the final snapshot with every readout, and the run's status."""
+    final_fit(s)
+    factor = s.design.native_factor(s.learner.factor())
+    pcc = metrics.pcc_factored(factor, s.target.factor)
+    s.store.save_factor(s.run_id, factor)
+    if s.config.rfm_mse and s.target.meta.get("kind") == "rfm":
+        s.report(s.n_ok, pcc, None, stage="RFM test MSE")
+    extra = readouts(s.target, factor) if s.config.rfm_mse else {}
+    extra.update(live_extra(s, final=True))
+    extra.update(s.source.summary())
+    if s.learner_name == "gradient":  # every answer learnt once: the stored ok answers, held-out ones aside
+        extra["learned"] = s.learner.n_pairs + s.learner.n_triplets
+    if s.design.adaptive:
+        extra["design"] = s.design.summary()
+    s.store.add_snapshot(s.run_id, s.n_ok, pcc, time.perf_counter() - s.t0,  # one final snapshot, every readout
+                         {"loss": s.learner.last_loss, "learner": s.learner_name, "final": True, **extra})
+    s.history.append((s.n_ok, pcc))
+    s.store.set_status(s.run_id, "waiting" if s.agent.outstanding() else "done")
+    s.report(s.n_ok, pcc, s.learner.last_loss, stage="done")
+    return RunResult(s.run_id, pcc, s.n_ok, s.budget, s.design.count, s.learner_name,
+                     time.perf_counter() - s.t0, factor, s.history, extra)
 
 
 def no_usable_answers(store: Store, run_id: str, n_ok: int) -> None:
@@ -330,29 +219,11 @@ def no_usable_answers(store: Store, run_id: str, n_ok: int) -> None:
                                "the invalid ones again.")
 
 
-def top_up_queue(store: Store, run_id: str, active: ActiveQueries, budget: int, chunk: int,
-                 factor: np.ndarray | None, check_rate: float, truth: np.ndarray | None, seed: int) -> int:
-    """Active runs with people: queue the next chunk of chosen triplets when fewer than a chunk wait.
-
-    People never wait for scoring: the queue always holds up to a chunk ahead, and
-    the run (``fbloop run`` again, or ``fbloop run --watch``) chooses the next one
-    under the ``Φ̂`` learnt from the answers in so far. Returns how many were queued.
-    """
-    info = store.queue_progress(run_id)
-    unanswered = info["queued"] - info["answered"]
-    start = store.next_position(run_id)
-    if unanswered >= chunk or start >= budget:
-        return 0
-    stop = min(start + chunk, budget)
-    queries = active.get(start, stop, factor)
-    return human.queue(store, run_id, queries, check_rate=check_rate, factor=truth, seed=seed)["queued"]
-
-
 def readouts(target: Target, factor: np.ndarray) -> dict:
     """Target-specific readouts beyond PCC: for the RFM target, the paper's test MSE."""
     if target.meta.get("kind") != "rfm":
         return {}
-    from .. import rfm
+    from ..targets import rfm
 
     result = rfm.fit_rfm(rfm.RFMConfig(figure=target.meta["figure"], seed=target.meta["seed"]))
     base = rfm.baseline_mses(result)

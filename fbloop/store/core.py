@@ -13,9 +13,8 @@ from pathlib import Path
 import numpy as np
 import sqlite_utils
 
-from ..agents.base import MIXED, Answers
-from ..designs import Queries
 from ..errors import StoreError
+from ..records import Answers, MIXED, Queries
 from ..sparse import SparseBatch
 from .codec import _decode, _encode
 from .crowd import CrowdStore
@@ -254,14 +253,17 @@ class Store(CrowdStore):
         return Queries("pair", seqs, a)
 
     def iter_answered(self, run_id: str, chunk: int = 50_000, agent: str | None = None,
-                      since: float | None = None, prefix: str | None = None) -> Iterator[tuple[Queries, Answers]]:
+                      since: float | None = None, prefix: str | None = None, after_id: int = -1,
+                      upto_id: int | None = None) -> Iterator[tuple[Queries, Answers]]:
         """Stored ok answers with their queries, in storage order, ``chunk`` rows at a time.
 
         Attention checks are left out: they test the annotator, not ``Φ``; so are the answers of
         people blocked on the run (:meth:`set_blocked`: kept in the store, not learned from). ``since``
         keeps only answers stored after that time (seconds since the epoch); ``prefix`` only those of
         agents whose name starts with it (``"human:"``: every annotator). A chunk from
-        several agents comes as agent ``MIXED`` with each row's agent in ``meta[i]["agent"]``.
+        several agents comes as agent ``MIXED`` with each row's agent in ``meta[i]["agent"]``. ``after_id``
+        and ``upto_id`` bound the answers' row ids (:meth:`last_answer_id`): a reader that has seen every
+        answer up to one id asks for those after it.
         """
         run = self.require_run(run_id)
         sql = ("SELECT q.seq, q.kind, q.a_idx, q.a_val, q.b_idx, q.b_val, q.c_idx, q.c_val, "
@@ -270,12 +272,14 @@ class Store(CrowdStore):
                "AND NOT EXISTS (SELECT 1 FROM blocked b WHERE b.run_id = a.run_id AND b.agent = a.agent)"
                + (" AND a.agent = ?" if agent is not None else "")
                + (" AND substr(a.agent, 1, ?) = ?" if prefix is not None else "")
-               + (" AND a.created_at > ?" if since is not None else "") + " ORDER BY a.id LIMIT ?")
-        last = -1
+               + (" AND a.created_at > ?" if since is not None else "")
+               + (" AND a.id <= ?" if upto_id is not None else "") + " ORDER BY a.id LIMIT ?")
+        last = after_id
         while True:
             args = ([run_id, last] + ([agent] if agent is not None else [])
                     + ([len(prefix), prefix] if prefix is not None else [])
-                    + ([since] if since is not None else []) + [chunk])
+                    + ([since] if since is not None else []) + ([upto_id] if upto_id is not None else [])
+                    + [chunk])
             rows = self.db.execute(sql, args).fetchall()
             if not rows:
                 return
@@ -287,6 +291,12 @@ class Store(CrowdStore):
                               np.array([r[9] for r in rows], dtype=np.float64), np.full(len(rows), "ok"),
                               meta=None if one else [{"agent": n} for n in names])
             yield queries, answers
+
+    def last_answer_id(self, run_id: str) -> int:
+        """The row id of a run's latest stored answer (−1 before the first): a cursor for
+        :meth:`iter_answered`'s ``after_id``."""
+        row = self.db.execute("SELECT MAX(id) FROM answers WHERE run_id = ?", [run_id]).fetchone()
+        return -1 if row[0] is None else int(row[0])
 
     def next_position(self, run_id: str) -> int:
         """One past the last stored query position of a run (attention checks, at negative ones, aside)."""

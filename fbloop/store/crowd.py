@@ -22,8 +22,8 @@ import time
 
 import numpy as np
 
-from ..designs import Queries
 from ..errors import StoreError
+from ..records import Queries
 from .transactions import write
 
 ENQUEUE_CHUNK = 20_000  # queue rows per write transaction: other writers (people's answers) get in between
@@ -89,7 +89,7 @@ class CrowdStore:
         ``(kind, expected answer)``. Written in chunks of ``ENQUEUE_CHUNK`` queue rows, each
         chunk's queries, queue rows and checks in one transaction, so people's answers get in
         between the chunks of a large queue; a killed enqueue leaves a whole prefix queued, and
-        queueing again (:func:`fbloop.human.queue`) adds the rest. A query queued before keeps
+        queueing again (:func:`fbloop.agents.people.queue`) adds the rest. A query queued before keeps
         its place. Returns how many were newly queued.
         """
         checks = checks or {}

@@ -235,7 +235,7 @@ def export_factor_saelens(store: Store, run_id: str, folder: str | Path) -> dict
     """Write ``Φ̂`` as a SAELens directory SAELens 6 loads: the dictionary ``D = Uᵀ`` (``r × p``), so
     ``W_dec = U`` (``d_sae = p`` rows, ``d_in = r``), ``W_enc = Uᵀ``, zero biases, architecture
     ``standard``; ``fbloop target saelens:DIR`` gives back ``Φ* = U Uᵀ = Φ̂``."""
-    from ..checkpoints import save_saelens
+    from ..targets.checkpoints import save_saelens
 
     u = _learned(store, run_id)
     p, r = u.shape

@@ -1,0 +1,79 @@
+"""How often each source of answers is wrong, read from what a run stores, for the noise-aware learner.
+
+A *source* is one name that answers are stored under: an oracle, an LLM (and its order-swapped
+asking, stored as ``NAME#swap``), each person annotating, each pool member. The gradient learner fits
+a source's ±1 answers with the flip-robust loss at its flip rate ``ε``
+(:meth:`fbloop.learners.GradientLearner.set_source_noise`), so a careless annotator or a noisy model
+counts for less. The estimates:
+
+- **Attention checks** (people, :mod:`fbloop.agents.people`): ``ε = (wrong + α) / (checks + α + β)``, the
+  posterior mean under a Beta(α, β) prior of mean 0.1 worth :data:`CHECK_PRIOR` = 5 checks. A person
+  with no answered check is left exact (ε = 0), as before any estimate.
+- **Order swaps** (the LLM agent with ``order_swap``): each triplet is asked twice, its candidates
+  swapped. If each asking errs independently at rate ``ε``, the two disagree with probability
+  ``d = 2ε(1 − ε)``, so ``ε = (1 − sqrt(1 − 2d)) / 2``; both askings get it. From :data:`MIN_SWAPS`
+  answered pairs on. A triplet the model gets wrong in both orders agrees with itself, so this is a
+  lower bound on its error rate; a position bias ("first" whatever the order) shows as disagreement.
+- **Agreement in a pool**: against a reference member, or pairwise (:mod:`fbloop.agents.pool`).
+
+Each agent reports its own estimates (:meth:`fbloop.agents.base.Agent.noise`) from these functions.
+
+Every ``ε`` is capped at :data:`MAX_NOISE`: at 0.5 a source's answers would carry nothing.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..errors import ConfigError
+from ..records import MIXED, Answers
+
+MAX_NOISE = 0.45  # a flip rate is capped here (0.5 would erase the source's answers)
+CHECK_PRIOR = (0.5, 4.5)  # Beta(α, β) on a person's flip rate: mean 0.1, worth 5 checks
+MIN_SWAPS = 20  # order-swapped pairs before the LLM's flip rate is estimated
+
+
+def flip_rate_from_checks(checks: int, correct: int) -> float | None:
+    """A person's flip rate from their answered attention checks; ``None`` before the first."""
+    if checks < 0 or not 0 <= correct <= checks:
+        raise ConfigError(f"Expect 0 ≤ correct ≤ checks, got correct={correct}, checks={checks}.")
+    if checks == 0:
+        return None
+    alpha, beta = CHECK_PRIOR
+    return min((checks - correct + alpha) / (checks + alpha + beta), MAX_NOISE)
+
+
+def flip_rate_from_swaps(both: int, agree: int) -> float | None:
+    """An LLM's flip rate from ``both`` triplets answered in both orders, ``agree`` of them alike;
+    ``None`` below :data:`MIN_SWAPS` pairs."""
+    if both < 0 or not 0 <= agree <= both:
+        raise ConfigError(f"Expect 0 ≤ agree ≤ both, got agree={agree}, both={both}.")
+    if both < MIN_SWAPS:
+        return None
+    d = 1.0 - agree / both
+    return min((1.0 - math.sqrt(max(1.0 - 2.0 * d, 0.0))) / 2.0, MAX_NOISE)
+
+
+class Sources:
+    """The learner's source ids by answer name, in order of first sight."""
+
+    def __init__(self, names: list[str] | tuple[str, ...] = ()):
+        self.ids: dict[str, int] = {}
+        for name in names:
+            self.id(name)
+
+    def id(self, name: str) -> int:
+        return self.ids.setdefault(name, len(self.ids))
+
+    def of(self, answers: Answers) -> int | np.ndarray:
+        """One id for the answers, or one per answer where they are stored under several names."""
+        if answers.agent == MIXED and answers.meta is not None:
+            return np.array([self.id(m["agent"]) for m in answers.meta], dtype=np.int64)
+        return self.id(answers.agent)
+
+    def named(self, eps: dict[int, float]) -> dict[str, float]:
+        """``{id: ε}`` as ``{name: ε}`` (for readouts)."""
+        names = {i: n for n, i in self.ids.items()}
+        return {names[i]: e for i, e in eps.items() if i in names}

@@ -1,0 +1,458 @@
+"""What the app shows, computed outside the UI.
+
+PCC curves and held-out agreement curves, Φ̂ beside Φ*, answers per agent,
+attention-check accuracy, the agreement of Φ̂ with stored triplet answers (the
+readouts when there is no Φ*),
+an LLM agent's invalid-reply rate, position bias and token cost; and, for active
+querying and agent pools, readout curves of several runs side by side labelled by
+strategy, a pool's per-agent accuracy, agreement, cost and routing split, and an
+active run's scoring and waiting times. Every function takes an open
+:class:`~fbloop.store.Store` and returns plain numbers, lists and arrays; ``None``
+where there is nothing to show yet.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+
+from ..agents import people as human
+from ..agents.oracle import triplet_margins
+from ..errors import ConfigError, FbloopError
+from ..metrics import triplet_agreement
+from ..store import Store
+from ..targets.load import load_target
+from ..targets.target import Target
+
+HEATMAP_MAX_P = 256  # beyond this a heatmap is unreadable and Φ is too big to form
+AGREEMENT_MAX_ROWS = 20_000  # answers scored per agent for the agreement readout
+SWAP_SUFFIX = "#swap"  # the LLM agent's answers with the candidates swapped
+READOUTS = {"pcc": "PCC", "holdout": "held-out agreement"}  # curve readouts, in order of preference
+ROUTES = ("shared", "hard", "rest", "skipped")  # a pool's routing split, in the order it is drawn
+PEOPLE = "people"  # every annotator (agents human:<name>) as one row where per-person rows would not fit
+FOLD_PEOPLE_OVER = 8  # more annotators than this: answers per agent shows them as one bar
+ALPHA_MAX_ITEMS = 100_000  # shared triplets read for the agreement between people
+
+
+@functools.lru_cache(maxsize=8)
+def target(spec: str) -> Target | None:
+    """The target of a spec, or ``None`` when it cannot be loaded here (a moved file, say).
+
+    Cached: the RFM target takes seconds to build, and targets are read-only.
+    """
+    try:
+        return load_target(spec)
+    except FbloopError:
+        return None
+
+
+def descriptions(store: Store, run_id: str) -> tuple[str, ...] | None:
+    """The run's feature descriptions, or ``None`` (the placeholder is shown instead)."""
+    t = target(store.require_run(run_id)["config"]["target"])
+    return None if t is None else t.descriptions
+
+
+def pcc_curve(store: Store, run_id: str) -> dict[str, list]:
+    """The run's PCC snapshots: ``{"answers": [...], "pcc": [...]}``."""
+    snaps = [s for s in store.snapshots(run_id) if s["pcc"] is not None]
+    return {"answers": [s["answers"] for s in snaps], "pcc": [s["pcc"] for s in snaps]}
+
+
+def holdout_curve(store: Store, run_id: str) -> dict[str, list]:
+    """The run's held-out agreement snapshots (runs with ``holdout``): ``{"answers", "agreement", "n"}``,
+    ``agreement`` the share of held-out triplet answers ``Φ̂`` predicted, ``n`` how many it was scored on."""
+    snaps = [s for s in store.snapshots(run_id) if s["extra"].get("holdout_agreement") is not None]
+    return {"answers": [s["answers"] for s in snaps], "agreement": [s["extra"]["holdout_agreement"] for s in snaps],
+            "n": [s["extra"].get("holdout_n") for s in snaps]}
+
+
+def pair_holdout_curve(store: Store, run_id: str) -> dict[str, list]:
+    """The pivot design's hold-out readout per snapshot: ``{"answers", "pcc", "n"}``, ``pcc`` the PCC
+    between the scales ``Φ̂`` predicts for the held-out random pairs (never learned from) and their answers."""
+    snaps = [s for s in store.snapshots(run_id) if _number((s["extra"].get("pivot") or {}).get("holdout_pcc"))
+             is not None]
+    return {"answers": [s["answers"] for s in snaps], "pcc": [s["extra"]["pivot"]["holdout_pcc"] for s in snaps],
+            "n": [s["extra"]["pivot"].get("holdout_n") for s in snaps]}
+
+
+def phi_pair(store: Store, run_id: str) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """``(Φ̂, Φ*)`` scaled to unit max-abs for side-by-side heatmaps, or ``None``.
+
+    ``None`` when the run has no factor yet or ``p`` is too large to draw; ``Φ*``
+    is ``None`` when the target cannot be loaded.
+    """
+    run = store.require_run(run_id)
+    factor = store.load_factor(run_id)
+    if factor is None or run["p"] > HEATMAP_MAX_P:
+        return None
+    hat = factor @ factor.T
+    hat = hat / max(np.max(np.abs(hat)), 1e-300)
+    t = target(run["config"]["target"])
+    if t is None:
+        return hat, None
+    star = t.phi()
+    return hat, star / np.max(np.abs(star))
+
+
+def answers_by_agent(store: Store, run_id: str) -> dict[str, list]:
+    """Long-form counts for a stacked bar chart: ``{"agent", "answer", "count"}`` columns.
+
+    ``answer`` is ok / invalid / skipped, or ``attention check`` for answers to checks. Past
+    ``FOLD_PEOPLE_OVER`` annotators, people are one bar (:data:`PEOPLE`); :func:`annotators` has each.
+    """
+    totals: dict[tuple[str, str], int] = {}
+    rows = store.answer_counts(run_id)
+    fold = len({r["agent"] for r in rows if r["agent"].startswith(human.PREFIX)}) > FOLD_PEOPLE_OVER
+    for row in rows:
+        agent = PEOPLE if fold and row["agent"].startswith(human.PREFIX) else row["agent"]
+        key = (agent, "attention check" if row["is_check"] else row["status"])
+        totals[key] = totals.get(key, 0) + row["n"]
+    keys = sorted(totals)
+    return {"agent": [k[0] for k in keys], "answer": [k[1] for k in keys], "count": [totals[k] for k in keys]}
+
+
+def check_accuracy(store: Store, run_id: str) -> list[dict]:
+    """Attention-check accuracy per annotator (see :func:`fbloop.agents.people.check_accuracy`)."""
+    return human.check_accuracy(store, run_id)
+
+
+def _agreement_counts(store: Store, run_id: str, agent: str, factor: np.ndarray,
+                      since: float | None) -> tuple[int, float]:
+    """``(n, agreeing)`` for ``agent``'s ok triplet answers (stored after ``since``) against ``Φ̂``;
+    ``agent`` :data:`PEOPLE` takes every annotator's answers together."""
+    n, agree = 0, 0.0
+    who = {"prefix": human.PREFIX} if agent == PEOPLE else {"agent": agent}
+    for queries, answers in store.iter_answered(run_id, chunk=5_000, since=since, **who):
+        delta, total = triplet_margins(queries.a, queries.b, queries.c, factor)
+        predicted = np.sign(np.where(np.abs(delta) > 1e-12 * np.maximum(total, 1e-300), delta, 0.0))
+        agree += triplet_agreement(predicted, answers.value) * len(answers)
+        n += len(answers)
+        if n >= AGREEMENT_MAX_ROWS:
+            break
+    return n, agree
+
+
+def agreement(store: Store, run_id: str) -> list[dict]:
+    """Per agent, how often ``Φ̂``'s triplet predictions match the stored answers.
+
+    ``held_out`` scores the answers stored after the current ``Φ̂`` was fit (the
+    learner never saw them); ``fit`` the answers it was fit to. Each is ``None``
+    when there are no such answers; attention checks are not scored, and at most
+    ``AGREEMENT_MAX_ROWS`` answers are read per set. People are scored together, as
+    agent :data:`PEOPLE` (one row, not one per annotator: a crowd of 150 would cost 150
+    passes). Empty for pair runs or before a first factor.
+    """
+    run = store.require_run(run_id)
+    factor = store.load_factor(run_id)
+    saved = store.factor_saved_at(run_id)
+    if run["kind"] != "triplet" or factor is None:
+        return []
+    agents = sorted({PEOPLE if r["agent"].startswith(human.PREFIX) else r["agent"]
+                     for r in store.answer_counts(run_id) if r["status"] == "ok" and not r["is_check"]})
+    out = []
+    for agent in agents:
+        n_all, agree_all = _agreement_counts(store, run_id, agent, factor, None)
+        n_new, agree_new = _agreement_counts(store, run_id, agent, factor, saved)
+        if n_all >= AGREEMENT_MAX_ROWS:  # capped: the first rows stored, all before Φ̂ was fit
+            n_fit, agree_fit = n_all, agree_all
+        else:
+            n_fit, agree_fit = n_all - n_new, agree_all - agree_new
+        out.append({"agent": agent, "held_out": agree_new / n_new if n_new else None, "n_held_out": n_new,
+                    "fit": agree_fit / n_fit if n_fit > 0 else None, "n_fit": n_fit})
+    return out
+
+
+def llm_stats(store: Store, run_id: str) -> list[dict]:
+    """Per LLM model (agents ``llm:<model>``, with ``#swap`` answers folded in): answers, invalid-reply
+    rate, position-bias rate (how often the swapped order disagrees; ``None`` without the order swap),
+    tokens, and cost (``None`` when the run set no prices)."""
+    counts: dict[str, dict[str, int]] = {}
+    for row in store.answer_counts(run_id):
+        if row["agent"].startswith("llm:") and not row["is_check"]:
+            by_status = counts.setdefault(row["agent"], {})
+            by_status[row["status"]] = by_status.get(row["status"], 0) + row["n"]
+    prices = store.require_run(run_id)["config"].get("llm") or {}
+    out = []
+    for name in sorted(a for a in counts if not a.endswith(SWAP_SUFFIX)):
+        swap = name + SWAP_SUFFIX
+        total = sum(counts[name].values()) + sum(counts.get(swap, {}).values())
+        invalid = counts[name].get("invalid", 0) + counts.get(swap, {}).get("invalid", 0)
+        bias = None
+        if swap in counts:
+            both = store.agreement(run_id, name, swap)
+            bias = (both["both"] - both["agree"]) / both["both"] if both["both"] else None
+        usage = store.request_usage(run_id, [name, swap])
+        p_cost, c_cost = prices.get("cost_prompt_1k") or 0.0, prices.get("cost_completion_1k") or 0.0
+        cost = (usage["prompt_tokens"] * p_cost + usage["completion_tokens"] * c_cost) / 1000
+        out.append({"model": name.split(":", 1)[1], "answers": total,
+                    "invalid_rate": invalid / total if total else None, "position_bias": bias,
+                    "requests": usage["requests"], "prompt_tokens": usage["prompt_tokens"],
+                    "completion_tokens": usage["completion_tokens"],
+                    "cost": cost if (p_cost or c_cost) else None})
+    return out
+
+
+# ---------------------------------------------------------------- strategies, pools, active runs
+
+
+def _number(x: float | None) -> float | None:
+    """``x`` as a float, ``None`` for a missing or non-finite value (a pool's unknown accuracy is NaN)."""
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+ADAPTIVE_DESIGNS = ("pivot",)  # designs whose queries follow the answers (fbloop.queries.pivots)
+
+
+def strategy_label(config: dict) -> str:
+    """How a run chose its queries: the active strategy, ``adaptive: pivot`` for the adaptive pair design, or
+    ``fixed: <design>`` for a fixed design."""
+    active = config.get("active") or {}
+    if active.get("strategy"):
+        return str(active["strategy"])
+    design = (config.get("design") or {}).get("name", "?")
+    return f"{'adaptive' if design in ADAPTIVE_DESIGNS else 'fixed'}: {design}"
+
+
+def _configs(store: Store) -> dict[str, dict]:
+    """Every run's config, in creation order (one query, no counting)."""
+    return store.run_configs()
+
+
+def strategy_labels(store: Store) -> dict[str, str]:
+    """Every run's strategy label, in creation order: ``{run_id: label}``."""
+    return {run_id: strategy_label(config) for run_id, config in _configs(store).items()}
+
+
+def same_target_runs(store: Store, run_id: str) -> list[str]:
+    """The runs (``run_id`` included) whose config names the same target spec, in creation order."""
+    configs = _configs(store)
+    spec = configs[store.require_run(run_id)["id"]].get("target")
+    return [r for r, config in configs.items() if config.get("target") == spec]
+
+
+def strategy_curves(store: Store, run_ids: list[str], readout: str | None = None) -> dict:
+    """The readout of several runs against answers (and cost), for one chart coloured by strategy.
+
+    ``readout`` is ``"pcc"`` or ``"holdout"`` (held-out agreement, the readout without ``Φ*``);
+    ``None`` takes PCC when any of the runs has it, else held-out agreement. Returns
+    ``{"readout", "label", "available", "rows", "missing"}``: ``rows`` one per snapshot,
+    ``{"run", "strategy", "answers", "value", "cost"}`` (``cost`` ``None`` unless the run
+    records its spend, as a pool run does); ``available`` the readouts any run has;
+    ``missing`` the runs without a point of the chosen readout. ``readout`` is ``None``
+    when no run has either.
+    """
+    if readout is not None and readout not in READOUTS:
+        raise ConfigError(f"Expect readout in {list(READOUTS)}, got {readout!r}.")
+    points: dict[str, dict[str, list[dict]]] = {}
+    for run_id in run_ids:
+        label = strategy_label(store.require_run(run_id)["config"])
+        points[run_id] = {key: [] for key in READOUTS}
+        for s in store.snapshots(run_id):
+            values = {"pcc": s["pcc"], "holdout": s["extra"].get("holdout_agreement")}
+            for key, value in values.items():
+                if _number(value) is not None:
+                    points[run_id][key].append({"run": run_id, "strategy": label, "answers": s["answers"],
+                                                "value": float(value), "cost": _number(s["extra"].get("cost"))})
+    available = [key for key in READOUTS if any(p[key] for p in points.values())]
+    if readout is None:
+        readout = available[0] if available else None
+    rows = [row for p in points.values() for row in p.get(readout, [])] if readout else []
+    return {"readout": readout, "label": READOUTS.get(readout), "available": available, "rows": rows,
+            "missing": [r for r in run_ids if not readout or not points[r][readout]]}
+
+
+def _last_extra(store: Store, run_id: str, key: str) -> tuple[int, dict] | None:
+    """``(answers, extra[key])`` of the latest snapshot carrying ``key``, or ``None``."""
+    for s in reversed(store.snapshots(run_id)):
+        if s["extra"].get(key):
+            return s["answers"], s["extra"][key]
+    return None
+
+
+def source_noise(store: Store, run_id: str) -> dict[str, float]:
+    """The flip rate the learner last fitted each source's answers at (``{agent: ε}``, :mod:`fbloop.agents.reliability`);
+    empty when the run took every answer as exact or has no estimate yet."""
+    last = _last_extra(store, run_id, "source_noise")
+    return dict(last[1]) if last else {}
+
+
+def pool_summary(store: Store, run_id: str) -> dict | None:
+    """The latest agent-pool summary of a pool run, as chart rows; ``None`` before one is stored.
+
+    ``{"answers", "total_cost", "agents", "agreement", "routing"}``: ``agents`` one row per
+    agent (``agent, asked, cost_per_answer, spent, budget_left, accuracy, accuracy_source``,
+    ``accuracy`` ``None`` while unknown), ``agreement`` one row per pair of agents
+    (``pair, a, b, agreement, shared``; ``agreement`` ``None`` before they share a query),
+    ``routing`` one row per route in :data:`ROUTES` (``route, queries, share``). See
+    :meth:`fbloop.agents.pool.AgentPool.summary`.
+    """
+    found = _last_extra(store, run_id, "pool")
+    if found is None:
+        return None
+    answers, pool = found
+    agents = [{"agent": name, "asked": int(a.get("asked", 0)), "cost_per_answer": _number(a.get("cost_per_answer")),
+               "spent": _number(a.get("spent")) or 0.0, "budget_left": _number(a.get("budget_left")),
+               "accuracy": _number(a.get("accuracy")), "accuracy_source": a.get("accuracy_source") or "unknown"}
+              for name, a in sorted(pool.get("agents", {}).items())]
+    agreement = []
+    for key, pair in sorted(pool.get("agreement", {}).items()):
+        a, _, b = key.partition("|")
+        agreement.append({"pair": f"{a} · {b}", "a": a, "b": b, "agreement": _number(pair.get("agreement")),
+                          "shared": int(pair.get("shared", 0))})
+    routing = pool.get("routing", {})
+    total = sum(int(routing.get(r, 0)) for r in ROUTES)
+    return {"answers": answers, "total_cost": _number(pool.get("total_cost")) or 0.0, "agents": agents,
+            "agreement": agreement,
+            "routing": [{"route": r, "queries": int(routing.get(r, 0)),
+                         "share": int(routing.get(r, 0)) / total if total else 0.0} for r in ROUTES]}
+
+
+def active_timing(store: Store, run_id: str) -> dict | None:
+    """An active run's time choosing queries against the time the loop waited for them.
+
+    Scoring runs in the background while the agent answers (:mod:`fbloop.queries.sources`), so only the
+    part not hidden behind answering is waited for. From the final snapshot: ``{"strategy",
+    "chunks", "score_s_total", "wait_s_total", "wait_s_max", "hidden_share"}``, seconds;
+    ``hidden_share`` is the share of the scoring time nobody waited for, ``1 − wait/score``
+    (``None`` when nothing was scored). ``None`` for a fixed design or before the run has finished.
+    """
+    found = _last_extra(store, run_id, "active")
+    if found is None:
+        return None
+    active = found[1]
+    score, wait = _number(active.get("score_s_total")) or 0.0, _number(active.get("wait_s_total")) or 0.0
+    return {"strategy": active.get("strategy"), "chunks": int(active.get("chunks") or 0), "score_s_total": score,
+            "wait_s_total": wait, "wait_s_max": _number(active.get("wait_s_max")) or 0.0,
+            "hidden_share": min(max(1.0 - wait / score, 0.0), 1.0) if score > 0 else None}
+
+
+# ---------------------------------------------------------------- the crowd, for the owner
+
+
+def annotators(store: Store, run_id: str, sort: str = "answers", top: int | None = None) -> list[dict]:
+    """Per annotator on a run, from running totals: ``agent, name, answers, skipped, checks, correct,
+    check_accuracy, mean_s, blocked``, sorted by ``sort`` (largest first; ``check_accuracy`` and
+    ``mean_s`` smallest first: the people to look at) and cut to the ``top`` first."""
+    keys = ("answers", "skipped", "check_accuracy", "mean_s", "name")
+    if sort not in keys:
+        raise ConfigError(f"Expect sort in {list(keys)}, got {sort!r}.")
+    rows = [{**r, "name": r["agent"][len(human.PREFIX):],
+             "mean_s": None if r["mean_ms"] is None else r["mean_ms"] / 1000}
+            for r in human.annotator_summary(store, run_id)]
+    if sort == "name":
+        rows.sort(key=lambda r: r["name"])
+    elif sort in ("check_accuracy", "mean_s"):
+        rows.sort(key=lambda r: (r[sort] is None, r[sort] if r[sort] is not None else 0.0, r["name"]))
+    else:
+        rows.sort(key=lambda r: (-r[sort], r["name"]))
+    return rows[:top] if top else rows
+
+
+def people_agreement(store: Store, run_id: str) -> dict:
+    """Agreement between people on the triplets several of them answered: Krippendorff's α (nominal:
+    first / second / equal), from the ``krippendorff`` package. ``{"alpha", "items", "answers", "pairs_agree"}``:
+    ``alpha`` ``None`` below two shared items, ``pairs_agree`` the raw share of agreeing answer pairs."""
+    counts = np.array(store.human_value_counts(run_id, ALPHA_MAX_ITEMS), dtype=np.int64).reshape(-1, 3)
+    if not len(counts):  # (items, categories): second, equal, first
+        return {"alpha": None, "items": 0, "answers": 0, "pairs_agree": None}
+    pairs = (counts * (counts - 1)).sum() / 2
+    total = (counts.sum(1) * (counts.sum(1) - 1)).sum() / 2
+    alpha = None
+    if len(counts) >= 2:
+        import krippendorff
+
+        with np.errstate(all="ignore"):
+            a = krippendorff.alpha(value_counts=counts, level_of_measurement="nominal")
+        alpha = None if not np.isfinite(a) else float(a)
+    return {"alpha": alpha, "items": int(len(counts)), "answers": int(counts.sum()),
+            "pairs_agree": float(pairs / total) if total else None}
+
+
+def has_llm(store: Store, run_id: str) -> bool:
+    """Whether a run has an LLM: its config sets one up, or some answer is an LLM's (one indexed probe)."""
+    return store.require_run(run_id)["config"].get("llm") is not None or store.has_agent_prefix(run_id, "llm:")
+
+
+# ---------------------------------------------------------------- the form's feature tables
+
+
+def feature_table(features: list, shared: set[int], title: str) -> str:
+    """One activation as a compact HTML table: feature, weight bar, description.
+
+    Features also active in another block of the triplet (``shared``) are highlighted and
+    marked ◆; a feature without a description says so in grey italics instead of a
+    placeholder sentence. Every value from data is HTML-escaped.
+    """
+    import html
+
+    from .. import render
+
+    top = max([abs(f.weight) for f in features] + [1e-12])
+    rows = []
+    for f in features:
+        width = int(round(100 * abs(f.weight) / top))
+        colour = "#4c78a8" if f.weight >= 0 else "#e45756"
+        placeholder = f.description == render.PLACEHOLDER.format(index=f.index)
+        desc = ('<span style="color:#888;font-style:italic">no description</span>' if placeholder
+                else html.escape(f.description))
+        mark = "◆ " if f.index in shared else ""
+        style = ' style="background:#fff3c4"' if f.index in shared else ""
+        rows.append(f'<tr{style}><td style="white-space:nowrap;padding:1px 6px">{mark}#{f.index}</td>'
+                    f'<td style="width:90px;padding:1px 6px"><div title="{html.escape(render.weight_text(f.weight))}" '
+                    f'style="background:{colour};height:10px;width:{width}%"></div></td>'
+                    f'<td style="padding:1px 6px;font-variant-numeric:tabular-nums">{render.weight_text(f.weight)}</td>'
+                    f'<td style="padding:1px 6px">{desc}</td></tr>')
+    body = "".join(rows) or '<tr><td colspan="4" style="color:#888">(no active features)</td></tr>'
+    return (f'<div style="font-size:0.9rem"><b>{html.escape(title)}</b><table style="width:100%;'
+            f'border-collapse:collapse;margin:2px 0 8px 0">{body}</table></div>')
+
+
+def shared_features(reference: list, first: list, second: list) -> dict[str, set[int]]:
+    """Which features of each block also appear in another block: ``{"reference", "first", "second"}``."""
+    ids = [{f.index for f in block} for block in (reference, first, second)]
+    return {"reference": ids[0] & (ids[1] | ids[2]), "first": ids[1] & ids[0], "second": ids[2] & ids[0]}
+
+
+def aligned(reference: list, first: list, second: list) -> tuple[list, list, list]:
+    """The three blocks with shared features first, in the reference's order, so that a feature the
+    reference shares with a candidate sits on the same row in both tables; the rest keep their order
+    (strongest first)."""
+    order = {f.index: i for i, f in enumerate(reference)}
+    ids = [{f.index for f in block} for block in (first, second)]
+    shared_ref = ids[0] | ids[1]
+
+    def lead(block: list, shared: set[int]) -> list:
+        return sorted([f for f in block if f.index in shared], key=lambda f: order[f.index]) + \
+            [f for f in block if f.index not in shared]
+
+    return (lead(reference, shared_ref), lead(first, set(order)), lead(second, set(order)))
+
+
+def practice_triplets(p: int, descriptions: tuple[str, ...] | None, n: int = 3, seed: int = 0) -> list[dict]:
+    """``n`` easy triplets with known answers for the form's practice round (never stored as answers).
+
+    The reference shares its strongest feature with the right candidate; the other candidate has
+    unrelated features. ``[{"reference", "first", "second", "answer", "why"}]`` with features as
+    :class:`fbloop.render.Feature` lists.
+    """
+    from .. import render
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        a, b, c, d = (int(x) for x in rng.choice(p, size=4, replace=p < 4))
+
+        def feat(index: int, weight: float) -> render.Feature:
+            text = descriptions[index] if descriptions is not None and descriptions[index] else ""
+            text = " ".join(str(text).split())[:render.MAX_DESCRIPTION] or render.PLACEHOLDER.format(index=index)
+            return render.Feature(index, weight, text)
+
+        ref = [feat(a, 1.0), feat(b, 0.2)]
+        close, far = [feat(a, 0.9)], [feat(c, 0.8), feat(d, 0.3)]
+        answer = "first" if i % 2 == 0 else "second"
+        first, second = (close, far) if answer == "first" else (far, close)
+        out.append({"reference": ref, "first": first, "second": second, "answer": answer,
+                    "why": f"the {answer} candidate shares the reference's strongest feature, #{a}"})
+    return out
