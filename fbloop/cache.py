@@ -35,9 +35,19 @@ def source_version(*files: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def threads() -> dict:
+    """What decides how many threads BLAS splits a product over. A sum split differently rounds
+    differently (an RFM fit with one thread and with two differ by ~1e-13), so an entry computed under
+    one setting is not handed to a process under another: each reads back exactly what it computes."""
+    return {"cpus": os.cpu_count(), **{v: os.environ.get(v) for v in THREAD_VARIABLES}}
+
+
 def key(kind: str, version: str, params: dict) -> str:
-    """An entry's name: ``kind-<hash of version and params>``."""
-    blob = json.dumps({"version": version, "params": params}, sort_keys=True, default=str)
+    """An entry's name: ``kind-<hash of version, params and the BLAS threading>``."""
+    blob = json.dumps({"version": version, "params": params, "threads": threads()}, sort_keys=True, default=str)
     return f"{kind}-{hashlib.sha256(blob.encode()).hexdigest()[:24]}"
 
 

@@ -30,6 +30,15 @@ def test_keys_change_with_version_and_params():
     assert k.startswith("rfm-")
 
 
+def test_keys_change_with_the_blas_threading(monkeypatch):
+    """A fit computed with one BLAS thread rounds differently from one with two: separate entries."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    two = cache.key("rfm", "v1", {"a": 1})
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert cache.key("rfm", "v1", {"a": 1}) != two
+    assert cache.key("rfm", "v1", {"a": 1}) == cache.key("rfm", "v1", {"a": 1})
+
+
 def test_source_version_follows_the_bytes(tmp_path):
     f = tmp_path / "m.py"
     f.write_text("x = 1\n")
