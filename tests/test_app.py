@@ -2,6 +2,9 @@
 
 import json
 import shutil
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -502,3 +505,52 @@ def test_a_hostile_name_is_shown_as_text(db, monkeypatch, name):
     assert not at.exception
     assert any(t.value == f"Signed in as {human.normalise_name(name)}" for t in at.text)
     assert not any("alert" in m.value for m in at.markdown)
+
+
+def pcc_rows(at: AppTest) -> list[dict]:
+    """The PCC line of the dashboard's readout chart."""
+    return [r for spec, rows in charts(at) for r in rows if r.get("readout") == "PCC" and "answers" in r]
+
+
+def test_the_dashboard_follows_a_watched_run(tmp_path, monkeypatch):
+    """People answer while `fbloop run --watch` learns: the dashboard's PCC curve and Φ̂ heatmap grow
+    with the answers, with no second command."""
+    from simulated_people import Annotators
+
+    db = tmp_path / "watched.db"
+    monkeypatch.setenv("FBLOOP_DB", str(db))
+    monkeypatch.setenv("FBLOOP_ACCESS", "open")
+    cmd = [sys.executable, "-m", "fbloop", "run", "--target", "synthetic:p=8,rank=3", "--seed", "1", "--design",
+           "triplet", "--agent", "human", "--budget", "80", "--run-id", "R", "--db", str(db), "--watch",
+           "--poll", "0.1", "--json"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    people = Annotators(db, pause=0.1)
+
+    def count(sql: str) -> int:
+        return sql_rows(db, sql)[0][0] if db.exists() else 0
+
+    def wait_for(what, until: float = 120) -> None:
+        deadline = time.monotonic() + until
+        while not what():
+            assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.poll() else ""
+            time.sleep(0.05)
+
+    try:
+        wait_for(lambda: count("SELECT COUNT(*) FROM sqlite_master WHERE name = 'human_queue'")
+                 and count("SELECT COUNT(*) FROM human_queue WHERE run_id = 'R'"))
+        people.start()
+        wait_for(lambda: count("SELECT COUNT(*) FROM snapshots WHERE run_id = 'R'") >= 2)
+        first = pcc_rows(dashboard("R"))
+        with Store(db) as store:
+            assert views.phi_pair(store, "R") is not None  # the heatmap draws from the latest snapshot's Φ̂
+        seen = max(r["answers"] for r in first)
+        wait_for(lambda: count("SELECT MAX(answers) FROM snapshots WHERE run_id = 'R'") >= seen + 10)
+        later = pcc_rows(dashboard("R"))
+        assert len(later) > len(first) and max(r["answers"] for r in later) >= seen + 10
+    finally:
+        people.stop.set()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    assert people.error is None

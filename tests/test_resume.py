@@ -17,16 +17,13 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from fbloop.agents import people
-from fbloop.store import Store
-from fbloop.targets.load import load_target
+from simulated_people import Annotators
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OPENAI_API_KEY": "test-key"}
@@ -143,41 +140,6 @@ def test_kill_9_and_resume_loses_and_doubles_nothing(kind, tmp_path, request):
 
 PEOPLE = SMALL + ["--design", "triplet", "--agent", "human", "--budget", "60", "--check-rate", "0.1",
                   "--learner", "gradient"]
-
-
-class Annotators(threading.Thread):
-    """Simulated people answering the run's queue exactly from ``Φ*``, one answer every ``pause`` s."""
-
-    def __init__(self, db: Path, pause: float = 0.02):
-        super().__init__(daemon=True)
-        self.db, self.pause = db, pause
-        self.factor = load_target("synthetic:p=8,rank=3,seed=1").factor
-        self.n = 0
-        self.stop = threading.Event()
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            with Store(self.db) as store:
-                while not self.stop.is_set():
-                    if not self.answer_one(store):
-                        self.stop.wait(0.05)
-        except BaseException as exc:  # reported by the test
-            self.error = exc
-
-    def answer_one(self, store: Store) -> bool:
-        for who in ("ann", "bo"):
-            q = people.next_query(store, "R", who)
-            if q is None:
-                continue
-            batch = store.load_queries("R", [q.seq])
-            a = batch.a.to_dense()
-            d_ab, d_ac = (float((((x.to_dense() - a) @ self.factor) ** 2).sum()) for x in (batch.b, batch.c))
-            choice = "first" if d_ab < d_ac else "second" if d_ac < d_ab else "equal"
-            self.n += people.submit(store, "R", q.seq, who, choice, 900.0, q.token)
-            time.sleep(self.pause)
-            return True
-        return False
 
 
 def watcher(tmp_path: Path) -> subprocess.Popen:

@@ -34,6 +34,7 @@ from .session import Session, auto_chunk, default_budget, new_run_id, open_sessi
 
 ACTIVE_STEPS = 100  # active runs: learner steps after each chunk at least (the strategy scores under Φ̂)
 WATCH_POLL_S = 2.0  # seconds between looks at the store while watching
+LIVE_FACTOR_MAX_P = 256  # up to this p each snapshot also stores Φ̂'s factor: the dashboard's heatmap follows
 
 __all__ = ["run_loop", "ACTIVE_STEPS", "WATCH_POLL_S", "auto_chunk", "default_budget", "new_run_id", "readouts"]
 
@@ -156,7 +157,10 @@ def live_extra(s: Session, final: bool = False) -> dict:
 
 def snapshot(s: Session) -> float:
     """A snapshot while answers arrive; the final one is stored after the fit."""
-    pcc = metrics.pcc_factored(s.design.native_factor(s.learner.factor()), s.target.factor)
+    factor = s.design.native_factor(s.learner.factor())
+    pcc = metrics.pcc_factored(factor, s.target.factor)
+    if s.target.p <= LIVE_FACTOR_MAX_P:  # small enough to store each time (the final fit stores it anyway)
+        s.store.save_factor(s.run_id, factor)
     extra = {"loss": s.learner.last_loss, "learner": s.learner_name, "final": False, **live_extra(s)}
     s.store.add_snapshot(s.run_id, s.n_ok, pcc, time.perf_counter() - s.t0, extra)
     s.history.append((s.n_ok, pcc))
