@@ -216,3 +216,10 @@ def test_the_shape_checks_catch_what_they_look_for(tmp_path):
                    f"        pass\n{body}\n", encoding="utf-8")
     assert len(type_checks(bad, {"AgentPool"})) == 2
     assert long_functions(bad) == [f"bad.py:1 f: {MAX_LINES + 3} lines"]
+
+
+def test_every_path_the_docs_name_exists():
+    """A module moved without its mentions leaves readers at a dead end."""
+    docs = [ROOT.parent / name for name in ("README.md", "prompts/README.md", "benchmarks/README.md")]
+    named = {m for doc in docs for m in re.findall(r"fbloop/[A-Za-z_/]+(?:\.py|/)", doc.read_text(encoding="utf-8"))}
+    assert named and sorted(m for m in named if not (ROOT.parent / m).exists()) == []

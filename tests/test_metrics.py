@@ -36,3 +36,22 @@ def test_shape_errors():
 
 def test_triplet_agreement():
     assert triplet_agreement(np.array([1, -1, 0, 1]), np.array([1, 1, 0, 1])) == 0.75
+
+
+def test_pcc_factored_by_blocks_and_in_a_basis(monkeypatch):
+    """The blocked sums equal the whole-factor ones; with ``ones = Bᵀ1`` factors in an orthonormal
+    basis give the PCC of the matrices back in feature coordinates; a float32 factor is read as float64."""
+    from fbloop import metrics
+
+    rng = np.random.default_rng(0)
+    u, v = rng.standard_normal((500, 4)), rng.standard_normal((500, 3))
+    whole = metrics.pcc_factored(u, v)
+    monkeypatch.setattr(metrics, "BLOCK", 64)
+    assert abs(metrics.pcc_factored(u, v) - whole) < 1e-13
+    assert abs(metrics.pcc_factored(u.astype(np.float32), v) - metrics.pcc_factored(u.astype(np.float32)
+                                                                                  .astype(np.float64), v)) < 1e-13
+    q, _ = np.linalg.qr(rng.standard_normal((500, 500)))
+    in_basis = metrics.pcc_factored(q.T @ u, q.T @ v, ones=q.T @ np.ones(500))
+    assert abs(in_basis - whole) < 1e-12
+    with pytest.raises(ShapeError):
+        metrics.pcc_factored(u, v, ones=np.ones(3))

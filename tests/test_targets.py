@@ -155,3 +155,28 @@ def test_non_float_weights_are_refused(tmp_path, dtype):
     for name in ("d.safetensors", "d.npy"):
         with pytest.raises(TargetFileError, match=f"dtype {dtype}; expect floating-point"):
             load_target(f"dict:{tmp_path / name}")
+
+
+def test_a_large_float32_dictionary_stays_float32_and_reads_as_float64(monkeypatch):
+    """Above GRAM_SVD_ABOVE entries a float32 D is kept float32 (no float64 copy); every product takes
+    it to float64 a block at a time, so Φ*'s spectrum, range and the eigen design match a float64 copy's."""
+    import fbloop.targets.target as target_mod
+    from fbloop.metrics import pcc_factored
+    from fbloop.queries.catalogue import make_design
+    from fbloop.queries.designs import DesignConfig
+
+    rng = np.random.default_rng(3)
+    D = (rng.standard_normal((6, 400)) * np.r_[np.ones(4), np.zeros(2)][:, None]).astype(np.float32)
+    monkeypatch.setattr(target_mod, "GRAM_SVD_ABOVE", 100)
+    small32 = target_mod.from_dictionary(D)
+    as64 = target_mod.from_dictionary(D.astype(np.float64))
+    assert small32.factor.dtype == np.float32 and as64.factor.dtype == np.float64
+    assert small32.rank == as64.rank == 4
+    np.testing.assert_allclose(small32._gram, as64._gram, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(small32.eigenvalues, as64.eigenvalues, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(small32.range_vectors(), as64.range_vectors(), atol=1e-10)
+    assert small32.range_vectors().flags.f_contiguous
+    d32, d64 = (make_design(DesignConfig(name="eigen"), t, 0) for t in (small32, as64))
+    np.testing.assert_allclose(d32.design_factor(small32.factor), d64.design_factor(as64.factor), atol=1e-10)
+    u = rng.standard_normal((400, 3))
+    assert abs(d32.pcc(u, small32.factor) - pcc_factored(d64.native_factor(u), as64.factor)) < 1e-10

@@ -51,6 +51,10 @@ class SolvedLearner:
 
     last_loss: float | None = None
 
+    def view(self) -> np.ndarray:
+        """The factor for a readout (the gradient learner's avoids a copy; here it is :meth:`factor`)."""
+        return self.factor()
+
     def factor(self) -> np.ndarray:
         raise NotImplementedError
 

@@ -47,10 +47,7 @@ class GradientLearner:
         scale = 1.0
         if anchor is not None:
             scale = 1.0 / max(float(np.linalg.norm(anchor.values)), 1e-12)
-        # In place: at p = 262,144, r = 512 each float64 temporary is 1 GiB (the same values, bit for bit).
-        u0 = torch.randn(p, self.rank, generator=self.gen, dtype=torch.float64).mul_(scale).div_(np.sqrt(self.rank))
-        self.U = u0.to(self.device, self.dtype)  # (p, r)
-        del u0
+        self.U = self._initial_u(p, scale)  # (p, r)
         self.opt = _LazyAdam((p, self.rank), config.lr, self.device, self.dtype)
         i32, fl = torch.int32, self.dtype
         self._pairs = _Columns((i32, fl, fl), self.device)  # idx (n, s), val (n, s), c (n,)
@@ -111,6 +108,23 @@ class GradientLearner:
             self._grow_sources(int(src.max()) + 1)
             ab, ac = difference(a, b), difference(a, c)
             self._trips.append(ab.indices, ab.values, ac.indices, ac.values, t, src)
+
+    INIT_BLOCK_ABOVE = 1 << 26  # p·r above which U is drawn a block of rows at a time
+
+    def _initial_u(self, p: int, scale: float) -> torch.Tensor:
+        """``U``'s start, ``N(0, scale²/r)`` entries drawn in float64. Above :data:`INIT_BLOCK_ABOVE`
+        entries the draw goes a block of 65,536 rows at a time, so no ``p × r`` float64 temporary is
+        made (1 GiB at p = 262,144, r = 512; the same law, another stream of draws)."""
+        r = self.rank
+        if p * r <= self.INIT_BLOCK_ABOVE:
+            u0 = torch.randn(p, r, generator=self.gen, dtype=torch.float64).mul_(scale).div_(np.sqrt(r))
+            return u0.to(self.device, self.dtype)
+        u = torch.empty(p, r, dtype=self.dtype, device=self.device)
+        for lo in range(0, p, 65_536):
+            rows = min(65_536, p - lo)
+            block = torch.randn(rows, r, generator=self.gen, dtype=torch.float64).mul_(scale).div_(np.sqrt(r))
+            u[lo:lo + rows] = block.to(self.device, self.dtype)
+        return u
 
     def set_source_noise(self, eps: dict[int, float]) -> None:
         """Each source's flip rate ``ε`` ∈ [0, 0.5) (``{source_id: ε}``; sources not named keep theirs, 0
@@ -491,8 +505,17 @@ class GradientLearner:
     # ------------------------------------------------------------ readout
 
     def factor(self) -> np.ndarray:
-        """``U`` as a float64 numpy array, shape ``(p, r)``."""
-        return self.U.detach().to("cpu", torch.float64).numpy().copy()
+        """``U`` as a float64 numpy array of its own, shape ``(p, r)`` (one copy: a float32 ``U`` is
+        copied by the conversion itself)."""
+        u = self.U.detach().to("cpu", torch.float64)
+        return u.numpy().copy() if u.data_ptr() == self.U.data_ptr() else u.numpy()
+
+    def view(self) -> np.ndarray:
+        """``U`` itself for a readout taken between steps, in its own dtype: no copy on the CPU (a
+        float32 ``U`` at p = 262,144, r = 512 is read in place instead of copied to 1 GiB of float64).
+        Not to be kept: the next step changes it."""
+        u = self.U.detach()
+        return u.numpy() if u.device.type == "cpu" else u.to("cpu").numpy()
 
     def phi(self) -> np.ndarray:
         """Dense ``Φ̂ = U Uᵀ`` (``p × p``); only for moderate ``p``."""

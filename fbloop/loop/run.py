@@ -22,7 +22,6 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .. import metrics
 from ..errors import NoUsableAnswersError
 from ..queries.sources import random_positions
 from ..records import Answers, Queries
@@ -157,10 +156,10 @@ def live_extra(s: Session, final: bool = False) -> dict:
 
 def snapshot(s: Session) -> float:
     """A snapshot while answers arrive; the final one is stored after the fit."""
-    factor = s.design.native_factor(s.learner.factor())
-    pcc = metrics.pcc_factored(factor, s.target.factor)
+    u = s.learner.view()  # read in place: nothing steps the learner while the snapshot is taken
+    pcc = s.design.pcc(u, s.target.factor)
     if s.target.p <= LIVE_FACTOR_MAX_P:  # small enough to store each time (the final fit stores it anyway)
-        s.store.save_factor(s.run_id, factor)
+        s.store.save_factor(s.run_id, s.design.native_factor(u))
     extra = {"loss": s.learner.last_loss, "learner": s.learner_name, "final": False, **live_extra(s)}
     s.store.add_snapshot(s.run_id, s.n_ok, pcc, time.perf_counter() - s.t0, extra)
     s.history.append((s.n_ok, pcc))
@@ -179,7 +178,7 @@ def final_fit(s: Session) -> None:
         nonlocal fit_pcc
         reports[0] += 1
         if reports[0] % 10 == 0:  # a PCC readout costs O(p·r²): every tenth report
-            fit_pcc = metrics.pcc_factored(s.design.native_factor(s.learner.factor()), s.target.factor)
+            fit_pcc = s.design.pcc(s.learner.view(), s.target.factor)
         s.report(s.n_ok, fit_pcc, loss, fit=(done, total))
 
     s.learner.finish(progress=fit_progress, stage=lambda name: s.report(s.n_ok, fit_pcc, None, stage=name))
@@ -188,8 +187,8 @@ def final_fit(s: Session) -> None:
 def finish(s: Session) -> RunResult:
     """The final fit, the final snapshot with every readout, and the run's status."""
     final_fit(s)
-    factor = s.design.native_factor(s.learner.factor())
-    pcc = metrics.pcc_factored(factor, s.target.factor)
+    pcc = s.design.pcc(s.learner.view(), s.target.factor)
+    factor = s.design.native_factor(s.learner.factor())  # float64, the run's own
     s.store.save_factor(s.run_id, factor)
     if s.config.rfm_mse and s.target.meta.get("kind") == "rfm":
         s.report(s.n_ok, pcc, None, stage="RFM test MSE")

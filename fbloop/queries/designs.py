@@ -39,7 +39,7 @@ from typing import Literal
 
 import numpy as np
 
-from .. import seeding
+from .. import metrics, seeding
 from ..errors import ConfigError
 from ..records import Queries
 from ..sparse import SparseBatch
@@ -205,6 +205,7 @@ class Design:
 
     kind: Literal["pair", "triplet"] = "pair"
     adaptive = False  # True: later queries depend on earlier answers (:meth:`observe`, :meth:`ready_until`)
+    _readout: tuple | None = None  # (V, BᵀV, Bᵀ1) for :meth:`pcc` in a basis, computed once
 
     def __init__(self, config: DesignConfig, target: Target, seed: int):
         self.config = config
@@ -230,6 +231,20 @@ class Design:
     def native_factor(self, factor: np.ndarray) -> np.ndarray:
         """A learned factor ``U`` (p, r) in the design's coordinates, back in feature coordinates: ``B U``."""
         return factor if self.basis is None else self.basis.apply(factor)
+
+    def pcc(self, factor: np.ndarray, target_factor: np.ndarray) -> float:
+        """PCC of ``Φ̂ = U Uᵀ`` (``U`` learnt in the design's coordinates) with ``Φ* = V Vᵀ``.
+
+        A basis design reads it in its own coordinates (``BᵀV``, and ``Bᵀ1`` for the entry sums:
+        :func:`fbloop.metrics.pcc_factored`), the same number without forming ``B U``: at
+        ``p = 262,144``, ``r = 512`` that would be a 1 GiB temporary at every snapshot."""
+        if self.basis is None:
+            return metrics.pcc_factored(factor, target_factor)
+        if self._readout is None or self._readout[0] is not target_factor:
+            ones = self.basis.apply_t(np.ones((self.p, 1)))[:, 0]
+            self._readout = (target_factor, self.design_factor(target_factor), ones)
+        _, v, ones = self._readout
+        return metrics.pcc_factored(factor, v, ones)
 
     @property
     def total(self) -> int | None:
@@ -290,7 +305,12 @@ class EigenDesign(Design):
         ``p = 262,144``, ``k = 512`` costs ``r·k`` values, not 1 GiB."""
         b = self.basis
         r = b.r
-        top = factor[:r] - b.y[:r] @ (b.t.T @ (b.y.T @ factor))  # (r, k): rows < r of (I − Y Tᵀ Yᵀ) V
+        if factor.dtype == np.float64:
+            yv = b.y.T @ factor
+        else:  # a float32 target factor, taken to float64 a block of rows at a time
+            yv = sum(b.y[lo:lo + b.BLOCK].T @ np.asarray(factor[lo:lo + b.BLOCK], dtype=np.float64)
+                     for lo in range(0, self.p, b.BLOCK))
+        top = np.asarray(factor[:r], dtype=np.float64) - b.y[:r] @ (b.t.T @ yv)  # (r, k): rows < r of (I − Y Tᵀ Yᵀ) V
         out = np.zeros((self.p, factor.shape[1]))  # calloc: untouched rows stay unmapped
         out[:r] = top * b.signs[:, None]
         return out

@@ -366,7 +366,7 @@ class Store(CrowdStore):
     def save_factor(self, run_id: str, factor: np.ndarray) -> None:
         u = np.ascontiguousarray(factor, dtype="<f8")
         self.db.execute("INSERT OR REPLACE INTO factors (run_id, p, r, data, created_at) VALUES (?, ?, ?, ?, ?)",
-                        [run_id, u.shape[0], u.shape[1], u.tobytes(), time.time()])
+                        [run_id, u.shape[0], u.shape[1], memoryview(u).cast("B"), time.time()])  # no bytes copy
 
     def load_factor(self, run_id: str) -> np.ndarray | None:
         row = self.db.execute("SELECT p, r, data FROM factors WHERE run_id = ?", [run_id]).fetchone()

@@ -67,7 +67,12 @@ class Target:
     meta: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        v = np.asarray(self.factor, dtype=np.float64)
+        raw = np.asarray(self.factor)
+        # A large float32 factor (a float32 checkpoint's decoder) stays float32: every product below
+        # takes it to float64 a block of rows at a time, so the values are the same as a float64 copy's
+        # and the copy (1 GiB at p = 262,144, k = 512) is never made. Anything else becomes float64.
+        keep32 = raw.dtype == np.float32 and raw.size > GRAM_SVD_ABOVE
+        v = raw if keep32 else np.asarray(raw, dtype=np.float64)
         if v.ndim != 2 or v.shape[0] < 2 or v.shape[1] < 1:
             raise ShapeError(f"Expect a factor of shape (p, k) with p ≥ 2, got {v.shape}.")
         if not np.all(np.isfinite(v)):
@@ -111,7 +116,26 @@ class Target:
         (p = 32768, k = 512) under a second where the SVD took ~12 s. They lose nothing that
         matters here: their error is ~1e-16 of the largest, far below ``RANK_TOL``.
         """
-        return self.factor.T @ self.factor
+        if self.factor.dtype == np.float64:
+            return self.factor.T @ self.factor
+        gram = np.zeros((self.factor.shape[1],) * 2)
+        for lo, block in self._blocks():
+            gram += block.T @ block
+        return gram
+
+    def _blocks(self, rows: int = 65_536):
+        """``(first row, rows of V in float64)``, a block at a time (for a float32 factor)."""
+        for lo in range(0, self.p, rows):
+            yield lo, np.asarray(self.factor[lo:lo + rows], dtype=np.float64)
+
+    def _times(self, w: np.ndarray, order: str = "C") -> np.ndarray:
+        """``V W`` in float64, a block of rows at a time when ``V`` is float32."""
+        if self.factor.dtype == np.float64:
+            return np.asarray(self.factor @ w, order=order)
+        out = np.empty((self.p, w.shape[1]), order=order)
+        for lo, block in self._blocks():
+            out[lo:lo + len(block)] = block @ w
+        return out
 
     @cached_property
     def eigenvalues(self) -> np.ndarray:
@@ -128,7 +152,7 @@ class Target:
         import scipy.linalg  # here: `fbloop target` should not pay its import
 
         _, w = scipy.linalg.eigh(self._gram)
-        return self.factor @ w[:, ::-1][:, : self.rank]
+        return self._times(w[:, ::-1][:, : self.rank])
 
     @property
     def rank(self) -> int:
@@ -141,7 +165,9 @@ class Target:
         A fresh Fortran-ordered array each call (the caller owns it)."""
         q, _ = self._svd
         if q is None:  # large factor: Q = V W σ⁻¹, computed now, Fortran-ordered (no copy for a QR)
-            return (self._gram_vectors[:, : self.rank].T @ self.factor.T).T
+            if self.factor.dtype == np.float64:
+                return (self._gram_vectors[:, : self.rank].T @ self.factor.T).T
+            return self._times(self._gram_vectors[:, : self.rank], order="F")
         return np.asfortranarray(q[:, : self.rank])  # a copy: the caller may overwrite it
 
     def eigenvectors(self) -> np.ndarray:
@@ -227,7 +253,9 @@ def synthetic(config: SyntheticConfig) -> Target:
 def from_dictionary(dictionary: np.ndarray, *, name: str = "dictionary",
                     descriptions: tuple[str, ...] | None = None, meta: dict | None = None) -> Target:
     """Target from a dictionary ``D`` of shape ``(d, p)``: atoms are columns."""
-    D = np.asarray(dictionary, dtype=np.float64)
+    D = np.asarray(dictionary)
+    if not (D.dtype == np.float32 and D.size > GRAM_SVD_ABOVE):  # a large float32 D stays float32 (Target)
+        D = np.asarray(D, dtype=np.float64)
     if D.ndim != 2:
         raise ShapeError(f"Expect a dictionary of shape (d, p), got {D.shape}.")
     if not np.all(np.isfinite(D)):
