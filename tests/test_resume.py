@@ -115,7 +115,10 @@ KINDS = {
 }
 
 
-@pytest.mark.parametrize("kind", list(KINDS))
+SLOW_KINDS = {"oracle-noisy", "llm", "llm-bisection"}  # 35–65 s each: `-m slow` runs them
+
+
+@pytest.mark.parametrize("kind", [pytest.param(k, marks=pytest.mark.slow) if k in SLOW_KINDS else k for k in KINDS])
 def test_kill_9_and_resume_loses_and_doubles_nothing(kind, tmp_path, request):
     args = SMALL + KINDS[kind] + ["--db", str(tmp_path / "r.db")]
     if kind.startswith("llm"):
