@@ -193,7 +193,7 @@ def finish(s: Session) -> RunResult:
     extra.update(live_extra(s, final=True))
     extra.update(s.source.summary())
     if s.learner_name == "gradient":  # every answer learnt once: the stored ok answers, held-out ones aside
-        extra["learned"] = s.learner.n_pairs + s.learner.n_triplets
+        extra["learned"] = s.learner.n_pairs + s.learner.n_triplets + getattr(s.learner, "n_tuples", 0)
     if s.design.adaptive:
         extra["design"] = s.design.summary()
     s.store.add_snapshot(s.run_id, s.n_ok, pcc, time.perf_counter() - s.t0,  # one final snapshot, every readout
