@@ -12,7 +12,8 @@ from fbloop import render
 from fbloop.agents import LLMConfig, OracleAgent
 from fbloop.agents.server import ServerConfig, serve
 from fbloop.agents.tuple_llm import TupleLLMAgent
-from fbloop.agents.tuple_prompts import parse, read_prompt, reply, schema
+from fbloop.agents.tuple_prompts import (batch_reply, batch_schema, parse, parse_batch, read_prompt,
+                                         read_questions, reply, schema)
 from fbloop.errors import ConfigError
 from fbloop.learners import LearnerConfig
 from fbloop.loop import RunConfig, run_loop
@@ -127,29 +128,60 @@ def test_a_prompt_without_a_tuple_question_is_not_read():
     assert read_prompt("Candidate 1:\nCandidate 2:\nReply with {\"closest\": 1} or {\"ranking\": [1]}") is None
 
 
-def test_batches_and_order_swaps_are_refused_for_tuples():
-    with pytest.raises(ConfigError, match="batch_size=4"):
-        TupleLLMAgent(cfg("http://127.0.0.1:1/v1", batch_size=4), "closest", 4)
+def test_order_swaps_are_refused_for_tuples():
     with pytest.raises(ConfigError, match="order_swap=True"):
         TupleLLMAgent(cfg("http://127.0.0.1:1/v1", order_swap=True), "rank", 4)
+
+
+def test_a_batch_reply_needs_the_asked_ids_each_once():
+    good = '{"answers": [{"id": 2, "closest": "none"}, {"id": 1, "closest": 3}]}'
+    assert parse_batch("closest", good, 4, [1, 2]) == {1: (3.0, None), 2: (0.0, None)}
+    for bad in ('{"answers": [{"id": 1, "closest": 3}]}', '{"answers": [{"id": 0, "closest": 3}, {"id": 1, "closest": 1}]}',
+                '{"answers": [{"id": 1, "closest": 3}, {"id": 1, "closest": 1}]}', '[{"id": 1, "closest": 3}]'):
+        got = parse_batch("closest", bad, 4, [1, 2])
+        assert all(v is None and why for v, why in got.values()), bad
+    one_bad = '{"answers": [{"id": 1, "ranking": [2, 1, 3]}, {"id": 2, "ranking": [1, 1, 3]}]}'
+    got = parse_batch("rank", one_bad, 3, [1, 2])
+    assert got[1] == (float(ranking_code(np.array([[1, 0, 2]]))[0]), None) and got[2][0] is None
+    extra = parse_batch("odd", '{"answers": [{"id": 1, "odd": 3, "why": "x"}]}', 3, [1])
+    assert extra[1][0] is None and "expect keys id and odd" in extra[1][1]
+
+
+@pytest.mark.parametrize("kind,k", [("closest", 4), ("rank", 3), ("odd", 3)])
+def test_a_perfect_batch_reply_fits_its_schema(kind, k):
+    import jsonschema
+
+    text = batch_reply(kind, [1.0, 2.0], k, [1, 2])
+    jsonschema.validate(json.loads(text), batch_schema(kind, k, 2))
+    assert parse_batch(kind, text, k, [1, 2]) == {1: (1.0, None), 2: (2.0, None)}
 
 
 # ---------------------------------------------------------------- over HTTP
 
 
+@pytest.mark.parametrize("batch", [1, 4])
 @pytest.mark.parametrize("kind,k", [("closest", 4), ("rank", 4), ("odd", None)])
-def test_the_llm_agent_answers_as_the_oracle_over_http(server, target, tmp_path, kind, k):
+def test_the_llm_agent_answers_as_the_oracle_over_http(server, target, tmp_path, kind, k, batch):
     q = questions(target, kind, k)
     with Store(tmp_path / "c.db") as store:
-        agent = TupleLLMAgent(cfg(server.url, structured="auto"), kind, k or 3, cache=store)
+        agent = TupleLLMAgent(cfg(server.url, structured="auto", batch_size=batch), kind, k or 3, cache=store)
         agent.check()
         got = agent.answer(q)
     want = OracleAgent(target.factor, q.a).answer(on_grid(q)).value
     assert got.ok.all() and np.array_equal(got.value, want)
     assert agent.modes.current == "json_schema" and agent.probe_log[0] == {"mode": "json_schema", "outcome": "ok"}
     m = got.meta[0]
-    assert m["template"] == kind and m["prompt_tokens"] > 0 and m["completion_tokens"] > 0
-    assert json.loads(got.raw[0])
+    assert m["template"] == (kind if batch == 1 else f"{kind}_batch") and m["batch_size"] == batch
+    assert m["prompt_tokens"] > 0 and m["completion_tokens"] > 0 and json.loads(got.raw[0])
+
+
+def test_the_server_reads_a_batch_prompt_back_in_order(target):
+    q = questions(target, "rank", 5, n=3, dist="sparse")
+    agent = TupleLLMAgent(cfg("http://127.0.0.1:1/v1", batch_size=3), "rank", 5)
+    got = read_questions(agent._prompt(agent._texts(q)))
+    assert [x.id for x in got] == [1, 2, 3] and {x.kind for x in got} == {"rank"}
+    assert [len(x.options) for x in got] == [5, 5, 5]
+    assert read_prompt(agent._prompt(agent._texts(q))) is None  # a batch is not one question
 
 
 def test_malformed_replies_are_invalid_with_a_reason_and_never_cached(target, tmp_path):

@@ -184,6 +184,13 @@ class OracleModel:
                 out.append("first" if v > 0 else "second" if v < 0 else "equal")
         return out
 
+    def judge_tuples(self, questions: list[tuple_prompts.Question]) -> str:
+        """The reply (JSON text) to one tuple question, or a batch of them."""
+        if questions[0].id is None:
+            return self.judge_tuple(questions[0])
+        got = [json.loads(self.judge_tuple(q)) for q in questions]
+        return json.dumps({"answers": [{"id": q.id, **g} for q, g in zip(questions, got)]})
+
     def judge_tuple(self, question: tuple_prompts.Question) -> str:
         """The reply (JSON text) to one tuple question."""
         p, cfg = self.target.p, self.config
@@ -223,14 +230,14 @@ class OracleModel:
             kind = "rate_limit_error" if status == 429 else "server_error"
             return status, _error(f"simulated {status}", kind), {}
         comparisons = parse_prompt(prompt)
-        question = None if comparisons else tuple_prompts.read_prompt(prompt)
-        if not comparisons and question is None:
+        questions = [] if comparisons else tuple_prompts.read_questions(prompt)
+        if not comparisons and not questions:
             with self.lock:
                 self.stats["http_400"] += 1
             return 400, _error("no fbloop triplet found in the last user message", "invalid_request_error"), {}
-        batched = bool(comparisons) and comparisons[0].id is not None
-        if question is not None:
-            content = self.judge_tuple(question)
+        batched = (comparisons or questions)[0].id is not None
+        if questions:
+            content = self.judge_tuples(questions)
         elif batched:
             answers = self.judge(comparisons)
             content = json.dumps({"answers": [{"id": c.id, "answer": a} for c, a in zip(comparisons, answers)]})
@@ -242,7 +249,7 @@ class OracleModel:
                 self.stats["malformed"] += 1
         with self.lock:
             self.stats["ok"] += 1
-            self.stats["comparisons"] += len(comparisons) or 1
+            self.stats["comparisons"] += len(comparisons) or len(questions)
         prompt_tokens = max(1, len(every) // 4)  # the usual ~4 characters a token
         completion_tokens = max(1, len(content) // 4)
         out = {

@@ -93,11 +93,9 @@ def check_config(config: RunConfig, design: Design, budget: int) -> None:
     if config.agent == "llm" and design.kind == "pair" and config.bisection is None:
         raise ConfigError("The llm agent answers triplets; pair designs need the bisection route "
                           "(--bisection 1e-3) or --design triplet.")
-    if config.agent == "llm" and design.kind in ("closest", "rank", "odd") and (
-            config.llm.order_swap or config.llm.batch_size != 1):
-        raise ConfigError(f"{design.kind} questions are asked one per request, in the order stored: leave "
-                          f"--order-swap and --batch-size out (got order_swap={config.llm.order_swap}, "
-                          f"batch_size={config.llm.batch_size}).")
+    if config.agent == "llm" and design.kind in ("closest", "rank", "odd") and config.llm.order_swap:
+        raise ConfigError(f"{design.kind} questions are asked in the order stored (no order swap yet): leave "
+                          "--order-swap out.")
     if config.agent in ("human", "pool") and design.kind != "triplet":
         raise ConfigError(f"The {config.agent} agent answers triplets; use --design triplet with --agent "
                           f"{config.agent}.")
