@@ -10,6 +10,7 @@ the oracle's noise). The run stops at the first PCC snapshot ≥ the goal (``--s
 - ``tokens``: prompt + completion tokens of those requests, as the server's ``usage`` reports them
   (the local server estimates ~4 characters a token: no tokenizer is installed here);
 - ``activations``: activations shown, ``answers × (3 | k + 1)``;
+- ``batch``: questions per request (triplets ``--triplet-batch``, tuples each of ``--tuple-batches``);
 - the same ratios to random triplets at batch 8 (``> 1``: the kind needs fewer).
 
     python benchmarks/bench_tuples.py                       # RFM and p = 32, 2 seeds, exact answers
@@ -45,7 +46,7 @@ def shown_per_answer(name: str, k: int | None) -> int:
     return k + 1 if name in ("closest", "rank") else 3
 
 
-def one_cell(spec: str, target, kind: str, seed: int, args, url: str, db: Path) -> dict:
+def one_cell(spec: str, target, kind: str, seed: int, args, url: str, db: Path, batch: int = 1) -> dict:
     from fbloop.agents import LLMConfig
     from fbloop.agents.oracle import OracleConfig
     from fbloop.learners import LearnerConfig
@@ -55,7 +56,7 @@ def one_cell(spec: str, target, kind: str, seed: int, args, url: str, db: Path) 
 
     name, k = parse_kind(kind)
     llm = LLMConfig(base_url=url, structured="json_schema", concurrency=8,
-                    batch_size=args.triplet_batch if name == "triplet" else 1, cache=False)
+                    batch_size=args.triplet_batch if name == "triplet" else batch, cache=False)
     config = RunConfig(target=spec, design=DesignConfig(name=name, k=k, dist=args.dist), agent="llm", llm=llm,
                        budget=args.max_answers, chunk=args.every, snapshot_every=args.every, stop_at=args.goal,
                        rfm_mse=False, oracle=OracleConfig(seed=seed), learner_config=LearnerConfig(seed=seed),
@@ -68,7 +69,7 @@ def one_cell(spec: str, target, kind: str, seed: int, args, url: str, db: Path) 
     reached = next((s["answers"] for s in snaps if s["pcc"] is not None and s["pcc"] >= args.goal
                     and not s["extra"].get("final")), None)
     tokens = use["prompt_tokens"] + use["completion_tokens"]
-    return {"target": spec, "kind": kind, "seed": seed, "answers": reached, "asked": result.answers,
+    return {"target": spec, "kind": kind, "batch": llm.batch_size, "seed": seed, "answers": reached, "asked": result.answers,
             "requests": use["requests"], "prompt_tokens": use["prompt_tokens"],
             "completion_tokens": use["completion_tokens"], "tokens": tokens if reached else None,
             "activations": reached * shown_per_answer(name, k) if reached else None,
@@ -99,6 +100,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--every", type=int, default=16, help="answers between PCC snapshots (and per chunk)")
     ap.add_argument("--max-answers", type=int, default=20_000)
     ap.add_argument("--triplet-batch", type=int, default=8)
+    ap.add_argument("--tuple-batches", nargs="+", type=int, default=[1, 8],
+                    help="questions per request for the tuple kinds (each kind runs at each)")
     ap.add_argument("--dist", default="sparse", choices=["sparse", "gaussian"])
     ap.add_argument("--out", default=str(ROOT / "results" / "tuples.json"))
     args = ap.parse_args(argv)
@@ -113,10 +116,12 @@ def main(argv: list[str] | None = None) -> dict:
             with serve(ServerConfig(target=spec), target=target) as srv:
                 for seed in args.seeds:
                     for kind in args.kinds:
-                        cell = one_cell(spec, target, kind, seed, args, srv.url, Path(tmp) / "bench.db")
-                        cells.append(cell)
-                        print(json.dumps(cell), flush=True)
+                        for batch in ([args.triplet_batch] if kind == "triplet" else args.tuple_batches):
+                            cell = one_cell(spec, target, kind, seed, args, srv.url, Path(tmp) / "bench.db", batch)
+                            cells.append(cell)
+                            print(json.dumps(cell), flush=True)
     out = {"goal": args.goal, "every": args.every, "dist": args.dist, "triplet_batch": args.triplet_batch,
+           "tuple_batches": args.tuple_batches,
            "tokens_note": "the local server's usage: about 4 characters a token",
            "machine": {"python": sys.version.split()[0], "platform": platform.platform(),
                        "cpus": os.cpu_count()},

@@ -253,5 +253,6 @@ def test_a_rank_run_through_the_cli_resumes_without_asking_again(tmp_path):
     first = json.loads(subprocess.run(args, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
     second = json.loads(subprocess.run(args, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
     assert first["answers"] == second["answers"] == 120 and first["pcc"] > 0.9
+    assert first["activations_shown"] == second["activations_shown"] == 120 * 4  # a reference, 3 candidates
     with Store(tmp_path / "r.db") as db:
         assert db.count_answers("r") == 120 and db.runs("r")[0]["kind"] == "rank"

@@ -215,6 +215,11 @@ class Design:
     kind: Literal["pair", "triplet", "closest", "rank", "odd"] = "pair"
     adaptive = False  # True: later queries depend on earlier answers (:meth:`observe`, :meth:`ready_until`)
 
+    @property
+    def shown(self) -> int:
+        """Activations one query shows its answerer: a pair's and the anchor, a triplet's three."""
+        return 2 if self.kind == "pair" else 3
+
     def __init__(self, config: DesignConfig, target: Target, seed: int):
         self.config = config
         self.p = target.p

@@ -46,6 +46,11 @@ class TupleDesign(Design):
         self.kind = config.name  # "closest", "rank" or "odd"
         self.k = 3 if self.kind == "odd" else candidates(config)
 
+    @property
+    def shown(self) -> int:
+        """Activations one question shows: the reference and ``k`` candidates, or three items."""
+        return self.k + (self.kind != "odd")
+
     def _queries(self, start: int, stop: int) -> Queries:
         p, m = self.p, self.k + (self.kind != "odd")  # activations per query
 
