@@ -24,7 +24,8 @@ def test_ratios_compare_each_kind_with_triplets_of_the_same_target_and_seed(benc
 
 
 @pytest.mark.slow
-def test_a_small_bench_reaches_the_goal_over_http(bench, tmp_path):
+def test_a_small_bench_reaches_the_goal_over_http(bench, tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "bench-tuples-test")  # the bench sets one for its own process only
     out = bench.main(["--targets", "synthetic:p=6,rank=2", "--kinds", "triplet", "rank:3", "--seeds", "0",
                       "--goal", "0.8", "--max-answers", "400", "--tuple-batches", "4", "--out",
                       str(tmp_path / "t.json")])
