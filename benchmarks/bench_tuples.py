@@ -103,9 +103,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--tuple-batches", nargs="+", type=int, default=[1, 8],
                     help="questions per request for the tuple kinds (each kind runs at each)")
     ap.add_argument("--dist", default="sparse", choices=["sparse", "gaussian"])
+    ap.add_argument("--noise", default="none", choices=["none", "logistic", "flip"],
+                    help="the server's answers: exact, Plackett–Luce / logistic at --temperature, or --flip")
+    ap.add_argument("--temperature", type=float, default=0.1)
+    ap.add_argument("--flip", type=float, default=0.1)
     ap.add_argument("--out", default=str(ROOT / "results" / "tuples.json"))
     args = ap.parse_args(argv)
 
+    from fbloop.agents.oracle import OracleConfig
     from fbloop.agents.server import ServerConfig, serve
     from fbloop.targets.load import load_target
 
@@ -113,14 +118,15 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         for spec in args.targets:
             target = load_target(spec)
-            with serve(ServerConfig(target=spec), target=target) as srv:
+            noise = OracleConfig(noise=args.noise, temperature=args.temperature, flip=args.flip)
+            with serve(ServerConfig(target=spec, oracle=noise), target=target) as srv:
                 for seed in args.seeds:
                     for kind in args.kinds:
                         for batch in ([args.triplet_batch] if kind == "triplet" else args.tuple_batches):
                             cell = one_cell(spec, target, kind, seed, args, srv.url, Path(tmp) / "bench.db", batch)
                             cells.append(cell)
                             print(json.dumps(cell), flush=True)
-    out = {"goal": args.goal, "every": args.every, "dist": args.dist, "triplet_batch": args.triplet_batch,
+    out = {"goal": args.goal, "noise": {"kind": args.noise, "temperature": args.temperature, "flip": args.flip}, "every": args.every, "dist": args.dist, "triplet_batch": args.triplet_batch,
            "tuple_batches": args.tuple_batches,
            "tokens_note": "the local server's usage: about 4 characters a token",
            "machine": {"python": sys.version.split()[0], "platform": platform.platform(),

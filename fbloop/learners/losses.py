@@ -45,6 +45,10 @@ Losses
   ==============================  ===================  =====================
 
   (the mixes: rank 21–26 with ε = 0, 8 with the true ε).
+- tuple answers (closest of ``k``, rank ``k``, odd one out; :func:`_tuple_loss`): softmax and
+  Plackett–Luce likelihoods on the scale-free logits ``−κ·d / (2·mean d)`` of the options' distances
+  under ``Φ̂`` — for ``k = 2`` the triplet's logistic loss — with the same per-source flip rates. In a
+  fit they are averaged apart from the triplets (each kind's mean loss is one term).
 """
 
 from __future__ import annotations
