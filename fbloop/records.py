@@ -1,5 +1,15 @@
-"""What is asked and what comes back: :class:`Queries` (a chunk of pair or triplet queries as sparse
-activations) and :class:`Answers` (one answer per query, with its status, raw text and extras).
+"""What is asked and what comes back: :class:`Queries` (a chunk of pair, triplet or tuple queries as
+sparse activations) and :class:`Answers` (one answer per query, with its status, raw text and extras).
+
+Query kinds and their answers' ``value``:
+
+| kind | activations | value |
+|---|---|---|
+| ``pair`` | ``a`` | the scale ``c = aᵀΦa / yᵀΦy`` against the run's anchor |
+| ``triplet`` | ``a`` (reference), ``b``, ``c`` | +1: ``a`` closer to ``b``; −1: closer to ``c``; 0: equal |
+| ``closest`` | ``a`` (reference), ``cands`` (k) | ``j`` in 1…k: candidate ``j`` is the closest; 0: no clear winner |
+| ``rank`` | ``a`` (reference), ``cands`` (k) | the ranking (candidates closest first) as its Lehmer code, :func:`ranking_code` |
+| ``odd`` | ``a``, ``b``, ``c`` (three items) | ``i`` in 1…3: item ``i`` is the odd one out (the other two are the closest pair) |
 
 Every layer speaks these two records: designs and strategies make ``Queries``, agents return
 ``Answers``, the store keeps both, learners read both. An answer that could not be understood is
@@ -8,6 +18,7 @@ kept with status ``invalid`` (and its raw text), never dropped.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -17,22 +28,87 @@ from .errors import ShapeError
 from .sparse import SparseBatch
 
 
+Kind = Literal["pair", "triplet", "closest", "rank", "odd"]
+KINDS: tuple[str, ...] = ("pair", "triplet", "closest", "rank", "odd")
+CANDIDATE_KINDS: tuple[str, ...] = ("closest", "rank")  # a reference and k candidates (``cands``)
+TUPLE_KINDS: tuple[str, ...] = ("closest", "rank", "odd")  # more than a triplet's three answers
+MAX_K = 16  # candidates per query at most: a ranking's code stays an exact float64 (16! < 2**53)
+
+
 @dataclass(frozen=True)
 class Queries:
-    """A chunk of queries. Pairs use ``a`` only; triplets ``a``, ``b``, ``c``."""
+    """A chunk of queries. Pairs use ``a`` only; triplets and odd-one-out ``a``, ``b``, ``c``;
+    closest-of-k and rank-k the reference ``a`` and the ``k`` candidates ``cands``."""
 
-    kind: Literal["pair", "triplet"]
+    kind: Kind
     seq: np.ndarray  # (n,) int64 positions in the run's query sequence
     a: SparseBatch
     b: SparseBatch | None = None
     c: SparseBatch | None = None
+    cands: tuple[SparseBatch, ...] | None = None  # closest / rank: k batches of n candidates each
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ShapeError(f"Unknown query kind {self.kind!r}; expect one of {list(KINDS)}.")
+        if self.kind in CANDIDATE_KINDS:
+            k = len(self.cands or ())
+            if not 2 <= k <= MAX_K:
+                raise ShapeError(f"Expect 2 to {MAX_K} candidates for {self.kind!r} queries, got {k}.")
+            if any(len(x) != len(self.seq) for x in self.cands):
+                raise ShapeError(f"Expect {len(self.seq)} rows in every candidate batch, got "
+                                 f"{[len(x) for x in self.cands]}.")
 
     def __len__(self) -> int:
         return len(self.seq)
 
+    @property
+    def k(self) -> int:
+        """Answers a query offers a choice among: candidates (closest, rank), 3 (odd), 2 (triplet)."""
+        return len(self.cands) if self.cands is not None else 3 if self.kind == "odd" else 2
+
     def select(self, mask: np.ndarray) -> Queries:
         pick = lambda x: None if x is None else x[mask]  # noqa: E731
-        return Queries(self.kind, self.seq[mask], self.a[mask], pick(self.b), pick(self.c))
+        cands = None if self.cands is None else tuple(x[mask] for x in self.cands)
+        return Queries(self.kind, self.seq[mask], self.a[mask], pick(self.b), pick(self.c), cands)
+
+
+# ---------------------------------------------------------------- rankings as one number
+
+
+def ranking_code(perm: np.ndarray) -> np.ndarray:
+    """Each ranking (a row of ``perm``, ``(n, k)``: 0-based candidate indices, closest first) as its
+    Lehmer code, the ranking's position among the ``k!`` in lexicographic order: ``(n,)`` float64,
+    exact for ``k ≤ MAX_K``. The identity ranking is 0."""
+    perm = np.asarray(perm, dtype=np.int64)
+    n, k = perm.shape
+    if n and not (np.sort(perm, axis=1) == np.arange(k)).all():
+        bad = np.flatnonzero(~(np.sort(perm, axis=1) == np.arange(k)).all(axis=1))[0]
+        raise ShapeError(f"Expect rankings that are permutations of 0…{k - 1}, got {perm[bad].tolist()}.")
+    code = np.zeros(n, dtype=np.int64)
+    for i in range(k):
+        smaller_after = (perm[:, i + 1:] < perm[:, i:i + 1]).sum(axis=1)  # (n,)
+        code = code * (k - i) + smaller_after
+    return code.astype(np.float64)
+
+
+def ranking_from_code(code: np.ndarray, k: int) -> np.ndarray:
+    """The rankings :func:`ranking_code` encoded: ``(n, k)`` int64, closest first."""
+    code = np.asarray(code, dtype=np.float64)
+    if not 1 <= k <= MAX_K:
+        raise ShapeError(f"Expect 1 ≤ k ≤ {MAX_K} candidates, got k={k}.")
+    c = code.astype(np.int64)
+    if (c != code).any() or (c < 0).any() or (c >= math.factorial(k)).any():
+        raise ShapeError(f"Expect ranking codes in 0…{math.factorial(k) - 1} (k={k}), got {code[:5].tolist()}.")
+    digits = np.zeros((len(c), k), dtype=np.int64)
+    for i in range(k - 1, -1, -1):  # the last digit has base 1, the first base k
+        base = k - i
+        digits[:, i] = c % base
+        c = c // base
+    out = np.zeros_like(digits)
+    for r in range(len(c)):
+        left = list(range(k))
+        out[r] = [left.pop(d) for d in digits[r]]
+    return out
 
 
 Status = Literal["ok", "invalid", "skipped"]
@@ -44,7 +120,8 @@ MIXED = "mixed"  # the agent of answers read back from several agents at once; e
 
 @dataclass(frozen=True)
 class Answers:
-    """Answers to queries ``seq``: a scale ``c`` for pairs, +1/−1/0 for triplets.
+    """Answers to queries ``seq``: a scale ``c`` for pairs, +1/−1/0 for triplets (other kinds: the
+    module's table).
 
     ``value`` is NaN where ``status`` is not ``ok``. ``raw`` and ``meta`` are
     per-answer extras (an LLM reply, latency, annotator id); ``None`` when unused.

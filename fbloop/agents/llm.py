@@ -200,6 +200,8 @@ class LLMAgent(ImmediateAgent):
     ``cache`` is a :class:`fbloop.store.Store` (or ``None`` for no cache).
     """
 
+    kinds: tuple[str, ...] = ("triplet",)  # the query kinds it asks (fbloop.agents.tuple_llm: the others)
+
     def __init__(self, config: LLMConfig = LLMConfig(), descriptions: tuple[str, ...] | None = None,
                  cache=None, prompt_dir=None):
         self.config = config
@@ -308,7 +310,7 @@ class LLMAgent(ImmediateAgent):
                                  self.usage, ModeState(mode), probing=True)
                 why = rep.text if rep.failed else rep.unreadable
                 if why is None:
-                    why = parse_batch(rep.text, ids)[1][1] if self.batched else parse_single(rep.text)[1]
+                    why = self._reply_error(rep.text, ids)
                 self.probe_log.append({"mode": mode, "outcome": "ok" if why is None else scrub(why, REASON_CAP)})
                 if why is None:
                     return mode
@@ -316,6 +318,10 @@ class LLMAgent(ImmediateAgent):
             await client.close()
         self.probe_log.append({"mode": "prompt", "outcome": "the last resort: no mode's reply parsed"})
         return "prompt"
+
+    def _reply_error(self, text: str, ids: list[int]) -> str | None:
+        """Why a probe's reply does not parse, or ``None`` when it does."""
+        return parse_batch(text, ids)[1][1] if self.batched else parse_single(text)[1]
 
     def _run(self, coro):
         """Run a coroutine, also from a thread whose event loop is running (a notebook)."""
@@ -412,7 +418,7 @@ class LLMAgent(ImmediateAgent):
     # ------------------------------------------------------------ asking
 
     def _answer(self, queries: Queries, orders: tuple[str, ...]) -> list[Answers]:
-        if queries.kind != "triplet":
+        if queries.kind not in self.kinds:
             raise ConfigError("The llm agent answers triplet queries only; pair designs need the bisection route "
                               "(triplets (0, u, t·y) over t), not a direct question. Use --design triplet.")
         self.probe()  # "auto" not yet resolved (an agent used without check()): probe now
@@ -448,10 +454,17 @@ class LLMAgent(ImmediateAgent):
     def _understood(self, req: _Request, rep: Reply) -> bool:
         if rep.failed or rep.unreadable:
             return False
+        return all(value is not None for value, _ in self._parse(req, rep).values())
+
+    def _parse(self, req: _Request, rep: Reply) -> dict[int, tuple[float | None, str | None]]:
+        """Each answer of a readable reply, by its place in the request: ``(value, None)`` in the order
+        asked, or ``(None, reason)``."""
         if not self.batched:
-            return parse_single(rep.text)[0] is not None
-        ids = list(range(1, len(req.rows) + 1))
-        return all(tok is not None for tok, _ in parse_batch(rep.text, ids).values())
+            token, why = parse_single(rep.text)
+            return {0: (None if token is None else TOKENS[token], why)}
+        by_id = parse_batch(rep.text, list(range(1, len(req.rows) + 1)))
+        return {k: (None if by_id[k + 1][0] is None else TOKENS[by_id[k + 1][0]], by_id[k + 1][1])
+                for k in range(len(req.rows))}
 
     async def _gather(self, requests: list[_Request], hits: dict, put) -> list[Reply]:
         import openai
@@ -491,7 +504,11 @@ class LLMAgent(ImmediateAgent):
             kwargs["temperature"] = cfg.temperature
         if cfg.max_tokens is not None:
             kwargs["max_tokens"] = cfg.max_tokens
-        return {**kwargs, **request_fields(mode, self.batched, n)}
+        return {**kwargs, **self._fields(mode, n)}
+
+    def _fields(self, mode: str, n: int) -> dict:
+        """The request fields asking for the reply's shape in structured-output ``mode``."""
+        return request_fields(mode, self.batched, n)
 
     # ------------------------------------------------------------ answers
 
@@ -506,14 +523,11 @@ class LLMAgent(ImmediateAgent):
             sign = 1.0 if req.order == "ab" else -1.0  # values are stored in the query's orientation
             if rep.failed or rep.unreadable:
                 parsed = {k: (None, rep.text if rep.failed else rep.unreadable) for k in range(len(req.rows))}
-            elif self.batched:
-                by_id = parse_batch(rep.text, list(range(1, len(req.rows) + 1)))
-                parsed = {k: by_id[k + 1] for k in range(len(req.rows))}
             else:
-                parsed = {0: parse_single(rep.text)}
+                parsed = self._parse(req, rep)
             kept = scrub(rep.text)  # the key removed, the first raw_cap characters
             for k, row in enumerate(req.rows):
-                token, why = parsed[k]
+                got, why = parsed[k]
                 m = {"template": self.template_name, "template_hash": self.template_hash, "model": self.config.model,
                      "served_model": rep.served_model, "prompt_tokens": rep.prompt_tokens,
                      "completion_tokens": rep.completion_tokens, "latency_s": round(rep.latency_s, 6),
@@ -522,11 +536,11 @@ class LLMAgent(ImmediateAgent):
                      "structured": rep.mode, "raw_chars": rep.raw_chars or len(rep.text)}
                 if len(kept) < len(rep.text):
                     m["raw_truncated"] = True
-                if token is None:
+                if got is None:
                     m["error"] = scrub(why, REASON_CAP)
                     self.usage.invalid += 1
                 else:
-                    value[row] = sign * TOKENS[token]
+                    value[row] = sign * got
                     status[row] = "ok"
                     self.usage.ok += 1
                 raw[row] = kept

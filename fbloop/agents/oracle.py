@@ -3,7 +3,8 @@
 Pairs get the scale ``c = uᵀΦ*u / yᵀΦ*y``; triplets ``(a, b, c)`` get ``+1`` when
 ``a`` is closer to ``b`` (``d(a,b) < d(a,c)``), ``−1`` when closer to ``c``, ``0``
 inside the tie band. Noise is deterministic given ``(seed, query position)``,
-so a resumed run hears the same answers.
+so a resumed run hears the same answers. Closest-of-k, rank-k and odd-one-out questions are answered
+by :mod:`fbloop.agents.choice` (a Plackett–Luce / softmax choice model for ``logistic``).
 
 Noise models (all scale-free):
 - ``logistic``: ``P(+1) = σ(Δ / (T·(d_ab + d_ac)))`` with ``Δ = d_ac − d_ab``,
@@ -24,7 +25,9 @@ from .. import seeding
 from ..errors import ConfigError, NonPSDError
 from ..records import Answers, Queries
 from ..sparse import SparseBatch, difference, quad_form
+from ..records import TUPLE_KINDS
 from .base import ImmediateAgent
+from .choice import answer_values, option_distances
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,11 @@ class OracleAgent(ImmediateAgent):
 
     def answer(self, queries: Queries) -> Answers:
         cfg = self.config
-        if queries.kind == "pair":
+        if queries.kind in TUPLE_KINDS:
+            d = option_distances(queries, self.factor)
+            u = self._uniforms(queries.seq, 2 * queries.k + 2)
+            value = answer_values(queries, d, cfg.noise, cfg.temperature, cfg.flip, cfg.tie_band, u)
+        elif queries.kind == "pair":
             value = pair_scales(queries.a, self.anchor, self.factor)
             if cfg.noise == "logistic":
                 from scipy.special import ndtri

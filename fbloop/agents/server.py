@@ -22,6 +22,10 @@ many times this prompt was seen)``, so a retried request can succeed and a
 rerun gets the same replies whatever the request order. Oracle noise per
 comparison is keyed by a hash of its rendered text in place of a query position.
 
+Tuple questions (closest of ``k``, rank ``k``, odd one out) are read back by
+:func:`fbloop.agents.tuple_prompts.read_prompt` and answered the same way, in their own reply shapes;
+``first_bias`` answers candidate (item) 1 there, or ranks it first.
+
 Only the prompt's line structure is read: feature descriptions are quoted on a
 feature line and cannot hold a newline (the rendering collapses whitespace), so
 a description cannot forge a marker, a feature or an answer.
@@ -51,6 +55,7 @@ from ..records import Queries
 from ..sparse import SparseBatch
 from ..targets.load import load_target
 from ..targets.target import Target
+from . import tuple_prompts
 from .oracle import OracleAgent, OracleConfig
 
 HOST = "127.0.0.1"
@@ -179,6 +184,31 @@ class OracleModel:
                 out.append("first" if v > 0 else "second" if v < 0 else "equal")
         return out
 
+    def judge_tuples(self, questions: list[tuple_prompts.Question]) -> str:
+        """The reply (JSON text) to one tuple question, or a batch of them."""
+        if questions[0].id is None:
+            return self.judge_tuple(questions[0])
+        got = [json.loads(self.judge_tuple(q)) for q in questions]
+        return json.dumps({"answers": [{"id": q.id, **g} for q, g in zip(questions, got)]})
+
+    def judge_tuple(self, question: tuple_prompts.Question) -> str:
+        """The reply (JSON text) to one tuple question."""
+        p, cfg = self.target.p, self.config
+        seq = np.array([int(hashlib.sha256(f"{cfg.seed}\0{question.text}".encode()).hexdigest()[:8], 16) % 2**31])
+        acts = [_batch([o], p) for o in question.options]
+        q = (Queries("odd", seq, *acts) if question.kind == "odd"
+             else Queries(question.kind, seq, _batch([question.reference], p), cands=tuple(acts)))  # type: ignore[arg-type]
+        value = float(self.oracle.answer(q).value[0])
+        if cfg.first_bias and _unit(cfg.seed, "bias", question.text) < cfg.first_bias:
+            if question.kind != "rank":
+                value = 1.0
+            else:  # candidate 1 moved to the front
+                from ..records import ranking_code, ranking_from_code
+
+                order = ranking_from_code(np.array([value]), q.k)[0].tolist()
+                value = float(ranking_code(np.array([[0] + [j for j in order if j != 0]]))[0])
+        return tuple_prompts.reply(question.kind, value, q.k)
+
     def reply(self, body: dict) -> tuple[int, dict, dict]:
         """``(status, JSON body, headers)`` for one chat-completions request body."""
         cfg = self.config
@@ -200,23 +230,26 @@ class OracleModel:
             kind = "rate_limit_error" if status == 429 else "server_error"
             return status, _error(f"simulated {status}", kind), {}
         comparisons = parse_prompt(prompt)
-        if not comparisons:
+        questions = [] if comparisons else tuple_prompts.read_questions(prompt)
+        if not comparisons and not questions:
             with self.lock:
                 self.stats["http_400"] += 1
             return 400, _error("no fbloop triplet found in the last user message", "invalid_request_error"), {}
-        answers = self.judge(comparisons)
-        batched = comparisons[0].id is not None
-        if batched:
+        batched = (comparisons or questions)[0].id is not None
+        if questions:
+            content = self.judge_tuples(questions)
+        elif batched:
+            answers = self.judge(comparisons)
             content = json.dumps({"answers": [{"id": c.id, "answer": a} for c, a in zip(comparisons, answers)]})
         else:
-            content = json.dumps({"answer": answers[0]})
+            content = json.dumps({"answer": self.judge(comparisons)[0]})
         if _unit(cfg.seed, "malformed", prompt, nth) < cfg.malformed:
             content = _break(content, _unit(cfg.seed, "how", prompt, nth), batched)
             with self.lock:
                 self.stats["malformed"] += 1
         with self.lock:
             self.stats["ok"] += 1
-            self.stats["comparisons"] += len(comparisons)
+            self.stats["comparisons"] += len(comparisons) or len(questions)
         prompt_tokens = max(1, len(every) // 4)  # the usual ~4 characters a token
         completion_tokens = max(1, len(content) // 4)
         out = {
@@ -249,7 +282,8 @@ def _break(content: str, u: float, batched: bool) -> str:
     if u < 0.25:
         return f"Sure! Here is my answer: {content}"
     if u < 0.5:
-        return content.replace('"first"', '"A"').replace('"second"', '"B"').replace('"equal"', '"tie"')
+        out = content.replace('"first"', '"A"').replace('"second"', '"B"').replace('"equal"', '"tie"')
+        return out if out != content else content.replace("{", '{"note": "my answer", ', 1)  # a tuple reply
     if u < 0.75:
         return content[: len(content) // 2]
     if batched:

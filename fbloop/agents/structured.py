@@ -33,18 +33,22 @@ _FIELD_WORDS = ("response_format", "json_schema", "json_object", "guided", "stru
 _REFUSAL_STATUS = {400, 415, 422, 500, 501}
 
 
-def request_fields(mode: str, batched: bool, n: int | None = None) -> dict:
+def request_fields(mode: str, batched: bool, n: int | None = None,
+                   shapes: tuple[str, dict, dict] | None = None) -> dict:
     """Keyword arguments for ``chat.completions.create`` that ask for the reply's shape in ``mode``.
 
     ``n``, a batch's size, fixes the answers' count and ids in the engines' own fields (a grammar then
     cannot stop early); OpenAI's strict ``json_schema`` gets the plain shape, since strict mode refuses
-    keywords it does not support and the parser checks the ids anyway.
+    keywords it does not support and the parser checks the ids anyway. ``shapes`` — ``(name, plain schema,
+    full schema)`` — asks for another reply shape (a tuple question's, :mod:`fbloop.agents.tuple_prompts`).
     """
-    shape = schema(batched, n if batched else None)
-    name = "triplet_answers" if batched else "triplet_answer"
+    if shapes is None:
+        shapes = ("triplet_answers" if batched else "triplet_answer", schema(batched),
+                  schema(batched, n if batched else None))
+    name, plain, shape = shapes
     if mode == "json_schema":
         return {"response_format": {"type": "json_schema",
-                                    "json_schema": {"name": name, "strict": True, "schema": schema(batched)}}}
+                                    "json_schema": {"name": name, "strict": True, "schema": plain}}}
     if mode == "json_object":
         return {"response_format": {"type": "json_object", "schema": shape}}
     if mode == "vllm":

@@ -50,7 +50,7 @@ def main() -> None:
 
 
 # fbloop.queries.designs.DESIGNS, spelled out so that `fbloop --help` does not import numpy (a test keeps them equal)
-DESIGN_CHOICES = ["eigen", "constructive", "gaussian", "sparse", "coverage", "pivot", "triplet"]
+DESIGN_CHOICES = ["eigen", "constructive", "gaussian", "sparse", "coverage", "pivot", "triplet", "closest", "rank", "odd"]
 
 
 # Feature descriptions for checkpoint targets: appended to the target spec, so a run stores them.

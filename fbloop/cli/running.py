@@ -22,16 +22,20 @@ def run_options(fn):
         *descriptions_options,
         click.option("--design", default="eigen", show_default=True,
                      type=click.Choice(DESIGN_CHOICES),
-                     help="pivot: adaptive supports, every coordinate against pivots chosen from the answers."),
+                     help="pivot: adaptive supports, every coordinate against pivots chosen from the answers. "
+                          "closest / rank: which of --k candidates is nearest the reference, or their order; "
+                          "odd: the odd one out of three."),
+        click.option("--k", "k", default=None, type=int,
+                     help="Closest / rank designs: candidates per question, 2 to 16 [default: 4]."),
         click.option("--block", default=None, type=int,
                      help="Pivot design: the block's first size; it grows by a quarter while full rank "
                           "[default: 32]."),
         click.option("--rank-tol", default=None, type=float,
                      help="Pivot design: the residual share its rank test reads as zero [default: 1e-9]."),
-        click.option("--mu", default=0.9, show_default=True, type=float, help="Sparse/triplet: P(coordinate = 0)."),
-        click.option("--s", "max_nnz", default=3, show_default=True, type=int, help="Sparse/triplet: max nonzeros."),
+        click.option("--mu", default=0.9, show_default=True, type=float, help="Sparse/triplet/tuple: P(coordinate = 0)."),
+        click.option("--s", "max_nnz", default=3, show_default=True, type=int, help="Sparse/triplet/tuple: max nonzeros."),
         click.option("--dist", default="sparse", show_default=True, type=click.Choice(["sparse", "gaussian"]),
-                     help="Triplet activations."),
+                     help="Triplet and tuple activations."),
         click.option("--agent", default="oracle", show_default=True,
                      type=click.Choice(["oracle", "human", "llm", "pool"]),
                      help="human: queue the triplets for `fbloop app`; run again (or with --watch) to learn from "
@@ -135,7 +139,7 @@ def _run_config(opts: dict):
         target=with_descriptions(opts["target"], opts["descriptions"], opts["force_descriptions"],
                                  opts["explanation_model"]),
         design=DesignConfig(name=opts["design"], mu=opts["mu"], s=opts["max_nnz"], dist=opts["dist"],
-                            block=opts["block"], rank_tol=opts["rank_tol"]),
+                            block=opts["block"], rank_tol=opts["rank_tol"], k=opts["k"]),
         agent=opts["agent"],
         oracle=OracleConfig(noise=opts["noise"], temperature=opts["temperature"], flip=opts["flip"],
                             tie_band=opts["tie_band"], seed=opts["seed"]),

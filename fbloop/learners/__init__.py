@@ -8,7 +8,7 @@
 The gradient learner:
 
 Answers arrive in chunks (:meth:`GradientLearner.add_pairs` /
-:meth:`add_triplets`); after each chunk the learner takes a few Adam steps on
+:meth:`add_triplets` / :meth:`add_tuples` for closest-of-k, rank-k and odd-one-out answers); after each chunk the learner takes a few Adam steps on
 minibatches drawn from everything seen so far, and :meth:`finish` fits to
 convergence at the end.
 

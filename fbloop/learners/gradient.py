@@ -11,10 +11,11 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError, NonFiniteError, ShapeError
+from ..records import TUPLE_KINDS, Queries, ranking_from_code
 from ..sparse import SparseBatch, difference
 from .columns import _Columns
 from .config import LearnerConfig
-from .losses import _pair_quads, _pair_residual, _triplet_loss
+from .losses import _pair_quads, _pair_residual, _triplet_loss, _tuple_loss
 from .optim import _LazyAdam
 from .rank import factor_rank, gap_candidates, psd_dof
 
@@ -52,6 +53,9 @@ class GradientLearner:
         i32, fl = torch.int32, self.dtype
         self._pairs = _Columns((i32, fl, fl), self.device)  # idx (n, s), val (n, s), c (n,)
         self._trips = _Columns((i32, fl, i32, fl, fl, i32), self.device)  # a−b, a−c as idx/val; t; source
+        # Tuple answers (closest, rank, odd), one store per option count k: option diffs idx/val (n, k, s),
+        # the observation (n, k) (a choice in column 0, or a ranking), mode (n,) 0 choice / 1 ranking, source.
+        self._tuples: dict[int, _Columns] = {}
         self._noise = torch.zeros(1, dtype=self.dtype, device=self.device)  # (sources,) ε per source id
         self._noisy = False  # some source has ε > 0 (a flag, so a step need not read the device)
         if anchor is not None:
@@ -126,6 +130,68 @@ class GradientLearner:
             u[lo:lo + rows] = block.to(self.device, self.dtype)
         return u
 
+    @property
+    def n_tuples(self) -> int:
+        return sum(len(c) for c in self._tuples.values())
+
+    def add_tuples(self, queries: Queries, value: np.ndarray, source: int | np.ndarray = 0) -> None:
+        """Answers to closest-of-k, rank-k or odd-one-out ``queries`` (values as :mod:`fbloop.records`
+        stores them), fitted by :func:`fbloop.learners.losses._tuple_loss`; ``source`` as for triplets."""
+        value = np.asarray(value, dtype=np.float64)
+        if queries.kind not in TUPLE_KINDS:
+            raise ConfigError(f"Expect {list(TUPLE_KINDS)} queries, got {queries.kind!r}.")
+        if len(queries) != len(value) or queries.a.p != self.p:
+            raise ShapeError(f"Expect {len(queries)} answers to queries in R^{self.p}, got {len(value)} "
+                             f"in R^{queries.a.p}.")
+        src = self._source_ids(source, len(value))
+        if not len(value):
+            return
+        k = queries.k
+        if queries.kind == "odd":
+            a, b, c = queries.a, queries.b, queries.c
+            diffs = [difference(b, c), difference(a, c), difference(a, b)]
+        else:
+            diffs = [difference(queries.a, x) for x in queries.cands]
+        obs = np.zeros((len(value), k), np.int64)
+        if queries.kind == "rank":
+            obs[:] = ranking_from_code(value, k)
+        else:
+            lo = 0 if queries.kind == "closest" else 1  # 0: no clear winner (closest only)
+            if not np.isin(value, np.arange(lo, k + 1)).all():
+                raise ConfigError(f"Expect {queries.kind} answers in {lo}…{k}, got {np.unique(value)[:5]}.")
+            obs[:, 0] = value.astype(np.int64) - 1  # −1: no clear winner
+        s = max(x.indices.shape[1] for x in diffs)
+        pad = lambda arr: np.pad(arr, ((0, 0), (0, s - arr.shape[1])))  # noqa: E731
+        idx = np.stack([pad(x.indices) for x in diffs], axis=1)  # (n, k, s)
+        val = np.stack([pad(x.values) for x in diffs], axis=1)
+        mode = np.full(len(value), int(queries.kind == "rank"))
+        self._grow_sources(int(src.max()) + 1)
+        i32 = torch.int32
+        cols = self._tuples.setdefault(k, _Columns((i32, self.dtype, i32, i32, i32), self.device))
+        cols.append(idx, val, obs, mode, src)
+
+    def _source_ids(self, source: int | np.ndarray, n: int) -> np.ndarray:
+        src = np.asarray(source)
+        if src.ndim == 0:
+            src = np.full(n, src)
+        if src.shape != (n,):
+            raise ShapeError(f"Expect one source or {n} (one per answer), got shape {src.shape}.")
+        if src.dtype.kind not in "iu" or (n and not 0 <= src.min() <= src.max() < MAX_SOURCES):
+            raise ConfigError(f"Expect integer source ids in [0, {MAX_SOURCES}), got {np.unique(src)[:5]} "
+                              f"({src.dtype}).")
+        return src
+
+    def _tuple_terms(self, W: torch.Tensor, picked: list[tuple], invs: list[torch.Tensor], kappa: float,
+                     noise: bool = True) -> torch.Tensor:
+        """Mean tuple loss over ``picked`` (per k: val, obs, mode, src) with each one's gathered ``invs``."""
+        losses = []
+        for (val, obs, mode, src), inv in zip(picked, invs):
+            n, k, s = val.shape
+            d = _pair_quads(W, inv.reshape(n * k, s), val.reshape(n * k, s)).reshape(n, k)  # (n, k)
+            eps = self._eps(src) if noise else None
+            losses.append(_tuple_loss(d, obs, mode, kappa, self.config.tie_band, eps))
+        return torch.cat(losses).mean()
+
     def set_source_noise(self, eps: dict[int, float]) -> None:
         """Each source's flip rate ``ε`` ∈ [0, 0.5) (``{source_id: ε}``; sources not named keep theirs, 0
         unless set): its ±1 answers are then fitted with the flip-robust loss (fbloop.learners.losses)."""
@@ -174,6 +240,11 @@ class GradientLearner:
             i_ab, v_ab, i_ac, v_ac, t, src = self._trips.take(self._batch(len(self._trips)))
             trips = (v_ab, v_ac, t, self._eps(src))
             groups += [i_ab, i_ac]
+        picked = []
+        for cols in self._tuples.values():
+            idx, val, obs, mode, src = cols.take(self._batch(len(cols)))
+            picked.append((val, obs, mode, src))
+            groups.append(idx)
         flat = torch.cat([g.reshape(-1) for g in groups])
         rows, inv_flat = torch.unique(flat, return_inverse=True)
         invs, start = [], 0
@@ -194,6 +265,9 @@ class GradientLearner:
             d_ab = _pair_quads(W, invs[k], v_ab)
             d_ac = _pair_quads(W, invs[k + 1], v_ac)
             loss = loss + _triplet_loss(d_ab, d_ac, t, self.config.sharpness, self.config.tie_band, eps).mean()
+            k += 2
+        if picked:
+            loss = loss + self._tuple_terms(W, picked, invs[k:], self.config.sharpness)
         if self.config.weight_decay and pairs is not None:
             loss = loss + self.config.weight_decay * (W * W).sum() * (len(rows) / self.p)
         return loss, W, rows
@@ -251,21 +325,22 @@ class GradientLearner:
         (capped at ``steps_per_chunk``) — so learning while answers stream in costs O(answers),
         not O(chunks · batch), and the final fit does the rest."""
         cfg = self.config
-        if max(self.n_pairs, self.n_triplets) <= cfg.batch_size:
+        if max(self.n_pairs, self.n_triplets, self.n_tuples) <= cfg.batch_size:
             return cfg.steps_per_chunk
         return min(cfg.steps_per_chunk, max(1, math.ceil(ARRIVAL_REPLAY * new / cfg.batch_size)))
 
     def step(self, n_steps: int = 1) -> float:
         """``n_steps`` Adam steps on minibatches of everything stored; returns the last loss."""
         has_p, has_t = bool(self._pairs), bool(self._trips)
-        if not (has_p or has_t):
+        has_k = bool(self._tuples)
+        if not (has_p or has_t or has_k):
             return float("nan")
         clip = self.config.clip
         on_cpu = self.device.type == "cpu"  # on a GPU, check for a non-finite gradient once per call
         bad = torch.zeros((), dtype=torch.bool, device=self.device)
         for i in range(n_steps):
             last = i == n_steps - 1
-            if has_t:
+            if has_t or has_k:
                 loss, W, rows = self._loss_rows(has_p, has_t)
                 (grad,) = torch.autograd.grad(loss, W)
             else:
@@ -334,11 +409,11 @@ class GradientLearner:
                     self._polish()
                     if direct[1] < self.last_loss:
                         self.U, self.last_loss = direct
-            if cfg.polish and self._trips and not self._pairs:
+            if cfg.polish and (self._trips or self._tuples) and not self._pairs:
                 stage("rank choice" if cfg.rank is None and self.rank > 1 else "sharpened polish")
                 self._refine_triplets()
             return self.last_loss
-        n = max(self.n_pairs, self.n_triplets)
+        n = max(self.n_pairs, self.n_triplets, self.n_tuples)
         self.batch_size = max(cfg.batch_size, cfg.final_batch)
         total = max(cfg.final_steps, math.ceil(cfg.final_epochs * n / self.batch_size))
         block = max(100, total // 200)
@@ -356,7 +431,7 @@ class GradientLearner:
         return self.last_loss
 
     def _small(self) -> bool:
-        n = self.n_pairs + self.n_triplets
+        n = self.n_pairs + self.n_triplets + sum(len(c) * k for k, c in self._tuples.items())
         return n * self.rank <= 1e7 and self.p * self.rank <= 4e6
 
     def _dense_triplets(self) -> tuple[torch.Tensor, ...] | None:
@@ -426,7 +501,7 @@ class GradientLearner:
             u = self.U.detach().to("cpu", torch.float64).numpy()
             lam, w = np.linalg.eigh(u.T @ u)  # Φ̂'s nonzero eigenvalues, ascending
             lam, w = lam[::-1], w[:, ::-1]
-            n, best = len(self._trips), None
+            n, best = len(self._trips) + self.n_tuples, None
             for k in gap_candidates(lam, cfg.rank_gap) + [self.rank]:
                 if best is not None and psd_dof(self.p, k) >= best[0]:
                     break  # a larger rank cannot score lower: its penalty alone is higher
@@ -468,6 +543,10 @@ class GradientLearner:
             kappa = self.config.sharpness if kappa is None else kappa
             eps = self._eps(src) if noise else None
             loss = loss + _triplet_loss(d_ab, d_ac, t, kappa, self.config.tie_band, eps).mean()
+        if self._tuples:
+            views = [cols.view() for cols in self._tuples.values()]
+            kappa = self.config.sharpness if kappa is None else kappa
+            loss = loss + self._tuple_terms(U, [v[1:] for v in views], [v[0] for v in views], kappa, noise)
         return loss
 
     def _polish(self, max_iter: int = 300, kappa: float | None = None, noise: bool = True) -> None:

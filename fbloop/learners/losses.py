@@ -45,9 +45,15 @@ Losses
   ==============================  ===================  =====================
 
   (the mixes: rank 21–26 with ε = 0, 8 with the true ε).
+- tuple answers (closest of ``k``, rank ``k``, odd one out; :func:`_tuple_loss`): softmax and
+  Plackett–Luce likelihoods on the scale-free logits ``−κ·d / (2·mean d)`` of the options' distances
+  under ``Φ̂`` — for ``k = 2`` the triplet's logistic loss — with the same per-source flip rates. In a
+  fit they are averaged apart from the triplets (each kind's mean loss is one term).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -85,3 +91,34 @@ def _pair_quads(rows_u: torch.Tensor, inv: torch.Tensor, val: torch.Tensor) -> t
     """``‖Uᵀa‖²`` per activation from gathered rows: ``inv``/``val`` are ``(n, s)``."""
     proj = torch.einsum("ns,nsr->nr", val, rows_u[inv])  # (n, r)
     return (proj * proj).sum(dim=1)
+
+
+def _tuple_loss(d: torch.Tensor, obs: torch.Tensor, mode: torch.Tensor, kappa: float, band: float,
+                eps: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-answer negative log-likelihood of tuple answers under ``Φ̂``, ``(n,)``.
+
+    ``d`` (n, k): each option's distance under ``Φ̂`` (closest / rank: reference to candidate; odd one out:
+    the pair without that item). Scale-free logits ``ℓ = −κ·d / (2·mean d)`` — for ``k = 2`` the triplet's
+    ``κρ`` margin. ``mode`` (n,) 0: a choice ``obs[:, 0]`` (the option index, or −1 for "no clear winner"),
+    fitted by ``softmax(ℓ)``; 1: a ranking ``obs`` (n, k) (options closest first), fitted by Plackett–Luce,
+    ``Σ_j ℓ_{π_j} − logsumexp(ℓ_{π_j…π_k})``. With ``eps`` (each answer's flip rate): a choice is the
+    observed option with probability ``ε/(k−1) + (1 − εk/(k−1))·p`` (a flip picks another option at
+    random; for ``k = 2`` the triplet's ``ε + (1−2ε)σ``), a ranking ``(1−ε)·PL + ε/k!`` (a flip is a
+    random ranking), and "no clear winner" keeps the top two distances within the band
+    (``softplus(κ(ρ − band))`` on their ``ρ = (d_(2) − d_(1))/(d_(1) + d_(2))``), scaled by ``1 − 2ε``.
+    """
+    n, k = d.shape
+    logits = -kappa * d / (2 * d.mean(dim=1, keepdim=True) + 1e-30)  # (n, k)
+    choice = obs[:, 0].clamp(min=0)
+    log_p = torch.log_softmax(logits, dim=1).gather(1, choice[:, None])[:, 0]  # (n,)
+    lp = logits.gather(1, obs.clamp(min=0, max=k - 1))  # (n, k) in the ranking's order
+    suffix = torch.logcumsumexp(lp.flip(1), dim=1).flip(1)  # logsumexp of lp[:, j:]
+    log_pl = (lp - suffix).sum(dim=1)  # (n,)
+    two = torch.sort(d, dim=1).values[:, :2]
+    rho = (two[:, 1] - two[:, 0]) / (two[:, 0] + two[:, 1] + 1e-30)
+    tie = F.softplus(kappa * (rho - band))
+    if eps is not None:
+        log_p = torch.logaddexp(torch.log(eps / (k - 1)), torch.log1p(-eps * k / (k - 1)) + log_p)
+        log_pl = torch.logaddexp(torch.log(eps) - math.lgamma(k + 1), torch.log1p(-eps) + log_pl)
+        tie = (1 - 2 * eps) * tie
+    return torch.where(mode == 1, -log_pl, torch.where(obs[:, 0] < 0, tie, -log_p))

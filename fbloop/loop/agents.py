@@ -12,9 +12,11 @@ from ..agents.bisection import BisectionAgent
 from ..agents.llm import LLMAgent
 from ..agents.oracle import OracleAgent
 from ..agents.pool import AgentPool, PoolConfig
+from ..agents.tuple_llm import TupleLLMAgent
 from ..errors import ConfigError
 from ..queries.active import NoiseModel
 from ..queries.designs import Design
+from ..records import TUPLE_KINDS
 from ..store import Store
 from ..targets.target import Target
 from .config import RunConfig
@@ -40,7 +42,10 @@ def make_agent(config: RunConfig, target: Target, design: Design, store: Store |
 
 def _answerer(config: RunConfig, target: Target, design: Design, store: Store | None) -> ImmediateAgent:
     if config.agent == "llm":
-        agent = LLMAgent(config.llm, target.descriptions, cache=store)
+        if design.kind in TUPLE_KINDS:
+            agent: LLMAgent = TupleLLMAgent(config.llm, design.kind, design.k, target.descriptions, cache=store)
+        else:
+            agent = LLMAgent(config.llm, target.descriptions, cache=store)
         agent.check()  # a missing key or a dead endpoint fails here, before any query is spent
         return agent if design.basis is None else BasisView(agent, design)
     return OracleAgent(design.design_factor(target.factor), design.anchor(), config.oracle)

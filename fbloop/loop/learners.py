@@ -30,7 +30,7 @@ def choose_learner(config: RunConfig, design: Design) -> str:
     if config.learner != "auto":
         if config.learner in ("exact", "direct") and design.kind != "pair":
             raise ConfigError(f"The {config.learner} learner takes equality pairs; use --learner gradient "
-                              "for triplets.")
+                              f"for {design.kind} queries.")
         from ..learners.exact import ExactConfig
 
         max_p = ExactConfig().max_p
@@ -125,6 +125,10 @@ def feed(learner, queries: Queries, answers: Answers, held: HeldOut | None = Non
     q = queries.select(rows)
     if q.kind == "pair":
         learner.add_pairs(q.a, answers.value[ok])
-    else:  # triplets always go to the gradient learner (choose_learner)
-        src = source if np.ndim(source) == 0 else np.asarray(source)[ok]
+        return
+    # triplets and tuples always go to the gradient learner (choose_learner)
+    src = source if np.ndim(source) == 0 else np.asarray(source)[ok]
+    if q.kind == "triplet":
         learner.add_triplets(q.a, q.b, q.c, answers.value[ok], source=src)
+    else:
+        learner.add_tuples(q, answers.value[ok], source=src)

@@ -195,8 +195,10 @@ def finish(s: Session) -> RunResult:
     extra = readouts(s.target, factor) if s.config.rfm_mse else {}
     extra.update(live_extra(s, final=True))
     extra.update(s.source.summary())
+    # What the answers cost a reader: activations shown, one question per stored answer (any status)
+    extra["activations_shown"] = s.store.count_answers(s.run_id, status=None) * s.design.shown
     if s.learner_name == "gradient":  # every answer learnt once: the stored ok answers, held-out ones aside
-        extra["learned"] = s.learner.n_pairs + s.learner.n_triplets
+        extra["learned"] = s.learner.n_pairs + s.learner.n_triplets + s.learner.n_tuples
     if s.design.adaptive:
         extra["design"] = s.design.summary()
     s.store.add_snapshot(s.run_id, s.n_ok, pcc, time.perf_counter() - s.t0,  # one final snapshot, every readout

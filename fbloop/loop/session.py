@@ -66,7 +66,8 @@ class Session:
 
     def factor_now(self) -> np.ndarray | None:
         """``Φ̂``'s factor as learnt so far, once something was learnt (for a strategy or a pool's routing)."""
-        return self.learner.factor() if getattr(self.learner, "n_triplets", 0) else None
+        learnt = getattr(self.learner, "n_triplets", 0) + getattr(self.learner, "n_tuples", 0)
+        return self.learner.factor() if learnt else None
 
 
 def default_budget(design: Design) -> int:
@@ -89,15 +90,18 @@ def check_config(config: RunConfig, design: Design, budget: int) -> None:
     if design.total is not None and budget > design.total:
         raise ConfigError(f"Budget {budget} exceeds the {design.total} distinct queries of design "
                           f"{config.design.name!r} at p={design.p}, rank={design.rank}.")
-    if config.agent == "llm" and design.kind != "triplet" and config.bisection is None:
+    if config.agent == "llm" and design.kind == "pair" and config.bisection is None:
         raise ConfigError("The llm agent answers triplets; pair designs need the bisection route "
                           "(--bisection 1e-3) or --design triplet.")
+    if config.agent == "llm" and design.kind in ("closest", "rank", "odd") and config.llm.order_swap:
+        raise ConfigError(f"{design.kind} questions are asked in the order stored (no order swap yet): leave "
+                          "--order-swap out.")
     if config.agent in ("human", "pool") and design.kind != "triplet":
         raise ConfigError(f"The {config.agent} agent answers triplets; use --design triplet with --agent "
                           f"{config.agent}.")
     if config.holdout and design.kind != "triplet":
         raise ConfigError(f"A held-out share scores triplet answers; design {config.design.name!r} asks pairs.")
-    if config.active is not None and config.design.name != "triplet":
+    if config.active is not None and config.design.name != "triplet":  # active tuples: a later session
         raise ConfigError(f"Active strategies choose triplets; design {config.design.name!r} is fixed in "
                           "advance. Use --design triplet with --active.")
 
@@ -157,7 +161,7 @@ def open_session(config: RunConfig, store: Store, run_id: str | None = None, tar
                 learner, learner_name, agent, source, Ledger(store, run_id), resumed, t0=t0, progress=progress,
                 held=HeldOut(config.holdout, config.seed) if config.holdout else None,
                 preq=Prequential() if config.active is not None else None,
-                learns_noise=learner_name == "gradient" and design.kind == "triplet" and config.learns_noise())
+                learns_noise=learner_name == "gradient" and design.kind != "pair" and config.learns_noise())
     agent.start(s.ledger, resumed)
     s.sources = Sources(agent.sources())
     if resumed:

@@ -8,12 +8,13 @@ from ..errors import ConfigError
 from ..targets.target import Target
 from .designs import _CLASSES, DESIGNS, Design, DesignConfig, fixed_count, n_params
 from .pivots import PivotDesign, pivot_count
+from .tuples import CLASSES as TUPLE_CLASSES
 
 
 def design_count(name: str, p: int, r: int) -> int | None:
     """Pairs a design needs (and, for the constructive ones, emits) for ``(p, r)``.
 
-    ``None`` for sampling designs without a closed form (sparse, coverage, triplet); the adaptive pivot
+    ``None`` for sampling designs without a closed form (sparse, coverage, triplet, closest, rank, odd); the adaptive pivot
     design's count is for its default first block: the block the answers grow to, then ``p − k`` rounds
     of ``r`` pivots (the noise-free count).
     """
@@ -36,4 +37,4 @@ def make_design(config: DesignConfig, target: Target, seed: int) -> Design:
     """The design ``config`` names, over ``target``, with its query sequence seeded by ``seed``."""
     if config.name == "pivot":
         return PivotDesign(config, target, seed)
-    return _CLASSES[config.name](config, target, seed)
+    return {**_CLASSES, **TUPLE_CLASSES}[config.name](config, target, seed)

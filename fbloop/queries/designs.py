@@ -15,6 +15,8 @@ queries it had.
 | coverage      | —      | as sparse, ``s`` nonzeros on supports that cover the coordinates evenly | more than ``P`` |
 | pivot         | —      | adaptive: ``e_i + e_j`` against pivots chosen from the answers (:mod:`fbloop.queries.pivots`) | ``≈ p·r`` |
 | triplet       | —      | random ternary triplets ``(a, b, c)``     | open-ended          |
+| closest, rank | —      | a reference and ``k`` candidates: the closest one, or their order (:mod:`fbloop.queries.tuples`) | open-ended |
+| odd           | —      | three items: the odd one out (:mod:`fbloop.queries.tuples`) | open-ended |
 
 Coordinates: a design may carry an orthonormal ``basis`` ``B`` (``p × p``, held
 implicitly as an :class:`EigenBasis`: the range eigenvectors from the target's
@@ -41,12 +43,15 @@ import numpy as np
 
 from .. import metrics, seeding
 from ..errors import ConfigError
-from ..records import Queries
+from ..records import MAX_K, Queries
 from ..sparse import SparseBatch
 from ..targets.target import Target
 
-DesignName = Literal["eigen", "constructive", "gaussian", "sparse", "coverage", "pivot", "triplet"]
-DESIGNS: tuple[str, ...] = ("eigen", "constructive", "gaussian", "sparse", "coverage", "pivot", "triplet")
+DesignName = Literal["eigen", "constructive", "gaussian", "sparse", "coverage", "pivot", "triplet", "closest", "rank",
+                     "odd"]
+DESIGNS: tuple[str, ...] = ("eigen", "constructive", "gaussian", "sparse", "coverage", "pivot", "triplet", "closest",
+                            "rank", "odd")
+DEFAULT_K = 4  # closest / rank: candidates per query when the config leaves k open
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,7 @@ class DesignConfig:
     dist: Literal["sparse", "gaussian"] = "sparse"  # triplet: activation distribution
     block: int | None = None  # pivot: the block's first size (None → fbloop.queries.pivots.DEFAULT_BLOCK); it grows
     rank_tol: float | None = None  # pivot: residual share the rank test reads as 0 (None → pivots.PIVOT_TOL)
+    k: int | None = None  # closest / rank: candidates per query (None → DEFAULT_K); None keeps older configs equal
 
     def __post_init__(self) -> None:
         if self.name not in DESIGNS:
@@ -69,6 +75,9 @@ class DesignConfig:
             raise ConfigError(f"Expect dist 'sparse' or 'gaussian', got {self.dist!r}.")
         if self.block is not None and (self.name != "pivot" or self.block < 2):
             raise ConfigError(f"Expect block ≥ 2 and only for the pivot design, got block={self.block} "
+                              f"with design {self.name!r}.")
+        if self.k is not None and (self.name not in ("closest", "rank") or not 2 <= self.k <= MAX_K):
+            raise ConfigError(f"Expect k in [2, {MAX_K}] and only for the closest and rank designs, got k={self.k} "
                               f"with design {self.name!r}.")
         if self.rank_tol is not None and (self.name != "pivot" or not 0.0 < self.rank_tol < 1.0):
             raise ConfigError(f"Expect rank_tol in (0, 1) and only for the pivot design, got "
@@ -203,9 +212,14 @@ class EigenBasis:
 class Design:
     """A deterministic query sequence for one target and seed."""
 
-    kind: Literal["pair", "triplet"] = "pair"
+    kind: Literal["pair", "triplet", "closest", "rank", "odd"] = "pair"
     adaptive = False  # True: later queries depend on earlier answers (:meth:`observe`, :meth:`ready_until`)
     _readout: tuple | None = None  # (V, BᵀV, Bᵀ1) for :meth:`pcc` in a basis, computed once
+
+    @property
+    def shown(self) -> int:
+        """Activations one query shows its answerer: a pair's and the anchor, a triplet's three."""
+        return 2 if self.kind == "pair" else 3
 
     def __init__(self, config: DesignConfig, target: Target, seed: int):
         self.config = config

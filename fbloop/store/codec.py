@@ -40,3 +40,39 @@ def _decode(rows: list[tuple[bytes, bytes]], p: int) -> SparseBatch:
         out_i[k, : len(i)] = i
         out_v[k, : len(v)] = v
     return SparseBatch(out_i, out_v, p)
+
+
+# ---------------------------------------------------------------- k candidates in one pair of blobs
+
+
+def _encode_cands(cands: tuple[SparseBatch, ...]) -> list[tuple[bytes, bytes]]:
+    """A query's ``k`` candidates in one ``(indices, values)`` blob pair per row.
+
+    The indices blob starts with the header ``int32 [k, n_1, …, n_k]`` (each candidate's nonzero
+    count), then the candidates' ``int32`` indices one after another; the values blob holds their
+    ``float64`` values in the same order.
+    """
+    per = [_encode(c) for c in cands]  # k lists of n (idx, val)
+    out = []
+    for row in zip(*per):
+        head = np.array([len(row)] + [len(i) // 4 for i, _ in row], dtype="<i4").tobytes()
+        out.append((head + b"".join(i for i, _ in row), b"".join(v for _, v in row)))
+    return out
+
+
+def _decode_cands(rows: list[tuple[bytes, bytes]], p: int) -> tuple[SparseBatch, ...]:
+    """The ``k`` candidate batches of :func:`_encode_cands`'s rows (every row has the same ``k``)."""
+    if not rows:
+        return ()
+    split: list[list[tuple[bytes, bytes]]] = []
+    for idx, val in rows:
+        k = int(np.frombuffer(idx[:4], "<i4")[0])
+        counts = np.frombuffer(idx[4:4 + 4 * k], "<i4")
+        if split and len(split) != k:
+            raise ValueError(f"Candidate sets of different sizes in one read: {len(split)} and {k}.")
+        split = split or [[] for _ in range(k)]
+        ends = np.concatenate([[0], np.cumsum(counts)])
+        body = idx[4 + 4 * k:]
+        for j in range(k):
+            split[j].append((body[4 * ends[j]:4 * ends[j + 1]], val[8 * ends[j]:8 * ends[j + 1]]))
+    return tuple(_decode(col, p) for col in split)

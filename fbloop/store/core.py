@@ -14,9 +14,9 @@ import numpy as np
 import sqlite_utils
 
 from ..errors import StoreError
-from ..records import Answers, MIXED, Queries
+from ..records import CANDIDATE_KINDS, Answers, MIXED, Queries
 from ..sparse import SparseBatch
-from .codec import _decode, _encode
+from .codec import _decode, _decode_cands, _encode, _encode_cands
 from .crowd import CrowdStore
 from .migrations import migrate
 from .transactions import write
@@ -118,9 +118,10 @@ class Store(CrowdStore):
         cols = [_encode(queries.a)]
         for extra in (queries.b, queries.c):
             cols.append(_encode(extra) if extra is not None else [(None, None)] * len(queries))
+        cols.append(_encode_cands(queries.cands) if queries.cands is not None else [(None, None)] * len(queries))
         return [
-            (run_id, s, queries.kind, *a, *b, *c)
-            for s, a, b, c in zip(np.asarray(queries.seq).tolist(), *cols)
+            (run_id, s, queries.kind, *a, *b, *c, *k)
+            for s, a, b, c, k in zip(np.asarray(queries.seq).tolist(), *cols)
         ]
 
     def _answer_rows(self, run_id: str, answers: Answers, attempt: int) -> list[tuple]:
@@ -142,8 +143,8 @@ class Store(CrowdStore):
     def _insert_queries(self, run_id: str, queries: Queries) -> int:
         before = self.db.conn.total_changes
         self.db.conn.executemany(
-            "INSERT OR IGNORE INTO queries (run_id, seq, kind, a_idx, a_val, b_idx, b_val, c_idx, c_val) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", self._query_rows(run_id, queries))
+            "INSERT OR IGNORE INTO queries (run_id, seq, kind, a_idx, a_val, b_idx, b_val, c_idx, c_val, "
+            "cands_idx, cands_val) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", self._query_rows(run_id, queries))
         return self.db.conn.total_changes - before
 
     def _insert_answers(self, run_id: str, answers: Answers, attempt: int) -> int:
@@ -233,7 +234,8 @@ class Store(CrowdStore):
     def load_queries(self, run_id: str, seq: np.ndarray | None = None) -> Queries:
         """Stored queries, by position (all of them when ``seq`` is ``None``), in seq order."""
         run = self.require_run(run_id)
-        sql = "SELECT seq, kind, a_idx, a_val, b_idx, b_val, c_idx, c_val FROM queries WHERE run_id = ?"
+        sql = ("SELECT seq, kind, a_idx, a_val, b_idx, b_val, c_idx, c_val, cands_idx, cands_val FROM queries "
+               "WHERE run_id = ?")
         args: list = [run_id]
         if seq is not None:
             seq = np.asarray(seq, dtype=np.int64)
@@ -244,12 +246,16 @@ class Store(CrowdStore):
 
     @staticmethod
     def _rows_to_queries(rows: list, p: int, kind: str) -> Queries:
+        """Rows ``(seq, kind, a_idx, a_val, b_idx, b_val, c_idx, c_val, cands_idx, cands_val, …)`` as queries
+        of the run's ``kind``."""
         seqs = np.array([r[0] for r in rows], dtype=np.int64)
         a = _decode([(r[2], r[3]) for r in rows], p)
-        if kind == "triplet":
+        if kind in CANDIDATE_KINDS:
+            return Queries(kind, seqs, a, cands=_decode_cands([(r[8], r[9]) for r in rows], p))  # type: ignore[arg-type]
+        if kind != "pair":  # triplet, odd
             b = _decode([(r[4], r[5]) for r in rows], p)
             c = _decode([(r[6], r[7]) for r in rows], p)
-            return Queries("triplet", seqs, a, b, c)
+            return Queries(kind, seqs, a, b, c)  # type: ignore[arg-type]
         return Queries("pair", seqs, a)
 
     def iter_answered(self, run_id: str, chunk: int = 50_000, agent: str | None = None,
@@ -266,8 +272,8 @@ class Store(CrowdStore):
         answer up to one id asks for those after it.
         """
         run = self.require_run(run_id)
-        sql = ("SELECT q.seq, q.kind, q.a_idx, q.a_val, q.b_idx, q.b_val, q.c_idx, q.c_val, "
-               "a.agent, a.value, a.id FROM answers a JOIN queries q ON q.run_id = a.run_id AND q.seq = a.seq "
+        sql = ("SELECT q.seq, q.kind, q.a_idx, q.a_val, q.b_idx, q.b_val, q.c_idx, q.c_val, q.cands_idx, "
+               "q.cands_val, a.agent, a.value, a.id FROM answers a JOIN queries q ON q.run_id = a.run_id AND q.seq = a.seq "
                f"WHERE a.run_id = ? AND a.status = 'ok' AND a.id > ? AND {_not_a_check('a')} "
                "AND NOT EXISTS (SELECT 1 FROM blocked b WHERE b.run_id = a.run_id AND b.agent = a.agent)"
                + (" AND a.agent = ?" if agent is not None else "")
@@ -283,12 +289,12 @@ class Store(CrowdStore):
             rows = self.db.execute(sql, args).fetchall()
             if not rows:
                 return
-            last = rows[-1][10]
+            last = rows[-1][12]
             queries = self._rows_to_queries(rows, run["p"], run["kind"])
-            names = [r[8] for r in rows]
+            names = [r[10] for r in rows]
             one = len(set(names)) == 1  # else MIXED, each row's agent in its meta
             answers = Answers(names[0] if one else MIXED, queries.seq,
-                              np.array([r[9] for r in rows], dtype=np.float64), np.full(len(rows), "ok"),
+                              np.array([r[11] for r in rows], dtype=np.float64), np.full(len(rows), "ok"),
                               meta=None if one else [{"agent": n} for n in names])
             yield queries, answers
 
@@ -313,7 +319,7 @@ class Store(CrowdStore):
         """Every stored answer (any status) with its query, as plain dicts, in seq order."""
         run = self.require_run(run_id)
         sql = ("SELECT a.seq, a.agent, a.attempt, a.status, a.value, a.raw, a.meta, a.created_at, "
-               "q.a_idx, q.a_val, q.b_idx, q.b_val, q.c_idx, q.c_val FROM answers a "
+               "q.a_idx, q.a_val, q.b_idx, q.b_val, q.c_idx, q.c_val, q.cands_idx, q.cands_val FROM answers a "
                "JOIN queries q ON q.run_id = a.run_id AND q.seq = a.seq WHERE a.run_id = ? ORDER BY a.seq, a.id")
         for row in self.db.execute(sql, [run_id]):
             out = {"run_id": run_id, "seq": row[0], "agent": row[1], "attempt": row[2], "status": row[3],
@@ -323,6 +329,10 @@ class Store(CrowdStore):
                     continue
                 out[f"{name}_indices"] = np.frombuffer(row[i], "<i4").tolist()
                 out[f"{name}_values"] = np.frombuffer(row[i + 1], "<f8").tolist()
+            if row[14] is not None:  # closest / rank: the k candidates
+                cands = _decode_cands([(row[14], row[15])], run["p"])
+                out["cands_indices"] = [[int(i) for i, v in zip(c.indices[0], c.values[0]) if v != 0] for c in cands]
+                out["cands_values"] = [[float(v) for v in c.values[0] if v != 0] for c in cands]
             out["kind"] = run["kind"]
             yield out
 

@@ -7,18 +7,20 @@ in ``seq`` order, with these columns (:data:`COLUMNS`):
 |---|---|---|
 | ``run_id`` | str | the run |
 | ``seq`` | int | the query's position in the design |
-| ``kind`` | str | ``pair`` (equality scale against the anchor) or ``triplet`` |
+| ``kind`` | str | ``pair`` (equality scale against the anchor), ``triplet``, ``closest`` (closest of k), ``rank`` (rank k) or ``odd`` (odd one out of three) |
 | ``basis`` | str | ``feature``: indices are SAE features; ``eigen``: indices are eigenvectors of ``Φ*`` (descending eigenvalue), values their coefficients |
 | ``held_out`` | bool | in the run's held-out set (stored, never learned from) |
 | ``agent`` | str | who answered (``oracle``, a model name, ``human:<name>``, …) |
 | ``attempt`` | int | the retry this answer came from (0 first) |
 | ``status`` | str | ``ok``, ``invalid``, ``refused``, … |
-| ``value`` | float | pairs: ``c = uᵀΦu / yᵀΦy``; triplets: +1 first, −1 second, 0 equal; empty unless ``ok`` |
+| ``value`` | float | pairs: ``c = uᵀΦu / yᵀΦy``; triplets: +1 first, −1 second, 0 equal; closest: the candidate 1…k, 0 no clear winner; rank: the ranking's Lehmer code (``ranking`` spells it out); odd: the item 1…3; empty unless ``ok`` |
 | ``raw`` | str | the agent's raw reply, when kept |
 | ``meta`` | object | per-answer extras (latency, annotator, check); a nested object in JSONL, JSON text in CSV and Parquet (the Parquet field says ``encoding: json``) |
 | ``created_at`` | float | Unix time |
 | ``a_indices``, ``a_values`` | list | the first activation (pairs: ``u``); lists in JSONL and Parquet, JSON text in CSV |
-| ``b_*``, ``c_*`` | list | triplets: the two candidates; empty for pairs |
+| ``b_*``, ``c_*`` | list | triplets: the two candidates; odd: items 2 and 3 (``a_*`` is item 1); empty otherwise |
+| ``cands_indices``, ``cands_values`` | list of lists | closest and rank: the ``k`` candidates (``a_*`` is the reference); empty otherwise |
+| ``ranking`` | list | rank: the candidates 1…k, closest first, decoded from ``value``; empty otherwise |
 
 A sidecar ``<out>.meta.json`` (and, in Parquet, the schema's ``fbloop`` key) holds the
 run: id, kind, ``p``, basis, the design config, the anchor ``y`` (indices and values in
@@ -44,13 +46,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import StoreError
+from ..records import ranking_from_code
 
 if TYPE_CHECKING:
     from .core import Store
 
 FORMATS = ("csv", "jsonl", "parquet", "cblearn")
 COLUMNS = ("run_id", "seq", "kind", "basis", "held_out", "agent", "attempt", "status", "value", "raw", "meta",
-           "created_at", "a_indices", "a_values", "b_indices", "b_values", "c_indices", "c_values")
+           "created_at", "a_indices", "a_values", "b_indices", "b_values", "c_indices", "c_values",
+           "cands_indices", "cands_values", "ranking")
 _SUFFIX = {".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet", ".npz": "cblearn"}
 
 
@@ -96,6 +100,9 @@ def rows(store: Store, run_id: str):
         out["basis"] = header["basis"]
         out["held_out"] = bool(share) and bool(seeding.held_out(seed, np.array([row["seq"]]), share)[0])
         out["meta"] = json.loads(row["meta"]) if isinstance(row.get("meta"), str) else row.get("meta")
+        if row["kind"] == "rank" and row["status"] == "ok" and row.get("value") is not None:
+            k = len(row["cands_indices"])
+            out["ranking"] = (ranking_from_code(np.array([row["value"]]), k)[0] + 1).tolist()
         yield out
 
 
@@ -152,7 +159,8 @@ def _parquet(store: Store, run_id: str, tmp: Path, header: dict) -> int:
         ("held_out", pa.bool_()), ("agent", pa.string()), ("attempt", pa.int64()), ("status", pa.string()),
         ("value", pa.float64()), ("raw", pa.string()), ("meta", pa.string()), ("created_at", pa.float64()),
         ("a_indices", ints), ("a_values", floats), ("b_indices", ints), ("b_values", floats),
-        ("c_indices", ints), ("c_values", floats),
+        ("c_indices", ints), ("c_values", floats), ("cands_indices", pa.list_(ints)),
+        ("cands_values", pa.list_(floats)), ("ranking", ints),
     ], metadata={"fbloop": json.dumps(header)})
     # meta varies per agent (no fixed struct): JSON text in a column whose field metadata says so.
     schema = schema.set(schema.get_field_index("meta"),

@@ -201,6 +201,17 @@ def _m7_crowd(db: sqlite_utils.Database) -> None:
     rebuild_totals(db)
 
 
+def _m9_candidates(db: sqlite_utils.Database) -> None:
+    # closest-of-k and rank-k queries: the reference stays in a_*, the k candidates go in one blob pair
+    # (fbloop.store.codec._encode_cands); triplets and odd-one-out keep a_*, b_*, c_*.
+    db.executescript(
+        """
+        ALTER TABLE queries ADD COLUMN cands_idx BLOB;
+        ALTER TABLE queries ADD COLUMN cands_val BLOB;
+        """
+    )
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
     (1, "core tables", _m1_core),
     (2, "human queue and attention checks", _m2_human),
@@ -209,6 +220,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
     (5, "the process that runs a run", _m5_run_owner),
     # 6 is unused: it was held for work that needed no schema change (ids need not be consecutive)
     (7, "crowd annotation: assignment, leases, totals, invitations, blocking", _m7_crowd),
+    (9, "k candidates per query (closest-of-k, rank-k)", _m9_candidates),
 ]
 
 
