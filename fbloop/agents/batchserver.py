@@ -163,9 +163,11 @@ class BatchService:
                 "last_id": chosen[-1] if chosen else None, "has_more": start + limit < len(ids)}
 
     def _set(self, batch_id: str, **fields) -> bool:
-        """Update a batch; ``False`` when it is being cancelled (the worker then stops)."""
+        """Update a batch (a cancellation asked for stays asked for); ``False`` when it is being cancelled."""
         with self.lock:
             b = self.batches[batch_id]
+            if b["status"] == "cancelling" and fields.get("status") in ("in_progress", "finalizing"):
+                fields = {k: v for k, v in fields.items() if k != "status"}
             b.update(fields)
             return b["status"] != "cancelling"
 
@@ -210,17 +212,14 @@ class BatchService:
         cfg = self.config
         b = self.get(batch_id)
         time.sleep(cfg.delay_s)
-        if self._cancelling(batch_id):
-            self._set(batch_id, status="cancelled", cancelled_at=int(time.time()))
-            return
         total, errors = self._validate(self.path(b["input_file_id"]), b["endpoint"])
-        if errors:
+        if errors and not self._cancelling(batch_id):
             self._set(batch_id, status="failed", failed_at=int(time.time()),
                       errors={"object": "list", "data": errors})
             return
-        self._set(batch_id, status="in_progress", in_progress_at=int(time.time()),
-                  request_counts={"total": total, "completed": 0, "failed": 0})
-        time.sleep(cfg.delay_s)
+        if self._set(batch_id, status="in_progress", in_progress_at=int(time.time()),
+                     request_counts={"total": total, "completed": 0, "failed": 0}):
+            time.sleep(cfg.delay_s)
         out_path, err_path = self.path(f"{batch_id}.out"), self.path(f"{batch_id}.err")
         ended = self._lines(batch_id, out_path, err_path, total)
         now = int(time.time())
@@ -243,7 +242,7 @@ class BatchService:
                 line = json.loads(raw)
                 if ended == "completed" and limit is not None and n >= limit:
                     ended = "expired"
-                if ended == "completed" and n % 256 == 0 and self._cancelling(batch_id):
+                if ended == "completed" and n % 64 == 0 and self._cancelling(batch_id):
                     ended = "cancelled"
                 if ended != "completed":
                     code = "batch_expired" if ended == "expired" else "batch_cancelled"
