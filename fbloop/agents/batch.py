@@ -127,14 +127,15 @@ def parse_custom_id(cid: object, run_id: str) -> tuple[list[int], int, int] | No
     parts = cid[len("fbloop:"):].rsplit(":", 3)
     if len(parts) != 4 or parts[0] != run_id or parts[2] not in ORDERS:
         return None
+    if not parts[3].isdigit() or (len(parts[3]) > 1 and parts[3][0] == "0"):
+        return None  # a canonical non-negative attempt only
     try:
-        seqs = [int(s) for s in parts[1].split("+")]
-        attempt = int(parts[3])
+        seqs = [int(s) for s in parts[1].split("+")] if "+" in parts[1] else [int(parts[1])]
     except ValueError:
         return None
-    if attempt < 0 or any(s < 0 for s in seqs) or str(attempt) != parts[3]:
+    if min(seqs) < 0:
         return None
-    return seqs, ORDERS.index(parts[2]), attempt
+    return seqs, (0 if parts[2] == "ab" else 1), int(parts[3])
 
 
 def plan(seq: np.ndarray, order: np.ndarray, attempt: np.ndarray, k: int, first: int = 0) -> np.ndarray:
@@ -144,12 +145,10 @@ def plan(seq: np.ndarray, order: np.ndarray, attempt: np.ndarray, k: int, first:
     r = first
     for o in (0, 1):
         for a in np.unique(attempt[order == o]):
-            pick = seq[(order == o) & (attempt == a)]
-            for lo in range(0, len(pick), k):
-                part = pick[lo:lo + k]
-                rows.append(np.column_stack([part, np.full(len(part), o), np.full(len(part), a),
-                                             np.full(len(part), r)]))
-                r += 1
+            pick = np.asarray(seq[(order == o) & (attempt == a)], np.int64)
+            n = len(pick)
+            rows.append(np.column_stack([pick, np.full(n, o), np.full(n, a), r + np.arange(n) // k]))
+            r += -(-n // k)
     return np.concatenate(rows).astype(np.int64) if rows else np.zeros((0, 4), np.int64)
 
 
@@ -246,9 +245,12 @@ class Ingester:
         self.llm, self.store, self.run_id = llm, store, run_id
         self.asked = store.asked_keys(run_id)  # sorted
 
-    def _known(self, keys: np.ndarray) -> bool:
+    def _known(self, keys: np.ndarray) -> np.ndarray:
+        """Which ``keys`` a batch of the run asked (vectorised over a block of lines)."""
+        if len(self.asked) == 0:
+            return np.zeros(len(keys), bool)
         i = np.searchsorted(self.asked, keys)
-        return bool(np.all((i < len(self.asked)) & (self.asked[np.minimum(i, len(self.asked) - 1)] == keys)))
+        return (i < len(self.asked)) & (self.asked[np.minimum(i, len(self.asked) - 1)] == keys)
 
     def ingest(self, lines: Iterable[str | bytes], batch: dict | None = None) -> IngestReport:
         """Store every result line (``batch``: the row they come from, for the batch id and latency)."""
@@ -267,7 +269,8 @@ class Ingester:
 
     def _block(self, block: list, batch: dict | None, report: IngestReport) -> None:
         groups: dict[tuple[int, int], list] = {}
-        for raw in block:
+        recs, seq, att, order, line_of = [], [], [], [], []
+        for raw in block:  # read each line and its custom id; match them all at once
             report.lines += 1
             try:
                 rec = json.loads(raw)
@@ -276,12 +279,26 @@ class Ingester:
                 report.note(raw if isinstance(raw, str) else raw.decode("utf-8", "replace"))
                 continue
             parsed = parse_custom_id(rec.get("custom_id") if isinstance(rec, dict) else None, self.run_id)
-            if parsed is None or not self._known(ask_key(parsed[0], [parsed[2]] * len(parsed[0]),
-                                                         [parsed[1]] * len(parsed[0]))):
+            if parsed is None:
                 report.unmatched += 1
                 report.note(str(rec.get("custom_id") if isinstance(rec, dict) else rec))
                 continue
-            seqs, order, attempt = parsed
+            for s in parsed[0]:
+                seq.append(s)
+                att.append(parsed[2])
+                order.append(parsed[1])
+                line_of.append(len(recs))
+            recs.append((rec, parsed))
+        known = np.ones(len(recs), bool)
+        if recs:
+            miss = ~self._known(ask_key(np.array(seq), np.array(att), np.array(order)))
+            known[np.array(line_of)[miss]] = False  # a request is matched only if each position it names is
+        for (rec, (seqs, order_, attempt)), ok in zip(recs, known):
+            if not ok:
+                report.unmatched += 1
+                report.note(str(rec.get("custom_id")))
+                continue
+            order = order_
             reply = _line_reply(rec)
             if reply.failed:
                 report.failed += 1
@@ -294,18 +311,22 @@ class Ingester:
 
     def _answers(self, order: int, attempt: int, items: list, batch: dict | None):
         seq, requests, replies, ids = [], [], [], []
+        name = ORDERS[order]
         for seqs, reply, cid in items:
-            requests.append(_Request(list(range(len(seq), len(seq) + len(seqs))), ORDERS[order], "", ""))
-            seq += seqs
+            n = len(seq)
+            requests.append(_Request([n] if len(seqs) == 1 else list(range(n, n + len(seqs))), name, "", ""))
+            seq.extend(seqs)
             replies.append(reply)
-            ids += [cid] * len(seqs)
+            ids.extend([cid] * len(seqs))
         (answers,) = self.llm._collect(np.array(seq, np.int64), (ORDERS[order],), requests, replies)
         took = None
         if batch is not None and batch.get("finished_at") and batch.get("submitted_at"):
             took = round(batch["finished_at"] - batch["submitted_at"], 3)
+        batch_id, mode = (batch or {}).get("batch_id"), (batch or {}).get("mode")
         for m, cid in zip(answers.meta, ids):
-            m.update(custom_id=cid, batch_id=(batch or {}).get("batch_id"), latency_s=took, cached=False,
-                     structured=(batch or {}).get("mode") or m.get("structured"))
+            m["custom_id"], m["batch_id"], m["latency_s"] = cid, batch_id, took
+            if mode:
+                m["structured"] = mode
         return answers, attempt
 
 
@@ -344,7 +365,10 @@ class BatchAgent:
         self.interval = config.poll_s
         self._outstanding: tuple[tuple[int, int], int] | None = None
         self._noise: tuple[int, dict] | None = None
-        self.reports: list[dict] = []
+        self.reports: list[dict] = []  # one per batch this process stored the results of
+        # this process's own work, in seconds, bytes and lines (the run's summary holds them)
+        self.work = {"write_s": 0.0, "upload_s": 0.0, "uploaded_bytes": 0, "uploaded_requests": 0, "ingest_s": 0.0,
+                     "ingested_lines": 0, "polls": 0}
         if self.llm.modes is None and llm.offline:  # no endpoint to probe: the OpenAI standard, which vLLM takes
             self.llm.modes = ModeState("json_schema")
 
@@ -422,7 +446,11 @@ class BatchAgent:
         return self._noise[1]
 
     def summary(self, final: bool = False) -> dict:
-        return {"llm": batch_summary(self.llm, self.config, self.store, self._run())} if final else {}
+        if not final:
+            return {}
+        out = batch_summary(self.llm, self.config, self.store, self._run())
+        out["batches"]["this_process"] = {k: round(v, 3) if isinstance(v, float) else v for k, v in self.work.items()}
+        return {"llm": out}
 
     def asked_count(self) -> int | None:
         return None
@@ -445,14 +473,20 @@ class BatchAgent:
             return
         folder = tempfile.mkdtemp(prefix="fbloop-batch-")
         try:
+            t0 = time.perf_counter()
             files = split_files(LineWriter(self.llm, run).lines(queries, asks, mode), asks, folder,
                                 self.config.max_requests, self.config.max_bytes)
             rows = [{"asks": f["asks"], "requests": f["requests"], "bytes": f["bytes"], "mode": mode,
                      "state": "preparing"} for f in files]
             keys_ = self.store.add_batches(run, self.name, queries, rows)  # stored before any upload
+            t1 = time.perf_counter()
             with self._client() as client:
                 for key, f in zip(keys_, files):
                     self._submit(client, key, f["path"])
+            self.work["write_s"] += t1 - t0
+            self.work["upload_s"] += time.perf_counter() - t1
+            self.work["uploaded_bytes"] += sum(f["bytes"] for f in files)
+            self.work["uploaded_requests"] += sum(f["requests"] for f in files)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
@@ -511,6 +545,7 @@ class BatchAgent:
         """Look at every open batch once; store the results of those that ended; back off while quiet."""
         open_ = self.store.batches(self._run(), ("submitted",))
         changed = False
+        self.work["polls"] += 1
         if open_:
             with self._client() as client:
                 for b in open_:
@@ -531,6 +566,7 @@ class BatchAgent:
         self.store.update_batch(b["id"], output_file_id=obj.output_file_id, error_file_id=obj.error_file_id,
                                 errors=errors, finished_at=time.time())
         b = {**b, "finished_at": time.time(), "batch_id": obj.id}
+        t0 = time.perf_counter()
         ing = Ingester(self.llm, self.store, self._run())
         report = IngestReport()
         for file_id in (obj.output_file_id, obj.error_file_id):
@@ -538,6 +574,8 @@ class BatchAgent:
                 with client.files.with_streaming_response.content(file_id) as resp:
                     part = ing.ingest(resp.iter_lines(), b)
                 _merge(report, part)
+        self.work["ingest_s"] += time.perf_counter() - t0
+        self.work["ingested_lines"] += report.lines
         why = (f"batch {obj.id} ended {obj.status} with no result for this request"
                + (f" ({json.dumps(errors)[:300]})" if errors else ""))
         _merge(report, settle(self.llm, self.store, self._run(), self.store.batch_asks(b["id"]), why, b))
@@ -565,7 +603,9 @@ def _merge(into: IngestReport, part: IngestReport) -> None:
 def settle(llm: LLMAgent, store: Store, run_id: str, asks: np.ndarray, why: str, batch: dict | None) -> IngestReport:
     """Store an ``invalid`` answer (reason ``why``) for each ask of an ended batch that got no result line."""
     names = [llm.name, llm.swap_name]
-    done = store.answered_keys(run_id, names)
+    if len(asks) == 0:
+        return IngestReport()
+    done = store.answered_keys(run_id, names, int(asks[:, 0].min()), int(asks[:, 0].max()))
     keys = ask_key(asks[:, 0], asks[:, 2], asks[:, 1])
     missing = asks[~np.isin(keys, done)]
     report = IngestReport()

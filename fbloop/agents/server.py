@@ -161,7 +161,7 @@ class OracleModel:
         self.target = target or load_target(config.target)
         anchor = SparseBatch(np.zeros((1, 1), np.int64), np.ones((1, 1)), self.target.p)  # triplets ignore it
         self.oracle = OracleAgent(self.target.factor, anchor, config.oracle)
-        self.seen: Counter[str] = Counter()
+        self.seen: Counter[bytes] = Counter()  # times each prompt (its digest) was asked
         self.stats: Counter[str] = Counter()
         self.lock = threading.Lock()
 
@@ -190,9 +190,10 @@ class OracleModel:
         user = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
         prompt = _content(user[-1]) if user else ""
         every = "\0".join(_content(m) for m in messages if isinstance(m, dict))
+        seen = hashlib.blake2b(prompt.encode(), digest_size=16).digest()  # a million prompts: 16 bytes each
         with self.lock:
-            nth = self.seen[prompt]
-            self.seen[prompt] += 1
+            nth = self.seen[seen]
+            self.seen[seen] += 1
             self.stats["requests"] += 1
         u_err = _unit(cfg.seed, "error", prompt, nth)
         if u_err < cfg.error_rate:

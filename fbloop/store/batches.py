@@ -101,12 +101,16 @@ class BatchStore:
         row = self.db.execute("SELECT COALESCE(SUM(n_asks), 0) FROM llm_batches WHERE run_id = ?", [run_id]).fetchone()
         return int(row[0])
 
-    def answered_keys(self, run_id: str, agents: list[str]) -> np.ndarray:
-        """The :func:`ask_key` of every stored answer by ``agents`` (index ``i`` is order ``i``), sorted."""
+    def answered_keys(self, run_id: str, agents: list[str], lo: int | None = None, hi: int | None = None
+                      ) -> np.ndarray:
+        """The :func:`ask_key` of every stored answer by ``agents`` (index ``i`` is order ``i``), sorted;
+        only positions in ``[lo, hi]`` when given."""
         marks = ",".join("?" * len(agents))
+        span = "" if lo is None else " AND seq BETWEEN ? AND ?"
         rows = np.array(self.db.execute(
             f"SELECT seq, attempt, CASE agent {' '.join(f'WHEN ? THEN {i}' for i in range(len(agents)))} END "
-            f"FROM answers WHERE run_id = ? AND agent IN ({marks})", [*agents, run_id, *agents]).fetchall(),
+            f"FROM answers WHERE run_id = ? AND agent IN ({marks}){span}",
+            [*agents, run_id, *agents] + ([] if lo is None else [lo, hi])).fetchall(),
             dtype=np.int64).reshape(-1, 3)
         return np.unique(ask_key(rows[:, 0], rows[:, 1], rows[:, 2]))
 
@@ -124,6 +128,10 @@ class BatchStore:
 
     def stored_positions(self, run_id: str, start: int, stop: int) -> np.ndarray:
         """Positions in ``[start, stop)`` whose query is stored."""
+        n = self.db.execute("SELECT COUNT(*) FROM queries WHERE run_id = ? AND seq >= ? AND seq < ?",
+                            [run_id, start, stop]).fetchone()[0]
+        if n == stop - start:  # all of them: no need to read them
+            return np.arange(start, stop, dtype=np.int64)
         rows = self.db.execute("SELECT seq FROM queries WHERE run_id = ? AND seq >= ? AND seq < ? ORDER BY seq",
                                [run_id, start, stop]).fetchall()
         return np.array([r[0] for r in rows], dtype=np.int64)
