@@ -22,6 +22,7 @@ from fbloop.agents.batch import BatchConfig, BatchLLM, Ingester, LineWriter, par
 from fbloop.agents.batchserver import BatchServerConfig
 from fbloop.agents.llm import LLMAgent, LLMConfig
 from fbloop.agents.server import ServerConfig, serve
+from fbloop.app import views
 from fbloop.learners import LearnerConfig
 from fbloop.loop import RunConfig, run_loop
 from fbloop.queries.designs import DesignConfig
@@ -293,6 +294,9 @@ def test_export_engine_ingest_round_trip(tmp_path, target):
         res = run_loop(cfg, store, run_id="O")
         assert res.answers == 120 and res.pcc > 0.5 and store.get_run("O")["status"] == "done"
         assert res.extra["llm"]["mode"] == "offline"
+        (stats,) = views.llm_stats(store, "O")  # the dashboard's LLM block: tokens at the batch price
+    assert stats["mode"] == "offline" and stats["batches"] == 2 and stats["answers"] == 120
+    assert stats["cost"] == pytest.approx(stats["cost_sync"] / 2) and stats["cost"] > 0
 
 
 def cli(*args: str) -> dict:
