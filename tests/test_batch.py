@@ -395,3 +395,27 @@ def test_kill_9_while_a_batch_is_in_progress_then_resume(tmp_path):
     assert len(keys) == len(set(keys)) == 600  # 300 triplets × 2 orders: none lost, none doubled
     assert all(r["status"] == "ok" for r in got)
     assert result["answers"] == 600 and result["learned"] == 600
+
+
+def test_a_resumed_run_reattaches_and_submits_what_it_stored(tmp_path, target):
+    """States a kill can leave: a batch created at the provider whose id was never recorded (state
+    ``uploaded``: it is found by its input file, not created again), and asks stored but never uploaded
+    (state ``preparing``: written again from the stored queries and submitted)."""
+    with serve(ServerConfig(target=SPEC), target=target, batch=BatchServerConfig(delay_s=0.5)) as srv, \
+            Store(tmp_path / "r.db") as store:
+        client = openai.OpenAI(base_url=srv.url, api_key=KEY, max_retries=0)
+        cfg = config(srv.url, budget=60, swap=False, chunk=20)
+        first = run_loop(cfg, store, run_id="R")  # submits three batches and returns: nothing is in yet
+        assert first.pcc is None and store.get_run("R")["status"] == "waiting"
+        one, two, three = store.batches("R")
+        client.batches.cancel(three["batch_id"])  # as if it had never been uploaded
+        store.db.execute("UPDATE llm_batches SET state = 'uploaded', batch_id = NULL WHERE id = ?", [one["id"]])
+        store.db.execute("UPDATE llm_batches SET state = 'preparing', batch_id = NULL, input_file_id = NULL "
+                         "WHERE id = ?", [three["id"]])
+        res = watch(cfg, store, "R")
+        after = store.batches("R")
+        provider = {b.id: b for b in client.batches.list()}
+    assert res.answers == 60 and all(b["state"] == "ingested" for b in after)
+    assert after[0]["batch_id"] == one["batch_id"]  # re-attached, not created again
+    assert after[2]["batch_id"] not in (None, three["batch_id"]) and after[2]["input_file_id"] != three["input_file_id"]
+    assert len(provider) == 4 and provider[three["batch_id"]].status == "cancelled"
