@@ -100,6 +100,50 @@ def one(size: int, url: str, db: Path, out: Path) -> None:
     }, indent=2) + "\n")
 
 
+def ingest_only(size: int, folder: Path) -> dict:
+    """Ingest alone (this process, nothing else of fbloop's running): an offline run of ``size``
+    triplets records its asks, a result file of ``size`` lines in the Batch API's output format is
+    written, and :class:`Ingester` stores it; answers/s and this process's peak RSS."""
+    import numpy as np
+
+    from fbloop.agents.batch import BatchConfig, BatchLLM, Ingester, custom_id
+    from fbloop.agents.llm import LLMConfig
+    from fbloop.learners import LearnerConfig
+    from fbloop.loop import RunConfig, run_loop
+    from fbloop.queries.designs import DesignConfig
+    from fbloop.store import Store
+
+    cfg = RunConfig(target=TARGET, design=DesignConfig(name="triplet"), agent="llm", budget=size, rfm_mse=False,
+                    learner_config=LearnerConfig(rank=8), llm=LLMConfig(structured="json_schema"),
+                    batch=BatchConfig(mode="offline"))
+    db, results = folder / f"ingest-{size}.db", folder / f"ingest-{size}.jsonl"
+    rng = np.random.default_rng(0)
+    with Store(db) as store:
+        run_loop(cfg, store, run_id="I")
+        with results.open("w") as fh:
+            for s in range(size):
+                body = {"id": f"chatcmpl-{s:024d}", "object": "chat.completion", "created": 0, "model": "m",
+                        "choices": [{"index": 0, "message": {"role": "assistant", "content": json.dumps(
+                            {"answer": ("first", "second")[int(rng.integers(2))]})}, "finish_reason": "stop",
+                            "logprobs": None}], "usage": {"prompt_tokens": 400, "completion_tokens": 5,
+                                                          "total_tokens": 405}}
+                fh.write(json.dumps({"id": f"batch_req_{s:024d}", "custom_id": custom_id("I", [s], 0, 0),
+                                     "response": {"status_code": 200, "request_id": f"req_{s}", "body": body},
+                                     "error": None}) + "\n")
+        llm = BatchLLM(cfg.llm, None)
+        llm.offline = True
+        rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        t0 = time.perf_counter()
+        with results.open("rb") as fh:
+            rep = Ingester(llm, store, "I").ingest(fh)
+        took = time.perf_counter() - t0
+    assert rep.stored == size, rep.to_dict()
+    return {"lines": size, "ingest_s": round(took, 2), "answers_per_s": round(size / took, 1),
+            "peak_rss_mib_before": round(rss0, 1),
+            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "loadavg": [round(x, 2) for x in os.getloadavg()]}
+
+
 def plot(rows: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -149,14 +193,38 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     ap.add_argument("--out", type=Path, default=ROOT / "results")
+    ap.add_argument("--ingest-only", type=int, nargs="*", metavar="LINES",
+                    help="Only time ingesting result files of these sizes (each in a process of its own); "
+                         "adds ingest_only to the results JSON")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)  # the child: one run
     ap.add_argument("--url", help=argparse.SUPPRESS)
     ap.add_argument("--db", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     os.environ.setdefault("OPENAI_API_KEY", "local")
-    if args.one:
+    if args.one and args.url:
         one(args.one, args.url, args.db, args.result)
+        return
+    if args.one:  # an ingest-only child
+        args.result.write_text(json.dumps(ingest_only(args.one, args.db.parent)) + "\n")
+        return
+    if args.ingest_only:
+        work = Path(tempfile.mkdtemp(prefix="fbloop-bench-ingest-"))
+        found = []
+        try:
+            for size in args.ingest_only:
+                result = work / f"ingest-{size}.json"
+                subprocess.run([sys.executable, __file__, "--one", str(size), "--db", str(work / "x.db"),
+                                "--result", str(result)], check=True)
+                found.append(json.loads(result.read_text()))
+                print(f"ingest only, {size:,} lines: {found[-1]['answers_per_s']:,.0f} answers/s, peak RSS "
+                      f"{found[-1]['peak_rss_mib']} MiB", flush=True)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        path = args.out / "batch_scale.json"
+        out = json.loads(path.read_text()) if path.exists() else {"benchmark": "batch_scale"}
+        out["ingest_only"] = found
+        path.write_text(json.dumps(out, indent=2) + "\n")
         return
     load = [round(x, 2) for x in os.getloadavg()]
     work = Path(tempfile.mkdtemp(prefix="fbloop-bench-batch-"))

@@ -419,3 +419,16 @@ def test_a_resumed_run_reattaches_and_submits_what_it_stored(tmp_path, target):
     assert after[0]["batch_id"] == one["batch_id"]  # re-attached, not created again
     assert after[2]["batch_id"] not in (None, three["batch_id"]) and after[2]["input_file_id"] != three["input_file_id"]
     assert len(provider) == 4 and provider[three["batch_id"]].status == "cancelled"
+
+
+def test_a_provider_outage_at_batch_creation_is_ridden_out(tmp_path, target):
+    """``batches.create`` answered 500 twice: the uploaded file's batch is created by a later poll
+    (after looking for it among the provider's batches), and nothing is created twice."""
+    with serve(ServerConfig(target=SPEC), target=target, batch=BatchServerConfig(create_errors=2)) as srv, \
+            Store(tmp_path / "r.db") as store:
+        res = watch(config(srv.url, budget=60, swap=False, chunk=20), store, "E")
+        local = store.batches("E")
+        provider = list(openai.OpenAI(base_url=srv.url, api_key=KEY).batches.list())
+    assert res.answers == 60 and len(local) == len(provider) == 3
+    assert {b["batch_id"] for b in local} == {b.id for b in provider}
+    assert res.extra["llm"]["batches"]["this_process"]["submit_errors"] == 2

@@ -482,7 +482,7 @@ class BatchAgent:
             t1 = time.perf_counter()
             with self._client() as client:
                 for key, f in zip(keys_, files):
-                    self._submit(client, key, f["path"])
+                    self._try_submit(client, key, f["path"])
             self.work["write_s"] += t1 - t0
             self.work["upload_s"] += time.perf_counter() - t1
             self.work["uploaded_bytes"] += sum(f["bytes"] for f in files)
@@ -498,18 +498,32 @@ class BatchAgent:
                              timeout=max(cfg.timeout_s, 600.0))
 
     def _submit(self, client, key: int, path: str, file_id: str | None = None) -> None:
-        """Upload a file (unless ``file_id`` is stored) and create its batch, storing each id at once."""
+        """Upload a file (unless ``file_id`` is stored: a resumed run) and create its batch, storing each
+        id at once. A resumed run first looks for a batch it created but did not live to record."""
+        found = None
         if file_id is None:
             with open(path, "rb") as fh:
                 file_id = client.files.create(file=(os.path.basename(path), fh), purpose="batch").id
             self.store.update_batch(key, state="uploaded", input_file_id=file_id)
-        found = self._find(client, file_id)  # a killed run may have created it already
+        else:
+            found = self._find(client, file_id)
         if found is None:
             found = client.with_options(max_retries=0).batches.create(
                 input_file_id=file_id, endpoint=URL, completion_window=self.config.completion_window,
                 metadata={"fbloop_run": self._run()[:512], "fbloop_batch": str(key)})
         self.store.update_batch(key, state="submitted", batch_id=found.id, provider_status=found.status,
                                 submitted_at=time.time())
+
+    def _try_submit(self, client, key: int, path: str, file_id: str | None = None) -> None:
+        """:meth:`_submit`; a provider that is down or overloaded (connection error, 429, 5xx) leaves the
+        batch as stored (``preparing`` / ``uploaded``) for the next poll to submit."""
+        import openai
+
+        try:
+            self._submit(client, key, path, file_id)
+        except (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError) as exc:
+            self.work["submit_errors"] = self.work.get("submit_errors", 0) + 1
+            self.work["last_submit_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
 
     def _find(self, client, file_id: str):
         """The provider's batch reading ``file_id``, if one exists (newest first, a few pages)."""
@@ -529,20 +543,22 @@ class BatchAgent:
         with self._client() as client:
             for b in pending:
                 if b["state"] == "uploaded":
-                    self._submit(client, b["id"], "", b["input_file_id"])
+                    self._try_submit(client, b["id"], "", b["input_file_id"])
                     continue
                 folder = tempfile.mkdtemp(prefix="fbloop-batch-")
                 try:
                     path = os.path.join(folder, "batch.jsonl")
                     write_batch(self.llm, self.store, self._run(), self.store.batch_asks(b["id"]), b["mode"], path)
-                    self._submit(client, b["id"], path)
+                    self._try_submit(client, b["id"], path)
                 finally:
                     shutil.rmtree(folder, ignore_errors=True)
 
     # ------------------------------------------------------------ polling and ingesting
 
     def poll(self) -> None:
-        """Look at every open batch once; store the results of those that ended; back off while quiet."""
+        """Submit what an earlier try could not; look at every open batch once; store the results of
+        those that ended; back off while quiet."""
+        self._resubmit()
         open_ = self.store.batches(self._run(), ("submitted",))
         changed = False
         self.work["polls"] += 1

@@ -48,12 +48,15 @@ class BatchServerConfig:
     max_requests: int = 50_000  # lines an input file may hold (OpenAI's limit)
     max_bytes: int = 200_000_000  # size an input file may have (OpenAI's 200 MB)
     folder: str | None = None  # where files are kept; None: a temporary folder
+    create_errors: int = 0  # the first this many POST /v1/batches answer 500 and create nothing (an outage)
 
     def __post_init__(self) -> None:
         if self.delay_s < 0:
             raise ConfigError(f"Expect delay_s ≥ 0, got {self.delay_s}.")
         if self.expire_after is not None and self.expire_after < 0:
             raise ConfigError(f"Expect expire_after ≥ 0 lines, got {self.expire_after}.")
+        if self.create_errors < 0:
+            raise ConfigError(f"Expect create_errors ≥ 0, got {self.create_errors}.")
         if self.max_requests < 1 or self.max_bytes < 1:
             raise ConfigError(f"Expect positive limits, got max_requests={self.max_requests}, "
                               f"max_bytes={self.max_bytes}.")
@@ -74,6 +77,7 @@ class BatchService:
         self.files: dict[str, dict] = {}
         self.batches: dict[str, dict] = {}
         self.order: list[str] = []  # batch ids, oldest first
+        self.create_errors = config.create_errors  # outages still to simulate
         self.lock = threading.Lock()
         self.jobs: queue.Queue[str] = queue.Queue()
         self.worker = threading.Thread(target=self._work, name="fbloop-batch-worker", daemon=True)
@@ -108,6 +112,10 @@ class BatchService:
 
     def create(self, body: dict) -> tuple[int, dict]:
         """``(status, object)`` for ``POST /v1/batches``."""
+        with self.lock:
+            if self.create_errors > 0:
+                self.create_errors -= 1
+                return 500, _error("simulated outage: the batch was not created", "server_error")
         file_id, endpoint, window = body.get("input_file_id"), body.get("endpoint"), body.get("completion_window")
         if endpoint not in ENDPOINTS:
             return 400, _error(f"Invalid endpoint {endpoint!r}; expect one of {list(ENDPOINTS)}.")
