@@ -493,13 +493,18 @@ def llm_section(llm: list[dict], noise: dict) -> None:
         if m is not None:
             eps = noise.get(f"llm:{m['model']}")
             st.markdown(f"**{m['model']}** · {m['answers']} answers, {m['requests']} requests"
+                        + ("" if m.get("mode", "sync") == "sync" else
+                           f" · {m['mode']} mode, {m['batches']} batch files")
                         + ("" if eps is None else f" · fitted at flip rate {eps:.3f} (from its order swaps)"))
         cols = st.columns(4)
         cols[0].metric("Invalid replies", pct(m and m["invalid_rate"]))
         cols[1].metric("Position bias", pct(m and m["position_bias"]),
                        help="how often the answer changes when the candidates are swapped")
         cols[2].metric("Tokens", "—" if m is None else f"{m['prompt_tokens'] + m['completion_tokens']:,}")
-        cols[3].metric("Cost", "—" if m is None or m["cost"] is None else f"${m['cost']:.4f}")
+        batch = m is not None and m.get("mode", "sync") != "sync" and m["cost"] is not None
+        cols[3].metric("Cost", "—" if m is None or m["cost"] is None else f"${m['cost']:.4f}",
+                       help=(f"at the batch price (−{m['discount']:.0%}); ${m['cost_sync']:.4f} synchronously"
+                             if batch else None))
     if not llm:
         st.caption("No LLM answers in this run yet.")
 

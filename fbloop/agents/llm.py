@@ -439,7 +439,7 @@ class LLMAgent(ImmediateAgent):
         replies = self._run(self._gather(requests, hits, put))
         for item in pending:
             self._put(item)
-        return self._collect(queries, orders, requests, replies)
+        return self._collect(queries.seq, orders, requests, replies)
 
     def _put(self, item: tuple[_Request, Reply]) -> None:
         req, rep = item
@@ -512,9 +512,11 @@ class LLMAgent(ImmediateAgent):
 
     # ------------------------------------------------------------ answers
 
-    def _collect(self, queries: Queries, orders: tuple[str, ...], requests: list[_Request],
+    def _collect(self, seq: np.ndarray, orders: tuple[str, ...], requests: list[_Request],
                  replies: list[Reply]) -> list[Answers]:
-        n = len(queries)
+        """One :class:`Answers` per order for positions ``seq``, from each request's reply (its ``rows``
+        index ``seq``); also reads a batch job's result lines (:mod:`fbloop.agents.batch`)."""
+        n = len(seq)
         sets = {o: (np.full(n, np.nan), np.full(n, "invalid", dtype=object), [None] * n, [None] * n)
                 for o in orders}
         scrub = self._scrubber()
@@ -548,7 +550,7 @@ class LLMAgent(ImmediateAgent):
         out = []
         for o in orders:
             value, status, raw, meta = sets[o]
-            out.append(Answers(self.name if o == "ab" else self.swap_name, queries.seq.copy(), value,
+            out.append(Answers(self.name if o == "ab" else self.swap_name, np.array(seq, np.int64), value,
                                status.astype(str), raw, meta))
         if len(out) == 2:
             both = out[0].ok & out[1].ok

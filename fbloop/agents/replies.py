@@ -14,6 +14,7 @@ the server accepts one (:mod:`fbloop.agents.structured`); replies are parsed as 
 
 from __future__ import annotations
 
+import functools
 import json
 
 TOKENS: dict[str, float] = {"first": 1.0, "second": -1.0, "equal": 0.0}
@@ -45,7 +46,22 @@ def _token(value: object) -> str | None:
 
 
 def parse_single(text: str) -> tuple[str | None, str | None]:
-    """``(token, None)`` for exactly ``{"answer": "first"|"second"|"equal"}``, else ``(None, reason)``."""
+    """``(token, None)`` for exactly ``{"answer": "first"|"second"|"equal"}``, else ``(None, reason)``.
+
+    Short replies are remembered (a run's replies are a handful of distinct texts: a million batch
+    result lines parse each once)."""
+    return _parse_short(text) if isinstance(text, str) and len(text) <= SHORT else _parse_single(text)
+
+
+SHORT = 256  # replies up to this many characters are remembered by parse_single
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_short(text: str) -> tuple[str | None, str | None]:
+    return _parse_single(text)
+
+
+def _parse_single(text: str) -> tuple[str | None, str | None]:
     obj, err = _load_json(text)
     if err:
         return None, err

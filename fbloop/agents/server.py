@@ -10,7 +10,8 @@ LLM-agent run against it is a genuine round trip through the prompt text: what
 the oracle judges is only what the prompt shows — weights as
 :func:`fbloop.render.weight_text` writes them (three decimals, three significant
 digits below 0.1), at most ``top_features`` features per activation.
-``GET /v1/models`` lists the one model it serves.
+``GET /v1/models`` lists the one model it serves. ``/v1/files`` and ``/v1/batches`` are OpenAI's
+Files and Batch APIs, answering each line the same way (:mod:`fbloop.agents.batchserver`).
 
 Knobs, all deterministic under ``seed``: ``latency_ms`` per request; oracle
 noise (an :class:`fbloop.agents.OracleConfig`); ``first_bias``, the probability
@@ -56,6 +57,7 @@ from ..sparse import SparseBatch
 from ..targets.load import load_target
 from ..targets.target import Target
 from . import tuple_prompts
+from .batchserver import BatchServerConfig, BatchService, routes as batch_routes
 from .oracle import OracleAgent, OracleConfig
 
 HOST = "127.0.0.1"
@@ -164,7 +166,7 @@ class OracleModel:
         self.target = target or load_target(config.target)
         anchor = SparseBatch(np.zeros((1, 1), np.int64), np.ones((1, 1)), self.target.p)  # triplets ignore it
         self.oracle = OracleAgent(self.target.factor, anchor, config.oracle)
-        self.seen: Counter[str] = Counter()
+        self.seen: Counter[bytes] = Counter()  # times each prompt (its digest) was asked
         self.stats: Counter[str] = Counter()
         self.lock = threading.Lock()
 
@@ -218,9 +220,10 @@ class OracleModel:
         user = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
         prompt = _content(user[-1]) if user else ""
         every = "\0".join(_content(m) for m in messages if isinstance(m, dict))
+        seen = hashlib.blake2b(prompt.encode(), digest_size=16).digest()  # a million prompts: 16 bytes each
         with self.lock:
-            nth = self.seen[prompt]
-            self.seen[prompt] += 1
+            nth = self.seen[seen]
+            self.seen[seen] += 1
             self.stats["requests"] += 1
         u_err = _unit(cfg.seed, "error", prompt, nth)
         if u_err < cfg.error_rate:
@@ -297,8 +300,9 @@ def _break(content: str, u: float, batched: bool) -> str:
 # ---------------------------------------------------------------- the HTTP app
 
 
-def make_app(config: ServerConfig, target: Target | None = None):
-    """A Starlette app serving ``config``; ``app.state.model`` holds the counters."""
+def make_app(config: ServerConfig, target: Target | None = None, batch: BatchServerConfig | None = None):
+    """A Starlette app serving ``config``; ``app.state.model`` holds the counters, ``app.state.batches``
+    the Files and Batch APIs (:mod:`fbloop.agents.batchserver`, set up by ``batch``)."""
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import JSONResponse
@@ -327,9 +331,11 @@ def make_app(config: ServerConfig, target: Target | None = None):
         return JSONResponse({"object": "list", "data": [
             {"id": config.model, "object": "model", "created": 0, "owned_by": "fbloop"}]})
 
+    batches = BatchService(batch or BatchServerConfig(), model.reply)
     app = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"]),
-                            Route("/v1/models", models, methods=["GET"])])
+                            Route("/v1/models", models, methods=["GET"]), *batch_routes(batches, authorized)])
     app.state.model = model
+    app.state.batches = batches
     return app
 
 
@@ -340,6 +346,7 @@ class Served:
     url: str
     port: int
     model: OracleModel
+    batches: BatchService | None = None
 
     @property
     def stats(self) -> Counter[str]:
@@ -356,9 +363,10 @@ def _uvicorn(app, port: int):
 
 
 @contextlib.contextmanager
-def serve(config: ServerConfig = ServerConfig(), port: int = 0, target: Target | None = None) -> Iterator[Served]:
+def serve(config: ServerConfig = ServerConfig(), port: int = 0, target: Target | None = None,
+          batch: BatchServerConfig | None = None) -> Iterator[Served]:
     """Run the server on a background thread for the ``with`` block (``port=0``: any free port)."""
-    app = make_app(config, target)
+    app = make_app(config, target, batch)
     server = _uvicorn(app, port)
     thread = threading.Thread(target=server.run, name="fbloop-oracle-server", daemon=True)
     thread.start()
@@ -369,12 +377,12 @@ def serve(config: ServerConfig = ServerConfig(), port: int = 0, target: Target |
         time.sleep(0.01)
     bound = server.servers[0].sockets[0].getsockname()[1]
     try:
-        yield Served(f"http://{HOST}:{bound}/v1", bound, app.state.model)
+        yield Served(f"http://{HOST}:{bound}/v1", bound, app.state.model, app.state.batches)
     finally:
         server.should_exit = True
         thread.join(timeout=10)
 
 
-def run_forever(config: ServerConfig, port: int) -> None:
+def run_forever(config: ServerConfig, port: int, batch: BatchServerConfig | None = None) -> None:
     """Serve in the foreground until interrupted (``fbloop serve-oracle``)."""
-    _uvicorn(make_app(config), port).run()
+    _uvicorn(make_app(config, batch=batch), port).run()

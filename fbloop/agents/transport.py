@@ -92,13 +92,21 @@ def read_completion(body: str) -> tuple[str | None, str | None, str, dict]:
     ``why_unreadable`` says why and ``raw`` is what to keep (a refusal's text, the content as
     JSON, or the body). ``fields`` holds the ids, model and token counts that could be read.
     """
-    fields: dict = {"prompt_tokens": 0, "completion_tokens": 0, "response_id": None, "served_model": None}
     try:
         obj = json.loads(body)
     except (ValueError, RecursionError):
-        return None, "the HTTP body is not JSON", body, fields
+        return None, "the HTTP body is not JSON", body, {"prompt_tokens": 0, "completion_tokens": 0,
+                                                         "response_id": None, "served_model": None}
+    return read_completion_obj(obj, body)
+
+
+def read_completion_obj(obj: object, body: str | None = None) -> tuple[str | None, str | None, str, dict]:
+    """:func:`read_completion` of a body already parsed (a batch result line's ``response.body``);
+    ``body``, its text, is what to keep when it has no content (``json.dumps(obj)`` when not given)."""
+    fields: dict = {"prompt_tokens": 0, "completion_tokens": 0, "response_id": None, "served_model": None}
+    raw = (lambda: body) if body is not None else (lambda: json.dumps(obj))  # built only when kept
     if not isinstance(obj, dict):
-        return None, f"the HTTP body is a JSON {type(obj).__name__}, not an object", body, fields
+        return None, f"the HTTP body is a JSON {type(obj).__name__}, not an object", raw(), fields
     fields["response_id"] = _text_or_none(obj.get("id"))
     fields["served_model"] = _text_or_none(obj.get("model"))
     usage = obj.get("usage")
@@ -107,10 +115,10 @@ def read_completion(body: str) -> tuple[str | None, str | None, str, dict]:
         fields["completion_tokens"] = _count(usage.get("completion_tokens"))
     choices = obj.get("choices")
     if not isinstance(choices, list) or not choices:
-        return None, "the reply has no choices", body, fields
+        return None, "the reply has no choices", raw(), fields
     message = choices[0].get("message") if isinstance(choices[0], dict) else None
     if not isinstance(message, dict):
-        return None, "the first choice has no message", body, fields
+        return None, "the first choice has no message", raw(), fields
     content = message.get("content")
     if isinstance(content, str) and content:
         return content, None, content, fields
@@ -122,7 +130,7 @@ def read_completion(body: str) -> tuple[str | None, str | None, str, dict]:
     if isinstance(refusal, str) and refusal:
         return None, "the model refused", refusal, fields
     if content is None or content == "":
-        return None, f"the message content is {'empty' if content == '' else 'null'}", body, fields
+        return None, f"the message content is {'empty' if content == '' else 'null'}", raw(), fields
     return None, f"the message content is a JSON {type(content).__name__}, not text", json.dumps(content), fields
 
 

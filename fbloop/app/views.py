@@ -167,13 +167,17 @@ def agreement(store: Store, run_id: str) -> list[dict]:
 def llm_stats(store: Store, run_id: str) -> list[dict]:
     """Per LLM model (agents ``llm:<model>``, with ``#swap`` answers folded in): answers, invalid-reply
     rate, position-bias rate (how often the swapped order disagrees; ``None`` without the order swap),
-    tokens, and cost (``None`` when the run set no prices)."""
+    tokens, and cost (``None`` when the run set no prices): in batch mode at the batch price (``cost``),
+    beside the synchronous price of the same tokens (``cost_sync``), with ``mode`` and the batch count."""
     counts: dict[str, dict[str, int]] = {}
     for row in store.answer_counts(run_id):
         if row["agent"].startswith("llm:") and not row["is_check"]:
             by_status = counts.setdefault(row["agent"], {})
             by_status[row["status"]] = by_status.get(row["status"], 0) + row["n"]
-    prices = store.require_run(run_id)["config"].get("llm") or {}
+    config = store.require_run(run_id)["config"]
+    prices = config.get("llm") or {}
+    batch = config.get("batch") or {}  # batch mode: tokens at the batch price (fbloop.agents.batch)
+    discount = float(batch.get("discount", 0.0)) if batch else 0.0
     out = []
     for name in sorted(a for a in counts if not a.endswith(SWAP_SUFFIX)):
         swap = name + SWAP_SUFFIX
@@ -190,7 +194,10 @@ def llm_stats(store: Store, run_id: str) -> list[dict]:
                     "invalid_rate": invalid / total if total else None, "position_bias": bias,
                     "requests": usage["requests"], "prompt_tokens": usage["prompt_tokens"],
                     "completion_tokens": usage["completion_tokens"],
-                    "cost": cost if (p_cost or c_cost) else None})
+                    "cost": cost * (1 - discount) if (p_cost or c_cost) else None,
+                    "mode": batch.get("mode", "batch") if batch else "sync", "discount": discount,
+                    "cost_sync": cost if (p_cost or c_cost) else None,
+                    "batches": len(store.batches(run_id)) if batch else 0})
     return out
 
 

@@ -81,6 +81,14 @@ def run_options(fn):
                      help="LLM agent: completion token cap per request [default: the server's]."),
         click.option("--max-attempts", default=4, show_default=True, type=click.IntRange(1),
                      help="LLM agent: tries per request (first + retries) before its answers are invalid."),
+        click.option("--llm-mode", default="sync", show_default=True, type=click.Choice(["sync", "batch", "offline"]),
+                     help="LLM agent: sync (one request at a time), batch (the provider's Batch API: half the "
+                          "price, answers within 24 h) or offline (fbloop batch export / ingest, for vllm run-batch)."),
+        click.option("--batch-discount", default=0.5, show_default=True, type=click.FloatRange(0, 1, max_open=True),
+                     help="--llm-mode batch/offline: the batch price's discount on --cost-*-1k."),
+        click.option("--batch-poll", default=5.0, show_default=True, type=click.FloatRange(0, min_open=True),
+                     help="--llm-mode batch: seconds before the first look at open batches (then backing off "
+                          "×1.5 a quiet poll, up to 300 s)."),
         click.option("--cost-prompt-1k", default=0.0, show_default=True, type=float,
                      help="LLM agent: price per 1000 prompt tokens, for the run's cost."),
         click.option("--cost-completion-1k", default=0.0, show_default=True, type=float,
@@ -154,6 +162,7 @@ def _run_config(opts: dict):
         noise_aware=False if opts["exact_sources"] else None,
         bisection=BisectionConfig(precision=opts["bisection"]) if opts["bisection"] is not None else None,
         llm=_llm_config(opts) if opts["agent"] == "llm" or any(m.agent == "llm" for m in members) else None,
+        batch=_batch_config(opts),
         active=_active_config(opts),
         pool=members or None,
         pool_config=PoolConfig(hard_share=opts["hard_share"], seed=opts["seed"]) if members else None,
@@ -170,6 +179,17 @@ def _active_config(opts: dict):
     if opts["agent"] == "oracle" and opts["noise"] != "none":
         noise = NoiseModel(kind=opts["noise"], temperature=opts["temperature"], flip=min(opts["flip"], 0.49))
     return ActiveConfig(strategy=opts["active"], noise=noise, seed=opts["seed"])
+
+
+def _batch_config(opts: dict):
+    from ..agents.batch import BatchConfig
+
+    if opts["llm_mode"] == "sync":
+        return None
+    if opts["agent"] != "llm":
+        raise click.UsageError(f"--llm-mode {opts['llm_mode']} is for --agent llm, not {opts['agent']}.")
+    return BatchConfig(mode=opts["llm_mode"], discount=opts["batch_discount"], poll_s=opts["batch_poll"],
+                       poll_max_s=max(300.0, opts["batch_poll"]))
 
 
 def _llm_config(opts: dict):
@@ -277,6 +297,11 @@ def _print_result(result, as_json: bool) -> None:
         click.echo(f"LLM {u['model']}: {u['requests']} requests, {u['prompt_tokens']} + {u['completion_tokens']} "
                    f"tokens, cost {u['cost']:.4f}; answers {u['answers']}; structured output {u.get('structured')}"
                    + ("" if bias is None else f"; position-bias rate {bias:.3f} over {u['swap_pairs']} swapped pairs"))
+        if "batches" in u:
+            b = u["batches"]
+            click.echo(f"Batches ({u['mode']}): {b['files']} files, {b['requests']} requests, {b['bytes']:,} bytes, "
+                       f"status {b['status']}; cost {u['cost']:.4f} at the batch price (−{u['discount']:.0%}), "
+                       f"{u['cost_sync']:.4f} synchronously")
 
 
 @main.command()

@@ -148,15 +148,24 @@ def app(db_path: str, port: int, host: str, open_access: bool) -> None:
               help="Answer 'equal' when the margin is within this share of the distances.")
 @click.option("--api-key-env", default=None, help="Require the key in this environment variable [default: any key].")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seeds the oracle's noise and the faults.")
+@click.option("--batch-delay", default=0.0, show_default=True, type=click.FloatRange(0),
+              help="Batch API: the least seconds each stage (validating, in_progress, finalizing) lasts.")
+@click.option("--batch-expire-after", default=None, type=click.IntRange(0),
+              help="Batch API: lines run before a batch expires (the rest go to its error file) [default: never].")
+@click.option("--batch-folder", default=None, type=click.Path(file_okay=False),
+              help="Batch API: where uploaded and result files are kept [default: a temporary folder].")
 @_fail_cleanly
 def serve_oracle(target: str, port: int, model: str, latency_ms: float, malformed: float, error_rate: float,
                  first_bias: float, noise: str, temperature: float, flip: float, tie_band: float,
-                 api_key_env: str | None, seed: int) -> None:
-    """Serve an OpenAI-compatible chat endpoint on 127.0.0.1 that answers fbloop's prompts from Φ*."""
+                 api_key_env: str | None, seed: int, batch_delay: float, batch_expire_after: int | None,
+                 batch_folder: str | None) -> None:
+    """Serve an OpenAI-compatible chat endpoint on 127.0.0.1 that answers fbloop's prompts from Φ*,
+    with OpenAI's Files and Batch APIs (/v1/files, /v1/batches) answering each line the same way."""
     import os
 
     from ..agents import OracleConfig
     from ..agents.server import HOST, ServerConfig, run_forever
+    from ..agents.batchserver import BatchServerConfig
 
     key = None
     if api_key_env:
@@ -168,4 +177,5 @@ def serve_oracle(target: str, port: int, model: str, latency_ms: float, malforme
                           oracle=OracleConfig(noise=noise, temperature=temperature, flip=flip, tie_band=tie_band,
                                               seed=seed))
     click.echo(f"fbloop oracle ({target}) as model {model!r} on http://{HOST}:{port}/v1; Ctrl+C stops it.", err=True)
-    run_forever(config, port)
+    run_forever(config, port, BatchServerConfig(delay_s=batch_delay, expire_after=batch_expire_after,
+                                                folder=batch_folder))

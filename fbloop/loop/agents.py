@@ -8,6 +8,7 @@ import dataclasses
 from ..agents import people
 from ..agents.base import Agent, ImmediateAgent
 from ..agents.basis import BasisView
+from ..agents.batch import BatchAgent, BatchLLM
 from ..agents.bisection import BisectionAgent
 from ..agents.llm import LLMAgent
 from ..agents.oracle import OracleAgent
@@ -34,6 +35,8 @@ def make_agent(config: RunConfig, target: Target, design: Design, store: Store |
         return _pool(config, target, design, store)
     if config.agent == "human":
         return _people("human", config, target, store)
+    if config.batch is not None:
+        return _batch(config, target, design, store)
     agent = _answerer(config, target, design, store)
     if config.bisection is not None and design.kind == "pair":
         agent = BisectionAgent(agent, design.anchor(), config.bisection)
@@ -49,6 +52,21 @@ def _answerer(config: RunConfig, target: Target, design: Design, store: Store | 
         agent.check()  # a missing key or a dead endpoint fails here, before any query is spent
         return agent if design.basis is None else BasisView(agent, design)
     return OracleAgent(design.design_factor(target.factor), design.anchor(), config.oracle)
+
+
+def _batch(config: RunConfig, target: Target, design: Design, store: Store | None) -> BatchAgent:
+    """The LLM through batch jobs; the provider's endpoint is checked (and probed) first, as for
+    synchronous requests; offline there is no endpoint to check."""
+    if store is None:
+        raise ConfigError("Batch mode needs the run's store to keep its batches in.")
+    if design.kind != "triplet" or design.basis is not None:
+        raise ConfigError(f"Batch mode asks triplets in feature coordinates; design {config.design.name!r} "
+                          "does not. Use --design triplet.")
+    llm = BatchLLM(config.llm, target.descriptions, cache=None)
+    agent = BatchAgent(llm, config.batch, store, active=config.active is not None)
+    if config.batch.mode == "batch":
+        llm.check()
+    return agent
 
 
 def _people(name: str, config: RunConfig, target: Target, store: Store | None) -> people.People:

@@ -9,6 +9,7 @@ from typing import Literal
 import numpy as np
 
 from ..agents import OracleConfig
+from ..agents.batch import BatchConfig
 from ..agents.bisection import BisectionConfig
 from ..agents.llm import LLMConfig
 from ..agents.pool import MemberSpec, PoolConfig
@@ -30,6 +31,8 @@ class RunConfig:
     agent: Literal["oracle", "llm", "human", "pool"] = "oracle"
     oracle: OracleConfig = field(default_factory=OracleConfig)
     llm: LLMConfig | None = None  # the llm agent's endpoint and options; None (oracle runs) keeps old configs equal
+    # the llm agent through a Batch API or an offline engine (fbloop.agents.batch); None: synchronous requests
+    batch: BatchConfig | None = None
     check_rate: float | None = None  # human agent: share of attention checks in its queue; None → 0.1
     bisection: BisectionConfig | None = None  # pair designs answered by ternary comparisons (fbloop.agents.bisection)
     budget: int | None = None  # answers to collect; None → the design's count (or a default)
@@ -72,6 +75,16 @@ class RunConfig:
             raise ConfigError(f"Expect a check rate in [0, 0.5], got check_rate={self.check_rate}.")
         if self.agent == "llm" and self.llm is None:
             object.__setattr__(self, "llm", LLMConfig())
+        if self.batch is not None:
+            if isinstance(self.batch, dict):
+                object.__setattr__(self, "batch", BatchConfig(**self.batch))
+            if self.agent != "llm":
+                raise ConfigError(f"Batch mode is for --agent llm; the agent is {self.agent!r}.")
+            if self.bisection is not None:
+                raise ConfigError("Batch mode asks triplets; bisection asks one question after another. "
+                                  "Use --design triplet.")
+            if self.chunk is None:  # a chunk is one batch of requests: bounded memory, whatever the budget
+                object.__setattr__(self, "chunk", self.batch.chunk)
         if self.learner not in ("gradient", "exact", "direct", "pivot", "auto"):
             raise ConfigError(f"Unknown learner {self.learner!r}; expect gradient, exact, direct, pivot or auto.")
         if self.budget is not None and self.budget < 1:
@@ -102,6 +115,8 @@ class RunConfig:
         data["learner_config"] = LearnerConfig(**data.get("learner_config", {}))
         if data.get("llm") is not None:
             data["llm"] = LLMConfig.from_dict(data["llm"])
+        if data.get("batch") is not None:
+            data["batch"] = BatchConfig(**data["batch"])
         if data.get("bisection") is not None:
             data["bisection"] = BisectionConfig(**data["bisection"])
         if data.get("active") is not None:

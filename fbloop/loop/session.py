@@ -148,8 +148,10 @@ def open_session(config: RunConfig, store: Store, run_id: str | None = None, tar
     learner = make_learner(learner_name, target.p, config.learner_config, design.anchor(), design)
     agent = make_agent(config, target, design, store)
     run_id, resumed = claim_run(config, store, run_id, design, target, budget)
-    # A deferred agent takes a fixed design's queries at once (people see the whole queue); else by chunk.
-    chunk = budget if agent.deferred and config.active is None else config.chunk or auto_chunk(budget)
+    # A deferred agent takes a fixed design's queries at once (people see the whole queue) unless the config
+    # names a chunk (a batch run's default: one batch per chunk); else by chunk.
+    whole = agent.deferred and config.active is None and config.chunk is None
+    chunk = budget if whole else config.chunk or auto_chunk(budget)
     if config.active is not None:
         active = ActiveQueries(ActiveStrategy(target.p, config.active, config.design), config.seed)
         source: FixedQueries | ActiveSource = ActiveSource(active, store, run_id, budget, chunk)

@@ -16,6 +16,7 @@ import sqlite_utils
 from ..errors import StoreError
 from ..records import CANDIDATE_KINDS, Answers, MIXED, Queries
 from ..sparse import SparseBatch
+from .batches import BatchStore
 from .codec import _decode, _decode_cands, _encode, _encode_cands
 from .crowd import CrowdStore
 from .migrations import migrate
@@ -30,7 +31,7 @@ def _not_a_check(alias: str) -> str:
 # ---------------------------------------------------------------- the store
 
 
-class Store(CrowdStore):
+class Store(CrowdStore, BatchStore):
     """A run database on disk."""
 
     def __init__(self, path: str | Path):

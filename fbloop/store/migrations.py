@@ -201,6 +201,32 @@ def _m7_crowd(db: sqlite_utils.Database) -> None:
     rebuild_totals(db)
 
 
+def _m8_llm_batches(db: sqlite_utils.Database) -> None:
+    # LLM batch jobs (agents/batch.py): one row per input file, its provider ids stored the moment they
+    # are known (a killed run re-attaches to its batches and never creates one twice), and what it asks as
+    # one BLOB of (seq, order, attempt, request) int64 rows: a million asks in 32 MB, no row per request.
+    db.executescript(
+        """
+        CREATE TABLE llm_batches (
+            id INTEGER PRIMARY KEY,
+            run_id TEXT NOT NULL REFERENCES runs(id),
+            agent TEXT NOT NULL,             -- the answers' agent name (its #swap twin for order 1)
+            state TEXT NOT NULL,             -- preparing / uploaded / submitted / ingested / offline
+            mode TEXT NOT NULL,              -- the structured-output mode its bodies were written in
+            provider_status TEXT,            -- validating / in_progress / finalizing / completed / failed / ...
+            input_file_id TEXT, batch_id TEXT UNIQUE, output_file_id TEXT, error_file_id TEXT,
+            asks BLOB NOT NULL,              -- (n, 4) little-endian int64: seq, order, attempt, request
+            n_asks INTEGER NOT NULL,
+            requests INTEGER NOT NULL,       -- lines of its input file
+            bytes INTEGER,                   -- size of its input file
+            counts TEXT, errors TEXT,        -- JSON: the provider's request_counts and errors
+            created_at REAL NOT NULL, submitted_at REAL, finished_at REAL, ingested_at REAL
+        );
+        CREATE INDEX llm_batches_run ON llm_batches(run_id, state);
+        """
+    )
+
+
 def _m9_candidates(db: sqlite_utils.Database) -> None:
     # closest-of-k and rank-k queries: the reference stays in a_*, the k candidates go in one blob pair
     # (fbloop.store.codec._encode_cands); triplets and odd-one-out keep a_*, b_*, c_*.
@@ -220,6 +246,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
     (5, "the process that runs a run", _m5_run_owner),
     # 6 is unused: it was held for work that needed no schema change (ids need not be consecutive)
     (7, "crowd annotation: assignment, leases, totals, invitations, blocking", _m7_crowd),
+    (8, "llm batch jobs: provider ids, status, what each batch asks", _m8_llm_batches),
     (9, "k candidates per query (closest-of-k, rank-k)", _m9_candidates),
 ]
 
