@@ -115,7 +115,9 @@ KINDS = {
 }
 
 
-SLOW_KINDS = {"oracle-noisy", "llm", "llm-bisection"}  # 35–65 s each: `-m slow` runs them
+# 25–65 s each: `-m slow` runs them. The default run keeps people through --watch (and the oracle's
+# kill -9 is tests/test_cli.py::test_kill_and_resume_matches_an_uninterrupted_run).
+SLOW_KINDS = {"oracle", "oracle-noisy", "pool", "active", "llm", "llm-bisection"}
 
 
 @pytest.mark.parametrize("kind", [pytest.param(k, marks=pytest.mark.slow) if k in SLOW_KINDS else k for k in KINDS])
@@ -181,7 +183,7 @@ def test_people_through_watch_survive_a_kill_9(tmp_path):
     assert 0 < result["pcc"] <= 1  # 60 exact triplets at p = 8: a rough Φ̂ (0.30 seen), learnt once each
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)])
 def test_watch_learns_as_answers_arrive_and_stops_cleanly_on_a_signal(tmp_path, sig):
     db = tmp_path / "p.db"
     proc = watcher(tmp_path)
