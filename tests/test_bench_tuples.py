@@ -1,4 +1,4 @@
-"""bench_tuples: the ratios to random triplets, and one small run end to end (slow)."""
+"""bench_tuples: medians over seeds and the ratios to random triplets, and one small run end to end (slow)."""
 
 import json
 
@@ -12,25 +12,48 @@ def bench():
     return load_benchmark("bench_tuples")
 
 
-def test_ratios_compare_each_kind_with_triplets_of_the_same_target_and_seed(bench):
-    cells = [{"target": "t", "seed": 0, "kind": "triplet", "tokens": 300, "activations": 90, "answers": 30},
-             {"target": "t", "seed": 0, "kind": "rank:4", "tokens": 100, "activations": 50, "answers": 10},
-             {"target": "t", "seed": 1, "kind": "rank:4", "tokens": 100, "activations": 50, "answers": 10},
-             {"target": "t", "seed": 0, "kind": "closest:4", "tokens": None, "activations": None, "answers": None}]
-    got = bench.ratios(cells)
-    assert (got[1]["tokens_ratio"], got[1]["activations_ratio"], got[1]["answers_ratio"]) == (3.0, 1.8, 3.0)
-    assert got[2]["tokens_ratio"] is None  # no triplet run for seed 1
-    assert got[3]["tokens_ratio"] is None  # the goal not reached
+def cell(kind, seed, answers, tokens, activations, noise="flip:0.1", target="t"):
+    return {"target": target, "noise": noise, "kind": kind, "batch": 8, "seed": seed,
+            "goals": {"0.9": {"answers": answers, "tokens": tokens, "activations": activations}}}
+
+
+def test_medians_over_seeds_and_ratios_to_triplets_of_the_same_target_and_noise(bench):
+    cells = [cell("triplet", 0, 30, 300, 90), cell("triplet", 1, 40, 400, 120), cell("triplet", 2, 50, 500, 150),
+             cell("rank:4", 0, 10, 100, 50), cell("rank:4", 1, None, None, None), cell("rank:4", 2, 12, 120, 60),
+             cell("closest:4", 0, None, None, None), cell("closest:4", 1, None, None, None),
+             cell("closest:4", 2, 9, 90, 45),
+             cell("rank:4", 0, 5, 50, 25, noise="logistic:0.2")]
+    got = {(r["kind"], r["noise"]): r for r in bench.summarise(cells, [0.9])}
+    rank = got[("rank:4", "flip:0.1")]["goals"]["0.9"]
+    # a seed that missed the goal sorts last: the median of (10, 12, ∞) is 12
+    assert (rank["answers"], rank["tokens"], rank["activations"], rank["reached"]) == (12, 120, 60, 2)
+    assert (rank["tokens_ratio"], rank["activations_ratio"], rank["answers_ratio"]) == (round(400 / 120, 3), 2.0,
+                                                                                         round(40 / 12, 3))
+    closest = got[("closest:4", "flip:0.1")]["goals"]["0.9"]
+    assert closest["answers"] is None and closest["tokens_ratio"] is None and closest["reached"] == 1
+    assert got[("rank:4", "logistic:0.2")]["goals"]["0.9"]["tokens_ratio"] is None  # no triplets under that noise
+    assert got[("triplet", "flip:0.1")]["goals"]["0.9"]["tokens_ratio"] == 1.0
+
+
+def test_noises_are_read_as_the_oracles_config(bench):
+    assert bench.parse_noise("logistic:0.2").temperature == 0.2
+    assert bench.parse_noise("flip:0.1").flip == 0.1 and bench.parse_noise("flip:0.1").noise == "flip"
+    assert bench.parse_noise("none").noise == "none"
+    with pytest.raises(SystemExit, match="gauss"):
+        bench.parse_noise("gauss:1")
 
 
 @pytest.mark.slow
-def test_a_small_bench_reaches_the_goal_over_http(bench, tmp_path, monkeypatch):
+def test_a_small_bench_reaches_both_goals_over_http(bench, tmp_path, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "bench-tuples-test")  # the bench sets one for its own process only
     out = bench.main(["--targets", "synthetic:p=6,rank=2", "--kinds", "triplet", "rank:3", "--seeds", "0",
-                      "--goal", "0.8", "--max-answers", "400", "--tuple-batches", "4", "--out",
-                      str(tmp_path / "t.json")])
+                      "--noises", "none", "--goals", "0.7", "0.8", "--max-answers", "400", "--tuple-batches", "4",
+                      "--tokenizer", "estimate", "--out", str(tmp_path / "t.json")])
     cells = {c["kind"]: c for c in out["cells"]}
     assert cells["triplet"]["batch"] == 8 and cells["rank:3"]["batch"] == 4
-    assert all(c["answers"] and c["tokens"] > 0 and c["invalid"] == 0 for c in cells.values())
-    assert cells["rank:3"]["activations"] == cells["rank:3"]["answers"] * 4
-    assert json.loads((tmp_path / "t.json").read_text())["cells"][0]["kind"] == "triplet"
+    for c in cells.values():
+        early, late = c["goals"]["0.7"], c["goals"]["0.8"]
+        assert c["invalid"] == 0 and 0 < early["answers"] <= late["answers"] and 0 < early["tokens"] <= late["tokens"]
+    assert cells["rank:3"]["goals"]["0.8"]["activations"] == cells["rank:3"]["goals"]["0.8"]["answers"] * 4
+    assert json.loads((tmp_path / "t.json").read_text())["tokenizer"] == "estimate"
+    assert (tmp_path / "t.png").stat().st_size > 10_000

@@ -92,3 +92,26 @@ def test_llamacpp_run_on_an_sae_target_with_descriptions_killed_and_resumed(llam
     prompts = [r[0] for r in sql_rows(db, "SELECT prompt FROM llm_cache")]
     assert any('"' in p and "feature" in p for p in prompts)  # the SAE's descriptions reached the model
     assert KEY not in printed and all(KEY.encode() not in f.read_bytes() for f in tmp_path.glob("r.db*"))
+
+
+def test_llamacpp_answers_tuple_questions_and_counts_tokens_as_fbloop_does(llama, target):
+    """Closest-of-4 and rank-4 questions through the real server: valid replies, and its `usage` equals
+    fbloop's own count with the model's tokenizer (what `fbloop serve-oracle --tokenizer smollm2` reports)."""
+    from fbloop.agents import tokens
+    from fbloop.agents.tuple_llm import TupleLLMAgent
+
+    url, model = llama
+    counter = tokens.load("smollm2")
+    for kind in ("closest", "rank"):
+        q = make_design(DesignConfig(name=kind, k=4), target, 0).queries(0, 3)
+        agent = TupleLLMAgent(LLMConfig(base_url=url, model=model, timeout_s=300, max_tokens=48, concurrency=1,
+                                        cache=False), kind, 4)
+        agent.check()
+        ans = agent.answer(q)
+        assert ans.ok.all(), [(r, m.get("error")) for r, m in zip(ans.raw, ans.meta)]
+        texts = agent._texts(q)
+        for i, m in enumerate(ans.meta):
+            messages = [{"role": "system", "content": agent.system_text},
+                        {"role": "user", "content": agent._prompt([texts[i]])}]
+            assert m["prompt_tokens"] == counter.prompt(messages) > 300
+            assert m["completion_tokens"] == counter.completion(ans.raw[i])

@@ -213,7 +213,10 @@ def test_a_closest_of_4_llm_run_learns_and_resumes_without_paying_twice(server, 
         sent = server.stats["requests"]
         again = run_loop(config, store, run_id="c")
         use = store.request_usage("c", ["llm:fbloop-oracle"])
+        early = store.request_usage("c", ["llm:fbloop-oracle"], before_seq=40)  # what the first 40 cost
     assert first.answers == again.answers == 120 and first.pcc > 0.95
+    assert early["requests"] == 40 and early["answers"] == {"ok": 40}
+    assert 0 < early["prompt_tokens"] < use["prompt_tokens"]
     assert server.stats["requests"] == sent  # every question was answered: nothing asked again
     assert use["requests"] == 120 and use["prompt_tokens"] > 0 and use["answers"] == {"ok": 120}
     assert first.extra["llm"]["template"] == "closest"

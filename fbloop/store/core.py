@@ -394,21 +394,23 @@ class Store(CrowdStore, BatchStore):
             [run_id, agent_a, agent_b]).fetchone()
         return {"both": int(row[0]), "agree": int(row[1])}
 
-    def request_usage(self, run_id: str, agents: list[str]) -> dict:
-        """Requests, tokens and answer statuses behind a run's answers by ``agents``.
+    def request_usage(self, run_id: str, agents: list[str], before_seq: int | None = None) -> dict:
+        """Requests, tokens and answer statuses behind a run's answers by ``agents`` (those at query
+        positions below ``before_seq`` when given: what the run had spent by then).
 
         Each answer's meta carries its request's token counts; only the first answer of a
         request (``batch_index`` 0) counts them, and cached replies cost nothing.
         """
         marks = ",".join("?" * len(agents))
+        upto, args = ("AND seq < ?", [before_seq]) if before_seq is not None else ("", [])
         row = self.db.execute(
             "SELECT COUNT(*), COALESCE(SUM(json_extract(meta, '$.prompt_tokens')), 0), "
             "COALESCE(SUM(json_extract(meta, '$.completion_tokens')), 0) FROM answers "
             f"WHERE run_id = ? AND agent IN ({marks}) AND json_extract(meta, '$.batch_index') = 0 "
-            "AND NOT COALESCE(json_extract(meta, '$.cached'), 0)", [run_id, *agents]).fetchone()
+            f"AND NOT COALESCE(json_extract(meta, '$.cached'), 0) {upto}", [run_id, *agents, *args]).fetchone()
         counts = dict(self.db.execute(
-            f"SELECT status, COUNT(*) FROM answers WHERE run_id = ? AND agent IN ({marks}) GROUP BY status",
-            [run_id, *agents]).fetchall())
+            f"SELECT status, COUNT(*) FROM answers WHERE run_id = ? AND agent IN ({marks}) {upto} GROUP BY status",
+            [run_id, *agents, *args]).fetchall())
         return {"requests": int(row[0]), "prompt_tokens": int(row[1]), "completion_tokens": int(row[2]),
                 "answers": {k: int(v) for k, v in counts.items()}}
 
