@@ -1,9 +1,10 @@
-"""People in the loop: a run's triplets queued for the annotation form, and their answers.
+"""People in the loop: a run's questions queued for the annotation form, and their answers.
 
 The form (``app.py``) is only a face for these functions:
 
-- :func:`queue` puts a run's triplets in the annotation queue and mixes in
-  *attention checks* (triplets whose answer is known) at a configurable rate;
+- :func:`queue` puts a run's questions (triplets, or tuple questions: closest of ``k``,
+  rank ``k``, odd one out) in the annotation queue and mixes in
+  *attention checks* (questions whose answer is known) at a configurable rate;
 - :func:`next_query` gives an annotator the next triplet that still wants an
   answer and is not on someone else's screen (a *lease*), in their own order
   near the queue's front; a reload or a second tab resumes the same triplet;
@@ -28,9 +29,12 @@ answers in the store and out of every learner (``Store.iter_answered``).
 spaces collapsed; a name mixing scripts, such as a Cyrillic "а" in "аlice", is
 refused), so "Alice" and "alice" are one person.
 
-Answers follow the triplet sign: ``+1`` the reference is closer to the first
-candidate, ``−1`` to the second, ``0`` equally close; a skip is stored with
-status ``skipped`` so it is never asked again.
+Answers are stored in the kind's value space (:mod:`fbloop.records`; :func:`answer_value`): a
+triplet's sign (``first`` +1, ``second`` −1, ``equal`` 0); closest of ``k``, the candidate
+``1…k`` or ``0`` for no clear winner; odd one out, the item ``1…3``; rank ``k``, the ranking
+(candidate numbers, closest first) as its Lehmer code. A skip is stored with status ``skipped``
+so it is never asked again. Everything else (a queue, a lease, undo, the token) is the same for
+every kind.
 
 **Never twice.** Every displayed question carries a fresh token. The form binds
 its buttons to ``(seq, token)`` of the question on screen, so a double click or
@@ -42,8 +46,10 @@ a resubmitted form names the same question again, and the store's unique key
 sequence, are marked in the ``checks`` table and are never given to a learner
 (``Store.iter_answered`` leaves them out). Two kinds:
 
-- ``identical``: one candidate *is* the reference (expected: that candidate);
-- ``lopsided``: a queued triplet the oracle finds very one-sided
+- ``identical``: one candidate *is* the reference (expected: that candidate; rank ``k``: any
+  ranking that puts it first; odd one out: two items are one activation, and the third, a
+  different one, is expected);
+- ``lopsided`` (triplets only): a queued triplet the oracle finds very one-sided
   (``|Δ| / (d_ab + d_ac) ≥ LOPSIDED`` under ``Φ*``), shown with its candidates
   swapped so it is not a verbatim repeat; only when the run has a ``Φ*``.
 """
@@ -60,14 +66,19 @@ import numpy as np
 
 from .. import render
 from ..errors import ConfigError, StoreError
-from ..records import Queries
-from ..sparse import SparseBatch
+from ..records import CANDIDATE_KINDS, Queries, codes_with_first, ranking_code
+from ..sparse import SparseBatch, difference
 from ..store import Store
+from ..store.crowd import passes
 from .oracle import triplet_margins
-from .reliability import flip_rate_from_checks
+from .reliability import check_chance, flip_rate_from_checks
 
 Choice = Literal["first", "second", "equal", "skip"]
 CHOICES: dict[str, float] = {"first": 1.0, "second": -1.0, "equal": 0.0, "skip": math.nan}
+SKIP = "skip"  # a skip, for every kind of question
+NONE = "none"  # closest of k: no clear winner (stored as 0), besides the number 0
+KINDS = ("triplet", "closest", "rank", "odd")  # the questions the form asks
+Answer = str | int | list[int] | tuple[int, ...]  # a choice (triplet), a number (closest, odd), a ranking (rank)
 CHECK_RATE = 0.1  # share of the queue that is attention checks
 LOPSIDED = 0.8  # |Δ| / (d_ab + d_ac) at or above which the oracle's answer counts as obvious
 MAX_NAME = 40  # characters in an annotator's name
@@ -154,18 +165,56 @@ def make_checks(queries: Queries, n: int, rng: np.random.Generator, factor: np.n
     return Queries("triplet", seq, *batches), checks
 
 
+def _differ(x: SparseBatch, y: SparseBatch) -> bool:
+    """Whether two one-row batches are different activations (slots in any order, duplicates adding)."""
+    d = difference(x, y)
+    _, slot = np.unique(d.indices[0], return_inverse=True)
+    return bool(np.any(np.bincount(slot, d.values[0]) != 0))
+
+
+def make_tuple_checks(queries: Queries, n: int, rng: np.random.Generator,
+                      first_seq: int = -1) -> tuple[Queries, dict[int, tuple]]:
+    """``n`` ``identical`` attention checks on tuple questions built from ``queries`` (closest, rank or odd),
+    at positions ``first_seq, first_seq − 1, …``.
+
+    Closest / rank: candidate ``j`` (drawn) is replaced by the reference; expected: ``j`` (closest), or any
+    ranking with ``j`` first (rank: ``(kind, lowest code, highest code)``). Odd one out: two items show the
+    first item's activation and item ``i`` (drawn) a different one; expected: ``i``. Returns the checks
+    as :class:`Queries` of the same kind and ``{seq: (kind, expected)}`` or ``(kind, lowest, highest)``.
+    """
+    q = queries
+    src = rng.integers(0, len(q), size=n)  # (n,) the question each check starts from
+    pos = rng.integers(0, q.k, size=n)  # (n,) the identical candidate, or the odd item
+    seq = first_seq - np.arange(n, dtype=np.int64)
+    rows = [q.select(np.array([j])) for j in src]
+    built, checks = [], {}
+    for s, row, j in zip(seq.tolist(), rows, pos.tolist()):
+        if q.kind == "odd":
+            same = row.a
+            other = row.b if _differ(row.a, row.b) else row.c
+            items = [other if i == j else same for i in range(3)]
+            built.append(Queries("odd", np.array([s]), *items))
+            checks[s] = ("identical", float(j + 1))
+            continue
+        cands = tuple(row.a if i == j else c for i, c in enumerate(row.cands))
+        built.append(Queries(q.kind, np.array([s]), row.a, cands=cands))
+        checks[s] = ("identical", float(j + 1)) if q.kind == "closest" else ("identical", *codes_with_first(j, q.k))
+    return Queries.concat(built), checks
+
+
 def queue(store: Store, run_id: str, queries: Queries, *, check_rate: float = CHECK_RATE,
           factor: np.ndarray | None = None, seed: int = 0) -> dict[str, int]:
-    """Queue a run's triplets for the annotation form, with attention checks mixed in.
+    """Queue a run's questions (triplets, closest, rank or odd) for the annotation form, with attention
+    checks mixed in.
 
     Queries queued before keep their place and get no new checks, so queueing
     again (a resumed run) changes nothing. About ``check_rate`` of the new queue
     entries are checks, at positions drawn from ``seed``. ``factor`` (``Φ*``'s
-    factor, ``(p, k)``) enables lopsided checks. Returns ``{"queued", "checks"}``.
+    factor, ``(p, k)``) enables lopsided checks (triplets). Returns ``{"queued", "checks"}``.
     """
-    if queries.kind != "triplet":
-        raise ConfigError("The annotation form asks triplets; queue a triplet design (--design triplet), "
-                          f"got {queries.kind} queries.")
+    if queries.kind not in KINDS:
+        raise ConfigError(f"The annotation form asks triplets and tuple questions ({', '.join(KINDS)}); "
+                          f"queue one of those designs (--design triplet), got {queries.kind} queries.")
     if not 0.0 <= check_rate <= 0.5:
         raise ConfigError(f"Expect a check rate in [0, 0.5], got {check_rate}.")
     have = store.queued(run_id)
@@ -176,8 +225,11 @@ def queue(store: Store, run_id: str, queries: Queries, *, check_rate: float = CH
     rng = np.random.default_rng([seed, len(have)])  # explicit and resume-stable
     first_seq = int(min(-1, have.min() - 1)) if len(have) else -1
     parts, checks = [new], {}
-    if n_checks:
+    if n_checks and new.kind == "triplet":
         check_q, checks = make_checks(new, n_checks, rng, factor, first_seq)
+        parts.append(check_q)
+    elif n_checks:
+        check_q, checks = make_tuple_checks(new, n_checks, rng, first_seq)
         parts.append(check_q)
     total = len(new) + n_checks
     # Checks at random slots, never first: an annotator's first question is a real one.
@@ -187,9 +239,7 @@ def queue(store: Store, run_id: str, queries: Queries, *, check_rate: float = CH
     is_check[slots] = True
     order[~is_check] = np.arange(len(new))
     order[is_check] = len(new) + np.arange(n_checks)
-    seq = np.concatenate([q.seq for q in parts])[order]
-    merged = Queries("triplet", seq, *(SparseBatch.concat([getattr(q, x) for q in parts])[order]
-                                       for x in ("a", "b", "c")))
+    merged = Queries.concat(parts).select(order)
     queued = store.enqueue(run_id, merged, checks)
     return {"queued": queued - n_checks, "checks": n_checks}
 
@@ -198,7 +248,7 @@ class People:
     """People answering in the app, as an agent: a *deferred* one (``--agent human``, or a pool's
     ``--member NAME:human``).
 
-    :meth:`ask` queues the triplets for the form (attention checks mixed in, as :func:`queue`) and
+    :meth:`ask` queues the questions for the form (attention checks mixed in, as :func:`queue`) and
     returns at once; people answer whenever they come, each under their own name (``human:<name>``),
     and :meth:`collect` returns what has arrived since the last call, read from the store by answer id.
     A resumed run replays everything stored up to the moment it started (:meth:`stored`) and collects
@@ -210,8 +260,9 @@ class People:
     deferred = True
 
     def __init__(self, name: str, store: Store, check_rate: float = CHECK_RATE,
-                 truth: np.ndarray | None = None, seed: int = 0):
+                 truth: np.ndarray | None = None, seed: int = 0, kind: str = "triplet", k: int = 2):
         self.name = name
+        self.kind, self.k = kind, k  # the questions asked: what a flipped answer's chance on a check is
         self.store = store
         self.check_rate = check_rate
         self.truth = truth
@@ -268,8 +319,9 @@ class People:
     def noise(self) -> dict[str, float]:
         """Each person's flip rate from their answered attention checks (none before their first)."""
         out = {}
+        chance = check_chance(self.kind, self.k)
         for rec in check_accuracy(self.store, self._run()):
-            eps = flip_rate_from_checks(rec["checks"], rec["correct"])
+            eps = flip_rate_from_checks(rec["checks"], rec["correct"], chance)
             if eps is not None:
                 out[rec["agent"]] = eps
         return out
@@ -286,24 +338,45 @@ class People:
 
 @dataclass(frozen=True)
 class Question:
-    """One triplet as the form shows it. ``token`` names this display of it."""
+    """One question as the form shows it. ``token`` names this display of it.
+
+    ``options`` are what the answer chooses among: a triplet's first and second candidates, the ``k``
+    candidates of closest / rank, or the three items of odd one out (which has no ``reference``).
+    """
 
     run_id: str
     seq: int
     annotator: str
     token: str
-    reference: list[render.Feature]
-    first: list[render.Feature]
-    second: list[render.Feature]
+    reference: list[render.Feature] | None
+    options: tuple[list[render.Feature], ...]
+    kind: str = "triplet"
+
+    @property
+    def k(self) -> int:
+        return len(self.options)
+
+    @property
+    def first(self) -> list[render.Feature]:
+        return self.options[0]
+
+    @property
+    def second(self) -> list[render.Feature]:
+        return self.options[1]
 
     def texts(self) -> dict[str, str]:
-        """The three blocks as text, exactly as an LLM prompt shows them."""
-        return render.triplet_text(self.reference, self.first, self.second)
+        """The blocks as text, exactly as an LLM prompt shows them: ``reference``, ``first``, ``second`` for
+        a triplet; ``reference`` and ``candidate 1``… (closest, rank); ``item 1``… (odd one out)."""
+        if self.kind == "triplet":
+            return render.triplet_text(self.reference, self.first, self.second)
+        label = "item" if self.kind == "odd" else "candidate"
+        out = {} if self.reference is None else {"reference": render.as_text(self.reference)}
+        return {**out, **{f"{label} {j + 1}": render.as_text(o) for j, o in enumerate(self.options)}}
 
 
 def next_query(store: Store, run_id: str, annotator: str,
                descriptions: tuple[str, ...] | None = None) -> Question | None:
-    """The next triplet for ``annotator`` (leased to them, see the module's docstring), or ``None`` when
+    """The next question for ``annotator`` (leased to them, see the module's docstring), or ``None`` when
     nothing is left for them. A blocked annotator gets ``None``.
 
     Every call issues a new token; keep the question (and its token) while it is on screen.
@@ -315,24 +388,67 @@ def next_query(store: Store, run_id: str, annotator: str,
     if seq is None:
         return None
     q = store.load_queries(run_id, np.array([seq]))
-    feats = [render.features(batch, 0, descriptions) for batch in (q.a, q.b, q.c)]
-    return Question(run_id, seq, normalise_name(annotator), uuid.uuid4().hex, *feats)
+    feats = lambda batch: render.features(batch, 0, descriptions)  # noqa: E731
+    if q.kind in CANDIDATE_KINDS:
+        reference, options = feats(q.a), tuple(feats(c) for c in q.cands)
+    elif q.kind == "odd":
+        reference, options = None, (feats(q.a), feats(q.b), feats(q.c))
+    else:
+        reference, options = feats(q.a), (feats(q.b), feats(q.c))
+    return Question(run_id, seq, normalise_name(annotator), uuid.uuid4().hex, reference, options, q.kind)
 
 
-def submit(store: Store, run_id: str, seq: int, annotator: str, answer: Choice, response_ms: float | None,
+def _whole(x: object) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+def answer_value(kind: str, k: int, answer: Answer) -> tuple[str, float]:
+    """One person's answer to a ``kind`` question with ``k`` options as it is stored: ``(status, value)``.
+
+    ``skip`` is status ``skipped`` for every kind. Triplet: ``first``, ``second`` or ``equal``; closest:
+    the candidate ``1…k``, or ``0`` / ``"none"`` for no clear winner; odd: the item ``1…3``; rank: the
+    candidates ``1…k`` closest first, each once (stored as the ranking's Lehmer code). Anything else
+    raises :class:`ConfigError` naming it.
+    """
+    if isinstance(answer, str) and answer == SKIP:
+        return "skipped", math.nan
+    if kind == "triplet":
+        if not isinstance(answer, str) or answer not in CHOICES:
+            raise ConfigError(f"Unknown answer {answer!r}; expect one of {list(CHOICES)}.")
+        return "ok", CHOICES[answer]
+    if kind == "rank":
+        order = list(answer) if isinstance(answer, (list, tuple, np.ndarray)) else None
+        if order is None or not all(_whole(j) for j in order) or sorted(int(j) for j in order) != list(range(1, k + 1)):
+            raise ConfigError(f"Unknown answer {answer!r}; expect a ranking of the candidates 1…{k}, each once, "
+                              f"closest first, or {SKIP!r}.")
+        return "ok", float(ranking_code(np.array([order], dtype=np.int64) - 1)[0])
+    if kind == "closest" and isinstance(answer, str) and answer == NONE:
+        return "ok", 0.0
+    low, what = (0, f"a candidate 1…{k} or 0 ({NONE!r}: no clear winner)") if kind == "closest" else \
+        (1, f"an item 1…{k}")
+    if kind not in KINDS or not _whole(answer) or not low <= int(answer) <= k:
+        raise ConfigError(f"Unknown answer {answer!r} to a {kind} question; expect {what}, or {SKIP!r}.")
+    return "ok", float(answer)
+
+
+def submit(store: Store, run_id: str, seq: int, annotator: str, answer: Answer, response_ms: float | None,
            token: str, clock: Literal["browser", "server"] | None = None) -> bool:
     """Store one annotator's answer to queued position ``seq``; ``False`` when they answered it already.
 
-    ``answer`` is ``first`` (+1), ``second`` (−1), ``equal`` (0) or ``skip``
-    (status ``skipped``). ``meta`` keeps the annotator, the response time in
+    ``answer`` is in the question's own terms (:func:`answer_value`): for a triplet ``first`` (+1),
+    ``second`` (−1), ``equal`` (0); a candidate or item number (closest, odd); a ranking (rank); or
+    ``skip`` (status ``skipped``), and is refused (:class:`ConfigError`, nothing stored) when it is
+    not one the question allows. ``meta`` keeps the annotator, the response time in
     milliseconds and the question's token, and ``clock``, where that time was measured when
     the caller says (``browser``: from display to press, in the page; ``server``: from drawing
     the question to the click's arrival, network and queueing included).
     One short transaction (:meth:`Store.submit_answer`): a few indexed lookups,
     whatever the size of the queue or the number of stored answers.
     """
-    if answer not in CHOICES:
-        raise ConfigError(f"Unknown answer {answer!r}; expect one of {list(CHOICES)}.")
+    shape = store.query_shape(run_id, int(seq))
+    if shape is None:
+        raise ConfigError(f"Position {seq} of run {run_id!r} is not in the annotation queue.")
+    status, value = answer_value(*shape, answer)
     if not token:
         raise ConfigError("Expect the token of the displayed question, got an empty one.")
     agent = agent_name(annotator)
@@ -342,9 +458,8 @@ def submit(store: Store, run_id: str, seq: int, annotator: str, answer: Choice, 
         if clock not in ("browser", "server"):
             raise ConfigError(f"Expect clock 'browser' or 'server', got {clock!r}.")
         meta["clock"] = clock
-    status = "skipped" if answer == "skip" else "ok"
     try:
-        return store.submit_answer(run_id, int(seq), agent, status, CHOICES[answer], meta, ms)
+        return store.submit_answer(run_id, int(seq), agent, status, value, meta, ms)
     except StoreError as exc:
         if "not in the annotation queue" in str(exc):
             raise ConfigError(str(exc)) from exc
@@ -410,7 +525,7 @@ def check_accuracy(store: Store, run_id: str) -> list[dict]:
         rec = out.setdefault(row["agent"], {"agent": row["agent"], "checks": 0, "correct": 0, "skipped": 0})
         if row["status"] == "ok":
             rec["checks"] += 1
-            rec["correct"] += int(row["value"] == row["expected"])
+            rec["correct"] += int(passes(row["value"], row["expected"], row["expected_hi"]))
         elif row["status"] == "skipped":
             rec["skipped"] += 1
     for rec in out.values():

@@ -357,12 +357,40 @@ def annotators(store: Store, run_id: str, sort: str = "answers", top: int | None
     return rows[:top] if top else rows
 
 
+def answer_domain(kind: str, k: int) -> tuple[float, ...]:
+    """The values a person's answer to a ``kind`` question can take (:mod:`fbloop.records`), as nominal
+    categories: a triplet's −1 / 0 / +1, closest's 0 (no clear winner) … k, odd's 1…3; a ranking's ``k!``
+    codes are too many to list (``()``: the values answered are the categories)."""
+    if kind == "triplet":
+        return (-1.0, 0.0, 1.0)
+    if kind == "closest":
+        return tuple(float(j) for j in range(k + 1))
+    return tuple(float(j) for j in range(1, k + 1)) if kind == "odd" else ()
+
+
+def value_counts(rows: list[tuple[int, float, int]], domain: tuple[float, ...] = ()) -> np.ndarray:
+    """``(seq, value, count)`` rows as Krippendorff's value counts, ``(items, categories)``: one row per
+    question, one column per value of ``domain`` and per other value answered (at least two columns:
+    one value alone leaves no domain to agree in)."""
+    values = sorted(set(domain) | {r[1] for r in rows})
+    values += [math.inf] * (2 - len(values))  # an unanswered category changes no α
+    column = {v: j for j, v in enumerate(values)}
+    item = {s: i for i, s in enumerate(sorted({r[0] for r in rows}))}
+    out = np.zeros((len(item), len(values)), dtype=np.int64)
+    for seq, value, n in rows:
+        out[item[seq], column[value]] += n
+    return out
+
+
 def people_agreement(store: Store, run_id: str) -> dict:
-    """Agreement between people on the triplets several of them answered: Krippendorff's α (nominal:
-    first / second / equal), from the ``krippendorff`` package. ``{"alpha", "items", "answers", "pairs_agree"}``:
-    ``alpha`` ``None`` below two shared items, ``pairs_agree`` the raw share of agreeing answer pairs."""
-    counts = np.array(store.human_value_counts(run_id, ALPHA_MAX_ITEMS), dtype=np.int64).reshape(-1, 3)
-    if not len(counts):  # (items, categories): second, equal, first
+    """Agreement between people on the questions several of them answered: Krippendorff's α, nominal over
+    the answers' values (:func:`answer_domain`: first / second / equal for triplets; the candidate or
+    item chosen; the whole ranking), from the ``krippendorff`` package. ``{"alpha", "items", "answers",
+    "pairs_agree"}``: ``alpha`` ``None`` below two shared items, ``pairs_agree`` the raw share of agreeing
+    answer pairs."""
+    shape = store.query_shape(run_id) or ("triplet", 2)
+    counts = value_counts(store.human_value_table(run_id, ALPHA_MAX_ITEMS), answer_domain(*shape))
+    if not len(counts):  # (items, categories)
         return {"alpha": None, "items": 0, "answers": 0, "pairs_agree": None}
     pairs = (counts * (counts - 1)).sum() / 2
     total = (counts.sum(1) * (counts.sum(1) - 1)).sum() / 2
