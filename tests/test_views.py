@@ -266,3 +266,115 @@ def test_shared_features_come_first_in_the_references_order():
     second = [Feature(2, 0.8, "b"), Feature(9, 0.1, "y")]
     r, f, s = views.aligned(ref, first, second)
     assert [x.index for x in r] == [1, 2, 3] and [x.index for x in f] == [1, 3, 7] and [x.index for x in s] == [2, 9]
+
+
+# ---------------------------------------------------------------- tuple questions in the form, and what answers cost
+
+
+def test_tuple_blocks_mark_and_align_what_they_share():
+    from fbloop.render import Feature
+
+    ref = [Feature(1, 0.9, "a"), Feature(2, 0.5, "b")]
+    cands = [[Feature(7, 0.9, "x"), Feature(2, 0.4, "b")], [Feature(8, 0.3, "y")], [Feature(1, 0.2, "a")]]
+    assert views.shared_blocks(ref, cands) == ({1, 2}, [{2}, set(), {1}])
+    r, *c = views.aligned(ref, *cands)
+    assert [x.index for x in r] == [1, 2] and [[x.index for x in b] for b in c] == [[2, 7], [8], [1]]
+    items = [[Feature(4, 0.9, "p"), Feature(5, 0.1, "q")], [Feature(6, 0.8, "r"), Feature(5, 0.7, "q")],
+             [Feature(9, 0.2, "s")]]
+    assert views.shared_blocks(None, items) == (set(), [{5}, {5}, set()])
+    none, *i = views.aligned(None, *items)
+    assert none is None and [[x.index for x in b] for b in i] == [[5, 4], [5, 6], [9]]
+
+
+@pytest.mark.parametrize("kind, k, buttons", [
+    ("triplet", 2, [("first", "1"), ("equal", "E"), ("skip", "S"), ("second", "2")]),
+    ("closest", 4, [(1, "1"), (2, "2"), (3, "3"), (4, "4"), (0, "N"), ("skip", "S")]),
+    ("odd", 3, [(1, "1"), (2, "2"), (3, "3"), ("skip", "S")]),
+    ("rank", 8, [("skip", "S")]),
+])
+def test_answer_buttons_and_their_keys(kind, k, buttons):
+    assert [(answer, key) for answer, _, key in views.answer_buttons(kind, k)] == buttons
+
+
+def test_closest_of_twelve_has_keys_up_to_nine():
+    keys = [key for _, _, key in views.answer_buttons("closest", 12)]
+    assert keys[:9] == [str(j) for j in range(1, 10)] and keys[9:12] == [None] * 3
+
+
+@pytest.mark.parametrize("kind, answer, label", [
+    ("triplet", "first", "closer to first"), ("triplet", "equal", "equally close"), ("closest", 3, "candidate 3"),
+    ("closest", 0, "no clear winner"), ("closest", "none", "no clear winner"), ("odd", 2, "item 2"),
+    ("rank", [2, 1, 4, 3], "ranking 2 › 1 › 4 › 3"), ("rank", "skip", "skip"),
+])
+def test_answer_labels(kind, answer, label):
+    assert views.answer_label(kind, answer) == label
+
+
+@pytest.mark.parametrize("order, says", [
+    ([2, 1], "2 placed, candidates 3, 4 still to place"), ([], "0 placed, candidates 1, 2, 3, 4"),
+    ([1, 2, 3], "candidate 4 still"), ([1, 1, 2, 3], "Candidate 1 is placed more than once"),
+    ([1, 2, 3, 5], "no candidate 5"), ([2, 4, 1, 3], None),
+])
+def test_a_ranking_in_the_form_must_place_every_candidate_once(order, says):
+    problem = views.ranking_problem(order, 4)
+    assert problem is None if says is None else (says in problem and "Nothing was stored" in problem)
+
+
+def test_value_counts_keep_a_kinds_whole_domain():
+    rows = [(3, 1.0, 2), (3, 2.0, 1), (5, 1.0, 3)]
+    assert views.value_counts(rows, views.answer_domain("odd", 3)).tolist() == [[2, 1, 0], [3, 0, 0]]
+    assert views.value_counts(rows, views.answer_domain("closest", 2)).tolist() == [[0, 2, 1], [0, 3, 0]]
+    assert views.value_counts([(0, 7.0, 2)]).tolist() == [[2, 0]]  # a ranking's code alone: a second column
+    assert views.answer_domain("triplet", 2) == (-1.0, 0.0, 1.0) and views.answer_domain("rank", 4) == ()
+
+
+def test_krippendorff_alpha_on_closest_of_4(tmp_path):
+    from fbloop.agents import people as human
+
+    with Store(tmp_path / "c4.db") as store:
+        store.create_run("c", kind="closest", p=8, budget=6, config={"target": SPEC}, target={}, anchor=None)
+        human.queue(store, "c", make_design(DesignConfig(name="closest", k=4, mu=0.7), load_target(SPEC), 0)
+                    .queries(0, 6), check_rate=0.0)
+        human.set_assignment(store, "c", overlap=3)
+        for name in "abc":  # everyone picks the candidate given by the position (none for every fifth)
+            while (q := human.next_query(store, "c", name)) is not None:
+                human.submit(store, "c", q.seq, name, q.seq % 5, 900, q.token)
+        got = views.people_agreement(store, "c")
+        assert got["alpha"] == pytest.approx(1.0) and got["items"] == 6 and got["answers"] == 18
+        store.db.execute("UPDATE answers SET value = (value + 1) % 5 WHERE agent = 'human:c'")
+        assert views.people_agreement(store, "c")["alpha"] < 0.5
+
+
+def test_what_a_runs_answers_cost(tmp_path):
+    from fbloop.agents import people as human
+
+    with Store(tmp_path / "cost.db") as store:
+        assert views.run_cost(store, "nothing") is None
+        store.create_run("r", kind="rank", p=8, budget=8, config={"target": SPEC}, target={}, anchor=None)
+        human.queue(store, "r", make_design(DesignConfig(name="rank", k=6, mu=0.7), load_target(SPEC), 0)
+                    .queries(0, 8), check_rate=0.2)
+        checks = store.checks("r")
+        for i in range(5):  # 3 rankings, 2 skips, and the checks met on the way
+            q = human.next_query(store, "r", "ann")
+            human.submit(store, "r", q.seq, "ann", "skip" if i in (1, 3) else [1, 2, 3, 4, 5, 6], 1000 * (i + 1),
+                         q.token)
+        seen_checks = store.annotator_stats("r")[0]["checks"]
+        cost = views.run_cost(store, "r")
+        real = 5 - seen_checks  # checks are not counted as the run's answers
+        assert cost["per_question"] == 7 and cost["questions"] == real and cost["activations"] == 7 * real
+        assert cost["usable"] == real - 2 and cost["per_usable"] == pytest.approx(7 * real / (real - 2))
+        assert cost["final"] is None and cost["kind"] == "rank" and len(checks) == 2
+        store.add_snapshot("r", 3, None, 1.0, {"final": True, "activations_shown": 21})
+        assert views.run_cost(store, "r")["final"] == 21
+        (row,) = views.annotator_costs(store, "r", views.annotators(store, "r"))
+        assert row["shown"] == 5 * 7 and row["total_s"] == 15.0 and row["median_s"] == 3.0
+
+
+def test_median_response_times_and_costs_per_person():
+    medians = views.median_response_s([("human:a", 1000.0), ("human:b", 500.0), ("human:a", 3000.0),
+                                       ("human:a", 8000.0)])
+    assert medians == {"human:a": 3.0, "human:b": 0.5}
+    rows = [{"agent": "human:a", "answers": 2, "skipped": 1, "checks": 1, "total_ms": 12000.0},
+            {"agent": "human:c", "answers": 0, "skipped": 0, "checks": 0, "total_ms": 0.0}]
+    out = views.with_costs(rows, 4, medians)
+    assert [(r["shown"], r["total_s"], r["median_s"]) for r in out] == [(16, 12.0, 3.0), (0, 0.0, None)]

@@ -495,13 +495,14 @@ def progress(store: Store, run_id: str, annotator: str) -> dict:
 
 def annotator_summary(store: Store, run_id: str) -> list[dict]:
     """Per person on a run, from running totals (no scan of answers): ``agent, answers, skipped, checks,
-    correct, check_accuracy, mean_ms, last_at, blocked``."""
+    correct, check_accuracy, mean_ms, total_ms`` (response times summed), ``last_at, blocked``."""
     out = []
     for r in store.annotator_stats(run_id):
         out.append({"agent": r["agent"], "answers": int(r["ok"]), "skipped": int(r["skipped"]),
                     "checks": int(r["checks"]), "correct": int(r["correct"]),
                     "check_accuracy": r["correct"] / r["checks"] if r["checks"] else None,
-                    "mean_ms": r["ms_sum"] / r["ms_n"] if r["ms_n"] else None, "last_at": r["last_at"],
+                    "mean_ms": r["ms_sum"] / r["ms_n"] if r["ms_n"] else None, "total_ms": float(r["ms_sum"]),
+                    "last_at": r["last_at"],
                     "blocked": bool(r["blocked"])})
     return out
 

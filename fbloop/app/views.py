@@ -22,6 +22,7 @@ from ..agents import people as human
 from ..agents.oracle import triplet_margins
 from ..errors import ConfigError, FbloopError
 from ..metrics import triplet_agreement
+from ..records import shown_per_question
 from ..store import Store
 from ..targets.load import load_target
 from ..targets.target import Target
@@ -34,6 +35,7 @@ ROUTES = ("shared", "hard", "rest", "skipped")  # a pool's routing split, in the
 PEOPLE = "people"  # every annotator (agents human:<name>) as one row where per-person rows would not fit
 FOLD_PEOPLE_OVER = 8  # more annotators than this: answers per agent shows them as one bar
 ALPHA_MAX_ITEMS = 100_000  # shared triplets read for the agreement between people
+MEDIAN_MAX_ROWS = 200_000  # people's response times read for their medians
 
 
 @functools.lru_cache(maxsize=8)
@@ -165,9 +167,10 @@ def agreement(store: Store, run_id: str) -> list[dict]:
 
 
 def llm_stats(store: Store, run_id: str) -> list[dict]:
-    """Per LLM model (agents ``llm:<model>``, with ``#swap`` answers folded in): answers, invalid-reply
-    rate, position-bias rate (how often the swapped order disagrees; ``None`` without the order swap),
-    tokens, and cost (``None`` when the run set no prices): in batch mode at the batch price (``cost``),
+    """Per LLM model (agents ``llm:<model>``, with ``#swap`` answers folded in): answers (``ok`` of them
+    usable), invalid-reply rate, position-bias rate (how often the swapped order disagrees; ``None``
+    without the order swap), tokens (prompt, completion, ``tokens`` both, ``tokens_per_answer`` per
+    usable answer), and cost (``None`` when the run set no prices): in batch mode at the batch price (``cost``),
     beside the synchronous price of the same tokens (``cost_sync``), with ``mode`` and the batch count."""
     counts: dict[str, dict[str, int]] = {}
     for row in store.answer_counts(run_id):
@@ -190,7 +193,10 @@ def llm_stats(store: Store, run_id: str) -> list[dict]:
         usage = store.request_usage(run_id, [name, swap])
         p_cost, c_cost = prices.get("cost_prompt_1k") or 0.0, prices.get("cost_completion_1k") or 0.0
         cost = (usage["prompt_tokens"] * p_cost + usage["completion_tokens"] * c_cost) / 1000
-        out.append({"model": name.split(":", 1)[1], "answers": total,
+        ok = counts[name].get("ok", 0) + counts.get(swap, {}).get("ok", 0)
+        tokens = usage["prompt_tokens"] + usage["completion_tokens"]
+        out.append({"model": name.split(":", 1)[1], "answers": total, "ok": ok, "tokens": tokens,
+                    "tokens_per_answer": tokens / ok if ok else None,
                     "invalid_rate": invalid / total if total else None, "position_bias": bias,
                     "requests": usage["requests"], "prompt_tokens": usage["prompt_tokens"],
                     "completion_tokens": usage["completion_tokens"],
@@ -335,6 +341,55 @@ def active_timing(store: Store, run_id: str) -> dict | None:
             "hidden_share": min(max(1.0 - wait / score, 0.0), 1.0) if score > 0 else None}
 
 
+# ---------------------------------------------------------------- what the answers cost
+
+
+def run_cost(store: Store, run_id: str) -> dict | None:
+    """What a run's answers cost their readers in activations: ``{"kind", "per_question", "questions",
+    "usable", "activations", "per_usable", "final"}``. ``questions`` are the stored answers of any status
+    (an invalid reply or a skip was read too; attention checks aside, as in the final readout),
+    ``activations`` = ``questions × per_question`` (:func:`fbloop.records.shown_per_question`: 3 for a
+    triplet, ``k + 1`` for closest / rank), ``per_usable`` that over the ok answers (``None`` before one),
+    ``final`` the final readout's ``activations_shown`` (``None`` before a final fit). ``None`` for a run
+    with no query stored yet."""
+    shape = store.query_shape(run_id)
+    if shape is None:
+        return None
+    kind, k = shape
+    rows = [r for r in store.answer_counts(run_id) if not r["is_check"]]
+    questions = sum(r["n"] for r in rows)
+    usable = sum(r["n"] for r in rows if r["status"] == "ok")
+    per = shown_per_question(kind, k)
+    final = _last_extra(store, run_id, "activations_shown")
+    return {"kind": kind, "per_question": per, "questions": questions, "usable": usable,
+            "activations": questions * per, "per_usable": questions * per / usable if usable else None,
+            "final": int(final[1]) if final else None}
+
+
+def median_response_s(times: list[tuple[str, float]]) -> dict[str, float]:
+    """Each agent's median response time in seconds, from ``(agent, ms)`` rows."""
+    by: dict[str, list[float]] = {}
+    for agent, ms in times:
+        by.setdefault(agent, []).append(ms)
+    return {agent: float(np.median(ms)) / 1000 for agent, ms in by.items()}
+
+
+def with_costs(rows: list[dict], per_question: int, medians: dict[str, float]) -> list[dict]:
+    """Annotator rows (:func:`annotators`) with what each person read and how long it took: ``shown``
+    (every question they answered, skipped or were checked with, × ``per_question`` activations),
+    ``total_s`` (their response times summed) and ``median_s`` (``None`` without a timed answer)."""
+    return [{**r, "shown": (r["answers"] + r["skipped"] + r["checks"]) * per_question,
+             "total_s": r["total_ms"] / 1000, "median_s": medians.get(r["agent"])} for r in rows]
+
+
+def annotator_costs(store: Store, run_id: str, rows: list[dict]) -> list[dict]:
+    """:func:`with_costs` for a run's annotator rows; the medians read the people's response times (at most
+    :data:`MEDIAN_MAX_ROWS`, the first stored), the rest comes from running totals."""
+    shape = store.query_shape(run_id) or ("triplet", 2)
+    return with_costs(rows, shown_per_question(*shape), median_response_s(store.response_times(run_id,
+                                                                                              MEDIAN_MAX_ROWS)))
+
+
 # ---------------------------------------------------------------- the crowd, for the owner
 
 
@@ -446,23 +501,106 @@ def feature_table(features: list, shared: set[int], title: str) -> str:
 
 def shared_features(reference: list, first: list, second: list) -> dict[str, set[int]]:
     """Which features of each block also appear in another block: ``{"reference", "first", "second"}``."""
-    ids = [{f.index for f in block} for block in (reference, first, second)]
-    return {"reference": ids[0] & (ids[1] | ids[2]), "first": ids[1] & ids[0], "second": ids[2] & ids[0]}
+    ref, (a, b) = shared_blocks(reference, [first, second])
+    return {"reference": ref, "first": a, "second": b}
 
 
-def aligned(reference: list, first: list, second: list) -> tuple[list, list, list]:
-    """The three blocks with shared features first, in the reference's order, so that a feature the
-    reference shares with a candidate sits on the same row in both tables; the rest keep their order
-    (strongest first)."""
-    order = {f.index: i for i, f in enumerate(reference)}
-    ids = [{f.index for f in block} for block in (first, second)]
-    shared_ref = ids[0] | ids[1]
+def shared_blocks(reference: list | None, options: list[list]) -> tuple[set[int], list[set[int]]]:
+    """Features to mark ◆: the reference's that some option has, and each option's that the reference
+    has. Without a reference (odd one out) each item's features that another item has."""
+    ids = [{f.index for f in block} for block in options]
+    if reference is None:
+        return set(), [own & set().union(*(x for j, x in enumerate(ids) if j != i)) for i, own in enumerate(ids)]
+    ref = {f.index for f in reference}
+    return ref & set().union(*ids), [own & ref for own in ids]
 
-    def lead(block: list, shared: set[int]) -> list:
-        return sorted([f for f in block if f.index in shared], key=lambda f: order[f.index]) + \
-            [f for f in block if f.index not in shared]
 
-    return (lead(reference, shared_ref), lead(first, set(order)), lead(second, set(order)))
+def aligned(reference: list | None, *options: list) -> tuple[list, ...]:
+    """The blocks with shared features first, in the reference's order, so that a feature the reference
+    shares with a candidate sits on the same row in both tables; the rest keep their order (strongest
+    first). Without a reference (``None``, odd one out) the items' shared features lead, in the order
+    they first appear; the reference stays ``None``."""
+    if reference is None:
+        order: dict[int, int] = {}
+        for f in (f for block in options for f in block):
+            order.setdefault(f.index, len(order))
+        _, shared = shared_blocks(None, list(options))
+    else:
+        order = {f.index: i for i, f in enumerate(reference)}
+        shared = [set(order)] * len(options)
+
+    def lead(block: list, keep: set[int]) -> list:
+        return sorted([f for f in block if f.index in keep], key=lambda f: order[f.index]) + \
+            [f for f in block if f.index not in keep]
+
+    if reference is None:
+        return (None, *(lead(block, keep) for block, keep in zip(options, shared)))
+    in_options = set().union(*({f.index for f in block} for block in options))
+    return (lead(reference, in_options), *(lead(block, set(order)) for block in options))
+
+
+# ---------------------------------------------------------------- the form's words for each kind of question
+
+
+def question_noun(kind: str, n: int = 2) -> str:
+    """What the form calls ``n`` questions of a kind: triplet(s), or question(s) for tuple questions."""
+    word = "triplet" if kind == "triplet" else "question"
+    return word if n == 1 else word + "s"
+
+
+def option_titles(kind: str, k: int) -> list[str]:
+    """The titles of a question's option tables: first / second candidate, candidate 1…k, item 1…3."""
+    if kind == "triplet":
+        return ["First candidate", "Second candidate"]
+    return [f"{'Item' if kind == 'odd' else 'Candidate'} {j}" for j in range(1, k + 1)]
+
+
+def answer_buttons(kind: str, k: int) -> list[tuple[object, str, str | None]]:
+    """The form's answer buttons for a question, in order: ``(answer, label, shortcut key)``, the answer
+    as :func:`fbloop.agents.people.submit` takes it. Closest: a button per candidate (keys 1…9), no clear
+    winner (N), skip (S); odd one out: a button per item (1…3) and skip; rank: skip only (the ranking is
+    built in a list first); triplet: first (1), equal (E), skip (S), second (2)."""
+    if kind == "triplet":
+        return [("first", "◀ Closer to first", "1"), ("equal", "Equally close", "E"), ("skip", "Skip", "S"),
+                ("second", "Closer to second ▶", "2")]
+    skip = [(human.SKIP, "Skip", "S")]
+    if kind == "rank":
+        return skip
+    numbered = [(j, f"{'Item' if kind == 'odd' else 'Candidate'} {j}", str(j) if j <= 9 else None)
+                for j in range(1, k + 1)]
+    return numbered + ([(0, "No clear winner", "N")] if kind == "closest" else []) + skip
+
+
+def answer_label(kind: str, answer: object) -> str:
+    """An answer as the form's receipt says it: ``closer to first``, ``candidate 2``, ``no clear winner``,
+    ``item 3``, ``ranking 2 › 1 › 4 › 3``, ``skip``."""
+    if isinstance(answer, str):
+        return {"first": "closer to first", "second": "closer to second", "equal": "equally close",
+                human.NONE: "no clear winner"}.get(answer, answer)
+    if isinstance(answer, (list, tuple)):
+        return "ranking " + " › ".join(str(j) for j in answer)
+    if kind == "closest" and answer == 0:
+        return "no clear winner"
+    return f"{'item' if kind == 'odd' else 'candidate'} {answer}"
+
+
+def ranking_problem(order: list[int], k: int) -> str | None:
+    """Why a ranking built in the form cannot be stored yet (``None``: it can): candidates missing, or
+    one placed twice."""
+    order = [int(j) for j in order]
+    unknown = sorted({j for j in order if not 1 <= j <= k})
+    if unknown:
+        return f"There is no candidate {', '.join(map(str, unknown))}: the candidates are 1 to {k}. Nothing was stored."
+    twice = sorted({j for j in order if order.count(j) > 1})
+    if twice:
+        return (f"Candidate {', '.join(map(str, twice))} is placed more than once; place each of the {k} "
+                "candidates once, closest first. Nothing was stored.")
+    if sorted(order) != list(range(1, k + 1)):
+        missing = [j for j in range(1, k + 1) if j not in order]
+        return (f"Place all {k} candidates, closest first: {len(order)} placed, candidate"
+                f"{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))} still to place. "
+                "Nothing was stored.")
+    return None
 
 
 def practice_triplets(p: int, descriptions: tuple[str, ...] | None, n: int = 3, seed: int = 0) -> list[dict]:
