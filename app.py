@@ -221,20 +221,29 @@ def question_tables(kind: str, reference, options) -> None:
                + ". Bars show each feature's weight.")
 
 
-def answer_buttons(prefix: str, spec: list, on_click, args_of) -> None:
-    """One button per ``(answer, label, key)`` of ``spec`` (:func:`fbloop.app.views.answer_buttons`)."""
+def answer_buttons(prefix: str, spec: list, on_click, args_of, fit: bool = False) -> None:
+    """One button per ``(answer, label, key)`` of ``spec`` (:func:`fbloop.app.views.answer_buttons`), in
+    equal columns, or (``fit``) columns as wide as their labels ("No clear winner" beside "Candidate 1")."""
     per_row = min(len(spec), BUTTONS_PER_ROW)
     for lo in range(0, len(spec), per_row):
-        for col, (answer, label, key) in zip(st.columns(per_row), spec[lo:lo + per_row]):
+        row = spec[lo:lo + per_row]
+        widths = [max(len(label), 9) + 3 for _, label, _ in row] if fit else len(row)  # + 3: the key's hint
+        for col, (answer, label, key) in zip(st.columns(widths), row):
             plain = isinstance(answer, str) and answer in ("equal", "skip") or answer == 0
             col.button(label, key=f"{prefix}-{answer}", shortcut=key, width="stretch",
                        type="secondary" if plain else "primary", on_click=on_click, args=args_of(answer))
 
 
+def forget_refusal() -> None:
+    """The ranking changed: a refusal of the earlier one no longer describes it."""
+    if st.session_state.last and "refused" in st.session_state.last:
+        st.session_state.last = None
+
+
 def rank_input(q, run_id: str, annotator: str) -> None:
     """The ranking: candidates picked closest first into a list, then submitted (or the question skipped)."""
     st.multiselect("Candidates, closest first", list(range(1, q.k + 1)), key=f"rank-{q.token}",
-                   format_func=lambda j: f"Candidate {j}", max_selections=q.k,
+                   format_func=lambda j: f"Candidate {j}", max_selections=q.k, on_change=forget_refusal,
                    placeholder="Pick the closest candidate first, then the next, … to the farthest")
     left, right = st.columns([3, 1])
     left.button("Submit ranking", key=f"answer-{q.token}-rank", type="primary", width="stretch",
@@ -342,7 +351,7 @@ def annotate_page() -> None:
             rank_input(q, run_id, annotator)
         else:
             answer_buttons(f"answer-{q.token}", spec, on_answer,
-                           lambda choice: (run_id, q.seq, q.token, annotator, choice, q.kind))
+                           lambda choice: (run_id, q.seq, q.token, annotator, choice, q.kind), fit=q.kind != "triplet")
         clock(key="clock", data={"token": q.token, "keys": [key for _, _, key in spec if key]},
               on_shown_change=lambda: None)
     done = prog["answered"] + prog["skipped"]
@@ -545,7 +554,7 @@ def dashboard_body(run_id: str) -> None:
     if llm is not None:
         llm_section(llm, noise)
     if people or queue["queued"]:
-        people_section(run_id, people, noise)
+        people_section(run_id, people, noise, run["kind"])
 
     if run["config"].get("active"):
         active_section(timing)
@@ -561,16 +570,16 @@ def cost_section(cost: dict, llm: list[dict] | None) -> None:
     cols[0].metric("Activations shown", f"{cost['activations']:,}",
                    help=f"{cost['questions']:,} questions answered (any status; attention checks aside) × "
                         f"{cost['per_question']} activations each{final}")
-    cols[1].metric("Activations per question", cost["per_question"],
+    cols[1].metric("Shown per question", cost["per_question"],
                    help="a triplet and an odd-one-out question show three; closest of k and rank k a reference "
                         "and k candidates; a pair the pair's and the anchor")
     per = cost["per_usable"]
-    cols[2].metric("Activations per usable answer", "—" if per is None else f"{per:.2f}",
+    cols[2].metric("Shown per usable answer", "—" if per is None else f"{per:.2f}",
                    help=f"activations shown ÷ the {cost['usable']:,} ok answers: invalid replies and skips were "
                         "read too")
     ok = sum(m["ok"] for m in llm or [])
     tokens = sum(m["tokens"] for m in llm or [])
-    cols[3].metric("LLM tokens per usable answer", f"{tokens / ok:,.1f}" if ok else "—",
+    cols[3].metric("LLM tokens per answer", f"{tokens / ok:,.1f}" if ok else "—",
                    help="prompt and completion tokens of every request ÷ the LLM's ok answers")
 
 
@@ -606,14 +615,15 @@ SORTS = {"answers": "most answers", "check_accuracy": "lowest check accuracy", "
          "skipped": "most skips", "name": "name"}
 
 
-def people_section(run_id: str, people: list[dict], noise: dict) -> None:
+def people_section(run_id: str, people: list[dict], noise: dict, kind: str = "triplet") -> None:
     st.subheader("Annotators")
     with open_store() as store:
         agree = views.people_agreement(store, run_id)
         overlap = store.assignment(run_id)["overlap"]
     cols = st.columns(4)
     cols[0].metric("Annotators", len(people))
-    cols[1].metric("Per triplet", overlap, help="different people asked per triplet (fbloop annotators overlap)")
+    one = views.question_noun(kind, 1)
+    cols[1].metric(f"Per {one}", overlap, help=f"different people asked per {one} (fbloop annotators overlap)")
     cols[2].metric("Krippendorff's α", "—" if agree["alpha"] is None else f"{agree['alpha']:.2f}",
                    help=f"agreement between people on the {agree['items']} questions several answered "
                         "(nominal over the answers: first / second / equal, the candidate or item chosen, the "

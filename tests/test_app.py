@@ -298,7 +298,7 @@ def test_llm_readouts(db):
     assert (stats["ok"], stats["tokens"], stats["tokens_per_answer"]) == (7, 840, 120.0)
     at = dashboard("oracle-run")
     assert metric(at, "Invalid replies") == "12%" and metric(at, "Position bias") == "33%"
-    assert metric(at, "Tokens") == "840" and metric(at, "LLM tokens per usable answer") == "120.0"
+    assert metric(at, "Tokens") == "840" and metric(at, "LLM tokens per answer") == "120.0"
     assert said(at, "Tokens: 800 prompt + 40 completion = 840; 120.0 per usable answer (7 ok).")
 
 
@@ -640,6 +640,7 @@ def test_rank_4_in_the_form_refuses_an_incomplete_ranking(tuple_db):
     assert not answers_of(tuple_db, "rank4") and at.session_state["question"].seq == q.seq
     assert said(at, "Place all 4 candidates, closest first: 2 placed, candidates 3, 4 still to place")
     at.multiselect(key=f"rank-{q.token}").set_value([2, 1, 4, 3]).run()
+    assert not said(at, "Place all")  # the refusal was of the earlier ranking
     at = click(at, "Submit ranking")
     assert not at.exception
     (row,) = answers_of(tuple_db, "rank4")
@@ -669,8 +670,9 @@ def test_dashboard_shows_what_the_answers_cost(tuple_db):
     at = dashboard("closest4")
     assert "What the answers cost" in [h.value for h in at.subheader]
     # two questions read (one skipped), a reference and four candidates each
-    assert metric(at, "Activations shown") == "10" and metric(at, "Activations per question") == "5"
-    assert metric(at, "Activations per usable answer") == "10.00" and metric(at, "LLM tokens per usable answer") == "—"
+    assert metric(at, "Activations shown") == "10" and metric(at, "Shown per question") == "5"
+    assert metric(at, "Shown per usable answer") == "10.00" and metric(at, "LLM tokens per answer") == "—"
+    assert metric(at, "Per question") == "1"  # people asked per question (the run's overlap)
     table = at.dataframe[0].value
     (bob,) = table.to_dict("records")
     assert bob["annotator"] == "bob" and bob["activations shown"] == 10
