@@ -2,8 +2,8 @@
 
 Start it with `fbloop app` (or `streamlit run app.py`); the database comes from
 the FBLOOP_DB environment variable (default runs/fbloop.db). UI only: what the
-form stores goes through fbloop.agents.people, what the dashboard shows comes from
-fbloop.app.views.
+form stores goes through fbloop.agents.people, what it shows comes from
+fbloop.app.form, what the dashboard shows from fbloop.app.views.
 
 Access (FBLOOP_ACCESS): ``invite`` (the default) needs a link with ``?token=``:
 an annotator's invitation opens the form on the experiments they were invited
@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import streamlit as st  # noqa: E402
 
 from fbloop.agents import people as human  # noqa: E402
-from fbloop.app import views  # noqa: E402
+from fbloop.app import form, views  # noqa: E402
 from fbloop.errors import FbloopError  # noqa: E402
 from fbloop.store import Store  # noqa: E402
 
@@ -170,7 +170,7 @@ def on_rank(run_id: str, seq: int, token: str, annotator: str, k: int) -> None:
     candidate is missing or placed twice."""
     order = [int(j) for j in st.session_state.get(f"rank-{token}") or []]
     if token not in st.session_state.sent:  # a repeat goes on to on_answer, which says so
-        problem = views.ranking_problem(order, k)
+        problem = form.ranking_problem(order, k)
         if problem:
             st.session_state.last = {"refused": problem}
             return
@@ -206,23 +206,23 @@ def practice_feedback() -> None:
 def question_tables(kind: str, reference, options) -> None:
     """The reference (full width) above the options, two to a row (odd one out: its three items in a row);
     features shared with the reference (odd one out: with another item) first, marked ◆."""
-    reference, *options = views.aligned(reference, *options)
-    ref_shared, shared = views.shared_blocks(reference, options)
-    titles = views.option_titles(kind, len(options))
+    reference, *options = form.aligned(reference, *options)
+    ref_shared, shared = form.shared_blocks(reference, options)
+    titles = form.option_titles(kind, len(options))
     if reference is not None:
-        st.markdown(views.feature_table(reference, ref_shared, "Reference"), unsafe_allow_html=True)
+        st.markdown(form.feature_table(reference, ref_shared, "Reference"), unsafe_allow_html=True)
     per_row = 3 if kind == "odd" else 2
     for lo in range(0, len(options), per_row):
         for col, block, mark, title in zip(st.columns(per_row), options[lo:lo + per_row], shared[lo:lo + per_row],
                                            titles[lo:lo + per_row]):
-            col.markdown(views.feature_table(block, mark, title), unsafe_allow_html=True)
+            col.markdown(form.feature_table(block, mark, title), unsafe_allow_html=True)
     st.caption(("◆ = a feature another item has too (listed first)" if reference is None else
                 "◆ = a feature the reference shares with a candidate (listed first, in the reference's order)")
                + ". Bars show each feature's weight.")
 
 
 def answer_buttons(prefix: str, spec: list, on_click, args_of, fit: bool = False) -> None:
-    """One button per ``(answer, label, key)`` of ``spec`` (:func:`fbloop.app.views.answer_buttons`), in
+    """One button per ``(answer, label, key)`` of ``spec`` (:func:`fbloop.app.form.answer_buttons`), in
     equal columns, or (``fit``) columns as wide as their labels ("No clear winner" beside "Candidate 1")."""
     per_row = min(len(spec), BUTTONS_PER_ROW)
     for lo in range(0, len(spec), per_row):
@@ -248,7 +248,7 @@ def rank_input(q, run_id: str, annotator: str) -> None:
     left, right = st.columns([3, 1])
     left.button("Submit ranking", key=f"answer-{q.token}-rank", type="primary", width="stretch",
                 on_click=on_rank, args=(run_id, q.seq, q.token, annotator, q.k))
-    for answer, label, key in views.answer_buttons("rank", q.k):  # skip
+    for answer, label, key in form.answer_buttons("rank", q.k):  # skip
         right.button(label, key=f"answer-{q.token}-{answer}", shortcut=key, width="stretch",
                      on_click=on_answer, args=(run_id, q.seq, q.token, annotator, answer, "rank"))
 
@@ -278,7 +278,7 @@ GUIDES = {
 
 def practice(run_id: str, p: int, descriptions) -> bool:
     """The practice round with feedback; returns True once it is done."""
-    items = views.practice_triplets(p, descriptions, PRACTICE)
+    items = form.practice_triplets(p, descriptions, PRACTICE)
     done = st.session_state.practice.get(run_id, [])
     if len(done) >= len(items):
         return True
@@ -287,7 +287,7 @@ def practice(run_id: str, p: int, descriptions) -> bool:
     practice_feedback()
     item = items[len(done)]
     st.caption(f"Practice triplet {len(done) + 1} of {len(items)} (not stored)")
-    answer_buttons(f"practice-{len(done)}", views.answer_buttons("triplet", 2), on_practice,
+    answer_buttons(f"practice-{len(done)}", form.answer_buttons("triplet", 2), on_practice,
                    lambda choice: (run_id, item, choice))
     question_tables("triplet", item["reference"], (item["first"], item["second"]))
     return False
@@ -308,7 +308,7 @@ def annotate_page() -> None:
                 annotator = access.name
                 st.text(f"Signed in as {access.name}")  # text: a name is data, never markup
             run_id = st.selectbox("Experiment", list(queued)[::-1], key="annotate_run",
-                                  format_func=lambda r: f"{r} ({queued[r]} {views.question_noun(kinds[r])})")
+                                  format_func=lambda r: f"{r} ({queued[r]} {form.question_noun(kinds[r])})")
         if not queued:
             st.info("No experiment of yours has questions queued yet. " + (
                 f"Queue some with `fbloop run --design triplet --agent human --budget 50 --db {DB}`."
@@ -336,9 +336,9 @@ def annotate_page() -> None:
             st.session_state.shown_at = time.time()
 
     last = st.session_state.last
-    noun = views.question_noun(kind)
+    noun = form.question_noun(kind)
     if q is None:
-        st.success(f"You have answered every {views.question_noun(kind, 1)} there is for you in this experiment. "
+        st.success(f"You have answered every {form.question_noun(kind, 1)} there is for you in this experiment. "
                    "Thank you!")
     else:
         if kind != "triplet" and first_time:
@@ -346,7 +346,7 @@ def annotate_page() -> None:
         st.markdown(f"#### {HEADS[q.kind]}")
         # Keys carry the question's token: a click that arrives after the next question is drawn
         # names a button that no longer exists, so it can never answer the new question.
-        spec = views.answer_buttons(q.kind, q.k)
+        spec = form.answer_buttons(q.kind, q.k)
         if q.kind == "rank":
             rank_input(q, run_id, annotator)
         else:
@@ -371,10 +371,10 @@ def annotate_page() -> None:
         st.caption("Your last answer was taken back; answer it again." if last["undone"]
                    else "Nothing to undo.")
     elif last and not last["stored"]:
-        st.warning(f"You had already answered that {views.question_noun(kind, 1)} (another tab, or a double "
+        st.warning(f"You had already answered that {form.question_noun(kind, 1)} (another tab, or a double "
                    "click); it was not stored twice. Here is the next one.")
     elif last:
-        st.caption(f"Stored: {views.answer_label(last.get('kind', 'triplet'), last['choice'])}. {line}")
+        st.caption(f"Stored: {form.answer_label(last.get('kind', 'triplet'), last['choice'])}. {line}")
         line = None
     if line:
         st.caption(line)
@@ -506,7 +506,7 @@ def dashboard_body(run_id: str) -> None:
     pcc = snaps[-1]["pcc"] if snaps else None
     cols[2].metric("PCC", "—" if pcc is None else f"{pcc:.4f}", help="latest snapshot")
     cols[3].metric("Queued for people", f"{queue['answered']}/{queue['queued']}" if queue["queued"] else "—",
-                   help=f"queued {views.question_noun(run['kind'])} with an answer or skip from anyone")
+                   help=f"queued {form.question_noun(run['kind'])} with an answer or skip from anyone")
 
     left, right = st.columns(2)
     with left:
@@ -622,7 +622,7 @@ def people_section(run_id: str, people: list[dict], noise: dict, kind: str = "tr
         overlap = store.assignment(run_id)["overlap"]
     cols = st.columns(4)
     cols[0].metric("Annotators", len(people))
-    one = views.question_noun(kind, 1)
+    one = form.question_noun(kind, 1)
     cols[1].metric(f"Per {one}", overlap, help=f"different people asked per {one} (fbloop annotators overlap)")
     cols[2].metric("Krippendorff's α", "—" if agree["alpha"] is None else f"{agree['alpha']:.2f}",
                    help=f"agreement between people on the {agree['items']} questions several answered "
