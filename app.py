@@ -2,8 +2,8 @@
 
 Start it with `fbloop app` (or `streamlit run app.py`); the database comes from
 the FBLOOP_DB environment variable (default runs/fbloop.db). UI only: what the
-form stores goes through fbloop.agents.people, what the dashboard shows comes from
-fbloop.app.views.
+form stores goes through fbloop.agents.people, what it shows comes from
+fbloop.app.form, what the dashboard shows from fbloop.app.views.
 
 Access (FBLOOP_ACCESS): ``invite`` (the default) needs a link with ``?token=``:
 an annotator's invitation opens the form on the experiments they were invited
@@ -23,19 +23,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import streamlit as st  # noqa: E402
 
 from fbloop.agents import people as human  # noqa: E402
-from fbloop.app import views  # noqa: E402
+from fbloop.app import form, views  # noqa: E402
 from fbloop.errors import FbloopError  # noqa: E402
 from fbloop.store import Store  # noqa: E402
 
 PAGES = ("Annotate", "Dashboard")
 ACCESS = os.environ.get("FBLOOP_ACCESS", "invite")  # "invite" or "open"
-PRACTICE = 3  # practice triplets before the real ones
-CHOICES = {  # answer: (button label, keyboard shortcut); the order is the buttons' order
-    "first": ("◀ Closer to first", "1"),
-    "equal": ("Equally close", "E"),
-    "skip": ("Skip", "S"),
-    "second": ("Closer to second ▶", "2"),
-}
+PRACTICE = 3  # practice triplets before the real ones (triplet runs; tuple runs start with the guide)
+BUTTONS_PER_ROW = 6  # answer buttons side by side; more (closest of 8) wrap to a second row
 REPEAT_GUARD_S = 0.4  # a click this soon after a question is drawn is the tail of a double click or a held key
 DB = os.environ.get("FBLOOP_DB", "runs/fbloop.db")
 ROUTE_COLOURS = ["#4c78a8", "#f58518", "#54a24b", "#e45756"]  # shared, hard, rest, skipped (views.ROUTES)
@@ -77,11 +72,12 @@ export default function(component) {
   }
   if (!(data.token in shown)) shown[data.token] = performance.now();
   const t0 = shown[data.token];
+  const keys = (data.keys || ['1', '2', 'e', 's']).map((k) => k.toLowerCase());  // this question's shortcuts
   const handler = (e) => {
     const t = e.target;
     if (e.type === 'keydown') {
       if (t && (t.tagName === 'INPUT' || t.tagName === 'TEXTAREA' || t.isContentEditable)) return;
-      if (!['1', '2', 'e', 'E', 's', 'S'].includes(e.key)) return;
+      if (!keys.includes(String(e.key).toLowerCase())) return;
     } else if (!(t && t.closest && t.closest('button'))) { return; }
     setStateValue('shown', {token: data.token, ms: Math.round(performance.now() - t0)});
   };
@@ -145,10 +141,11 @@ with st.sidebar:
 # ---------------------------------------------------------------- the annotation form
 
 
-def on_answer(run_id: str, seq: int, token: str, annotator: str, choice: str) -> None:
-    """A button's callback, bound to the question on screen when it was drawn."""
+def on_answer(run_id: str, seq: int, token: str, annotator: str, choice, kind: str = "triplet") -> None:
+    """A button's callback, bound to the question on screen when it was drawn. ``choice`` is the answer in
+    the question's own terms (:func:`fbloop.agents.people.submit`)."""
     if token in st.session_state.sent:  # a double click: this question was already sent
-        st.session_state.last = {"choice": choice, "stored": False}
+        st.session_state.last = {"choice": choice, "kind": kind, "stored": False}
         return
     ms, source = browser_ms(token), "browser"
     if ms is None:  # no browser clock (a test harness): the server's, which includes the round trips
@@ -165,7 +162,19 @@ def on_answer(run_id: str, seq: int, token: str, annotator: str, choice: str) ->
         return
     st.session_state.sent.add(token)
     st.session_state.question = None  # draw the next one
-    st.session_state.last = {"choice": choice, "stored": stored}
+    st.session_state.last = {"choice": choice, "kind": kind, "stored": stored}
+
+
+def on_rank(run_id: str, seq: int, token: str, annotator: str, k: int) -> None:
+    """The ranking's submit button: the order built in the list, refused (nothing stored) while a
+    candidate is missing or placed twice."""
+    order = [int(j) for j in st.session_state.get(f"rank-{token}") or []]
+    if token not in st.session_state.sent:  # a repeat goes on to on_answer, which says so
+        problem = form.ranking_problem(order, k)
+        if problem:
+            st.session_state.last = {"refused": problem}
+            return
+    on_answer(run_id, seq, token, annotator, order, "rank")
 
 
 def on_undo(run_id: str, annotator: str) -> None:
@@ -194,33 +203,82 @@ def practice_feedback() -> None:
         (st.success if last["practice"] else st.warning)(last["text"])
 
 
-def triplet_tables(reference, first, second) -> None:
-    reference, first, second = views.aligned(reference, first, second)
-    shared = views.shared_features(reference, first, second)
-    st.markdown(views.feature_table(reference, shared["reference"], "Reference"), unsafe_allow_html=True)
-    left, right = st.columns(2)
-    left.markdown(views.feature_table(first, shared["first"], "First candidate"), unsafe_allow_html=True)
-    right.markdown(views.feature_table(second, shared["second"], "Second candidate"), unsafe_allow_html=True)
-    st.caption("◆ = a feature the reference shares with a candidate (listed first, in the reference's order). "
-               "Bars show each feature's weight.")
+def question_tables(kind: str, reference, options) -> None:
+    """The reference (full width) above the options, two to a row (odd one out: its three items in a row);
+    features shared with the reference (odd one out: with another item) first, marked ◆."""
+    reference, *options = form.aligned(reference, *options)
+    ref_shared, shared = form.shared_blocks(reference, options)
+    titles = form.option_titles(kind, len(options))
+    if reference is not None:
+        st.markdown(form.feature_table(reference, ref_shared, "Reference"), unsafe_allow_html=True)
+    per_row = 3 if kind == "odd" else 2
+    for lo in range(0, len(options), per_row):
+        for col, block, mark, title in zip(st.columns(per_row), options[lo:lo + per_row], shared[lo:lo + per_row],
+                                           titles[lo:lo + per_row]):
+            col.markdown(form.feature_table(block, mark, title), unsafe_allow_html=True)
+    st.caption(("◆ = a feature another item has too (listed first)" if reference is None else
+                "◆ = a feature the reference shares with a candidate (listed first, in the reference's order)")
+               + ". Bars show each feature's weight.")
 
 
-def answer_buttons(prefix: str, on_click, args_of) -> None:
-    for col, (choice, (label, key)) in zip(st.columns(4), CHOICES.items()):
-        col.button(label, key=f"{prefix}-{choice}", shortcut=key, width="stretch",
-                   type="primary" if choice in ("first", "second") else "secondary",
-                   on_click=on_click, args=args_of(choice))
+def answer_buttons(prefix: str, spec: list, on_click, args_of, fit: bool = False) -> None:
+    """One button per ``(answer, label, key)`` of ``spec`` (:func:`fbloop.app.form.answer_buttons`), in
+    equal columns, or (``fit``) columns as wide as their labels ("No clear winner" beside "Candidate 1")."""
+    per_row = min(len(spec), BUTTONS_PER_ROW)
+    for lo in range(0, len(spec), per_row):
+        row = spec[lo:lo + per_row]
+        widths = [max(len(label), 9) + 3 for _, label, _ in row] if fit else len(row)  # + 3: the key's hint
+        for col, (answer, label, key) in zip(st.columns(widths), row):
+            plain = isinstance(answer, str) and answer in ("equal", "skip") or answer == 0
+            col.button(label, key=f"{prefix}-{answer}", shortcut=key, width="stretch",
+                       type="secondary" if plain else "primary", on_click=on_click, args=args_of(answer))
 
 
+def forget_refusal() -> None:
+    """The ranking changed: a refusal of the earlier one no longer describes it."""
+    if st.session_state.last and "refused" in st.session_state.last:
+        st.session_state.last = None
+
+
+def rank_input(q, run_id: str, annotator: str) -> None:
+    """The ranking: candidates picked closest first into a list, then submitted (or the question skipped)."""
+    st.multiselect("Candidates, closest first", list(range(1, q.k + 1)), key=f"rank-{q.token}",
+                   format_func=lambda j: f"Candidate {j}", max_selections=q.k, on_change=forget_refusal,
+                   placeholder="Pick the closest candidate first, then the next, … to the farthest")
+    left, right = st.columns([3, 1])
+    left.button("Submit ranking", key=f"answer-{q.token}-rank", type="primary", width="stretch",
+                on_click=on_rank, args=(run_id, q.seq, q.token, annotator, q.k))
+    for answer, label, key in form.answer_buttons("rank", q.k):  # skip
+        right.button(label, key=f"answer-{q.token}-{answer}", shortcut=key, width="stretch",
+                     on_click=on_answer, args=(run_id, q.seq, q.token, annotator, answer, "rank"))
+
+
+HEADS = {"triplet": "Which candidate is the reference closer to?",
+         "closest": "Which candidate is closest to the reference?",
+         "rank": "Order the candidates by how close each is to the reference, closest first",
+         "odd": "Which item is the odd one out, the least like the other two?"}
 GUIDE = ("**How to answer.** Each triplet shows a *reference* and two *candidates*, each a few features with "
          "weights. Pick the candidate whose features are closer to the reference's: the same features, with "
          "similar weights, count most; descriptions tell you what a feature means. *Equally close* when you "
          "cannot tell, *Skip* when you cannot judge it. Keys: 1 · 2 · E · S.")
+CLOSE = ("The same features, with similar weights, count most; descriptions tell you what a feature means. "
+         "*Skip* when you cannot judge it.")
+GUIDES = {
+    "triplet": GUIDE,
+    "closest": ("**How to answer.** Each question shows a *reference* and several numbered *candidates*, each a "
+                f"few features with weights. Pick the candidate closest to the reference. {CLOSE} *No clear "
+                "winner* when two or more are equally close. Keys: the candidate's number · N · S."),
+    "rank": ("**How to answer.** Each question shows a *reference* and several numbered *candidates*, each a few "
+             "features with weights. Put every candidate in order, the closest to the reference first: pick "
+             f"them one after another in the list, then *Submit ranking*. {CLOSE} Key: S."),
+    "odd": ("**How to answer.** Each question shows three numbered *items*, each a few features with weights. "
+            f"Two of them are more alike: pick the third, the odd one out. {CLOSE} Keys: 1 · 2 · 3 · S."),
+}
 
 
 def practice(run_id: str, p: int, descriptions) -> bool:
     """The practice round with feedback; returns True once it is done."""
-    items = views.practice_triplets(p, descriptions, PRACTICE)
+    items = form.practice_triplets(p, descriptions, PRACTICE)
     done = st.session_state.practice.get(run_id, [])
     if len(done) >= len(items):
         return True
@@ -229,8 +287,9 @@ def practice(run_id: str, p: int, descriptions) -> bool:
     practice_feedback()
     item = items[len(done)]
     st.caption(f"Practice triplet {len(done) + 1} of {len(items)} (not stored)")
-    answer_buttons(f"practice-{len(done)}", on_practice, lambda choice: (run_id, item, choice))
-    triplet_tables(item["reference"], item["first"], item["second"])
+    answer_buttons(f"practice-{len(done)}", form.answer_buttons("triplet", 2), on_practice,
+                   lambda choice: (run_id, item, choice))
+    question_tables("triplet", item["reference"], (item["first"], item["second"]))
     return False
 
 
@@ -240,6 +299,7 @@ def annotate_page() -> None:
             queued = store.queued_runs()
         else:
             queued = {r: n for r, n in store.queued_runs().items() if r in access.runs}
+        kinds = store.run_kinds()
         with st.sidebar:
             if access is None:
                 annotator = st.text_input("Your name", key="annotator", max_chars=human.MAX_NAME,
@@ -248,9 +308,9 @@ def annotate_page() -> None:
                 annotator = access.name
                 st.text(f"Signed in as {access.name}")  # text: a name is data, never markup
             run_id = st.selectbox("Experiment", list(queued)[::-1], key="annotate_run",
-                                  format_func=lambda r: f"{r} ({queued[r]} triplets)")
+                                  format_func=lambda r: f"{r} ({queued[r]} {form.question_noun(kinds[r])})")
         if not queued:
-            st.info("No experiment of yours has triplets queued yet. " + (
+            st.info("No experiment of yours has questions queued yet. " + (
                 f"Queue some with `fbloop run --design triplet --agent human --budget 50 --db {DB}`."
                 if access is None else "Come back later."))
             st.stop()
@@ -264,8 +324,10 @@ def annotate_page() -> None:
             st.stop()
         prog = human.progress(store, run_id, annotator)
         descriptions = views.descriptions(store, run_id)
-        p = store.require_run(run_id)["p"]
-        if prog["answered"] + prog["skipped"] == 0 and not practice(run_id, p, descriptions):
+        run = store.require_run(run_id)
+        kind = run["kind"]
+        first_time = prog["answered"] + prog["skipped"] == 0
+        if kind == "triplet" and first_time and not practice(run_id, run["p"], descriptions):  # practice: triplets
             return
         q = st.session_state.question
         if q is None or q.run_id != run_id or q.annotator != human.normalise_name(annotator):
@@ -274,22 +336,34 @@ def annotate_page() -> None:
             st.session_state.shown_at = time.time()
 
     last = st.session_state.last
+    noun = form.question_noun(kind)
     if q is None:
-        st.success("You have answered every triplet there is for you in this experiment. Thank you!")
+        st.success(f"You have answered every {form.question_noun(kind, 1)} there is for you in this experiment. "
+                   "Thank you!")
     else:
-        st.markdown("#### Which candidate is the reference closer to?")
+        if kind != "triplet" and first_time:
+            st.markdown(GUIDES[kind])
+        st.markdown(f"#### {HEADS[q.kind]}")
         # Keys carry the question's token: a click that arrives after the next question is drawn
         # names a button that no longer exists, so it can never answer the new question.
-        answer_buttons(f"answer-{q.token}", on_answer, lambda choice: (run_id, q.seq, q.token, annotator, choice))
-        clock(key="clock", data={"token": q.token}, on_shown_change=lambda: None)
+        spec = form.answer_buttons(q.kind, q.k)
+        if q.kind == "rank":
+            rank_input(q, run_id, annotator)
+        else:
+            answer_buttons(f"answer-{q.token}", spec, on_answer,
+                           lambda choice: (run_id, q.seq, q.token, annotator, choice, q.kind), fit=q.kind != "triplet")
+        clock(key="clock", data={"token": q.token, "keys": [key for _, _, key in spec if key]},
+              on_shown_change=lambda: None)
     done = prog["answered"] + prog["skipped"]
-    line = f"{done} answered by you · {prog['remaining']} triplets still open"
+    line = f"{done} answered by you · {prog['remaining']} {noun} still open"
     if last and "practice" in last:
         practice_feedback()
         st.caption("Practice done: the real triplets start here. " + line)
         line = None
     elif last and "error" in last:
         st.error(last["error"])
+    elif last and "refused" in last:
+        st.warning(last["refused"])
     elif last and "too_quick" in last:
         st.caption(f"That click came {last['ms']:.0f} ms after the question appeared ({last['clock']} clock), "
                    "so it was not taken as an answer.")
@@ -297,20 +371,19 @@ def annotate_page() -> None:
         st.caption("Your last answer was taken back; answer it again." if last["undone"]
                    else "Nothing to undo.")
     elif last and not last["stored"]:
-        st.warning("You had already answered that triplet (another tab, or a double click); it was not stored "
-                   "twice. Here is the next one.")
+        st.warning(f"You had already answered that {form.question_noun(kind, 1)} (another tab, or a double "
+                   "click); it was not stored twice. Here is the next one.")
     elif last:
-        st.caption(f"Stored: {CHOICES[last['choice']][0].strip('◀▶ ').lower()}. {line}")
+        st.caption(f"Stored: {form.answer_label(last.get('kind', 'triplet'), last['choice'])}. {line}")
         line = None
     if line:
         st.caption(line)
     if done:
         st.button("↶ Undo last answer", key="undo", on_click=on_undo, args=(run_id, annotator))
     if q is not None:
-        texts = (q.reference, q.first, q.second)
-        triplet_tables(*texts)
+        question_tables(q.kind, q.reference, q.options)
         with st.expander("How to answer"):
-            st.markdown(GUIDE)
+            st.markdown(GUIDES[q.kind])
 
 
 # ---------------------------------------------------------------- the dashboard
@@ -425,6 +498,7 @@ def dashboard_body(run_id: str) -> None:
         noise = views.source_noise(store, run_id)
         pool = views.pool_summary(store, run_id)
         timing = views.active_timing(store, run_id)
+        cost = views.run_cost(store, run_id)
 
     cols = st.columns(4)
     cols[0].metric("Status", run["status"])
@@ -432,7 +506,7 @@ def dashboard_body(run_id: str) -> None:
     pcc = snaps[-1]["pcc"] if snaps else None
     cols[2].metric("PCC", "—" if pcc is None else f"{pcc:.4f}", help="latest snapshot")
     cols[3].metric("Queued for people", f"{queue['answered']}/{queue['queued']}" if queue["queued"] else "—",
-                   help="queued triplets with an answer or skip from anyone")
+                   help=f"queued {form.question_noun(run['kind'])} with an answer or skip from anyone")
 
     left, right = st.columns(2)
     with left:
@@ -475,16 +549,38 @@ def dashboard_body(run_id: str) -> None:
         else:
             st.caption("Triplet runs with a stored factor only.")
 
+    if cost is not None:
+        cost_section(cost, llm)
     if llm is not None:
         llm_section(llm, noise)
     if people or queue["queued"]:
-        people_section(run_id, people, noise)
+        people_section(run_id, people, noise, run["kind"])
 
     if run["config"].get("active"):
         active_section(timing)
     if run["config"].get("agent") == "pool" or pool is not None:
         pool_section(pool)
     compare_section(run_id)
+
+
+def cost_section(cost: dict, llm: list[dict] | None) -> None:
+    st.subheader("What the answers cost")
+    final = "" if cost["final"] is None else f"; the final readout counted {cost['final']:,}"
+    cols = st.columns(4)
+    cols[0].metric("Activations shown", f"{cost['activations']:,}",
+                   help=f"{cost['questions']:,} questions answered (any status; attention checks aside) × "
+                        f"{cost['per_question']} activations each{final}")
+    cols[1].metric("Shown per question", cost["per_question"],
+                   help="a triplet and an odd-one-out question show three; closest of k and rank k a reference "
+                        "and k candidates; a pair the pair's and the anchor")
+    per = cost["per_usable"]
+    cols[2].metric("Shown per usable answer", "—" if per is None else f"{per:.2f}",
+                   help=f"activations shown ÷ the {cost['usable']:,} ok answers: invalid replies and skips were "
+                        "read too")
+    ok = sum(m["ok"] for m in llm or [])
+    tokens = sum(m["tokens"] for m in llm or [])
+    cols[3].metric("LLM tokens per answer", f"{tokens / ok:,.1f}" if ok else "—",
+                   help="prompt and completion tokens of every request ÷ the LLM's ok answers")
 
 
 def llm_section(llm: list[dict], noise: dict) -> None:
@@ -505,6 +601,12 @@ def llm_section(llm: list[dict], noise: dict) -> None:
         cols[3].metric("Cost", "—" if m is None or m["cost"] is None else f"${m['cost']:.4f}",
                        help=(f"at the batch price (−{m['discount']:.0%}); ${m['cost_sync']:.4f} synchronously"
                              if batch else None))
+        if m is not None:
+            per = "—" if m["tokens_per_answer"] is None else f"{m['tokens_per_answer']:,.1f}"
+            price = "" if m["cost"] is None else \
+                f" · ${m['cost'] / m['ok']:.6f} per usable answer" if m["ok"] else ""
+            st.caption(f"Tokens: {m['prompt_tokens']:,} prompt + {m['completion_tokens']:,} completion = "
+                       f"{m['tokens']:,}; {per} per usable answer ({m['ok']:,} ok){price}.")
     if not llm:
         st.caption("No LLM answers in this run yet.")
 
@@ -513,17 +615,19 @@ SORTS = {"answers": "most answers", "check_accuracy": "lowest check accuracy", "
          "skipped": "most skips", "name": "name"}
 
 
-def people_section(run_id: str, people: list[dict], noise: dict) -> None:
+def people_section(run_id: str, people: list[dict], noise: dict, kind: str = "triplet") -> None:
     st.subheader("Annotators")
     with open_store() as store:
         agree = views.people_agreement(store, run_id)
         overlap = store.assignment(run_id)["overlap"]
     cols = st.columns(4)
     cols[0].metric("Annotators", len(people))
-    cols[1].metric("Per triplet", overlap, help="different people asked per triplet (fbloop annotators overlap)")
+    one = form.question_noun(kind, 1)
+    cols[1].metric(f"Per {one}", overlap, help=f"different people asked per {one} (fbloop annotators overlap)")
     cols[2].metric("Krippendorff's α", "—" if agree["alpha"] is None else f"{agree['alpha']:.2f}",
-                   help=f"agreement between people on the {agree['items']} triplets several answered "
-                        "(nominal: first / second / equal; 1 = perfect, 0 = chance)")
+                   help=f"agreement between people on the {agree['items']} questions several answered "
+                        "(nominal over the answers: first / second / equal, the candidate or item chosen, the "
+                        "whole ranking; 1 = perfect, 0 = chance)")
     cols[3].metric("Agreeing pairs", pct(agree["pairs_agree"]), help="raw share of answer pairs that agree")
     if not people:
         st.caption("Nobody has answered yet.")
@@ -533,15 +637,18 @@ def people_section(run_id: str, people: list[dict], noise: dict) -> None:
     top = left.selectbox("Show", [10, 25, 50, 100, 0], format_func=lambda n: f"top {n}" if n else "all",
                          key=f"top-{run_id}")
     with open_store() as store:
-        rows = views.annotators(store, run_id, sort=sort, top=top or None)
+        rows = views.annotator_costs(store, run_id, views.annotators(store, run_id, sort=sort, top=top or None))
     right.dataframe([{"annotator": r["name"], "answers": r["answers"], "skipped": r["skipped"],
                       "checks": f"{r['correct']}/{r['checks']}", "check accuracy": r["check_accuracy"],
                       "mean time (s)": None if r["mean_s"] is None else round(r["mean_s"], 1),
+                      "median time (s)": None if r["median_s"] is None else round(r["median_s"], 1),
+                      "total time (min)": round(r["total_s"] / 60, 1), "activations shown": r["shown"],
                       "fitted flip rate": noise.get(r["agent"]), "blocked": r["blocked"]} for r in rows],
                     hide_index=True, width="stretch", height=min(38 + 35 * len(rows), 400))
-    st.caption("Checks: triplets with a known answer mixed into the queue (annotators are not told which); "
-               "their answers never reach a learner. Blocked annotators' answers stay stored but are left out "
-               "of learning from the next `fbloop run`.")
+    st.caption("Checks: questions with a known answer mixed into the queue (annotators are not told which); "
+               "their answers never reach a learner. Times run from a question's display to the answer; "
+               "activations shown count every question a person answered, skipped or was checked with. "
+               "Blocked annotators' answers stay stored but are left out of learning from the next `fbloop run`.")
     names = [r["name"] for r in people]
     chosen = st.multiselect("Annotators to block or unblock", names, key=f"block-{run_id}")
     b1, b2, _ = st.columns([1, 1, 4])

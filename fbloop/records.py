@@ -67,9 +67,33 @@ class Queries:
         return len(self.cands) if self.cands is not None else 3 if self.kind == "odd" else 2
 
     def select(self, mask: np.ndarray) -> Queries:
+        """The queries at ``mask`` (a boolean mask, or indices in the order wanted)."""
         pick = lambda x: None if x is None else x[mask]  # noqa: E731
         cands = None if self.cands is None else tuple(x[mask] for x in self.cands)
         return Queries(self.kind, self.seq[mask], self.a[mask], pick(self.b), pick(self.c), cands)
+
+    @classmethod
+    def concat(cls, parts: list[Queries]) -> Queries:
+        """Chunks of one kind (and, for closest / rank, one ``k``) one after another."""
+        kinds, ks = {q.kind for q in parts}, {q.k for q in parts}
+        if len(kinds) != 1 or len(ks) != 1:
+            raise ShapeError(f"Expect chunks of one kind and k to concatenate, got kinds {sorted(kinds)}, "
+                             f"k {sorted(ks)}.")
+        join = lambda name: (None if getattr(parts[0], name) is None  # noqa: E731
+                             else SparseBatch.concat([getattr(q, name) for q in parts]))
+        cands = None if parts[0].cands is None else tuple(
+            SparseBatch.concat([q.cands[j] for q in parts]) for j in range(parts[0].k))
+        return cls(parts[0].kind, np.concatenate([q.seq for q in parts]), join("a"), join("b"), join("c"), cands)
+
+
+def shown_per_question(kind: str, k: int | None = None) -> int:
+    """Activations one question shows its answerer: a pair's and the anchor (2), a triplet's or an
+    odd-one-out question's three, a reference and ``k`` candidates (closest, rank: ``k + 1``)."""
+    if kind in CANDIDATE_KINDS:
+        if k is None:
+            raise ShapeError(f"Expect the number of candidates k for {kind!r} questions, got None.")
+        return int(k) + 1
+    return 2 if kind == "pair" else 3
 
 
 # ---------------------------------------------------------------- rankings as one number
@@ -89,6 +113,15 @@ def ranking_code(perm: np.ndarray) -> np.ndarray:
         smaller_after = (perm[:, i + 1:] < perm[:, i:i + 1]).sum(axis=1)  # (n,)
         code = code * (k - i) + smaller_after
     return code.astype(np.float64)
+
+
+def codes_with_first(j: int, k: int) -> tuple[float, float]:
+    """The Lehmer codes (:func:`ranking_code`) of every ranking of ``k`` that puts candidate ``j``
+    (0-based) first: the range ``[j·(k−1)!, (j+1)·(k−1)! − 1]``, both ends included."""
+    if not 0 <= j < k <= MAX_K:
+        raise ShapeError(f"Expect 0 ≤ j < k ≤ {MAX_K}, got j={j}, k={k}.")
+    block = math.factorial(k - 1)
+    return float(j * block), float((j + 1) * block - 1)
 
 
 def ranking_from_code(code: np.ndarray, k: int) -> np.ndarray:

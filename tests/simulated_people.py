@@ -1,5 +1,6 @@
 """Simulated people for tests: they answer a run's annotation queue through the app's own functions
-(:func:`fbloop.agents.people.next_query` and :func:`~fbloop.agents.people.submit`), in a thread."""
+(:func:`fbloop.agents.people.next_query` and :func:`~fbloop.agents.people.submit`), in a thread.
+Triplets and tuple questions (closest of k, rank k, odd one out) alike, exactly from ``Φ*``."""
 
 from __future__ import annotations
 
@@ -7,7 +8,11 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
+
 from fbloop.agents import people
+from fbloop.agents.choice import option_distances
+from fbloop.records import Queries
 from fbloop.store import Store
 from fbloop.targets.load import load_target
 
@@ -38,11 +43,20 @@ class Annotators(threading.Thread):
             q = people.next_query(store, self.run_id, who)
             if q is None:
                 continue
-            batch = store.load_queries(self.run_id, [q.seq])
-            a = batch.a.to_dense()
-            d_ab, d_ac = (float((((x.to_dense() - a) @ self.factor) ** 2).sum()) for x in (batch.b, batch.c))
-            choice = "first" if d_ab < d_ac else "second" if d_ac < d_ab else "equal"
+            choice = exact_answer(store.load_queries(self.run_id, [q.seq]), self.factor)
             self.n += people.submit(store, self.run_id, q.seq, who, choice, 900.0, q.token)
             time.sleep(self.pause)
             return True
         return False
+
+
+def exact_answer(batch: Queries, factor: np.ndarray):
+    """The answer to the one question in ``batch`` under ``Φ* = V Vᵀ``, in the form's terms
+    (:func:`fbloop.agents.people.answer_value`)."""
+    if batch.kind == "triplet":
+        a = batch.a.to_dense()
+        d_ab, d_ac = (float((((x.to_dense() - a) @ factor) ** 2).sum()) for x in (batch.b, batch.c))
+        return "first" if d_ab < d_ac else "second" if d_ac < d_ab else "equal"
+    d = option_distances(batch, factor)[0]  # (k,): each candidate's distance, or each item's pair without it
+    order = np.argsort(d, kind="stable") + 1
+    return [int(j) for j in order] if batch.kind == "rank" else int(order[0])

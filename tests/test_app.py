@@ -295,9 +295,11 @@ def test_llm_readouts(db):
     assert stats["model"] == "m" and stats["answers"] == 8 and stats["invalid_rate"] == 1 / 8
     assert stats["position_bias"] == pytest.approx(1 / 3)  # 3 ok in both orders, 1 disagrees
     assert stats["prompt_tokens"] == 800 and stats["cost"] is None
+    assert (stats["ok"], stats["tokens"], stats["tokens_per_answer"]) == (7, 840, 120.0)
     at = dashboard("oracle-run")
     assert metric(at, "Invalid replies") == "12%" and metric(at, "Position bias") == "33%"
-    assert metric(at, "Tokens") == "840"
+    assert metric(at, "Tokens") == "840" and metric(at, "LLM tokens per answer") == "120.0"
+    assert said(at, "Tokens: 800 prompt + 40 completion = 840; 120.0 per usable answer (7 ok).")
 
 
 def test_the_fitted_flip_rate_of_an_llm_is_shown(db):
@@ -554,3 +556,124 @@ def test_the_dashboard_follows_a_watched_run(tmp_path, monkeypatch):
         out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-2000:]
     assert people.error is None
+
+
+# ---------------------------------------------------------------- tuple questions: closest of 4, rank 4, odd one out
+
+TUPLES = {"closest4": DesignConfig(name="closest", k=4, mu=0.7), "rank4": DesignConfig(name="rank", k=4, mu=0.7),
+          "odd3": DesignConfig(name="odd", mu=0.7)}
+
+
+@pytest.fixture(scope="module")
+def tuple_template(tmp_path_factory):
+    """People runs of closest-of-4, rank-4 and odd-one-out questions, six each, no attention checks."""
+    path = tmp_path_factory.mktemp("tuples") / "template.db"
+    with Store(path) as store:
+        for run_id, design in TUPLES.items():
+            run_loop(RunConfig(target="synthetic:p=8,rank=3", design=design, agent="human", budget=6, check_rate=0.0,
+                               learner_config=FAST), store, run_id=run_id)
+    return path
+
+
+@pytest.fixture()
+def tuple_db(tuple_template, tmp_path, monkeypatch):
+    path = tmp_path / "tuples.db"
+    shutil.copy(tuple_template, path)
+    monkeypatch.setenv("FBLOOP_DB", str(path))
+    monkeypatch.setenv("FBLOOP_ACCESS", "open")
+    return path
+
+
+def on_run(run_id: str, name: str = "alice") -> AppTest:
+    """The form on ``run_id`` for ``name``, with no practice round set aside (tuple runs have none)."""
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    at.text_input(key="annotator").set_value(name).run()
+    at.selectbox(key="annotate_run").set_value(run_id).run()
+    assert not at.exception
+    return at
+
+
+def answers_of(db: Path, run_id: str) -> list[tuple]:
+    return sql_rows(db, "SELECT seq, agent, status, value, meta FROM answers WHERE run_id = ? ORDER BY id", (run_id,))
+
+
+def test_closest_of_4_in_the_form(tuple_db):
+    at = on_run("closest4")
+    assert "closest4 (6 questions)" in at.selectbox(key="annotate_run").options
+    assert "Practice first" not in [h.value for h in at.header]  # the practice round is the triplets'
+    q = at.session_state["question"]
+    assert (q.kind, q.k) == ("closest", 4)
+    tables = [m.value for m in at.markdown if "<table" in m.value]
+    assert len(tables) == 5 and "Reference" in tables[0] and all(f"Candidate {j}" in tables[j] for j in range(1, 5))
+    assert all(f"#{f.index}" in tables[3] for f in q.options[2])
+    assert [b.label for b in at.button] == ["Candidate 1", "Candidate 2", "Candidate 3", "Candidate 4",
+                                            "No clear winner", "Skip"]
+    assert any("closest to the reference" in m.value for m in at.markdown)
+    assert any("How to answer" in m.value and "No clear" in m.value for m in at.markdown)  # the closest guide
+    at = click(at, "Candidate 3")
+    assert not at.exception
+    (row,) = answers_of(tuple_db, "closest4")
+    assert row[:4] == (q.seq, "human:alice", "ok", 3.0) and json.loads(row[4])["response_ms"] >= 1000
+    assert said(at, "Stored: candidate 3. 1 answered by you · 5 questions still open")
+    q2 = at.session_state["question"]
+    at = click(at, "No clear winner")
+    assert answers_of(tuple_db, "closest4")[1][:4] == (q2.seq, "human:alice", "ok", 0.0)
+    # A second click on the question already answered: stored once, the first answer stands.
+    at.session_state["question"] = q2
+    at.run()
+    at = click(at, "Candidate 1")
+    assert said(at, "You had already answered that question") and len(answers_of(tuple_db, "closest4")) == 2
+    # Undo brings the last one back.
+    at = at.button(key="undo").click().run()
+    assert len(answers_of(tuple_db, "closest4")) == 1 and at.session_state["question"].seq == q2.seq
+
+
+def test_rank_4_in_the_form_refuses_an_incomplete_ranking(tuple_db):
+    from fbloop.records import ranking_code
+
+    at = on_run("rank4")
+    q = at.session_state["question"]
+    assert (q.kind, q.k) == ("rank", 4)
+    assert len([m for m in at.markdown if "<table" in m.value]) == 5
+    at.multiselect(key=f"rank-{q.token}").set_value([2, 1]).run()
+    at = click(at, "Submit ranking")
+    assert not answers_of(tuple_db, "rank4") and at.session_state["question"].seq == q.seq
+    assert said(at, "Place all 4 candidates, closest first: 2 placed, candidates 3, 4 still to place")
+    at.multiselect(key=f"rank-{q.token}").set_value([2, 1, 4, 3]).run()
+    assert not said(at, "Place all")  # the refusal was of the earlier ranking
+    at = click(at, "Submit ranking")
+    assert not at.exception
+    (row,) = answers_of(tuple_db, "rank4")
+    assert row[:4] == (q.seq, "human:alice", "ok", float(ranking_code(np.array([[1, 0, 3, 2]]))[0]))
+    assert said(at, "Stored: ranking 2 › 1 › 4 › 3")
+    q2 = at.session_state["question"]
+    assert q2.seq != q.seq and at.multiselect(key=f"rank-{q2.token}").value == []  # a fresh list
+    at = click(at, "Skip")
+    assert answers_of(tuple_db, "rank4")[1][:3] == (q2.seq, "human:alice", "skipped")
+
+
+def test_odd_one_out_in_the_form(tuple_db):
+    at = on_run("odd3")
+    q = at.session_state["question"]
+    assert q.kind == "odd" and q.reference is None
+    tables = [m.value for m in at.markdown if "<table" in m.value]
+    assert len(tables) == 3 and all(f"Item {j}" in tables[j - 1] for j in range(1, 4))
+    assert [b.label for b in at.button] == ["Item 1", "Item 2", "Item 3", "Skip"]
+    at = click(at, "Item 3")
+    assert answers_of(tuple_db, "odd3")[0][:4] == (q.seq, "human:alice", "ok", 3.0) and said(at, "Stored: item 3")
+
+
+def test_dashboard_shows_what_the_answers_cost(tuple_db):
+    at = on_run("closest4", "bob")
+    at = click(at, "Candidate 2", after_s=2.0)
+    at = click(at, "Skip", after_s=4.0)
+    at = dashboard("closest4")
+    assert "What the answers cost" in [h.value for h in at.subheader]
+    # two questions read (one skipped), a reference and four candidates each
+    assert metric(at, "Activations shown") == "10" and metric(at, "Shown per question") == "5"
+    assert metric(at, "Shown per usable answer") == "10.00" and metric(at, "LLM tokens per answer") == "—"
+    assert metric(at, "Per question") == "1"  # people asked per question (the run's overlap)
+    table = at.dataframe[0].value
+    (bob,) = table.to_dict("records")
+    assert bob["annotator"] == "bob" and bob["activations shown"] == 10
+    assert 2.0 <= bob["median time (s)"] <= 5.0 and 0.1 <= bob["total time (min)"] <= 0.2  # ~2 s and ~4 s

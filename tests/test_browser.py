@@ -2,8 +2,8 @@
 
 Uses Debian's `chromium` through the `playwright` package (``executable_path``;
 never ``playwright install``), with flags that keep the browser off the network.
-Screenshots of the form (desktop, and a 390 × 844 phone), and the dashboard (a people run, and
-an agent-pool run with active querying) land in ``test-artifacts/``. The server runs with access
+Screenshots of the form (desktop, a 390 × 844 phone, and a closest-of-4 question), and the dashboard
+(a people run, and an agent-pool run with active querying) land in ``test-artifacts/``. The server runs with access
 control on, as `fbloop app` does: people come in through invitation links, the owner through the
 dashboard link.
 """
@@ -46,8 +46,9 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def db(tmp_path_factory) -> Path:
-    """Two agent-pool runs with active querying, a finished oracle run, and a run queued for people that bob
-    has half answered and Φ̂ learned from (the latest, so the dashboard opens on it)."""
+    """Two agent-pool runs with active querying, a finished oracle run, a run of closest-of-4 questions queued
+    for people, and a run queued for people that bob has half answered and Φ̂ learned from (the latest, so
+    the dashboard opens on it)."""
     path = tmp_path_factory.mktemp("browser") / "app.db"
     fast = LearnerConfig(final_steps=300, polish=False)
     design = DesignConfig(name="triplet", mu=0.7)
@@ -61,6 +62,8 @@ def db(tmp_path_factory) -> Path:
                 answers={"people": 40, "llm": 150})
         run_loop(RunConfig(target="synthetic:p=8,rank=3", design=design, budget=200, snapshot_every=50,
                            learner_config=fast), store, run_id="oracle-run")
+        run_loop(RunConfig(target="synthetic:p=8,rank=3", design=DesignConfig(name="closest", k=4, mu=0.7),
+                           agent="human", budget=10, check_rate=0.0, learner_config=fast), store, run_id="closest4")
         run_loop(people, store, run_id="people")
         for i in range(12):
             q = human.next_query(store, "people", "bob")
@@ -68,6 +71,7 @@ def db(tmp_path_factory) -> Path:
         run_loop(people, store, run_id="people")
         TOKENS.update({"owner": human.owner_token(store), "dora": human.invite(store, "Dora", ["people"]),
                        "phone": human.invite(store, "phone", ["people"]),
+                       "cleo": human.invite(store, "Cleo", ["closest4"]),
                        **{f"crowd{i}": human.invite(store, f"crowd{i}", ["people"]) for i in range(CROWD)}})
     return path
 
@@ -238,6 +242,35 @@ def test_on_a_phone_the_buttons_are_in_view(server, browser, db):
         assert box is not None and 0 <= box["y"] and box["y"] + box["height"] <= 844, (name, box)
     page.get_by_role("button", name="Closer to second").click()
     assert wait_for_rows(db, "human:phone", 1)[0][1:] == ("ok", -1.0)
+    page.close()
+
+
+def test_a_closest_of_4_question_in_the_browser(server, browser, db):
+    """No practice round for tuple questions: the first screen is a question, answered by its number's key
+    (timed in the browser) or its button."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    page = sign_in(browser, server, "cleo")
+    settle(page, "Which candidate is closest to the reference?")
+    page.get_by_role("button", name="Candidate 4").wait_for(timeout=30_000)  # the buttons, drawn after the heading
+    page.locator("b", has_text="Candidate 4").wait_for(timeout=30_000)  # and the last table's title
+    page.wait_for_timeout(700)
+    page.screenshot(path=str(ARTIFACTS / "form-closest4.png"), full_page=True)
+    page.keyboard.press("3")
+
+    def rows(n: int) -> list[tuple]:
+        deadline = time.monotonic() + 20
+        got = []
+        while len(got) < n and time.monotonic() < deadline:
+            time.sleep(0.2)
+            got = sql_rows(db, "SELECT status, value, meta FROM answers WHERE run_id = 'closest4' "
+                               "AND agent = 'human:cleo' ORDER BY id")
+        return got
+
+    (first,) = rows(1)
+    assert first[:2] == ("ok", 3.0) and json.loads(first[2])["clock"] == "browser"
+    settle(page, "Stored: candidate 3")
+    page.get_by_role("button", name="No clear winner").click()
+    assert rows(2)[1][:2] == ("ok", 0.0)
     page.close()
 
 

@@ -20,7 +20,7 @@ from fbloop.errors import ConfigError, ShapeError
 from fbloop.learners import GradientLearner, LearnerConfig
 from fbloop.queries.catalogue import make_design
 from fbloop.queries.designs import DesignConfig
-from fbloop.records import MAX_K, Queries, ranking_code, ranking_from_code
+from fbloop.records import MAX_K, Queries, ranking_code, ranking_from_code, shown_per_question
 from fbloop.sparse import SparseBatch
 from fbloop.store import Store
 from fbloop.store import migrations as migrations_module
@@ -74,6 +74,17 @@ def test_queries_check_their_candidates():
         Queries("quad", np.arange(2), a)  # type: ignore[arg-type]
     q = Queries("rank", np.arange(2), a, cands=(a, a, a))
     assert q.k == 3 and q.select(np.array([False, True])).cands[2].indices.shape == (1, 1)
+
+
+def test_queries_concatenate_and_pick_rows_in_any_order():
+    a = SparseBatch(np.arange(3).reshape(3, 1), np.ones((3, 1)), 4)
+    one = Queries("closest", np.arange(3), a, cands=(a, a))
+    two = Queries("closest", np.array([7]), a[:1], cands=(a[2:], a[1:2]))
+    both = Queries.concat([one, two]).select(np.array([3, 0]))
+    assert both.seq.tolist() == [7, 0] and [c.indices[:, 0].tolist() for c in both.cands] == [[2, 0], [1, 0]]
+    with pytest.raises(ShapeError, match=r"one kind and k.*k \[2, 3\]"):
+        Queries.concat([one, Queries("closest", np.array([8]), a[:1], cands=(a[:1],) * 3)])
+    assert [shown_per_question(kind, 4) for kind in ("pair", "triplet", "odd", "closest", "rank")] == [2, 3, 3, 5, 5]
 
 
 # ---------------------------------------------------------------- designs

@@ -246,23 +246,64 @@ def test_annotators_sorted_and_cut(tmp_path):
             views.annotators(store, "c", sort="nope")
 
 
-def test_feature_tables_escape_and_mark_shared_features():
-    from fbloop.render import PLACEHOLDER, Feature
-
-    ref = [Feature(1, 0.9, "<script>alert(1)</script>"), Feature(2, 0.1, PLACEHOLDER.format(index=2))]
-    first = [Feature(1, 0.5, "x")]
-    shared = views.shared_features(ref, first, [Feature(5, 0.4, "y")])
-    assert shared == {"reference": {1}, "first": {1}, "second": set()}
-    html = views.feature_table(ref, shared["reference"], "Reference")
-    assert "<script>" not in html and "&lt;script&gt;" in html
-    assert "◆ #1" in html and "no description" in html and "no description available" not in html
+# ---------------------------------------------------------------- agreement on tuple questions, and what answers cost
 
 
-def test_shared_features_come_first_in_the_references_order():
-    from fbloop.render import Feature
+def test_value_counts_keep_a_kinds_whole_domain():
+    rows = [(3, 1.0, 2), (3, 2.0, 1), (5, 1.0, 3)]
+    assert views.value_counts(rows, views.answer_domain("odd", 3)).tolist() == [[2, 1, 0], [3, 0, 0]]
+    assert views.value_counts(rows, views.answer_domain("closest", 2)).tolist() == [[0, 2, 1], [0, 3, 0]]
+    assert views.value_counts([(0, 7.0, 2)]).tolist() == [[2, 0]]  # a ranking's code alone: a second column
+    assert views.answer_domain("triplet", 2) == (-1.0, 0.0, 1.0) and views.answer_domain("rank", 4) == ()
 
-    ref = [Feature(1, 0.9, "a"), Feature(2, 0.5, "b"), Feature(3, 0.1, "c")]
-    first = [Feature(7, 0.9, "x"), Feature(3, 0.5, "c"), Feature(1, 0.2, "a")]
-    second = [Feature(2, 0.8, "b"), Feature(9, 0.1, "y")]
-    r, f, s = views.aligned(ref, first, second)
-    assert [x.index for x in r] == [1, 2, 3] and [x.index for x in f] == [1, 3, 7] and [x.index for x in s] == [2, 9]
+
+def test_krippendorff_alpha_on_closest_of_4(tmp_path):
+    from fbloop.agents import people as human
+
+    with Store(tmp_path / "c4.db") as store:
+        store.create_run("c", kind="closest", p=8, budget=6, config={"target": SPEC}, target={}, anchor=None)
+        human.queue(store, "c", make_design(DesignConfig(name="closest", k=4, mu=0.7), load_target(SPEC), 0)
+                    .queries(0, 6), check_rate=0.0)
+        human.set_assignment(store, "c", overlap=3)
+        for name in "abc":  # everyone picks the candidate given by the position (none for every fifth)
+            while (q := human.next_query(store, "c", name)) is not None:
+                human.submit(store, "c", q.seq, name, q.seq % 5, 900, q.token)
+        got = views.people_agreement(store, "c")
+        assert got["alpha"] == pytest.approx(1.0) and got["items"] == 6 and got["answers"] == 18
+        store.db.execute("UPDATE answers SET value = (value + 1) % 5 WHERE agent = 'human:c'")
+        assert views.people_agreement(store, "c")["alpha"] < 0.5
+
+
+def test_what_a_runs_answers_cost(tmp_path):
+    from fbloop.agents import people as human
+
+    with Store(tmp_path / "cost.db") as store:
+        assert views.run_cost(store, "nothing") is None
+        store.create_run("r", kind="rank", p=8, budget=8, config={"target": SPEC}, target={}, anchor=None)
+        human.queue(store, "r", make_design(DesignConfig(name="rank", k=6, mu=0.7), load_target(SPEC), 0)
+                    .queries(0, 8), check_rate=0.2)
+        checks = store.checks("r")
+        for i in range(5):  # 3 rankings, 2 skips, and the checks met on the way
+            q = human.next_query(store, "r", "ann")
+            human.submit(store, "r", q.seq, "ann", "skip" if i in (1, 3) else [1, 2, 3, 4, 5, 6], 1000 * (i + 1),
+                         q.token)
+        seen_checks = store.annotator_stats("r")[0]["checks"]
+        cost = views.run_cost(store, "r")
+        real = 5 - seen_checks  # checks are not counted as the run's answers
+        assert cost["per_question"] == 7 and cost["questions"] == real and cost["activations"] == 7 * real
+        assert cost["usable"] == real - 2 and cost["per_usable"] == pytest.approx(7 * real / (real - 2))
+        assert cost["final"] is None and cost["kind"] == "rank" and len(checks) == 2
+        store.add_snapshot("r", 3, None, 1.0, {"final": True, "activations_shown": 21})
+        assert views.run_cost(store, "r")["final"] == 21
+        (row,) = views.annotator_costs(store, "r", views.annotators(store, "r"))
+        assert row["shown"] == 5 * 7 and row["total_s"] == 15.0 and row["median_s"] == 3.0
+
+
+def test_median_response_times_and_costs_per_person():
+    medians = views.median_response_s([("human:a", 1000.0), ("human:b", 500.0), ("human:a", 3000.0),
+                                       ("human:a", 8000.0)])
+    assert medians == {"human:a": 3.0, "human:b": 0.5}
+    rows = [{"agent": "human:a", "answers": 2, "skipped": 1, "checks": 1, "total_ms": 12000.0},
+            {"agent": "human:c", "answers": 0, "skipped": 0, "checks": 0, "total_ms": 0.0}]
+    out = views.with_costs(rows, 4, medians)
+    assert [(r["shown"], r["total_s"], r["median_s"]) for r in out] == [(16, 12.0, 3.0), (0, 0.0, None)]

@@ -1,9 +1,10 @@
-"""People in the loop: a run's triplets queued for the annotation form, and their answers.
+"""People in the loop: a run's questions queued for the annotation form, and their answers.
 
 The form (``app.py``) is only a face for these functions:
 
-- :func:`queue` puts a run's triplets in the annotation queue and mixes in
-  *attention checks* (triplets whose answer is known) at a configurable rate;
+- :func:`queue` puts a run's questions (triplets, or tuple questions: closest of ``k``,
+  rank ``k``, odd one out) in the annotation queue and mixes in
+  *attention checks* (questions whose answer is known) at a configurable rate;
 - :func:`next_query` gives an annotator the next triplet that still wants an
   answer and is not on someone else's screen (a *lease*), in their own order
   near the queue's front; a reload or a second tab resumes the same triplet;
@@ -28,9 +29,13 @@ answers in the store and out of every learner (``Store.iter_answered``).
 spaces collapsed; a name mixing scripts, such as a Cyrillic "а" in "аlice", is
 refused), so "Alice" and "alice" are one person.
 
-Answers follow the triplet sign: ``+1`` the reference is closer to the first
-candidate, ``−1`` to the second, ``0`` equally close; a skip is stored with
-status ``skipped`` so it is never asked again.
+Answers are stored in the kind's value space (:mod:`fbloop.records`; :mod:`fbloop.agents.questions`
+has :func:`answer_value`, :class:`Question` and the checks' construction): a triplet's sign
+(``first`` +1, ``second`` −1, ``equal`` 0); closest of ``k``, the candidate ``1…k`` or ``0`` for
+no clear winner; odd one out, the item ``1…3``; rank ``k``, the ranking (candidate numbers,
+closest first) as its Lehmer code. A skip is stored with status ``skipped``
+so it is never asked again. Everything else (a queue, a lease, undo, the token) is the same for
+every kind.
 
 **Never twice.** Every displayed question carries a fresh token. The form binds
 its buttons to ``(seq, token)`` of the question on screen, so a double click or
@@ -42,15 +47,16 @@ a resubmitted form names the same question again, and the store's unique key
 sequence, are marked in the ``checks`` table and are never given to a learner
 (``Store.iter_answered`` leaves them out). Two kinds:
 
-- ``identical``: one candidate *is* the reference (expected: that candidate);
-- ``lopsided``: a queued triplet the oracle finds very one-sided
+- ``identical``: one candidate *is* the reference (expected: that candidate; rank ``k``: any
+  ranking that puts it first; odd one out: two items are one activation, and the third, a
+  different one, is expected);
+- ``lopsided`` (triplets only): a queued triplet the oracle finds very one-sided
   (``|Δ| / (d_ab + d_ac) ≥ LOPSIDED`` under ``Φ*``), shown with its candidates
   swapped so it is not a verbatim repeat; only when the run has a ``Φ*``.
 """
 
 from __future__ import annotations
 
-import math
 import unicodedata
 import uuid
 from dataclasses import dataclass
@@ -60,16 +66,13 @@ import numpy as np
 
 from .. import render
 from ..errors import ConfigError, StoreError
-from ..records import Queries
-from ..sparse import SparseBatch
+from ..records import CANDIDATE_KINDS, Queries
 from ..store import Store
-from .oracle import triplet_margins
-from .reliability import flip_rate_from_checks
+from ..store.crowd import passes
+from .questions import KINDS, Answer, Question, answer_value, make_checks, make_tuple_checks
+from .reliability import check_chance, flip_rate_from_checks
 
-Choice = Literal["first", "second", "equal", "skip"]
-CHOICES: dict[str, float] = {"first": 1.0, "second": -1.0, "equal": 0.0, "skip": math.nan}
 CHECK_RATE = 0.1  # share of the queue that is attention checks
-LOPSIDED = 0.8  # |Δ| / (d_ab + d_ac) at or above which the oracle's answer counts as obvious
 MAX_NAME = 40  # characters in an annotator's name
 
 
@@ -116,56 +119,19 @@ def set_assignment(store: Store, run_id: str, overlap: int = OVERLAP, lease_s: f
 # ---------------------------------------------------------------- queueing
 
 
-def make_checks(queries: Queries, n: int, rng: np.random.Generator, factor: np.ndarray | None = None,
-                first_seq: int = -1) -> tuple[Queries, dict[int, tuple[str, float]]]:
-    """``n`` attention checks built from ``queries``, at positions ``first_seq, first_seq − 1, …``.
-
-    Returns the checks as triplet :class:`Queries` and ``{seq: (kind, expected)}``.
-    Half are ``lopsided`` when ``factor`` (``Φ* = V Vᵀ``) finds one-sided triplets, the rest ``identical``.
-    """
-    src = rng.integers(0, len(queries), size=n)  # (n,) the triplet each identical check starts from
-    pool = np.empty(0, dtype=np.int64)
-    if factor is not None:
-        delta, total = triplet_margins(queries.a, queries.b, queries.c, factor)
-        rel = np.where(total > 0, delta, 0.0) / np.where(total > 0, total, 1.0)  # in [−1, 1]
-        pool = np.flatnonzero(np.abs(rel) >= LOPSIDED)
-    lopsided = (rng.random(n) < 0.5) & (len(pool) > 0)
-    first_side = rng.random(n) < 0.5  # identical checks: which candidate repeats the reference
-    q = queries
-    parts: tuple[list[SparseBatch], ...] = ([], [], [])  # reference, first, second rows
-    kinds, expected = [], []
-    for i in range(n):
-        if lopsided[i]:  # candidates swapped, so the oracle's answer flips
-            j = int(rng.choice(pool))
-            shown, kind, want = (q.a, q.c, q.b), "lopsided", -float(np.sign(rel[j]))
-        elif first_side[i]:
-            j = int(src[i])
-            shown, kind, want = (q.a, q.a, q.c), "identical", 1.0
-        else:
-            j = int(src[i])
-            shown, kind, want = (q.a, q.b, q.a), "identical", -1.0
-        for out, batch in zip(parts, shown):
-            out.append(batch[j:j + 1])
-        kinds.append(kind)
-        expected.append(want)
-    seq = first_seq - np.arange(n, dtype=np.int64)
-    checks = {int(s): (k, e) for s, k, e in zip(seq, kinds, expected)}
-    batches = (SparseBatch.concat(x) for x in parts)
-    return Queries("triplet", seq, *batches), checks
-
-
 def queue(store: Store, run_id: str, queries: Queries, *, check_rate: float = CHECK_RATE,
           factor: np.ndarray | None = None, seed: int = 0) -> dict[str, int]:
-    """Queue a run's triplets for the annotation form, with attention checks mixed in.
+    """Queue a run's questions (triplets, closest, rank or odd) for the annotation form, with attention
+    checks mixed in.
 
     Queries queued before keep their place and get no new checks, so queueing
     again (a resumed run) changes nothing. About ``check_rate`` of the new queue
     entries are checks, at positions drawn from ``seed``. ``factor`` (``Φ*``'s
-    factor, ``(p, k)``) enables lopsided checks. Returns ``{"queued", "checks"}``.
+    factor, ``(p, k)``) enables lopsided checks (triplets). Returns ``{"queued", "checks"}``.
     """
-    if queries.kind != "triplet":
-        raise ConfigError("The annotation form asks triplets; queue a triplet design (--design triplet), "
-                          f"got {queries.kind} queries.")
+    if queries.kind not in KINDS:
+        raise ConfigError(f"The annotation form asks triplets and tuple questions ({', '.join(KINDS)}); "
+                          f"queue one of those designs (--design triplet), got {queries.kind} queries.")
     if not 0.0 <= check_rate <= 0.5:
         raise ConfigError(f"Expect a check rate in [0, 0.5], got {check_rate}.")
     have = store.queued(run_id)
@@ -176,8 +142,11 @@ def queue(store: Store, run_id: str, queries: Queries, *, check_rate: float = CH
     rng = np.random.default_rng([seed, len(have)])  # explicit and resume-stable
     first_seq = int(min(-1, have.min() - 1)) if len(have) else -1
     parts, checks = [new], {}
-    if n_checks:
+    if n_checks and new.kind == "triplet":
         check_q, checks = make_checks(new, n_checks, rng, factor, first_seq)
+        parts.append(check_q)
+    elif n_checks:
+        check_q, checks = make_tuple_checks(new, n_checks, rng, first_seq)
         parts.append(check_q)
     total = len(new) + n_checks
     # Checks at random slots, never first: an annotator's first question is a real one.
@@ -187,9 +156,7 @@ def queue(store: Store, run_id: str, queries: Queries, *, check_rate: float = CH
     is_check[slots] = True
     order[~is_check] = np.arange(len(new))
     order[is_check] = len(new) + np.arange(n_checks)
-    seq = np.concatenate([q.seq for q in parts])[order]
-    merged = Queries("triplet", seq, *(SparseBatch.concat([getattr(q, x) for q in parts])[order]
-                                       for x in ("a", "b", "c")))
+    merged = Queries.concat(parts).select(order)
     queued = store.enqueue(run_id, merged, checks)
     return {"queued": queued - n_checks, "checks": n_checks}
 
@@ -198,7 +165,7 @@ class People:
     """People answering in the app, as an agent: a *deferred* one (``--agent human``, or a pool's
     ``--member NAME:human``).
 
-    :meth:`ask` queues the triplets for the form (attention checks mixed in, as :func:`queue`) and
+    :meth:`ask` queues the questions for the form (attention checks mixed in, as :func:`queue`) and
     returns at once; people answer whenever they come, each under their own name (``human:<name>``),
     and :meth:`collect` returns what has arrived since the last call, read from the store by answer id.
     A resumed run replays everything stored up to the moment it started (:meth:`stored`) and collects
@@ -210,8 +177,9 @@ class People:
     deferred = True
 
     def __init__(self, name: str, store: Store, check_rate: float = CHECK_RATE,
-                 truth: np.ndarray | None = None, seed: int = 0):
+                 truth: np.ndarray | None = None, seed: int = 0, kind: str = "triplet", k: int = 2):
         self.name = name
+        self.kind, self.k = kind, k  # the questions asked: what a flipped answer's chance on a check is
         self.store = store
         self.check_rate = check_rate
         self.truth = truth
@@ -268,8 +236,9 @@ class People:
     def noise(self) -> dict[str, float]:
         """Each person's flip rate from their answered attention checks (none before their first)."""
         out = {}
+        chance = check_chance(self.kind, self.k)
         for rec in check_accuracy(self.store, self._run()):
-            eps = flip_rate_from_checks(rec["checks"], rec["correct"])
+            eps = flip_rate_from_checks(rec["checks"], rec["correct"], chance)
             if eps is not None:
                 out[rec["agent"]] = eps
         return out
@@ -284,26 +253,9 @@ class People:
 # ---------------------------------------------------------------- asking and answering
 
 
-@dataclass(frozen=True)
-class Question:
-    """One triplet as the form shows it. ``token`` names this display of it."""
-
-    run_id: str
-    seq: int
-    annotator: str
-    token: str
-    reference: list[render.Feature]
-    first: list[render.Feature]
-    second: list[render.Feature]
-
-    def texts(self) -> dict[str, str]:
-        """The three blocks as text, exactly as an LLM prompt shows them."""
-        return render.triplet_text(self.reference, self.first, self.second)
-
-
 def next_query(store: Store, run_id: str, annotator: str,
                descriptions: tuple[str, ...] | None = None) -> Question | None:
-    """The next triplet for ``annotator`` (leased to them, see the module's docstring), or ``None`` when
+    """The next question for ``annotator`` (leased to them, see the module's docstring), or ``None`` when
     nothing is left for them. A blocked annotator gets ``None``.
 
     Every call issues a new token; keep the question (and its token) while it is on screen.
@@ -315,24 +267,34 @@ def next_query(store: Store, run_id: str, annotator: str,
     if seq is None:
         return None
     q = store.load_queries(run_id, np.array([seq]))
-    feats = [render.features(batch, 0, descriptions) for batch in (q.a, q.b, q.c)]
-    return Question(run_id, seq, normalise_name(annotator), uuid.uuid4().hex, *feats)
+    feats = lambda batch: render.features(batch, 0, descriptions)  # noqa: E731
+    if q.kind in CANDIDATE_KINDS:
+        reference, options = feats(q.a), tuple(feats(c) for c in q.cands)
+    elif q.kind == "odd":
+        reference, options = None, (feats(q.a), feats(q.b), feats(q.c))
+    else:
+        reference, options = feats(q.a), (feats(q.b), feats(q.c))
+    return Question(run_id, seq, normalise_name(annotator), uuid.uuid4().hex, reference, options, q.kind)
 
 
-def submit(store: Store, run_id: str, seq: int, annotator: str, answer: Choice, response_ms: float | None,
+def submit(store: Store, run_id: str, seq: int, annotator: str, answer: Answer, response_ms: float | None,
            token: str, clock: Literal["browser", "server"] | None = None) -> bool:
     """Store one annotator's answer to queued position ``seq``; ``False`` when they answered it already.
 
-    ``answer`` is ``first`` (+1), ``second`` (−1), ``equal`` (0) or ``skip``
-    (status ``skipped``). ``meta`` keeps the annotator, the response time in
+    ``answer`` is in the question's own terms (:func:`answer_value`): for a triplet ``first`` (+1),
+    ``second`` (−1), ``equal`` (0); a candidate or item number (closest, odd); a ranking (rank); or
+    ``skip`` (status ``skipped``), and is refused (:class:`ConfigError`, nothing stored) when it is
+    not one the question allows. ``meta`` keeps the annotator, the response time in
     milliseconds and the question's token, and ``clock``, where that time was measured when
     the caller says (``browser``: from display to press, in the page; ``server``: from drawing
     the question to the click's arrival, network and queueing included).
     One short transaction (:meth:`Store.submit_answer`): a few indexed lookups,
     whatever the size of the queue or the number of stored answers.
     """
-    if answer not in CHOICES:
-        raise ConfigError(f"Unknown answer {answer!r}; expect one of {list(CHOICES)}.")
+    shape = store.query_shape(run_id, int(seq))
+    if shape is None:
+        raise ConfigError(f"Position {seq} of run {run_id!r} is not in the annotation queue.")
+    status, value = answer_value(*shape, answer)
     if not token:
         raise ConfigError("Expect the token of the displayed question, got an empty one.")
     agent = agent_name(annotator)
@@ -342,9 +304,8 @@ def submit(store: Store, run_id: str, seq: int, annotator: str, answer: Choice, 
         if clock not in ("browser", "server"):
             raise ConfigError(f"Expect clock 'browser' or 'server', got {clock!r}.")
         meta["clock"] = clock
-    status = "skipped" if answer == "skip" else "ok"
     try:
-        return store.submit_answer(run_id, int(seq), agent, status, CHOICES[answer], meta, ms)
+        return store.submit_answer(run_id, int(seq), agent, status, value, meta, ms)
     except StoreError as exc:
         if "not in the annotation queue" in str(exc):
             raise ConfigError(str(exc)) from exc
@@ -380,13 +341,14 @@ def progress(store: Store, run_id: str, annotator: str) -> dict:
 
 def annotator_summary(store: Store, run_id: str) -> list[dict]:
     """Per person on a run, from running totals (no scan of answers): ``agent, answers, skipped, checks,
-    correct, check_accuracy, mean_ms, last_at, blocked``."""
+    correct, check_accuracy, mean_ms, total_ms`` (response times summed), ``last_at, blocked``."""
     out = []
     for r in store.annotator_stats(run_id):
         out.append({"agent": r["agent"], "answers": int(r["ok"]), "skipped": int(r["skipped"]),
                     "checks": int(r["checks"]), "correct": int(r["correct"]),
                     "check_accuracy": r["correct"] / r["checks"] if r["checks"] else None,
-                    "mean_ms": r["ms_sum"] / r["ms_n"] if r["ms_n"] else None, "last_at": r["last_at"],
+                    "mean_ms": r["ms_sum"] / r["ms_n"] if r["ms_n"] else None, "total_ms": float(r["ms_sum"]),
+                    "last_at": r["last_at"],
                     "blocked": bool(r["blocked"])})
     return out
 
@@ -410,7 +372,7 @@ def check_accuracy(store: Store, run_id: str) -> list[dict]:
         rec = out.setdefault(row["agent"], {"agent": row["agent"], "checks": 0, "correct": 0, "skipped": 0})
         if row["status"] == "ok":
             rec["checks"] += 1
-            rec["correct"] += int(row["value"] == row["expected"])
+            rec["correct"] += int(passes(row["value"], row["expected"], row["expected_hi"]))
         elif row["status"] == "skipped":
             rec["skipped"] += 1
     for rec in out.values():

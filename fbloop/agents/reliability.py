@@ -8,7 +8,10 @@ counts for less. The estimates:
 
 - **Attention checks** (people, :mod:`fbloop.agents.people`): ``ε = (wrong + α) / (checks + α + β)``, the
   posterior mean under a Beta(α, β) prior of mean 0.1 worth :data:`CHECK_PRIOR` = 5 checks. A person
-  with no answered check is left exact (ε = 0), as before any estimate.
+  with no answered check is left exact (ε = 0), as before any estimate. A flipped answer is a random
+  *other* option for triplets, closest of ``k`` and odd one out, so it always fails its check; a flipped
+  ranking is a random ranking, which still puts the right candidate first (all a rank check asks) one
+  time in ``k``: there ``ε = wrong rate / (1 − 1/k)`` (:func:`check_chance`).
 - **Order swaps** (the LLM agent with ``order_swap``): each triplet is asked twice, its candidates
   swapped. If each asking errs independently at rate ``ε``, the two disagree with probability
   ``d = 2ε(1 − ε)``, so ``ε = (1 − sqrt(1 − 2d)) / 2``; both askings get it. From :data:`MIN_SWAPS`
@@ -35,14 +38,24 @@ CHECK_PRIOR = (0.5, 4.5)  # Beta(α, β) on a person's flip rate: mean 0.1, wort
 MIN_SWAPS = 20  # order-swapped pairs before the LLM's flip rate is estimated
 
 
-def flip_rate_from_checks(checks: int, correct: int) -> float | None:
-    """A person's flip rate from their answered attention checks; ``None`` before the first."""
+def check_chance(kind: str, k: int) -> float:
+    """How often a flipped answer still passes an attention check on a ``kind`` question of ``k`` options:
+    ``1/k`` for a ranking (random, and the check asks only its first place), else 0 (a random other option)."""
+    return 1.0 / k if kind == "rank" else 0.0
+
+
+def flip_rate_from_checks(checks: int, correct: int, chance: float = 0.0) -> float | None:
+    """A person's flip rate from their answered attention checks; ``None`` before the first. ``chance``:
+    how often a flipped answer passes a check anyway (:func:`check_chance`)."""
     if checks < 0 or not 0 <= correct <= checks:
         raise ConfigError(f"Expect 0 ≤ correct ≤ checks, got correct={correct}, checks={checks}.")
+    if not 0.0 <= chance < 1.0:
+        raise ConfigError(f"Expect a chance in [0, 1) that a flipped answer passes a check, got {chance}.")
     if checks == 0:
         return None
     alpha, beta = CHECK_PRIOR
-    return min((checks - correct + alpha) / (checks + alpha + beta), MAX_NOISE)
+    wrong = (checks - correct + alpha) / (checks + alpha + beta)  # P(a check fails) = ε · (1 − chance)
+    return min(wrong / (1.0 - chance), MAX_NOISE)
 
 
 def flip_rate_from_swaps(both: int, agree: int) -> float | None:

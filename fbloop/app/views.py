@@ -6,9 +6,11 @@ readouts when there is no Φ*),
 an LLM agent's invalid-reply rate, position bias and token cost; and, for active
 querying and agent pools, readout curves of several runs side by side labelled by
 strategy, a pool's per-agent accuracy, agreement, cost and routing split, and an
-active run's scoring and waiting times. Every function takes an open
+active run's scoring and waiting times; what the answers cost (activations shown,
+tokens, people's reading time). Every function takes an open
 :class:`~fbloop.store.Store` and returns plain numbers, lists and arrays; ``None``
-where there is nothing to show yet.
+where there is nothing to show yet. The annotation form's tables and words are
+:mod:`fbloop.app.form`'s.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from ..agents import people as human
 from ..agents.oracle import triplet_margins
 from ..errors import ConfigError, FbloopError
 from ..metrics import triplet_agreement
+from ..records import shown_per_question
 from ..store import Store
 from ..targets.load import load_target
 from ..targets.target import Target
@@ -34,6 +37,7 @@ ROUTES = ("shared", "hard", "rest", "skipped")  # a pool's routing split, in the
 PEOPLE = "people"  # every annotator (agents human:<name>) as one row where per-person rows would not fit
 FOLD_PEOPLE_OVER = 8  # more annotators than this: answers per agent shows them as one bar
 ALPHA_MAX_ITEMS = 100_000  # shared triplets read for the agreement between people
+MEDIAN_MAX_ROWS = 200_000  # people's response times read for their medians
 
 
 @functools.lru_cache(maxsize=8)
@@ -165,9 +169,10 @@ def agreement(store: Store, run_id: str) -> list[dict]:
 
 
 def llm_stats(store: Store, run_id: str) -> list[dict]:
-    """Per LLM model (agents ``llm:<model>``, with ``#swap`` answers folded in): answers, invalid-reply
-    rate, position-bias rate (how often the swapped order disagrees; ``None`` without the order swap),
-    tokens, and cost (``None`` when the run set no prices): in batch mode at the batch price (``cost``),
+    """Per LLM model (agents ``llm:<model>``, with ``#swap`` answers folded in): answers (``ok`` of them
+    usable), invalid-reply rate, position-bias rate (how often the swapped order disagrees; ``None``
+    without the order swap), tokens (prompt, completion, ``tokens`` both, ``tokens_per_answer`` per
+    usable answer), and cost (``None`` when the run set no prices): in batch mode at the batch price (``cost``),
     beside the synchronous price of the same tokens (``cost_sync``), with ``mode`` and the batch count."""
     counts: dict[str, dict[str, int]] = {}
     for row in store.answer_counts(run_id):
@@ -190,7 +195,10 @@ def llm_stats(store: Store, run_id: str) -> list[dict]:
         usage = store.request_usage(run_id, [name, swap])
         p_cost, c_cost = prices.get("cost_prompt_1k") or 0.0, prices.get("cost_completion_1k") or 0.0
         cost = (usage["prompt_tokens"] * p_cost + usage["completion_tokens"] * c_cost) / 1000
-        out.append({"model": name.split(":", 1)[1], "answers": total,
+        ok = counts[name].get("ok", 0) + counts.get(swap, {}).get("ok", 0)
+        tokens = usage["prompt_tokens"] + usage["completion_tokens"]
+        out.append({"model": name.split(":", 1)[1], "answers": total, "ok": ok, "tokens": tokens,
+                    "tokens_per_answer": tokens / ok if ok else None,
                     "invalid_rate": invalid / total if total else None, "position_bias": bias,
                     "requests": usage["requests"], "prompt_tokens": usage["prompt_tokens"],
                     "completion_tokens": usage["completion_tokens"],
@@ -335,6 +343,55 @@ def active_timing(store: Store, run_id: str) -> dict | None:
             "hidden_share": min(max(1.0 - wait / score, 0.0), 1.0) if score > 0 else None}
 
 
+# ---------------------------------------------------------------- what the answers cost
+
+
+def run_cost(store: Store, run_id: str) -> dict | None:
+    """What a run's answers cost their readers in activations: ``{"kind", "per_question", "questions",
+    "usable", "activations", "per_usable", "final"}``. ``questions`` are the stored answers of any status
+    (an invalid reply or a skip was read too; attention checks aside, as in the final readout),
+    ``activations`` = ``questions × per_question`` (:func:`fbloop.records.shown_per_question`: 3 for a
+    triplet, ``k + 1`` for closest / rank), ``per_usable`` that over the ok answers (``None`` before one),
+    ``final`` the final readout's ``activations_shown`` (``None`` before a final fit). ``None`` for a run
+    with no query stored yet."""
+    shape = store.query_shape(run_id)
+    if shape is None:
+        return None
+    kind, k = shape
+    rows = [r for r in store.answer_counts(run_id) if not r["is_check"]]
+    questions = sum(r["n"] for r in rows)
+    usable = sum(r["n"] for r in rows if r["status"] == "ok")
+    per = shown_per_question(kind, k)
+    final = _last_extra(store, run_id, "activations_shown")
+    return {"kind": kind, "per_question": per, "questions": questions, "usable": usable,
+            "activations": questions * per, "per_usable": questions * per / usable if usable else None,
+            "final": int(final[1]) if final else None}
+
+
+def median_response_s(times: list[tuple[str, float]]) -> dict[str, float]:
+    """Each agent's median response time in seconds, from ``(agent, ms)`` rows."""
+    by: dict[str, list[float]] = {}
+    for agent, ms in times:
+        by.setdefault(agent, []).append(ms)
+    return {agent: float(np.median(ms)) / 1000 for agent, ms in by.items()}
+
+
+def with_costs(rows: list[dict], per_question: int, medians: dict[str, float]) -> list[dict]:
+    """Annotator rows (:func:`annotators`) with what each person read and how long it took: ``shown``
+    (every question they answered, skipped or were checked with, × ``per_question`` activations),
+    ``total_s`` (their response times summed) and ``median_s`` (``None`` without a timed answer)."""
+    return [{**r, "shown": (r["answers"] + r["skipped"] + r["checks"]) * per_question,
+             "total_s": r["total_ms"] / 1000, "median_s": medians.get(r["agent"])} for r in rows]
+
+
+def annotator_costs(store: Store, run_id: str, rows: list[dict]) -> list[dict]:
+    """:func:`with_costs` for a run's annotator rows; the medians read the people's response times (at most
+    :data:`MEDIAN_MAX_ROWS`, the first stored), the rest comes from running totals."""
+    shape = store.query_shape(run_id) or ("triplet", 2)
+    return with_costs(rows, shown_per_question(*shape), median_response_s(store.response_times(run_id,
+                                                                                              MEDIAN_MAX_ROWS)))
+
+
 # ---------------------------------------------------------------- the crowd, for the owner
 
 
@@ -357,12 +414,40 @@ def annotators(store: Store, run_id: str, sort: str = "answers", top: int | None
     return rows[:top] if top else rows
 
 
+def answer_domain(kind: str, k: int) -> tuple[float, ...]:
+    """The values a person's answer to a ``kind`` question can take (:mod:`fbloop.records`), as nominal
+    categories: a triplet's −1 / 0 / +1, closest's 0 (no clear winner) … k, odd's 1…3; a ranking's ``k!``
+    codes are too many to list (``()``: the values answered are the categories)."""
+    if kind == "triplet":
+        return (-1.0, 0.0, 1.0)
+    if kind == "closest":
+        return tuple(float(j) for j in range(k + 1))
+    return tuple(float(j) for j in range(1, k + 1)) if kind == "odd" else ()
+
+
+def value_counts(rows: list[tuple[int, float, int]], domain: tuple[float, ...] = ()) -> np.ndarray:
+    """``(seq, value, count)`` rows as Krippendorff's value counts, ``(items, categories)``: one row per
+    question, one column per value of ``domain`` and per other value answered (at least two columns:
+    one value alone leaves no domain to agree in)."""
+    values = sorted(set(domain) | {r[1] for r in rows})
+    values += [math.inf] * (2 - len(values))  # an unanswered category changes no α
+    column = {v: j for j, v in enumerate(values)}
+    item = {s: i for i, s in enumerate(sorted({r[0] for r in rows}))}
+    out = np.zeros((len(item), len(values)), dtype=np.int64)
+    for seq, value, n in rows:
+        out[item[seq], column[value]] += n
+    return out
+
+
 def people_agreement(store: Store, run_id: str) -> dict:
-    """Agreement between people on the triplets several of them answered: Krippendorff's α (nominal:
-    first / second / equal), from the ``krippendorff`` package. ``{"alpha", "items", "answers", "pairs_agree"}``:
-    ``alpha`` ``None`` below two shared items, ``pairs_agree`` the raw share of agreeing answer pairs."""
-    counts = np.array(store.human_value_counts(run_id, ALPHA_MAX_ITEMS), dtype=np.int64).reshape(-1, 3)
-    if not len(counts):  # (items, categories): second, equal, first
+    """Agreement between people on the questions several of them answered: Krippendorff's α, nominal over
+    the answers' values (:func:`answer_domain`: first / second / equal for triplets; the candidate or
+    item chosen; the whole ranking), from the ``krippendorff`` package. ``{"alpha", "items", "answers",
+    "pairs_agree"}``: ``alpha`` ``None`` below two shared items, ``pairs_agree`` the raw share of agreeing
+    answer pairs."""
+    shape = store.query_shape(run_id) or ("triplet", 2)
+    counts = value_counts(store.human_value_table(run_id, ALPHA_MAX_ITEMS), answer_domain(*shape))
+    if not len(counts):  # (items, categories)
         return {"alpha": None, "items": 0, "answers": 0, "pairs_agree": None}
     pairs = (counts * (counts - 1)).sum() / 2
     total = (counts.sum(1) * (counts.sum(1) - 1)).sum() / 2
@@ -380,86 +465,3 @@ def people_agreement(store: Store, run_id: str) -> dict:
 def has_llm(store: Store, run_id: str) -> bool:
     """Whether a run has an LLM: its config sets one up, or some answer is an LLM's (one indexed probe)."""
     return store.require_run(run_id)["config"].get("llm") is not None or store.has_agent_prefix(run_id, "llm:")
-
-
-# ---------------------------------------------------------------- the form's feature tables
-
-
-def feature_table(features: list, shared: set[int], title: str) -> str:
-    """One activation as a compact HTML table: feature, weight bar, description.
-
-    Features also active in another block of the triplet (``shared``) are highlighted and
-    marked ◆; a feature without a description says so in grey italics instead of a
-    placeholder sentence. Every value from data is HTML-escaped.
-    """
-    import html
-
-    from .. import render
-
-    top = max([abs(f.weight) for f in features] + [1e-12])
-    rows = []
-    for f in features:
-        width = int(round(100 * abs(f.weight) / top))
-        colour = "#4c78a8" if f.weight >= 0 else "#e45756"
-        placeholder = f.description == render.PLACEHOLDER.format(index=f.index)
-        desc = ('<span style="color:#888;font-style:italic">no description</span>' if placeholder
-                else html.escape(f.description))
-        mark = "◆ " if f.index in shared else ""
-        style = ' style="background:#fff3c4"' if f.index in shared else ""
-        rows.append(f'<tr{style}><td style="white-space:nowrap;padding:1px 6px">{mark}#{f.index}</td>'
-                    f'<td style="width:90px;padding:1px 6px"><div title="{html.escape(render.weight_text(f.weight))}" '
-                    f'style="background:{colour};height:10px;width:{width}%"></div></td>'
-                    f'<td style="padding:1px 6px;font-variant-numeric:tabular-nums">{render.weight_text(f.weight)}</td>'
-                    f'<td style="padding:1px 6px">{desc}</td></tr>')
-    body = "".join(rows) or '<tr><td colspan="4" style="color:#888">(no active features)</td></tr>'
-    return (f'<div style="font-size:0.9rem"><b>{html.escape(title)}</b><table style="width:100%;'
-            f'border-collapse:collapse;margin:2px 0 8px 0">{body}</table></div>')
-
-
-def shared_features(reference: list, first: list, second: list) -> dict[str, set[int]]:
-    """Which features of each block also appear in another block: ``{"reference", "first", "second"}``."""
-    ids = [{f.index for f in block} for block in (reference, first, second)]
-    return {"reference": ids[0] & (ids[1] | ids[2]), "first": ids[1] & ids[0], "second": ids[2] & ids[0]}
-
-
-def aligned(reference: list, first: list, second: list) -> tuple[list, list, list]:
-    """The three blocks with shared features first, in the reference's order, so that a feature the
-    reference shares with a candidate sits on the same row in both tables; the rest keep their order
-    (strongest first)."""
-    order = {f.index: i for i, f in enumerate(reference)}
-    ids = [{f.index for f in block} for block in (first, second)]
-    shared_ref = ids[0] | ids[1]
-
-    def lead(block: list, shared: set[int]) -> list:
-        return sorted([f for f in block if f.index in shared], key=lambda f: order[f.index]) + \
-            [f for f in block if f.index not in shared]
-
-    return (lead(reference, shared_ref), lead(first, set(order)), lead(second, set(order)))
-
-
-def practice_triplets(p: int, descriptions: tuple[str, ...] | None, n: int = 3, seed: int = 0) -> list[dict]:
-    """``n`` easy triplets with known answers for the form's practice round (never stored as answers).
-
-    The reference shares its strongest feature with the right candidate; the other candidate has
-    unrelated features. ``[{"reference", "first", "second", "answer", "why"}]`` with features as
-    :class:`fbloop.render.Feature` lists.
-    """
-    from .. import render
-
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
-        a, b, c, d = (int(x) for x in rng.choice(p, size=4, replace=p < 4))
-
-        def feat(index: int, weight: float) -> render.Feature:
-            text = descriptions[index] if descriptions is not None and descriptions[index] else ""
-            text = " ".join(str(text).split())[:render.MAX_DESCRIPTION] or render.PLACEHOLDER.format(index=index)
-            return render.Feature(index, weight, text)
-
-        ref = [feat(a, 1.0), feat(b, 0.2)]
-        close, far = [feat(a, 0.9)], [feat(c, 0.8), feat(d, 0.3)]
-        answer = "first" if i % 2 == 0 else "second"
-        first, second = (close, far) if answer == "first" else (far, close)
-        out.append({"reference": ref, "first": first, "second": second, "answer": answer,
-                    "why": f"the {answer} candidate shares the reference's strongest feature, #{a}"})
-    return out

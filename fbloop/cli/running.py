@@ -38,8 +38,8 @@ def run_options(fn):
                      help="Triplet and tuple activations."),
         click.option("--agent", default="oracle", show_default=True,
                      type=click.Choice(["oracle", "human", "llm", "pool"]),
-                     help="human: queue the triplets for `fbloop app`; run again (or with --watch) to learn from "
-                          "the answers. "
+                     help="human: queue the questions (triplets, closest, rank, odd) for `fbloop app`; run again "
+                          "(or with --watch) to learn from the answers. "
                           "pool: several agents (--member), routed by the learner's uncertainty."),
         click.option("--active", default=None, type=click.Choice(["random", "uncertainty", "ensemble"]),
                      help="Triplet design: choose each chunk's triplets from Φ̂ (uncertainty sampling, or "
@@ -353,7 +353,9 @@ def _print_queue(run_id: str, db_path: str) -> None:
 
     with Store(db_path) as store:
         info = store.queue_progress(run_id)
-    click.echo(f"run {run_id}: {info['queued']} triplets queued for people ({info['checks']} attention checks), "
+        kind = (store.query_shape(run_id) or ("triplet", 2))[0]
+    noun = "triplets" if kind == "triplet" else f"{kind} questions"
+    click.echo(f"run {run_id}: {info['queued']} {noun} queued for people ({info['checks']} attention checks), "
                f"{info['answered']} answered so far.")
     click.echo(f"Invite people with fbloop annotators add NAME --run {run_id} --db {db_path} (a secret link each) "
                f"and serve the form with fbloop app --db {db_path}; run this command again with --run-id {run_id} "

@@ -34,7 +34,7 @@ def make_agent(config: RunConfig, target: Target, design: Design, store: Store |
     if config.agent == "pool":
         return _pool(config, target, design, store)
     if config.agent == "human":
-        return _people("human", config, target, store)
+        return _people("human", config, target, store, design)
     if config.batch is not None:
         return _batch(config, target, design, store)
     agent = _answerer(config, target, design, store)
@@ -69,18 +69,19 @@ def _batch(config: RunConfig, target: Target, design: Design, store: Store | Non
     return agent
 
 
-def _people(name: str, config: RunConfig, target: Target, store: Store | None) -> people.People:
+def _people(name: str, config: RunConfig, target: Target, store: Store | None, design: Design) -> people.People:
     if store is None:
         raise ConfigError(f"Agent {name!r} (people) needs the run's store to queue in.")
     rate = people.CHECK_RATE if config.check_rate is None else config.check_rate
-    return people.People(name, store, rate, target.factor, config.seed)
+    k = design.k if design.kind in TUPLE_KINDS else 2  # options per question: what a flipped answer's chance is
+    return people.People(name, store, rate, target.factor, config.seed, design.kind, k)
 
 
 def _pool(config: RunConfig, target: Target, design: Design, store: Store | None) -> AgentPool:
     members = []
     for spec in config.pool or ():
         if spec.agent == "human":  # the people in the app: what is routed to them is queued for the form
-            member = _people(spec.name, config, target, store)
+            member = _people(spec.name, config, target, store, design)
         else:
             member = _answerer(dataclasses.replace(config, agent=spec.agent, oracle=spec.oracle, pool=None),
                                target, design, store)

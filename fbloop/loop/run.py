@@ -53,6 +53,8 @@ def run_loop(config: RunConfig, store: Store, run_id: str | None = None,
         while watch is not None and not stopped and not watch.is_set() and waits_for_answers(s):
             watch.wait(poll_s)
             stopped = advance(s)
+        if watch is not None and not stopped:  # what arrived between the last collection and the look that
+            stopped = advance(s)  # found nothing outstanding: the answers that filled the queue are all in
     finally:
         s.source.close()
     if s.n_ok == 0 and s.agent.outstanding():  # nothing answered yet, nothing to learn

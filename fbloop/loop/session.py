@@ -22,6 +22,7 @@ from ..queries.active import ActiveStrategy
 from ..queries.catalogue import make_design
 from ..queries.designs import Design, n_params
 from ..queries.sources import ActiveQueries, ActiveSource, FixedQueries, Prequential
+from ..records import TUPLE_KINDS
 from ..store import Store
 from ..targets.load import load_target
 from ..targets.target import Target
@@ -96,9 +97,11 @@ def check_config(config: RunConfig, design: Design, budget: int) -> None:
     if config.agent == "llm" and design.kind in ("closest", "rank", "odd") and config.llm.order_swap:
         raise ConfigError(f"{design.kind} questions are asked in the order stored (no order swap yet): leave "
                           "--order-swap out.")
-    if config.agent in ("human", "pool") and design.kind != "triplet":
-        raise ConfigError(f"The {config.agent} agent answers triplets; use --design triplet with --agent "
-                          f"{config.agent}.")
+    if config.agent == "human" and design.kind not in ("triplet", *TUPLE_KINDS):
+        raise ConfigError(f"People answer triplets and tuple questions (closest, rank, odd) in the form; design "
+                          f"{config.design.name!r} asks {design.kind}s. Use --design triplet (or closest, rank, odd).")
+    if config.agent == "pool" and design.kind != "triplet":
+        raise ConfigError("The pool agent answers triplets; use --design triplet with --agent pool.")
     if config.holdout and design.kind != "triplet":
         raise ConfigError(f"A held-out share scores triplet answers; design {config.design.name!r} asks pairs.")
     if config.active is not None and config.design.name != "triplet":  # active tuples: a later session

@@ -43,7 +43,7 @@ import numpy as np
 
 from .. import metrics, seeding
 from ..errors import ConfigError
-from ..records import MAX_K, Queries
+from ..records import MAX_K, Queries, shown_per_question
 from ..sparse import SparseBatch
 from ..targets.target import Target
 
@@ -219,7 +219,7 @@ class Design:
     @property
     def shown(self) -> int:
         """Activations one query shows its answerer: a pair's and the anchor, a triplet's three."""
-        return 2 if self.kind == "pair" else 3
+        return shown_per_question(self.kind)
 
     def __init__(self, config: DesignConfig, target: Target, seed: int):
         self.config = config

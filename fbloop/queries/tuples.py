@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import seeding
-from ..records import Queries
+from ..records import Queries, shown_per_question
 from ..sparse import SparseBatch
 from .designs import DEFAULT_K, Design, sample_sparse
 
@@ -49,7 +49,7 @@ class TupleDesign(Design):
     @property
     def shown(self) -> int:
         """Activations one question shows: the reference and ``k`` candidates, or three items."""
-        return self.k + (self.kind != "odd")
+        return shown_per_question(self.kind, self.k)
 
     def _queries(self, start: int, stop: int) -> Queries:
         p, m = self.p, self.k + (self.kind != "odd")  # activations per query

@@ -89,6 +89,10 @@ class Store(CrowdStore, BatchStore):
             raise StoreError(f"No run {run_id!r} in {self.path}; latest runs: {known}.")
         return run
 
+    def run_kinds(self) -> dict[str, str]:
+        """Every run's query kind (pair, triplet, closest, rank, odd), oldest first: ``{run_id: kind}``."""
+        return {r[0]: r[1] for r in self.db.execute("SELECT id, kind FROM runs ORDER BY created_at")}
+
     def run_configs(self) -> dict[str, dict]:
         """Every run's config, oldest first, without counting anything: ``{run_id: config}``."""
         return {r[0]: json.loads(r[1]) for r in self.db.execute("SELECT id, config FROM runs ORDER BY created_at")}
@@ -231,6 +235,18 @@ class Store(CrowdStore, BatchStore):
             sql += " AND status = ?"
             args.append(status)
         return int(self.db.execute(sql, args).fetchone()[0])
+
+    def query_shape(self, run_id: str, seq: int | None = None) -> tuple[str, int] | None:
+        """``(kind, k)`` of the stored query at ``seq`` (of the run's first one when ``None``): ``k`` the
+        options its answer chooses among, as :attr:`Queries.k`; ``None`` when there is none. One indexed
+        lookup, nothing decoded but the candidates' count."""
+        where, args = ("AND seq = ?", [run_id, int(seq)]) if seq is not None else ("ORDER BY seq", [run_id])
+        row = self.db.execute(f"SELECT kind, substr(cands_idx, 1, 4) FROM queries WHERE run_id = ? {where} LIMIT 1",
+                              args).fetchone()
+        if row is None:
+            return None
+        kind, head = row
+        return kind, (int.from_bytes(head, "little") if head is not None else 3 if kind == "odd" else 2)
 
     def load_queries(self, run_id: str, seq: np.ndarray | None = None) -> Queries:
         """Stored queries, by position (all of them when ``seq`` is ``None``), in seq order."""

@@ -40,6 +40,22 @@ def _spread(agent: str, seq: int) -> int:
     return int.from_bytes(hashlib.blake2b(f"{agent}|{seq}".encode(), digest_size=8).digest(), "big")
 
 
+def passes(value: float | None, expected: float | None, expected_hi: float | None) -> bool:
+    """Whether an answer ``value`` passes a check expecting ``expected`` (or any value up to ``expected_hi``:
+    a rank check accepts every ranking with the right candidate first)."""
+    if value is None or expected is None:
+        return False
+    return expected <= value <= (expected if expected_hi is None else expected_hi)
+
+
+def _passes_sql(db) -> str:
+    """SQL: answer ``a`` passes check ``k``. A database upgraded through migration 7 has no range column
+    yet (migration 10 adds it; every check before it has one exact answer)."""
+    if "expected_hi" in {c.name for c in db["checks"].columns}:
+        return "a.value BETWEEN k.expected AND COALESCE(k.expected_hi, k.expected)"
+    return "a.value = k.expected"
+
+
 def rebuild_totals(db, run_id: str | None = None) -> None:
     """Recompute the crowd's running totals (per run, per triplet, per person) from the stored queue and
     answers, for one run or all: after a migration, or after answers were stored by another path than
@@ -66,7 +82,7 @@ def rebuild_totals(db, run_id: str | None = None) -> None:
         "INSERT INTO annotator_stats (run_id, agent, ok, skipped, checks, correct, ms_sum, ms_n, last_seq, last_at) "
         "SELECT a.run_id, a.agent, SUM(a.status = 'ok' AND k.seq IS NULL), SUM(a.status = 'skipped'), "
         "SUM(k.seq IS NOT NULL AND a.status = 'ok'), "
-        "SUM(k.seq IS NOT NULL AND a.status = 'ok' AND a.value = k.expected), "
+        f"SUM(k.seq IS NOT NULL AND a.status = 'ok' AND {_passes_sql(db)}), "
         "COALESCE(SUM(json_extract(a.meta, '$.response_ms')), 0), COUNT(json_extract(a.meta, '$.response_ms')), "
         "NULL, MAX(a.created_at) FROM answers a JOIN human_queue h ON h.run_id = a.run_id AND h.seq = a.seq "
         "LEFT JOIN checks k ON k.run_id = a.run_id AND k.seq = a.seq "
@@ -82,12 +98,13 @@ class CrowdStore:
 
     # ------------------------------------------------------------ the annotation queue and attention checks
 
-    def enqueue(self, run_id: str, queries: Queries, checks: dict[int, tuple[str, float]] | None = None) -> int:
+    def enqueue(self, run_id: str, queries: Queries, checks: dict[int, tuple] | None = None) -> int:
         """Queue queries for the annotation form in the order given, after what is queued already.
 
         ``checks`` maps the positions of attention checks among ``queries`` to
-        ``(kind, expected answer)``. Written in chunks of ``ENQUEUE_CHUNK`` queue rows, each
-        chunk's queries, queue rows and checks in one transaction, so people's answers get in
+        ``(kind, expected answer)``, or ``(kind, lowest, highest)`` for a check that accepts a range
+        (rank: every ranking with the right first place). Written in chunks of ``ENQUEUE_CHUNK`` queue
+        rows, each chunk's queries, queue rows and checks in one transaction, so people's answers get in
         between the chunks of a large queue; a killed enqueue leaves a whole prefix queued, and
         queueing again (:func:`fbloop.agents.people.queue`) adds the rest. A query queued before keeps
         its place. Returns how many were newly queued.
@@ -109,8 +126,8 @@ class CrowdStore:
                 here = [(int(s), checks[int(s)]) for s in part.seq if int(s) in checks]
                 before = self.db.conn.total_changes
                 self.db.conn.executemany(
-                    "INSERT OR IGNORE INTO checks (run_id, seq, kind, expected) VALUES (?, ?, ?, ?)",
-                    [(run_id, s, kind, float(expected)) for s, (kind, expected) in here])
+                    "INSERT OR IGNORE INTO checks (run_id, seq, kind, expected, expected_hi) VALUES (?, ?, ?, ?, ?)",
+                    [(run_id, s, c[0], float(c[1]), float(c[2]) if len(c) > 2 else None) for s, c in here])
                 self._count_queued(run_id, n, self.db.conn.total_changes - before)
                 queued += n
         return queued
@@ -139,14 +156,16 @@ class CrowdStore:
         return {"queued": info["queued"], "checks": info["checks"], "answered": info["filled"] + info["checks"]}
 
     def checks(self, run_id: str) -> dict[int, tuple[str, float]]:
-        """A run's attention checks: ``{seq: (kind, expected answer)}``."""
+        """A run's attention checks: ``{seq: (kind, expected answer)}`` (for a range, its lowest value;
+        :meth:`check_answers` has both ends)."""
         rows = self.db.execute("SELECT seq, kind, expected FROM checks WHERE run_id = ?", [run_id])
         return {int(r[0]): (r[1], float(r[2])) for r in rows}
 
     def check_answers(self, run_id: str) -> list[dict]:
-        """Every answer to an attention check: ``agent, seq, kind, expected, status, value``."""
+        """Every answer to an attention check: ``agent, seq, kind, expected, expected_hi, status, value``
+        (``expected_hi`` ``None`` unless the check accepts any value from ``expected`` to it)."""
         return list(self.db.query(
-            "SELECT a.agent, a.seq, k.kind, k.expected, a.status, a.value FROM answers a "
+            "SELECT a.agent, a.seq, k.kind, k.expected, k.expected_hi, a.status, a.value FROM answers a "
             "JOIN checks k ON k.run_id = a.run_id AND k.seq = a.seq WHERE a.run_id = ? ORDER BY a.id", [run_id]))
 
     # ------------------------------------------------------------ per-run settings and totals
@@ -249,12 +268,13 @@ class CrowdStore:
         seq = int(seq)
         with write(self.db):
             row = self.db.execute(
-                "SELECT h.taken, k.expected, r.overlap FROM human_queue h JOIN human_runs r ON r.run_id = h.run_id "
+                "SELECT h.taken, k.expected, k.expected_hi, r.overlap FROM human_queue h JOIN human_runs r "
+                "ON r.run_id = h.run_id "
                 "LEFT JOIN checks k ON k.run_id = h.run_id AND k.seq = h.seq WHERE h.run_id = ? AND h.seq = ?",
                 [run_id, seq]).fetchone()
             if row is None:
                 raise StoreError(f"Position {seq} of run {run_id!r} is not in the annotation queue.")
-            taken, expected, overlap = int(row[0]), row[1], int(row[2])
+            taken, expected, expected_hi, overlap = int(row[0]), row[1], row[2], int(row[3])
             cur = self.db.conn.execute(
                 "INSERT OR IGNORE INTO answers (run_id, seq, agent, attempt, value, status, raw, meta, created_at) "
                 "VALUES (?, ?, ?, 0, ?, ?, NULL, ?, ?)",
@@ -277,7 +297,8 @@ class CrowdStore:
                 "correct = correct + excluded.correct, ms_sum = ms_sum + excluded.ms_sum, ms_n = ms_n + excluded.ms_n, "
                 "last_seq = excluded.last_seq, last_at = excluded.last_at",
                 [run_id, agent, int(ok and not is_check), int(status == "skipped"), check,
-                 int(check and value == expected), float(response_ms or 0.0), int(response_ms is not None),
+                 int(check and passes(value, expected, expected_hi)), float(response_ms or 0.0),
+                 int(response_ms is not None),
                  seq, now])
             return True
 
@@ -295,13 +316,14 @@ class CrowdStore:
                 return None
             seq = int(row[0])
             ans = self.db.execute(
-                "SELECT a.status, a.value, a.meta, k.expected, h.taken, r.overlap, r.lease_s FROM answers a "
+                "SELECT a.status, a.value, a.meta, k.expected, k.expected_hi, h.taken, r.overlap, r.lease_s "
+                "FROM answers a "
                 "JOIN human_queue h ON h.run_id = a.run_id AND h.seq = a.seq JOIN human_runs r ON r.run_id = a.run_id "
                 "LEFT JOIN checks k ON k.run_id = a.run_id AND k.seq = a.seq "
                 "WHERE a.run_id = ? AND a.seq = ? AND a.agent = ? AND a.attempt = 0", [run_id, seq, agent]).fetchone()
             if ans is None:
                 return None
-            status, value, meta, expected, taken, overlap, lease_s = ans
+            status, value, meta, expected, expected_hi, taken, overlap, lease_s = ans
             ms = (json.loads(meta) if meta else {}).get("response_ms")
             self.db.execute("DELETE FROM answers WHERE run_id = ? AND seq = ? AND agent = ? AND attempt = 0",
                             [run_id, seq, agent])
@@ -316,7 +338,8 @@ class CrowdStore:
                 "UPDATE annotator_stats SET ok = ok - ?, skipped = skipped - ?, checks = checks - ?, "
                 "correct = correct - ?, ms_sum = ms_sum - ?, ms_n = ms_n - ?, last_seq = NULL "
                 "WHERE run_id = ? AND agent = ?",
-                [int(ok and not is_check), int(status == "skipped"), check, int(check and value == expected),
+                [int(ok and not is_check), int(status == "skipped"), check,
+                 int(check and passes(value, expected, expected_hi)),
                  float(ms or 0.0), int(ms is not None), run_id, agent])
             self.db.execute("INSERT OR REPLACE INTO human_leases (run_id, seq, agent, until) VALUES (?, ?, ?, ?)",
                             [run_id, seq, agent, now + float(lease_s)])
@@ -334,14 +357,23 @@ class CrowdStore:
             args.append(agent)
         return list(self.db.query(sql + " ORDER BY s.agent", args))
 
-    def human_value_counts(self, run_id: str, limit: int) -> list[tuple[int, int, int]]:
-        """Per real triplet that two or more people answered (ok): how many said second (−1), equal (0),
-        first (+1); at most ``limit`` triplets. Attention checks (negative positions) are left out.
-        The input of agreement between people: one grouped pass over the people's answers, never the queue."""
-        return [tuple(r) for r in self.db.execute(
-            "SELECT SUM(value < 0), SUM(value = 0), SUM(value > 0) FROM answers WHERE run_id = ? AND status = 'ok' "
-            "AND seq >= 0 AND agent >= 'human:' AND agent < 'human;' GROUP BY seq HAVING COUNT(*) >= 2 LIMIT ?",
-            [run_id, int(limit)])]
+    def human_value_table(self, run_id: str, limit: int) -> list[tuple[int, float, int]]:
+        """``(seq, value, count)``: how many people (ok answers) gave each value to each real question that
+        two or more people answered, for at most ``limit`` questions. Attention checks (negative positions)
+        are left out. The input of agreement between people: grouped passes over the people's answers,
+        never the queue."""
+        people = "run_id = ? AND status = 'ok' AND seq >= 0 AND agent >= 'human:' AND agent < 'human;'"
+        return [(int(r[0]), float(r[1]), int(r[2])) for r in self.db.execute(
+            f"SELECT seq, value, COUNT(*) FROM answers WHERE {people} AND seq IN (SELECT seq FROM answers "
+            f"WHERE {people} GROUP BY seq HAVING COUNT(*) >= 2 LIMIT ?) GROUP BY seq, value ORDER BY seq, value",
+            [run_id, run_id, int(limit)])]
+
+    def response_times(self, run_id: str, limit: int) -> list[tuple[str, float]]:
+        """``(agent, response_ms)`` of people's answers on a run that carry a response time (checks and skips
+        included: each was read), the first ``limit`` stored."""
+        return [(r[0], float(r[1])) for r in self.db.execute(
+            "SELECT agent, json_extract(meta, '$.response_ms') AS ms FROM answers WHERE run_id = ? AND "
+            "agent >= 'human:' AND agent < 'human;' AND ms IS NOT NULL ORDER BY id LIMIT ?", [run_id, int(limit)])]
 
     # ------------------------------------------------------------ access
 

@@ -238,6 +238,13 @@ def _m9_candidates(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m10_check_ranges(db: sqlite_utils.Database) -> None:
+    # Attention checks on tuple questions: a rank check knows only which candidate comes first, so any
+    # ranking that puts it first passes, a range of Lehmer codes. A check passes for a value in
+    # [expected, expected_hi]; NULL (every check before this) keeps the one exact answer.
+    db.execute("ALTER TABLE checks ADD COLUMN expected_hi REAL")
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
     (1, "core tables", _m1_core),
     (2, "human queue and attention checks", _m2_human),
@@ -248,6 +255,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
     (7, "crowd annotation: assignment, leases, totals, invitations, blocking", _m7_crowd),
     (8, "llm batch jobs: provider ids, status, what each batch asks", _m8_llm_batches),
     (9, "k candidates per query (closest-of-k, rank-k)", _m9_candidates),
+    (10, "attention checks accept a range of answers (rank-k: any ranking with the right first)", _m10_check_ranges),
 ]
 
 
