@@ -113,7 +113,7 @@ def one_cell(spec: str, target, kind: str, noise: str, seed: int, args, url: str
                 "requests": spent["requests"] if spent else None,
                 "activations": reached * shown_per_answer(name, k) if reached else None}
     return {"target": spec, "noise": noise, "kind": kind, "batch": batch, "seed": seed, "goals": goals,
-            "asked": result.answers, "live_pcc": snaps[-1]["pcc"] if snaps else None, "final_pcc": result.pcc,
+            "every": args.every, "max_answers": args.max_answers, "asked": result.answers, "live_pcc": snaps[-1]["pcc"] if snaps else None, "final_pcc": result.pcc,
             "invalid": use["answers"].get("invalid", 0), "seconds": round(time.perf_counter() - t0, 1)}
 
 
@@ -183,7 +183,7 @@ def plot(out: dict, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--targets", nargs="+", default=list(TARGETS))
+    ap.add_argument("--targets", nargs="*", default=list(TARGETS), help="none, with --merge: only summarise")
     ap.add_argument("--kinds", nargs="+", default=list(KINDS))
     ap.add_argument("--noises", nargs="+", default=list(NOISES), help="none, logistic:T or flip:P (the server's)")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
@@ -196,9 +196,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--dist", default="sparse", choices=["sparse", "gaussian"])
     ap.add_argument("--tokenizer", default=None, help="the server's token counts [default: smollm2 where installed]")
     ap.add_argument("--final", action="store_true", help="run the learner's final fit too (slower; not read)")
+    ap.add_argument("--merge", nargs="+", type=Path, default=[],
+                    help="cells from earlier runs (their JSON, or the JSON lines this prints) summarised with these")
     ap.add_argument("--out", default=str(ROOT / "results" / "tuples.json"))
     args = ap.parse_args(argv)
     args.tokenizer = args.tokenizer or default_tokenizer()
+    if args.merge and not args.targets:
+        return write(args, earlier(args.merge), time.perf_counter(), os.getloadavg())
 
     from fbloop.agents.server import ServerConfig, serve
     from fbloop.targets.load import load_target
@@ -217,6 +221,26 @@ def main(argv: list[str] | None = None) -> dict:
                                                 Path(tmp) / "bench.db", batch)
                                 cells.append(cell)
                                 print(json.dumps(cell), flush=True)
+    return write(args, earlier(args.merge) + cells, t0, load0)
+
+
+def earlier(paths: list[Path]) -> list[dict]:
+    """Cells of earlier runs: a results JSON's ``cells``, or JSON lines as printed while running."""
+    cells = []
+    for path in paths:
+        text = path.read_text()
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:
+            data = None
+        if isinstance(data, dict) and "cells" in data:
+            cells += data["cells"]
+        else:
+            cells += [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    return cells
+
+
+def write(args, cells: list[dict], t0: float, load0) -> dict:
     out = {"goals": args.goals, "every": args.every, "dist": args.dist, "triplet_batch": args.triplet_batch,
            "tuple_batches": args.tuple_batches, "tokenizer": args.tokenizer, "final_fit": args.final,
            "max_answers": args.max_answers,
