@@ -20,7 +20,7 @@ from fbloop.targets.load import load_target
 class Annotators(threading.Thread):
     """Simulated people answering the run's queue exactly from ``Φ*``, one answer every ``pause`` s."""
 
-    def __init__(self, db: Path, pause: float = 0.02, target: str = "synthetic:p=8,rank=3,seed=1",
+    def __init__(self, db: Path, pause: float = 0.02, target: str = "synthetic:p=8,rank=3",
                  run_id: str = "R"):
         super().__init__(daemon=True)
         self.db, self.pause, self.run_id = db, pause, run_id

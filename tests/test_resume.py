@@ -180,7 +180,7 @@ def test_people_through_watch_survive_a_kill_9(tmp_path):
     ok = scalar(db, "SELECT COUNT(*) FROM answers WHERE run_id = 'R' AND status = 'ok' AND seq >= 0")
     assert ok == 60 and result["answers"] == ok and result["learned"] == ok
     assert scalar(db, "SELECT status FROM runs WHERE id = 'R'") == "done"
-    assert 0 < result["pcc"] <= 1  # 60 exact triplets at p = 8: a rough Φ̂ (0.30 seen), learnt once each
+    assert 0.5 < result["pcc"] <= 1, result  # 60 exact triplets at p = 8, each learnt once: a rough Φ̂
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)])
