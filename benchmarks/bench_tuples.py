@@ -135,15 +135,18 @@ def summarise(cells: list[dict], goals: list[float]) -> list[dict]:
     for (spec, noise, kind, batch), rows in groups.items():
         row = {"target": spec, "noise": noise, "kind": kind, "batch": batch, "seeds": len(rows), "goals": {}}
         for goal in map(str, goals):
-            row["goals"][goal] = {key: median(rows, goal, key) for key in ("answers", "tokens", "activations")}
-            row["goals"][goal]["reached"] = sum(r["goals"][goal]["answers"] is not None for r in rows)
+            ran = [r for r in rows if goal in r["goals"]]  # runs that stopped short of a goal did not try it
+            if ran:
+                row["goals"][goal] = {key: median(ran, goal, key) for key in ("answers", "tokens", "activations")}
+                row["goals"][goal].update(reached=sum(r["goals"][goal]["answers"] is not None for r in ran),
+                                          seeds=len(ran), cap=max(r.get("max_answers", 0) for r in ran))
         out.append(row)
     base = {(r["target"], r["noise"]): r for r in out if r["kind"] == "triplet"}
     for r in out:
         b = base.get((r["target"], r["noise"]))
         for goal, g in r["goals"].items():
             for key in ("answers", "tokens", "activations"):
-                have = b is not None and b["goals"][goal][key] and g[key]
+                have = b is not None and goal in b["goals"] and b["goals"][goal][key] and g[key]
                 g[f"{key}_ratio"] = round(b["goals"][goal][key] / g[key], 3) if have else None
     return out
 
@@ -166,7 +169,7 @@ def plot(out: dict, path: Path) -> None:
             mine = [r for r in rows if (r["target"], r["noise"]) == (spec, noise)]
             x = np.arange(len(mine))
             for j, (key, label) in enumerate((("tokens_ratio", "tokens"), ("activations_ratio", "activations"))):
-                ax.bar(x + (j - 0.5) * 0.4, [r["goals"][goal][key] or 0 for r in mine], 0.4, label=label)
+                ax.bar(x + (j - 0.5) * 0.4, [r["goals"].get(goal, {}).get(key) or 0 for r in mine], 0.4, label=label)
             ax.axhline(3, color="grey", ls="--", lw=1)
             ax.axhline(1, color="black", lw=0.6)
             ax.set_xticks(x, [f"{r['kind']}" for r in mine], rotation=30, fontsize=7)
