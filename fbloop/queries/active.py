@@ -122,6 +122,8 @@ class NoiseModel:
     kind: Literal["none", "logistic", "flip"] = "logistic"
     temperature: float = 0.05  # logistic: relative-margin temperature
     flip: float = 0.1  # flip: probability of the opposite answer
+    # closest of k: the oracle's tie band ("no clear winner"), an outcome of its own; None (0) keeps older configs equal
+    tie_band: float | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in NOISES:
@@ -130,6 +132,8 @@ class NoiseModel:
             raise ConfigError(f"Expect a noise temperature > 0, got temperature={self.temperature}.")
         if not 0.0 <= self.flip < 0.5:
             raise ConfigError(f"Expect a flip probability in [0, 0.5), got flip={self.flip}.")
+        if self.tie_band is not None and not 0.0 <= self.tie_band < 1.0:
+            raise ConfigError(f"Expect a tie band in [0, 1), got tie_band={self.tie_band}.")
 
 
 @dataclass(frozen=True)
@@ -144,6 +148,8 @@ class ActiveConfig:
     score_rank: int = 64  # U is compressed to this many singular directions for scoring
     block: int = 16384  # candidates scored per vectorised block (bounds memory)
     seed: int = 0  # the strategy's own generator, used when a call passes no rng
+    # rank designs: score the whole ranking ("full", the default; None keeps older configs equal) or its first place
+    rank_outcome: Literal["full", "first"] | None = None
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -162,6 +168,8 @@ class ActiveConfig:
             raise ConfigError(f"Expect relevance ≥ 0 (0 turns it off), got relevance={self.relevance}.")
         if not self.perturb > 0:
             raise ConfigError(f"Expect perturb > 0, got perturb={self.perturb}.")
+        if self.rank_outcome not in (None, "full", "first"):
+            raise ConfigError(f"Expect rank_outcome 'full' or 'first', got rank_outcome={self.rank_outcome!r}.")
         for name in ("score_rank", "block"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"Expect {name} ≥ 1, got {name}={getattr(self, name)}.")
@@ -224,7 +232,7 @@ def compress_factor(factor: np.ndarray, k: int) -> np.ndarray:
     return u @ w[:, :keep]  # (p, keep)
 
 
-def _project(x: SparseBatch, factors: np.ndarray) -> np.ndarray:
+def project(x: SparseBatch, factors: np.ndarray) -> np.ndarray:
     """``Uᵀx`` for a stack of factors ``(m, p, k)``: shape ``(m, n, k)``, in the factors' dtype."""
     val = x.values.astype(factors.dtype, copy=False)
     # One factor at a time: a 3-d einsum per factor beats one 4-d gather of all m.
@@ -253,9 +261,9 @@ def relative_margins(a: SparseBatch, b: SparseBatch, c: SparseBatch, factors: np
 
 def _distances(a: SparseBatch, b: SparseBatch, c: SparseBatch, f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(d_ab, d_ac)`` under each factor of the stack ``f`` (m, p, k): two ``(m, n)`` arrays."""
-    pa = _project(a, f)  # (m, n, k)
-    ab = pa - _project(b, f)
-    ac = pa - _project(c, f)
+    pa = project(a, f)  # (m, n, k)
+    ab = pa - project(b, f)
+    ac = pa - project(c, f)
     return np.einsum("mnk,mnk->mn", ab, ab), np.einsum("mnk,mnk->mn", ac, ac)
 
 
