@@ -15,6 +15,11 @@ the oracle's noise). The run stops at the first PCC snapshot ≥ the goal (``--s
 
     python benchmarks/bench_tuples.py                       # RFM and p = 32, 2 seeds, exact answers
     python benchmarks/bench_tuples.py --targets synthetic:p=128,rank=16 --seeds 0 --max-answers 40000
+    python benchmarks/bench_tuples.py --active ensemble       # each kind also chosen by an active strategy
+
+With ``--active STRATEGY`` every kind runs twice, random (as above) and chosen by the strategy under the
+server's noise model (:mod:`fbloop.queries.active`, :mod:`fbloop.queries.active_tuples`); the active cells
+carry ``"active": STRATEGY`` and their ratios are to the random triplets too.
 
 Writes ``benchmarks/results/tuples.json`` (``--out``).
 """
@@ -46,7 +51,8 @@ def shown_per_answer(name: str, k: int | None) -> int:
     return k + 1 if name in ("closest", "rank") else 3
 
 
-def one_cell(spec: str, target, kind: str, seed: int, args, url: str, db: Path, batch: int = 1) -> dict:
+def one_cell(spec: str, target, kind: str, seed: int, args, url: str, db: Path, batch: int = 1,
+             active: str | None = None) -> dict:
     from fbloop.agents import LLMConfig
     from fbloop.agents.oracle import OracleConfig
     from fbloop.learners import LearnerConfig
@@ -60,7 +66,7 @@ def one_cell(spec: str, target, kind: str, seed: int, args, url: str, db: Path, 
     config = RunConfig(target=spec, design=DesignConfig(name=name, k=k, dist=args.dist), agent="llm", llm=llm,
                        budget=args.max_answers, chunk=args.every, snapshot_every=args.every, stop_at=args.goal,
                        rfm_mse=False, oracle=OracleConfig(seed=seed), learner_config=LearnerConfig(seed=seed),
-                       seed=seed)
+                       seed=seed, active=active_config(active, args, seed))
     t0 = time.perf_counter()
     with Store(db) as store:
         result = run_loop(config, store, target=target)
@@ -74,12 +80,22 @@ def one_cell(spec: str, target, kind: str, seed: int, args, url: str, db: Path, 
             "completion_tokens": use["completion_tokens"], "tokens": tokens if reached else None,
             "activations": reached * shown_per_answer(name, k) if reached else None,
             "final_pcc": result.pcc, "invalid": use["answers"].get("invalid", 0),
-            "seconds": round(time.perf_counter() - t0, 1)}
+            "seconds": round(time.perf_counter() - t0, 1), **({"active": active} if active else {})}
+
+
+def active_config(strategy: str | None, args, seed: int):
+    """``--active``: the strategy, told the server's noise (as ``fbloop run`` tells it a simulated oracle's)."""
+    from fbloop.queries.active import ActiveConfig, NoiseModel
+
+    if strategy is None:
+        return None
+    noise = NoiseModel(kind=args.noise, temperature=args.temperature, flip=min(args.flip, 0.49))
+    return ActiveConfig(strategy=strategy, noise=noise if args.noise != "none" else NoiseModel(), seed=seed)
 
 
 def ratios(cells: list[dict]) -> list[dict]:
     """Each kind's tokens and activations beside random triplets' (same target and seed)."""
-    base = {(c["target"], c["seed"]): c for c in cells if c["kind"] == "triplet"}
+    base = {(c["target"], c["seed"]): c for c in cells if c["kind"] == "triplet" and not c.get("active")}
     out = []
     for c in cells:
         b = base.get((c["target"], c["seed"]))
@@ -107,6 +123,8 @@ def main(argv: list[str] | None = None) -> dict:
                     help="the server's answers: exact, Plackett–Luce / logistic at --temperature, or --flip")
     ap.add_argument("--temperature", type=float, default=0.1)
     ap.add_argument("--flip", type=float, default=0.1)
+    ap.add_argument("--active", default=None, choices=["random", "uncertainty", "ensemble"],
+                    help="also run every kind with this active strategy (cells with \"active\")")
     ap.add_argument("--out", default=str(ROOT / "results" / "tuples.json"))
     args = ap.parse_args(argv)
 
@@ -123,9 +141,11 @@ def main(argv: list[str] | None = None) -> dict:
                 for seed in args.seeds:
                     for kind in args.kinds:
                         for batch in ([args.triplet_batch] if kind == "triplet" else args.tuple_batches):
-                            cell = one_cell(spec, target, kind, seed, args, srv.url, Path(tmp) / "bench.db", batch)
-                            cells.append(cell)
-                            print(json.dumps(cell), flush=True)
+                            for active in (None, args.active) if args.active else (None,):
+                                cell = one_cell(spec, target, kind, seed, args, srv.url, Path(tmp) / "bench.db",
+                                                batch, active)
+                                cells.append(cell)
+                                print(json.dumps(cell), flush=True)
     out = {"goal": args.goal, "noise": {"kind": args.noise, "temperature": args.temperature, "flip": args.flip}, "every": args.every, "dist": args.dist, "triplet_batch": args.triplet_batch,
            "tuple_batches": args.tuple_batches,
            "tokens_note": "the local server's usage: about 4 characters a token",

@@ -23,6 +23,21 @@ def test_ratios_compare_each_kind_with_triplets_of_the_same_target_and_seed(benc
     assert got[3]["tokens_ratio"] is None  # the goal not reached
 
 
+
+def test_active_cells_are_compared_with_the_random_triplets(bench):
+    cells = [{"target": "t", "seed": 0, "kind": "triplet", "tokens": 300, "activations": 90, "answers": 30},
+             {"target": "t", "seed": 0, "kind": "triplet", "tokens": 150, "activations": 45, "answers": 15,
+              "active": "ensemble"},
+             {"target": "t", "seed": 0, "kind": "rank:4", "tokens": 100, "activations": 50, "answers": 10,
+              "active": "ensemble"}]
+    got = bench.ratios(cells)
+    assert got[1]["answers_ratio"] == 2.0 and got[2]["tokens_ratio"] == 3.0  # the random triplets are the base
+    assert bench.active_config(None, None, 0) is None
+    args = bench.argparse.Namespace(noise="logistic", temperature=0.1, flip=0.1)
+    cfg = bench.active_config("ensemble", args, 3)
+    assert (cfg.strategy, cfg.noise.kind, cfg.noise.temperature, cfg.seed) == ("ensemble", "logistic", 0.1, 3)
+
+
 @pytest.mark.slow
 def test_a_small_bench_reaches_the_goal_over_http(bench, tmp_path, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "bench-tuples-test")  # the bench sets one for its own process only
