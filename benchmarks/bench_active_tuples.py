@@ -44,7 +44,8 @@ def one_cell(spec: str, target, kind: str, seed: int, strategy: str, args, db: P
 
     name, _, k = kind.partition(":")
     noise = NoiseModel(kind=args.noise, temperature=args.temperature, flip=min(args.flip, 0.49))
-    active = None if strategy == "fixed" else ActiveConfig(strategy=strategy, noise=noise, seed=seed)
+    active = None if strategy == "fixed" else ActiveConfig(strategy=strategy, noise=noise, seed=seed,
+                                                           rank_outcome=args.rank_outcome)
     config = RunConfig(target=spec, design=DesignConfig(name=name, k=int(k) if k else None), budget=args.max_answers,
                        chunk=args.every, snapshot_every=args.every, stop_at=args.goal, rfm_mse=False,
                        oracle=OracleConfig(noise=args.noise, temperature=args.temperature, flip=args.flip, seed=seed),
@@ -100,6 +101,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--noise", default="logistic", choices=["none", "logistic", "flip"])
     ap.add_argument("--temperature", type=float, default=0.1)
     ap.add_argument("--flip", type=float, default=0.1)
+    ap.add_argument("--rank-outcome", default=None, choices=["full", "first"],
+                    help="rank questions: score the whole ranking (the default) or its first place")
     ap.add_argument("--out", default=str(ROOT / "results" / "active_tuples.json"))
     args = ap.parse_args(argv)
 
@@ -115,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
                         cell = one_cell(spec, target, kind, seed, strategy, args, Path(tmp) / "bench.db")
                         cells.append(cell)
                         print(json.dumps(cell), flush=True)
-    out = {"goal": args.goal, "every": args.every,
+    out = {"goal": args.goal, "every": args.every, "rank_outcome": args.rank_outcome or "full",
            "noise": {"kind": args.noise, "temperature": args.temperature, "flip": args.flip},
            "machine": {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count()},
            "summary": summary(cells), "cells": cells}

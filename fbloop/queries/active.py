@@ -1,4 +1,5 @@
-"""Active querying for ternary triplets: ask what the learner is least sure about.
+"""Active querying for ternary triplets: ask what the learner is least sure about
+(tuple questions: :mod:`fbloop.queries.active_tuples`, on the same strategy).
 
 A fixed design (:class:`fbloop.queries.designs.TripletDesign`) asks uniformly random
 triplets ``(a, b, c)``. Once ``Φ̂`` is roughly right most of them are *obvious*
@@ -117,6 +118,8 @@ class NoiseModel:
     ``logistic``: ``P(+1) = σ(ρ / temperature)``; ``flip``: the noise-free answer is
     flipped with probability ``flip``; ``none``: the step ``σ(ρ / 0.02)``, as sharp as the
     learner's own loss (κ = 50) — a hard step would make every confident candidate tie.
+    Tuple questions read the same fields over ``k`` options (:mod:`fbloop.queries.active_tuples`),
+    and ``tie_band`` (closest of ``k``) makes "no clear winner" an outcome of its own.
     """
 
     kind: Literal["none", "logistic", "flip"] = "logistic"

@@ -38,8 +38,26 @@ Scores (larger = ask first), each summed over the stages (one for closest and od
 
 Blocks of ``block · 3 / (k + 1)`` candidates (float32 projections) keep the memory of a triplet block.
 
-What was measured and chosen (``benchmarks/bench_tuples.py --agent oracle --active ensemble``, a
-shared 2-core machine; see the README's tuple section): MEASURED
+What was measured and chosen (``benchmarks/bench_active_tuples.py``, ``results/active_tuples.json``):
+answers to a live PCC of 0.9 on ``synthetic:p=32,rank=8``, sparse activations, the oracle with
+Plackett–Luce noise at ``T = 0.1``, a snapshot and a chunk every 16 answers, seeds 0 and 1, on 2 CPU
+cores shared with other work. ``random`` is the design's law through the active loop (the control: an
+active run's learner takes 100 steps a chunk, a fixed design's 20; the fixed design needed about as many).
+
+==========  ============  ============  ============  ============  ==================
+kind        fixed         random        uncertainty   ensemble      ensemble vs random
+==========  ============  ============  ============  ============  ==================
+rank 4      592, 608      576, 672      688, 608      416, 464      1.42× fewer
+closest 4   1840, 1792    1872, 1328    1232, 1424    1072, 992     1.53× fewer
+==========  ============  ============  ============  ============  ==================
+
+(ratios of geometric means over the seeds.) ``ensemble`` is the default and the one to use:
+``uncertainty`` saved 1.19× on closest and nothing on rankings (0.96×) — the entropy of a predicted
+answer counts the oracle's own noise, so it asks tuples whose options are nearly equidistant, which the
+answer cannot resolve either; BALD counts only what the copies of ``Φ̂`` disagree on. The whole ranking
+beats its first place as the rank score: ``rank_outcome="first"`` needed 528, 528 (ensemble, 1.18×
+fewer than random) and 752, 640 (uncertainty). Two seeds only, one target: the spread between seeds
+(random closest of 4: 1,872 and 1,328) is as large as some of the gaps.
 """
 
 from __future__ import annotations
