@@ -15,12 +15,16 @@ the oracle's noise: Plackett–Luce / logistic at a temperature, or random flips
 - ``activations``: activations shown, ``answers × (3 | k + 1)``;
 
 then medians over seeds and the ratios random-triplets ÷ kind (above 1: the kind costs less).
+With ``--active STRATEGY`` every kind runs twice, random and chosen by the strategy under the server's
+noise model (:mod:`fbloop.queries.active`, :mod:`fbloop.queries.active_tuples`); the active cells carry
+``"active": STRATEGY`` and their ratios are to the random triplets too.
 The learner's final fit is skipped (the goal is read from the live snapshots, what a user watching the
 run sees); ``--final`` runs it.
 
     python benchmarks/bench_tuples.py                                   # RFM and p = 32, seeds 0–4
     python benchmarks/bench_tuples.py --targets synthetic:p=128,rank=16 --seeds 0 1 --every 32
     python benchmarks/bench_tuples.py --noises none --kinds triplet rank:8 --seeds 0 --out /tmp/t.json
+    python benchmarks/bench_tuples.py --active ensemble       # each kind also chosen by an active strategy
 
 Writes ``benchmarks/results/tuples.json`` and ``tuples.png`` (``--out``).
 """
@@ -75,7 +79,19 @@ def default_tokenizer() -> str:
     return "smollm2" if llamacpp.missing() is None else "estimate"
 
 
-def run_config(spec: str, kind: str, seed: int, args, url: str, batch: int):
+def active_config(strategy: str | None, noise, seed: int):
+    """``--active``: the strategy, told the server's noise (as ``fbloop run`` tells it a simulated oracle's)."""
+    from fbloop.queries.active import ActiveConfig, NoiseModel
+
+    if strategy is None:
+        return None
+    model = NoiseModel() if noise.noise == "none" else NoiseModel(kind=noise.noise, temperature=noise.temperature,
+                                                                   flip=min(noise.flip, 0.49))
+    return ActiveConfig(strategy=strategy, noise=model, seed=seed)
+
+
+def run_config(spec: str, kind: str, seed: int, args, url: str, batch: int, noise: str = "none",
+               active: str | None = None):
     from fbloop.agents import LLMConfig
     from fbloop.agents.oracle import OracleConfig
     from fbloop.learners import LearnerConfig
@@ -87,15 +103,17 @@ def run_config(spec: str, kind: str, seed: int, args, url: str, batch: int):
     learner = LearnerConfig(seed=seed) if args.final else LearnerConfig(seed=seed, final_steps=0, polish=False)
     return RunConfig(target=spec, design=DesignConfig(name=name, k=k, dist=args.dist), agent="llm", llm=llm,
                      budget=args.max_answers, chunk=args.every, snapshot_every=args.every, stop_at=max(args.goals),
-                     rfm_mse=False, oracle=OracleConfig(seed=seed), learner_config=learner, seed=seed)
+                     rfm_mse=False, oracle=OracleConfig(seed=seed), learner_config=learner, seed=seed,
+                     active=active_config(active, parse_noise(noise), seed))
 
 
-def one_cell(spec: str, target, kind: str, noise: str, seed: int, args, url: str, db: Path, batch: int) -> dict:
+def one_cell(spec: str, target, kind: str, noise: str, seed: int, args, url: str, db: Path, batch: int,
+             active: str | None = None) -> dict:
     from fbloop.loop import run_loop
     from fbloop.store import Store
 
     name, k = parse_kind(kind)
-    config = run_config(spec, kind, seed, args, url, batch)
+    config = run_config(spec, kind, seed, args, url, batch, noise, active)
     agent = [f"llm:{config.llm.model}"]
     t0 = time.perf_counter()
     with Store(db) as store:
@@ -114,7 +132,8 @@ def one_cell(spec: str, target, kind: str, noise: str, seed: int, args, url: str
                 "activations": reached * shown_per_answer(name, k) if reached else None}
     return {"target": spec, "noise": noise, "kind": kind, "batch": batch, "seed": seed, "goals": goals,
             "every": args.every, "max_answers": args.max_answers, "asked": result.answers, "live_pcc": snaps[-1]["pcc"] if snaps else None, "final_pcc": result.pcc,
-            "invalid": use["answers"].get("invalid", 0), "seconds": round(time.perf_counter() - t0, 1)}
+            "invalid": use["answers"].get("invalid", 0), "seconds": round(time.perf_counter() - t0, 1),
+            **({"active": active} if active else {})}
 
 
 def summarise(cells: list[dict], goals: list[float]) -> list[dict]:
@@ -124,7 +143,7 @@ def summarise(cells: list[dict], goals: list[float]) -> list[dict]:
     ``None``: more than half the seeds missed)."""
     groups: dict[tuple, list[dict]] = {}
     for c in cells:
-        groups.setdefault((c["target"], c["noise"], c["kind"], c["batch"]), []).append(c)
+        groups.setdefault((c["target"], c["noise"], c["kind"], c["batch"], c.get("active")), []).append(c)
 
     def median(rows: list[dict], goal: str, key: str) -> float | None:
         vals = sorted(r["goals"][goal][key] if r["goals"][goal][key] is not None else float("inf") for r in rows)
@@ -132,8 +151,9 @@ def summarise(cells: list[dict], goals: list[float]) -> list[dict]:
         return None if m == float("inf") else m
 
     out = []
-    for (spec, noise, kind, batch), rows in groups.items():
-        row = {"target": spec, "noise": noise, "kind": kind, "batch": batch, "seeds": len(rows), "goals": {}}
+    for (spec, noise, kind, batch, active), rows in groups.items():
+        row = {"target": spec, "noise": noise, "kind": kind, "batch": batch, "seeds": len(rows), "goals": {},
+               **({"active": active} if active else {})}
         for goal in map(str, goals):
             ran = [r for r in rows if goal in r["goals"]]  # runs that stopped short of a goal did not try it
             if ran:
@@ -141,7 +161,7 @@ def summarise(cells: list[dict], goals: list[float]) -> list[dict]:
                 row["goals"][goal].update(reached=sum(r["goals"][goal]["answers"] is not None for r in ran),
                                           seeds=len(ran), cap=max(r.get("max_answers", 0) for r in ran))
         out.append(row)
-    base = {(r["target"], r["noise"]): r for r in out if r["kind"] == "triplet"}
+    base = {(r["target"], r["noise"]): r for r in out if r["kind"] == "triplet" and not r.get("active")}
     for r in out:
         b = base.get((r["target"], r["noise"]))
         for goal, g in r["goals"].items():
@@ -158,7 +178,7 @@ def plot(out: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    rows = [r for r in out["summary"] if r["kind"] != "triplet"]
+    rows = [r for r in out["summary"] if r["kind"] != "triplet" or r.get("active")]
     panels = sorted({(r["target"], r["noise"]) for r in rows})
     goals = [str(g) for g in out["goals"]]
     fig, axes = plt.subplots(len(goals), max(1, len(panels)), figsize=(3.6 * max(1, len(panels)), 3.2 * len(goals)),
@@ -172,7 +192,8 @@ def plot(out: dict, path: Path) -> None:
                 ax.bar(x + (j - 0.5) * 0.4, [r["goals"].get(goal, {}).get(key) or 0 for r in mine], 0.4, label=label)
             ax.axhline(3, color="grey", ls="--", lw=1)
             ax.axhline(1, color="black", lw=0.6)
-            ax.set_xticks(x, [f"{r['kind']}" for r in mine], rotation=30, fontsize=7)
+            ax.set_xticks(x, [r["kind"] + (f" ({r['active']})" if r.get("active") else "") for r in mine],
+                          rotation=30, fontsize=7)
             ax.set_title(f"{spec.replace('synthetic:', '')}, {noise}\nPCC {goal}", fontsize=8)
             if pi == 0:
                 ax.set_ylabel("random triplets (b=8) ÷ kind")
@@ -198,6 +219,7 @@ def main(argv: list[str] | None = None) -> dict:
                     help="questions per request for the tuple kinds (each kind runs at each)")
     ap.add_argument("--dist", default="sparse", choices=["sparse", "gaussian"])
     ap.add_argument("--tokenizer", default=None, help="the server's token counts [default: smollm2 where installed]")
+    ap.add_argument("--active", default=None, help="also run every kind chosen by this strategy (ensemble, …)")
     ap.add_argument("--final", action="store_true", help="run the learner's final fit too (slower; not read)")
     ap.add_argument("--merge", nargs="+", type=Path, default=[],
                     help="cells from earlier runs (their JSON, or the JSON lines this prints) summarised with these")
@@ -220,10 +242,11 @@ def main(argv: list[str] | None = None) -> dict:
                     for seed in args.seeds:
                         for kind in args.kinds:
                             for batch in ([args.triplet_batch] if kind == "triplet" else args.tuple_batches):
-                                cell = one_cell(spec, target, kind, noise, seed, args, srv.url,
-                                                Path(tmp) / "bench.db", batch)
-                                cells.append(cell)
-                                print(json.dumps(cell), flush=True)
+                                for active in (None, args.active) if args.active else (None,):
+                                    cell = one_cell(spec, target, kind, noise, seed, args, srv.url,
+                                                    Path(tmp) / "bench.db", batch, active)
+                                    cells.append(cell)
+                                    print(json.dumps(cell), flush=True)
     return write(args, earlier(args.merge) + cells, t0, load0)
 
 
@@ -246,6 +269,7 @@ def earlier(paths: list[Path]) -> list[dict]:
 def write(args, cells: list[dict], t0: float, load0) -> dict:
     out = {"goals": args.goals, "every": args.every, "dist": args.dist, "triplet_batch": args.triplet_batch,
            "tuple_batches": args.tuple_batches, "tokenizer": args.tokenizer, "final_fit": args.final,
+           "active": args.active,
            "max_answers": args.max_answers,
            "machine": {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count(),
                        "load_before": [round(x, 2) for x in load0],
@@ -257,7 +281,7 @@ def write(args, cells: list[dict], t0: float, load0) -> dict:
     path.write_text(json.dumps(out, indent=1) + "\n")
     plot(out, path.with_suffix(".png"))
     for r in out["summary"]:
-        print(r["target"], r["noise"], r["kind"], {g: (v["answers"], v["tokens"], v["tokens_ratio"],
+        print(r["target"], r["noise"], r["kind"], r.get("active", ""), {g: (v["answers"], v["tokens"], v["tokens_ratio"],
                                                        v["activations_ratio"]) for g, v in r["goals"].items()})
     return out
 

@@ -43,6 +43,19 @@ def test_noises_are_read_as_the_oracles_config(bench):
         bench.parse_noise("gauss:1")
 
 
+
+def test_active_cells_are_compared_with_the_random_triplets(bench):
+    cells = [cell("triplet", 0, 30, 300, 90), {**cell("triplet", 0, 15, 150, 45), "active": "ensemble"},
+             {**cell("rank:4", 0, 10, 100, 50), "active": "ensemble"}]
+    got = {(r["kind"], r.get("active")): r["goals"]["0.9"] for r in bench.summarise(cells, [0.9])}
+    assert got[("triplet", "ensemble")]["answers_ratio"] == 2.0  # the random triplets are the base
+    assert got[("rank:4", "ensemble")]["tokens_ratio"] == 3.0 and got[("triplet", None)]["tokens_ratio"] == 1.0
+    assert bench.active_config(None, bench.parse_noise("none"), 0) is None
+    cfg = bench.active_config("ensemble", bench.parse_noise("logistic:0.2"), 3)
+    assert (cfg.strategy, cfg.noise.kind, cfg.noise.temperature, cfg.seed) == ("ensemble", "logistic", 0.2, 3)
+    assert bench.active_config("ensemble", bench.parse_noise("flip:0.1"), 0).noise.flip == 0.1
+
+
 @pytest.mark.slow
 def test_a_small_bench_reaches_both_goals_over_http(bench, tmp_path, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "bench-tuples-test")  # the bench sets one for its own process only

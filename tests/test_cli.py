@@ -420,6 +420,17 @@ def test_active_pool_run_reports_routing_cost_and_scoring(tmp_path):
     assert res.exit_code == 2 and "Active strategies choose triplets" in res.stderr
 
 
+def test_active_tuple_run_is_told_the_oracles_noise_and_tie_band(tmp_path):
+    db = tmp_path / "t.db"
+    args = ["run", "--target", "synthetic:p=6,rank=2", "--design", "closest", "--k", "3", "--noise", "logistic",
+            "--noise-temperature", "0.2", "--tie-band", "0.05", "--active", "ensemble", "--budget", "64",
+            "--chunk", "32", "--run-id", "T", "--db", db]
+    out = json.loads(cli(*args, "--json").stdout)
+    assert out["active"]["strategy"] == "ensemble" and out["active"]["chunks"] == 2 and out["answers"] == 64
+    noise = json.loads(sql_rows(db, "SELECT config FROM runs WHERE id = 'T'")[0][0])["active"]["noise"]
+    assert (noise["kind"], noise["temperature"], noise["tie_band"]) == ("logistic", 0.2, 0.05)
+
+
 def test_export_parquet_factor_and_saelens(small_run, tmp_path):
     pd = pytest.importorskip("pandas")
     db, proc = small_run

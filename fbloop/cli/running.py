@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import signal
 import threading
@@ -42,8 +43,8 @@ def run_options(fn):
                           "(or with --watch) to learn from the answers. "
                           "pool: several agents (--member), routed by the learner's uncertainty."),
         click.option("--active", default=None, type=click.Choice(["random", "uncertainty", "ensemble"]),
-                     help="Triplet design: choose each chunk's triplets from Φ̂ (uncertainty sampling, or "
-                          "BALD over an ensemble), 10% of them uniformly random."),
+                     help="Triplet and tuple designs (closest, rank, odd): choose each chunk's questions from "
+                          "Φ̂ (uncertainty sampling, or BALD over an ensemble), 10% of them uniformly random."),
         click.option("--member", "members", multiple=True, metavar="NAME:AGENT[,key=value...]",
                      help="Agent pool member (repeat): e.g. people:oracle,cost=1,reference  "
                           "cheap:oracle,noise=flip,flip=0.2,cost=0.01  gpt:llm,cost=0.01."),
@@ -178,6 +179,8 @@ def _active_config(opts: dict):
     noise = NoiseModel()
     if opts["agent"] == "oracle" and opts["noise"] != "none":
         noise = NoiseModel(kind=opts["noise"], temperature=opts["temperature"], flip=min(opts["flip"], 0.49))
+    if opts["agent"] == "oracle" and opts["design"] == "closest" and opts["tie_band"]:
+        noise = dataclasses.replace(noise, tie_band=opts["tie_band"])  # "no clear winner": an outcome of its own
     return ActiveConfig(strategy=opts["active"], noise=noise, seed=opts["seed"])
 
 
@@ -273,7 +276,8 @@ def _print_result(result, as_json: bool) -> None:
             click.echo(f"Warning: the block of {dz.get('block')} is full rank, so the target's rank may exceed it "
                        "and Φ̂ is at most a rank-block approximation; run again with a larger --block.")
     if s.get("holdout_agreement") is not None:
-        click.echo(f"Held-out agreement: Φ̂ predicts {s['holdout_agreement']:.4f} of the held-out triplet answers")
+        click.echo(f"Held-out agreement: Φ̂ predicts {s['holdout_agreement']:.4f} of the held-out answers "
+                   "(a triplet's sign, a tuple answer's first place)")
     if "ternary_answers" in s:
         click.echo(f"Ternary answers behind the {s['answers']} pairs (bisection): {s['ternary_answers']} "
                    "(the paper's Figure 1 uses 55 scaled pairs)")

@@ -18,10 +18,9 @@ import numpy as np
 from ..agents.base import Agent, Ledger
 from ..agents.reliability import Sources
 from ..errors import ConfigError, StoreError
-from ..queries.active import ActiveStrategy
 from ..queries.catalogue import make_design
 from ..queries.designs import Design, n_params
-from ..queries.sources import ActiveQueries, ActiveSource, FixedQueries, Prequential
+from ..queries.sources import ActiveQueries, ActiveSource, FixedQueries, Prequential, make_strategy
 from ..records import TUPLE_KINDS
 from ..store import Store
 from ..targets.load import load_target
@@ -104,9 +103,9 @@ def check_config(config: RunConfig, design: Design, budget: int) -> None:
         raise ConfigError("The pool agent answers triplets; use --design triplet with --agent pool.")
     if config.holdout and design.kind != "triplet":
         raise ConfigError(f"A held-out share scores triplet answers; design {config.design.name!r} asks pairs.")
-    if config.active is not None and config.design.name != "triplet":  # active tuples: a later session
-        raise ConfigError(f"Active strategies choose triplets; design {config.design.name!r} is fixed in "
-                          "advance. Use --design triplet with --active.")
+    if config.active is not None and config.design.name not in ("triplet", *TUPLE_KINDS):
+        raise ConfigError(f"Active strategies choose triplets or tuples; design {config.design.name!r} is fixed "
+                          "in advance. Use --design triplet, closest, rank or odd with --active.")
 
 
 def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -156,7 +155,7 @@ def open_session(config: RunConfig, store: Store, run_id: str | None = None, tar
     whole = agent.deferred and config.active is None and config.chunk is None
     chunk = budget if whole else config.chunk or auto_chunk(budget)
     if config.active is not None:
-        active = ActiveQueries(ActiveStrategy(target.p, config.active, config.design), config.seed)
+        active = ActiveQueries(make_strategy(target.p, config.active, config.design), config.seed)
         source: FixedQueries | ActiveSource = ActiveSource(active, store, run_id, budget, chunk)
     else:
         source = FixedQueries(design)

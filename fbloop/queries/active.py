@@ -1,4 +1,5 @@
-"""Active querying for ternary triplets: ask what the learner is least sure about.
+"""Active querying for ternary triplets: ask what the learner is least sure about
+(tuple questions: :mod:`fbloop.queries.active_tuples`, on the same strategy).
 
 A fixed design (:class:`fbloop.queries.designs.TripletDesign`) asks uniformly random
 triplets ``(a, b, c)``. Once ``Φ̂`` is roughly right most of them are *obvious*
@@ -117,11 +118,15 @@ class NoiseModel:
     ``logistic``: ``P(+1) = σ(ρ / temperature)``; ``flip``: the noise-free answer is
     flipped with probability ``flip``; ``none``: the step ``σ(ρ / 0.02)``, as sharp as the
     learner's own loss (κ = 50) — a hard step would make every confident candidate tie.
+    Tuple questions read the same fields over ``k`` options (:mod:`fbloop.queries.active_tuples`),
+    and ``tie_band`` (closest of ``k``) makes "no clear winner" an outcome of its own.
     """
 
     kind: Literal["none", "logistic", "flip"] = "logistic"
     temperature: float = 0.05  # logistic: relative-margin temperature
     flip: float = 0.1  # flip: probability of the opposite answer
+    # closest of k: the oracle's tie band ("no clear winner"), an outcome of its own; None (0) keeps older configs equal
+    tie_band: float | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in NOISES:
@@ -130,6 +135,8 @@ class NoiseModel:
             raise ConfigError(f"Expect a noise temperature > 0, got temperature={self.temperature}.")
         if not 0.0 <= self.flip < 0.5:
             raise ConfigError(f"Expect a flip probability in [0, 0.5), got flip={self.flip}.")
+        if self.tie_band is not None and not 0.0 <= self.tie_band < 1.0:
+            raise ConfigError(f"Expect a tie band in [0, 1), got tie_band={self.tie_band}.")
 
 
 @dataclass(frozen=True)
@@ -144,6 +151,8 @@ class ActiveConfig:
     score_rank: int = 64  # U is compressed to this many singular directions for scoring
     block: int = 16384  # candidates scored per vectorised block (bounds memory)
     seed: int = 0  # the strategy's own generator, used when a call passes no rng
+    # rank designs: score the whole ranking ("full", the default; None keeps older configs equal) or its first place
+    rank_outcome: Literal["full", "first"] | None = None
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -162,6 +171,8 @@ class ActiveConfig:
             raise ConfigError(f"Expect relevance ≥ 0 (0 turns it off), got relevance={self.relevance}.")
         if not self.perturb > 0:
             raise ConfigError(f"Expect perturb > 0, got perturb={self.perturb}.")
+        if self.rank_outcome not in (None, "full", "first"):
+            raise ConfigError(f"Expect rank_outcome 'full' or 'first', got rank_outcome={self.rank_outcome!r}.")
         for name in ("score_rank", "block"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"Expect {name} ≥ 1, got {name}={getattr(self, name)}.")
@@ -169,7 +180,7 @@ class ActiveConfig:
 
 @dataclass(frozen=True)
 class Proposal:
-    """A batch of triplet queries with, per row, whether it is a random hold-out query and its score."""
+    """A batch of queries with, per row, whether it is a random hold-out query and its score."""
 
     queries: Queries
     holdout: np.ndarray  # (n,) bool: drawn uniformly at random (unbiased), not chosen by score
@@ -204,11 +215,6 @@ def sample_triplets(rng: np.random.Generator, n: int, p: int, design: DesignConf
                  for _ in range(3))
 
 
-def _cat_triplets(parts: list[tuple[SparseBatch, SparseBatch, SparseBatch]]
-                  ) -> tuple[SparseBatch, SparseBatch, SparseBatch]:
-    return tuple(SparseBatch.concat([part[k] for part in parts]) for k in range(3))  # type: ignore[return-value]
-
-
 # ---------------------------------------------------------------- scores (pure)
 
 
@@ -229,7 +235,7 @@ def compress_factor(factor: np.ndarray, k: int) -> np.ndarray:
     return u @ w[:, :keep]  # (p, keep)
 
 
-def _project(x: SparseBatch, factors: np.ndarray) -> np.ndarray:
+def project(x: SparseBatch, factors: np.ndarray) -> np.ndarray:
     """``Uᵀx`` for a stack of factors ``(m, p, k)``: shape ``(m, n, k)``, in the factors' dtype."""
     val = x.values.astype(factors.dtype, copy=False)
     # One factor at a time: a 3-d einsum per factor beats one 4-d gather of all m.
@@ -258,9 +264,9 @@ def relative_margins(a: SparseBatch, b: SparseBatch, c: SparseBatch, factors: np
 
 def _distances(a: SparseBatch, b: SparseBatch, c: SparseBatch, f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(d_ab, d_ac)`` under each factor of the stack ``f`` (m, p, k): two ``(m, n)`` arrays."""
-    pa = _project(a, f)  # (m, n, k)
-    ab = pa - _project(b, f)
-    ac = pa - _project(c, f)
+    pa = project(a, f)  # (m, n, k)
+    ab = pa - project(b, f)
+    ac = pa - project(c, f)
     return np.einsum("mnk,mnk->mn", ab, ab), np.einsum("mnk,mnk->mn", ac, ac)
 
 
@@ -356,59 +362,105 @@ class ActiveStrategy:
     ``design`` gives the candidate distribution (``mu``, ``s``, ``dist`` of the
     triplet design). ``coverage_`` (p,) counts, per coordinate, the queries this
     strategy has emitted (plus any passed to :meth:`observe`) that touch it.
+
+    A query kind is four hooks: :meth:`sample` (candidates from the design's law, as a tuple
+    of activation batches), :meth:`_block_scores` (one block of them under a stack of factors),
+    :meth:`_block_rows` (the block's size) and :meth:`build` (the batches as :class:`Queries`);
+    :class:`fbloop.queries.active_tuples.TupleStrategy` gives closest, rank and odd-one-out
+    questions, and :func:`fbloop.queries.sources.make_strategy` picks the class for a design.
     """
+
+    kinds: tuple[str, ...] = ("triplet",)
 
     def __init__(self, p: int, config: ActiveConfig = ActiveConfig(),
                  design: DesignConfig = DesignConfig(name="triplet")):
         if p < 2:
             raise ConfigError(f"Expect p ≥ 2, got p={p}.")
+        if design.name not in self.kinds:
+            raise ConfigError(f"{type(self).__name__} chooses {' / '.join(self.kinds)} queries, got design "
+                              f"{design.name!r} (fbloop.queries.sources.make_strategy picks the strategy).")
         self.p = p
         self.config = config
         self.design = design
         self.rng = np.random.default_rng(config.seed)
         self.coverage_ = np.zeros(p)  # (p,) queries touching each coordinate
 
+    # ------------------------------------------------------------ the query kind's hooks
+
+    def sample(self, rng: np.random.Generator, n: int) -> tuple[SparseBatch, ...]:
+        """``n`` random candidates from the design's law: ``(a, b, c)``."""
+        return sample_triplets(rng, n, self.p, self.design)
+
+    def build(self, seq: np.ndarray, items: tuple[SparseBatch, ...]) -> Queries:
+        return Queries("triplet", seq, *items)
+
+    def _block_rows(self) -> int:
+        return self.config.block
+
+    def _block_scores(self, items: tuple[SparseBatch, ...], stack: np.ndarray) -> np.ndarray:
+        """Scores of one block of triplets under ``stack`` (1 + m, p, k): ``U`` first, then its copies."""
+        cfg = self.config
+        d_ab, d_ac = (d.astype(np.float64) for d in _distances(*items, stack))  # (m+1, n)
+        tot = d_ab + d_ac
+        rho = np.divide(d_ac - d_ab, tot, out=np.zeros_like(tot), where=tot > 0)
+        prob = answer_probability(rho, cfg.noise)
+        entropy = binary_entropy(prob[0])  # (n,) the uncertainty score under U itself
+        if cfg.strategy == "uncertainty":
+            out = entropy
+        else:  # ties in BALD (common with noise-free answers: 50/50 votes) go to the smaller |ρ̂|
+            out = information_gain(prob[1:]) + 1e-6 * entropy
+        if cfg.relevance:
+            out = out * relevance_weights(tot[0], cfg.relevance)
+        return out
+
+    # ------------------------------------------------------------ shared by every kind
+
     def observe(self, queries: Queries) -> None:
         """Count queries asked elsewhere (replayed on resume) towards coverage."""
-        if queries.kind != "triplet":
-            raise ConfigError(f"Active strategies choose triplets, got queries of kind {queries.kind!r}.")
-        for x in (queries.a, queries.b, queries.c):
+        if queries.kind not in self.kinds:
+            raise ConfigError(f"{type(self).__name__} chooses {' / '.join(self.kinds)} queries, got queries of "
+                              f"kind {queries.kind!r}.")
+        for x in (queries.a, queries.b, queries.c, *(queries.cands or ())):
+            if x is None:
+                continue
             if x.p != self.p:
                 raise ShapeError(f"Expect queries in R^{self.p}, got R^{x.p}.")
             np.add.at(self.coverage_, x.indices[x.values != 0], 1.0)
 
-    def scores(self, a: SparseBatch, b: SparseBatch, c: SparseBatch, factor: np.ndarray,
-               rng: np.random.Generator) -> np.ndarray:
-        """The configured strategy's score for each candidate: ``(n,)``, in blocks of ``block`` rows."""
+    def factors(self, factor: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """The stack the scores read, float32 ``(1 + m, p, k)``: ``U`` compressed, then (``ensemble``)
+        its ``m`` perturbed copies."""
         cfg = self.config
-        if cfg.strategy == "random":
-            return np.zeros(len(a))
         u = compress_factor(factor, cfg.score_rank)  # (p, k)
         if u.shape[0] != self.p:
             raise ShapeError(f"Expect a factor with {self.p} rows, got {np.shape(factor)}.")
         stack = u[None]  # (1, p, k); the ensemble adds m perturbed copies after U itself
         if cfg.strategy == "ensemble":
             stack = np.concatenate([stack, perturbed_factors(u, cfg.ensemble, cfg.perturb, rng, self.coverage_)])
-        stack = stack.astype(np.float32)  # scores only rank candidates: float32 halves the memory traffic
-        out = np.empty(len(a))
-        for lo in range(0, len(a), cfg.block):
-            sl = slice(lo, lo + cfg.block)
-            d_ab, d_ac = (d.astype(np.float64) for d in _distances(a[sl], b[sl], c[sl], stack))  # (m+1, n)
-            tot = d_ab + d_ac
-            rho = np.divide(d_ac - d_ab, tot, out=np.zeros_like(tot), where=tot > 0)
-            prob = answer_probability(rho, cfg.noise)
-            entropy = binary_entropy(prob[0])  # (n,) the uncertainty score under U itself
-            if cfg.strategy == "uncertainty":
-                out[sl] = entropy
-            else:  # ties in BALD (common with noise-free answers: 50/50 votes) go to the smaller |ρ̂|
-                out[sl] = information_gain(prob[1:]) + 1e-6 * entropy
-            if cfg.relevance:
-                out[sl] *= relevance_weights(tot[0], cfg.relevance)
+        return stack.astype(np.float32)  # scores only rank candidates: float32 halves the memory traffic
+
+    def score_items(self, items: tuple[SparseBatch, ...], factor: np.ndarray, rng: np.random.Generator
+                    ) -> np.ndarray:
+        """The configured strategy's score for each candidate: ``(n,)``, in blocks of :meth:`_block_rows`."""
+        n = len(items[0])
+        if self.config.strategy == "random":
+            return np.zeros(n)
+        stack = self.factors(factor, rng)
+        out = np.empty(n)
+        rows = self._block_rows()
+        for lo in range(0, n, rows):
+            sl = slice(lo, lo + rows)
+            out[sl] = self._block_scores(tuple(x[sl] for x in items), stack)
         return out
+
+    def scores(self, a: SparseBatch, b: SparseBatch, c: SparseBatch, factor: np.ndarray,
+               rng: np.random.Generator) -> np.ndarray:
+        """The score of each triplet candidate ``(a, b, c)``: ``(n,)`` (:meth:`score_items`)."""
+        return self.score_items((a, b, c), factor, rng)
 
     def propose(self, n: int, factor: np.ndarray | None, rng: np.random.Generator | None = None,
                 start: int = 0, random_mask: np.ndarray | None = None) -> Proposal:
-        """``n`` triplet queries at positions ``start:start+n`` with their hold-out flags and scores.
+        """``n`` queries at positions ``start:start+n`` with their hold-out flags and scores.
 
         ``random_mask`` (n,) bool, when given, says which positions get the uniformly
         random hold-out queries (the loop passes a pure function of the position, so a
@@ -429,23 +481,22 @@ class ActiveStrategy:
             holdout = np.arange(n) < n_rand
         n_rand = int(holdout.sum())
         n_pick = n - n_rand
-        a, b, c = sample_triplets(rng, n_rand, self.p, self.design)
+        parts = [self.sample(rng, n_rand)]
         order = np.concatenate([np.flatnonzero(holdout), np.flatnonzero(~holdout)])  # batch row of each part row
-        parts = [(a, b, c)]
         score = np.full(n, np.nan)
         if n_pick:
-            cand = sample_triplets(rng, cfg.pool * n_pick, self.p, self.design)
-            s = self.scores(*cand, np.asarray(factor), rng)
+            cand = self.sample(rng, cfg.pool * n_pick)
+            s = self.score_items(cand, np.asarray(factor), rng)
             best = top_k(s, n_pick, rng)
-            parts.append(tuple(x[best] for x in cand))  # type: ignore[arg-type]
+            parts.append(tuple(x[best] for x in cand))
             score[order[n_rand:]] = s[best]
-        a, b, c = _cat_triplets(parts)
         inv = np.argsort(order, kind="stable")  # part rows back into batch order
-        queries = Queries("triplet", np.arange(start, start + n, dtype=np.int64), a[inv], b[inv], c[inv])
+        items = tuple(SparseBatch.concat([part[j] for part in parts])[inv] for j in range(len(parts[0])))
+        queries = self.build(np.arange(start, start + n, dtype=np.int64), items)
         self.observe(queries)
         return Proposal(queries, holdout, score)
 
     def next_queries(self, n: int, factor: np.ndarray | None, rng: np.random.Generator | None = None,
                      start: int = 0) -> Queries:
-        """The next ``n`` triplet queries (kind ``"triplet"``, ``seq = start, start+1, …``)."""
+        """The next ``n`` queries (``seq = start, start+1, …``)."""
         return self.propose(n, factor, rng, start).queries

@@ -35,13 +35,21 @@ import numpy as np
 from .. import metrics, seeding
 from ..errors import StoreError
 from ..records import Answers, Queries
-from .active import ActiveStrategy, Proposal
+from ..records import TUPLE_KINDS
+from .active import ActiveConfig, ActiveStrategy, Proposal
+from .active_tuples import TupleStrategy, answered_first, predicted_first
+from .designs import DesignConfig
 
 RANDOM_SALT = 1_000_003  # the random share's hash seed is the run's seed plus this: not the held-out set
 
 
+def make_strategy(p: int, config: ActiveConfig, design: DesignConfig) -> ActiveStrategy:
+    """The active strategy for a design: triplets, or closest / rank / odd-one-out tuples."""
+    return (TupleStrategy if design.name in TUPLE_KINDS else ActiveStrategy)(p, config, design)
+
+
 def random_positions(seed: int, seq: np.ndarray, share: float) -> np.ndarray:
-    """Which positions of an active run are asked a uniformly random triplet (bool mask)."""
+    """Which positions of an active run are asked a uniformly random query (bool mask)."""
     return seeding.held_out(seed + RANDOM_SALT, seq, share)
 
 
@@ -166,12 +174,13 @@ def stored_chunk(store, run_id: str, start: int, stop: int) -> Queries | None:
 
 
 class Prequential:
-    """Agreement of ``Φ̂``'s predicted signs with answers it has not yet learned from.
+    """Agreement of ``Φ̂``'s predictions with answers it has not yet learned from.
 
     The loop calls :meth:`score` with a chunk's answers on the random-share
     positions *before* feeding them; :meth:`agreement` is the share of the last
     ``window`` such answers that ``Φ̂`` predicted (the model of the moment, not
-    the run's average).
+    the run's average): a triplet's sign, or a tuple answer's first place (the
+    nearest candidate, the odd item; chance is ``1/k``).
     """
 
     def __init__(self, window: int = 1000):
@@ -181,15 +190,22 @@ class Prequential:
         self.n = 0
 
     def score(self, learner, queries: Queries, answers: Answers, mask: np.ndarray) -> None:
-        if not hasattr(learner, "predict_triplets") or getattr(learner, "n_triplets", 0) == 0:
+        learnt = getattr(learner, "n_triplets", 0) + getattr(learner, "n_tuples", 0)
+        if not hasattr(learner, "predict_triplets") or learnt == 0:
             return  # nothing learned yet: no prediction to score
-        rows = np.flatnonzero(answers.ok & mask & (answers.value != 0))
+        keep = answers.ok & mask
+        if queries.kind != "rank":  # a triplet's tie, a "no clear winner": nothing to agree on
+            keep &= answers.value != 0
+        rows = np.flatnonzero(keep)
         if not len(rows):
             return
         pos = {int(s): i for i, s in enumerate(queries.seq)}
         q = queries.select(np.array([pos[int(s)] for s in answers.seq[rows]]))
-        pred = learner.predict_triplets(q.a, q.b, q.c, band=0.0)
-        agree = metrics.triplet_agreement(pred, answers.value[rows])
+        if q.kind == "triplet":
+            pred = learner.predict_triplets(q.a, q.b, q.c, band=0.0)
+            agree = metrics.triplet_agreement(pred, answers.value[rows])
+        else:
+            agree = float(np.mean(predicted_first(q, learner.factor()) == answered_first(q, answers.value[rows])))
         self._recent.append((len(rows), agree))
         self._n_recent += len(rows)
         self.n += len(rows)
