@@ -137,7 +137,7 @@ def plot(out: dict, path: Path) -> None:
     for i, c in enumerate(chance):
         if c is not None:
             ax.hlines(c, i - 0.4, i + 0.4, color="grey", ls="--", lw=1)
-    ax.set(ylim=(0, 1), title=f"{out['model']}: valid replies and agreement (dashes: chance)")
+    ax.set(ylim=(0, 1), title="valid replies and agreement with the oracle (dashes: chance)")
     ax.tick_params(axis="x", labelsize=8)
     w = 0.4
     for j, (row, name) in enumerate(((closest, "named closest"), (rank, "put first"))):
@@ -146,6 +146,7 @@ def plot(out: dict, path: Path) -> None:
     bx.set(xticks=range(K), xticklabels=[f"candidate {c}" for c in range(1, K + 1)], ylabel="questions",
            title="which candidate the model chose")
     bx.legend(fontsize=8)
+    fig.suptitle(f"{out['model']} behind llama.cpp's server, {closest['n']} questions of each kind", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
