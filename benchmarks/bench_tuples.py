@@ -220,6 +220,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--dist", default="sparse", choices=["sparse", "gaussian"])
     ap.add_argument("--tokenizer", default=None, help="the server's token counts [default: smollm2 where installed]")
     ap.add_argument("--active", default=None, help="also run every kind chosen by this strategy (ensemble, …)")
+    ap.add_argument("--active-only", action="store_true", help="with --active: only the active cells")
     ap.add_argument("--final", action="store_true", help="run the learner's final fit too (slower; not read)")
     ap.add_argument("--merge", nargs="+", type=Path, default=[],
                     help="cells from earlier runs (their JSON, or the JSON lines this prints) summarised with these")
@@ -242,12 +243,19 @@ def main(argv: list[str] | None = None) -> dict:
                     for seed in args.seeds:
                         for kind in args.kinds:
                             for batch in ([args.triplet_batch] if kind == "triplet" else args.tuple_batches):
-                                for active in (None, args.active) if args.active else (None,):
+                                for active in selections(args):
                                     cell = one_cell(spec, target, kind, noise, seed, args, srv.url,
                                                     Path(tmp) / "bench.db", batch, active)
                                     cells.append(cell)
                                     print(json.dumps(cell), flush=True)
     return write(args, earlier(args.merge) + cells, t0, load0)
+
+
+def selections(args) -> tuple[str | None, ...]:
+    """How each kind's questions are chosen: at random (``None``), and by ``--active``'s strategy."""
+    if not args.active:
+        return (None,)
+    return (args.active,) if args.active_only else (None, args.active)
 
 
 def earlier(paths: list[Path]) -> list[dict]:

@@ -54,6 +54,10 @@ def test_active_cells_are_compared_with_the_random_triplets(bench):
     cfg = bench.active_config("ensemble", bench.parse_noise("logistic:0.2"), 3)
     assert (cfg.strategy, cfg.noise.kind, cfg.noise.temperature, cfg.seed) == ("ensemble", "logistic", 0.2, 3)
     assert bench.active_config("ensemble", bench.parse_noise("flip:0.1"), 0).noise.flip == 0.1
+    ns = bench.argparse.Namespace
+    assert bench.selections(ns(active=None, active_only=False)) == (None,)
+    assert bench.selections(ns(active="ensemble", active_only=False)) == (None, "ensemble")
+    assert bench.selections(ns(active="ensemble", active_only=True)) == ("ensemble",)
 
 
 @pytest.mark.slow
