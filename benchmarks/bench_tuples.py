@@ -172,6 +172,7 @@ def summarise(cells: list[dict], goals: list[float]) -> list[dict]:
 
 
 def plot(out: dict, path: Path) -> None:
+    """One panel per (target, noise, goal) that has measurements: each kind's token and activation ratios."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -179,28 +180,27 @@ def plot(out: dict, path: Path) -> None:
     import numpy as np
 
     rows = [r for r in out["summary"] if r["kind"] != "triplet" or r.get("active")]
-    panels = sorted({(r["target"], r["noise"]) for r in rows})
-    goals = [str(g) for g in out["goals"]]
-    fig, axes = plt.subplots(len(goals), max(1, len(panels)), figsize=(3.6 * max(1, len(panels)), 3.2 * len(goals)),
-                             squeeze=False)
-    for gi, goal in enumerate(goals):
-        for pi, (spec, noise) in enumerate(panels):
-            ax = axes[gi][pi]
-            mine = [r for r in rows if (r["target"], r["noise"]) == (spec, noise)]
-            x = np.arange(len(mine))
-            for j, (key, label) in enumerate((("tokens_ratio", "tokens"), ("activations_ratio", "activations"))):
-                ax.bar(x + (j - 0.5) * 0.4, [r["goals"].get(goal, {}).get(key) or 0 for r in mine], 0.4, label=label)
-            ax.axhline(3, color="grey", ls="--", lw=1)
-            ax.axhline(1, color="black", lw=0.6)
-            ax.set_xticks(x, [r["kind"] + (f" ({r['active']})" if r.get("active") else "") for r in mine],
-                          rotation=30, fontsize=7)
-            ax.set_title(f"{spec.replace('synthetic:', '')}, {noise}\nPCC {goal}", fontsize=8)
-            if pi == 0:
-                ax.set_ylabel("random triplets (b=8) ÷ kind")
-            if gi == 0 and pi == 0:
-                ax.legend(fontsize=7)
-    fig.suptitle(f"fewer tokens / activations than random triplets at batch 8 (dashes: the 3× goal); "
-                 f"tokens: {out['tokenizer']}", fontsize=9)
+    panels = sorted({(r["target"], r["noise"], g) for r in rows for g, v in r["goals"].items()
+                     if v.get("tokens_ratio") is not None}, key=lambda x: (x[2], x[0], x[1]))
+    cols = min(4, max(1, len(panels)))
+    nrows = max(1, -(-len(panels) // cols))
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.4 * nrows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax, (spec, noise, goal) in zip(axes.flat, panels):
+        mine = [r for r in rows if (r["target"], r["noise"]) == (spec, noise) and goal in r["goals"]]
+        x = np.arange(len(mine))
+        for j, (key, label) in enumerate((("tokens_ratio", "tokens"), ("activations_ratio", "activations"))):
+            ax.bar(x + (j - 0.5) * 0.4, [r["goals"][goal].get(key) or 0 for r in mine], 0.4, label=label)
+        ax.axhline(3, color="grey", ls="--", lw=1)
+        ax.axhline(1, color="black", lw=0.6)
+        ax.set_xticks(x, [r["kind"] + (f"\n({r['active']})" if r.get("active") else "") for r in mine],
+                      rotation=30, fontsize=7)
+        ax.set_title(f"{spec.replace('synthetic:', '')}, {noise}, PCC {goal}", fontsize=8)
+        ax.set_ylabel("random triplets (b=8) ÷ kind", fontsize=7)
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle("fewer tokens / activations than random triplets at batch 8 (dashes: the 3× goal; "
+                 f"no bar: goal not reached); tokens: {out['tokenizer']}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
