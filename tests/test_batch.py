@@ -451,3 +451,13 @@ def test_a_provider_outage_at_batch_creation_is_ridden_out(tmp_path, target):
     assert res.answers == 60 and len(local) == len(provider) == 3
     assert {b["batch_id"] for b in local} == {b.id for b in provider}
     assert res.extra["llm"]["batches"]["this_process"]["submit_errors"] == 2
+
+
+@pytest.mark.parametrize("chunks", [[], [b""], [b"a\nb"], [b"a\n", b"b\n"], [b"a", b"b", b"\nc"], [b"\n\n"],
+                                    [b"ab", b"", b"c\nd", b"e\n"], [b"x" * 5, b"x" * 5, b"x\n"]])
+def test_downloads_are_split_into_lines_across_chunks(chunks):
+    from fbloop.agents.batch import split_lines
+
+    data = b"".join(chunks)
+    want = data.split(b"\n")[:-1] if data.endswith(b"\n") else data.split(b"\n")
+    assert list(split_lines(iter(chunks))) == [w for w in want if data]

@@ -266,6 +266,24 @@ def _line_reply(rec: dict) -> Reply:
     return Reply(text, failed=True, attempts=1, raw_chars=len(text))
 
 
+def split_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """The lines (``\\n``-ended, the last one maybe not) of a byte stream read in chunks: a downloaded result
+    file, without decoding each line to text first (the JSON reader takes the bytes)."""
+    head: list[bytes] = []  # the start of a line that has not ended yet (a long one: several chunks)
+    for chunk in chunks:
+        if b"\n" not in chunk:
+            head.append(chunk)
+            continue
+        lines = chunk.split(b"\n")
+        if head:
+            lines[0] = b"".join(head) + lines[0]
+        head = [lines.pop()]
+        yield from lines
+    last = b"".join(head)
+    if last:
+        yield last
+
+
 class Ingester:
     """Stores result lines of one run: matched against what its batches asked, parsed by the LLM agent."""
 
@@ -616,7 +634,7 @@ class BatchAgent:
         for file_id in (obj.output_file_id, obj.error_file_id):
             if file_id:
                 with client.files.with_streaming_response.content(file_id) as resp:
-                    part = ing.ingest(resp.iter_lines(), b)
+                    part = ing.ingest(split_lines(resp.iter_bytes(1 << 20)), b)
                 _merge(report, part)
         self.work["ingest_s"] += time.perf_counter() - t0
         self.work["ingested_lines"] += report.lines
