@@ -6,7 +6,7 @@ size's peak memory is its own): every chunk of 50,000 triplets is rendered into 
 uploaded with ``files.create(purpose="batch")``, started with ``batches.create``, polled, and its
 output streamed back into SQLite through the strict parser; the learner learns as batches finish.
 
-    python benchmarks/bench_batch.py                      # 100,000 and 1,000,000 triplets
+    python benchmarks/bench_batch.py                      # 250,000 and 1,000,000 triplets
     python benchmarks/bench_batch.py --sizes 20000        # a quick look
 
 Writes ``benchmarks/results/batch_scale.{json,png}``: per size the files and batches, upload
@@ -94,6 +94,7 @@ def one(size: int, url: str, db: Path, out: Path) -> None:
         "db_mib": round(db_bytes / 2**20, 1), "db_bytes_per_answer": round(db_bytes / max(res.answers, 1), 1),
         "prompt_tokens": u["prompt_tokens"], "completion_tokens": u["completion_tokens"],
         "cost_batch": round(u["cost"], 4), "cost_sync": round(u["cost_sync"], 4), "polls": work["polls"],
+        "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],  # other sessions share the cores
         "timeline": [{"file": b["id"], "requests": b["requests"], "created_s": round(b["created_at"] - t_first, 1),
                       "submitted_s": round(b["submitted_at"] - t_first, 1),
                       "ingested_s": round(b["ingested_at"] - t_first, 1)} for b in batches],
@@ -191,7 +192,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[250_000, 1_000_000])
     ap.add_argument("--out", type=Path, default=ROOT / "results")
     ap.add_argument("--ingest-only", type=int, nargs="*", metavar="LINES",
                     help="Only time ingesting result files of these sizes (each in a process of its own); "

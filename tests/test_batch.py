@@ -85,8 +85,27 @@ def test_custom_ids_round_trip_and_refuse_other_runs():
     assert parse_custom_id("fbloop:r:un:5:ba:2", "r:un") == ([5], 1, 2)
     assert parse_custom_id("fbloop:R:3+4+9:ab:0", "R") == ([3, 4, 9], 0, 0)
     for bad in ("fbloop:S:3:ab:0", "fbloop:R:3:xy:0", "fbloop:R:x:ab:0", "fbloop:R:3:ab:-1", "R:3:ab:0", None, 7,
-                "fbloop:R:3:ab:01"):
+                "fbloop:R:3:ab:01", "fbloop:R:03:ab:0", "fbloop:R: 3:ab:0", "fbloop:R:3+:ab:0", "fbloop:R:²:ab:0",
+                "fbloop:R:3:ab:²", "fbloop:R:٣:ab:0", "fbloop:R:3:ab:0:1", "fbloop:r:un:5:ba:2"):
         assert parse_custom_id(bad, "R") is None, bad
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"custom_id": "x", "n": [1, 2.5, null, true]}\n', '{"a": "\\u00e9\\ud83d\\ude00"}\r\n', b'{"a": "\xc3\xa9"}  \t',
+    b'\xef\xbb\xbf{"bom": 1}', '{"a": 1}'.encode("utf-16-le"), '{"a": 1}'.encode("utf-16"), b'[1, 2]', b' {"a": 1}',
+    b'{"a": 1} {"b": 2}', b'{"a": 1}x', b'{"a": 1', b'{"a": "\xff"}', b'{"a": "\xed\xa0\x80"}', b'{}\x00',
+    '{"a": 1}\u3000', b'{"a": NaN}', b"", b"{" * 100_000])
+def test_result_lines_read_as_json_loads_reads_them(raw):
+    """The fast line reader returns what json.loads returns and raises what it raises."""
+    from fbloop.agents.batch import read_line
+
+    def outcome(fn):
+        try:
+            return "ok", fn(raw)
+        except (ValueError, RecursionError) as exc:
+            return type(exc).__name__, str(exc)
+
+    assert outcome(read_line) == outcome(json.loads)
 
 
 def test_plan_groups_requests_by_order_and_attempt():
@@ -432,3 +451,13 @@ def test_a_provider_outage_at_batch_creation_is_ridden_out(tmp_path, target):
     assert res.answers == 60 and len(local) == len(provider) == 3
     assert {b["batch_id"] for b in local} == {b.id for b in provider}
     assert res.extra["llm"]["batches"]["this_process"]["submit_errors"] == 2
+
+
+@pytest.mark.parametrize("chunks", [[], [b""], [b"a\nb"], [b"a\n", b"b\n"], [b"a", b"b", b"\nc"], [b"\n\n"],
+                                    [b"ab", b"", b"c\nd", b"e\n"], [b"x" * 5, b"x" * 5, b"x\n"]])
+def test_downloads_are_split_into_lines_across_chunks(chunks):
+    from fbloop.agents.batch import split_lines
+
+    data = b"".join(chunks)
+    want = data.split(b"\n")[:-1] if data.endswith(b"\n") else data.split(b"\n")
+    assert list(split_lines(iter(chunks))) == [w for w in want if data]

@@ -411,3 +411,33 @@ def test_large_final_fit_steps_in_final_batches():
     assert learner.steps == 2 and learner.batch_size == cfg.batch_size  # restored after the fit
     with pytest.raises(ConfigError, match="final_batch"):
         LearnerConfig(final_batch=0)
+
+
+@pytest.mark.parametrize("path", ["dense cached", "dense by block", "gathered"])
+def test_blocked_full_loss_and_gradient_equal_the_one_piece_ones(target, monkeypatch, path):
+    """Above FULL_BLOCK triplets the L-BFGS closure sums the loss and its gradient a block at a time
+    (memory of one block); both equal the loss and gradient of all triplets in one piece. Pairs and
+    source flip rates ride along in one piece."""
+    import fbloop.learners.gradient as gradient
+
+    d, q, c = pairs(target, "gaussian")
+    _, tq, t = gaussian_triplets("synthetic:p=12,rank=3", 300, 0)
+    learner = GradientLearner(target.p, LearnerConfig(seed=0), d.anchor())
+    learner.add_pairs(q.a, c)
+    learner.add_triplets(tq.a, tq.b, tq.c, np.where(np.arange(300) % 7 == 0, 0.0, t), source=np.arange(300) % 2)
+    learner.set_source_noise({1: 0.2})
+    if path != "dense cached":
+        monkeypatch.setattr(gradient, "DENSE_TRIPLETS_MAX", 0)
+    if path == "gathered":
+        monkeypatch.setattr(gradient, "DENSE_BLOCK_MAX", 0)
+    U = learner.U.clone().requires_grad_(True)
+    whole = learner._full_loss(U, 80.0)  # FULL_BLOCK above 300: one piece
+    (want,) = torch.autograd.grad(whole, U)
+    monkeypatch.setattr(gradient, "FULL_BLOCK", 64)  # 5 blocks, the last one short
+    got = learner._loss_backward(U, 80.0, True)
+    assert not got.requires_grad
+    assert float(got) == pytest.approx(float(whole.detach()), rel=1e-13)
+    torch.testing.assert_close(U.grad, want, rtol=1e-12, atol=1e-15)
+    with torch.no_grad():
+        assert float(learner._full_loss(U, 80.0)) == pytest.approx(float(whole.detach()), rel=1e-13)
+    assert (learner._dense is not None) == (path == "dense cached")

@@ -448,3 +448,29 @@ def test_export_factor_and_as_saelens(tmp_path):
     np.testing.assert_allclose(got["U"], u, rtol=1e-6)
     np.testing.assert_allclose(got["phi_hat"], u @ u.T, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(load_saelens(tmp_path / "sae").phi(), u @ u.T, rtol=1e-5, atol=1e-6)
+
+
+_META_VALUES = st.one_of(st.text(max_size=6), st.sampled_from(["%s", "%", "%%d", "é\u2028\"\\"]), st.integers(),
+                         st.booleans(), st.none(), st.floats(allow_nan=True, allow_infinity=True),
+                         st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=2), st.integers(), max_size=2))
+_META_KEYS = st.sampled_from(["k", "%d", "é", "a b", "1"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(shared=st.lists(_META_KEYS, max_size=4, unique=True),
+       rows=st.lists(st.tuples(st.integers(0, 9), st.lists(_META_VALUES, min_size=4, max_size=4)), max_size=8))
+def test_encode_metas_writes_json_dumps_texts(shared, rows):
+    """Answers' metas are written a column at a time; the stored texts are json.dumps' own, byte for byte."""
+    from fbloop.store.codec import encode_metas
+
+    metas: list = []
+    for kind, values in rows:
+        if kind == 0:
+            metas.append(None)
+        elif kind == 1:
+            metas.append({1: values[0]})  # a key json.dumps turns into a string
+        elif kind == 2:
+            metas.append(dict(zip(reversed(shared), values)))  # the same keys in another order
+        else:
+            metas.append(dict(zip(shared, values if kind < 6 else [values[0]] * 4)))  # repeated values too
+    assert encode_metas(metas) == [None if m is None else json.dumps(m) for m in metas]

@@ -73,6 +73,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import hashlib
+import math
 import os
 from dataclasses import asdict, dataclass
 
@@ -517,9 +518,11 @@ class LLMAgent(ImmediateAgent):
         """One :class:`Answers` per order for positions ``seq``, from each request's reply (its ``rows``
         index ``seq``); also reads a batch job's result lines (:mod:`fbloop.agents.batch`)."""
         n = len(seq)
-        sets = {o: (np.full(n, np.nan), np.full(n, "invalid", dtype=object), [None] * n, [None] * n)
-                for o in orders}
+        # Plain lists, made arrays once at the end (a million batch answers go through here)
+        sets = {o: ([math.nan] * n, ["invalid"] * n, [None] * n, [None] * n) for o in orders}
         scrub = self._scrubber()
+        template, template_hash, model = self.template_name, self.template_hash, self.config.model
+        ok = invalid = 0
         for req, rep in zip(requests, replies):
             value, status, raw, meta = sets[req.order]
             sign = 1.0 if req.order == "ab" else -1.0  # values are stored in the query's orientation
@@ -528,30 +531,34 @@ class LLMAgent(ImmediateAgent):
             else:
                 parsed = self._parse(req, rep)
             kept = scrub(rep.text)  # the key removed, the first raw_cap characters
+            latency, size, chars = round(rep.latency_s, 6), len(req.rows), rep.raw_chars or len(rep.text)
+            cut = len(kept) < len(rep.text)
             for k, row in enumerate(req.rows):
                 got, why = parsed[k]
-                m = {"template": self.template_name, "template_hash": self.template_hash, "model": self.config.model,
+                m = {"template": template, "template_hash": template_hash, "model": model,
                      "served_model": rep.served_model, "prompt_tokens": rep.prompt_tokens,
-                     "completion_tokens": rep.completion_tokens, "latency_s": round(rep.latency_s, 6),
+                     "completion_tokens": rep.completion_tokens, "latency_s": latency,
                      "order": req.order, "request_id": rep.request_id, "response_id": rep.response_id,
-                     "batch_index": k, "batch_size": len(req.rows), "cached": rep.cached, "attempts": rep.attempts,
-                     "structured": rep.mode, "raw_chars": rep.raw_chars or len(rep.text)}
-                if len(kept) < len(rep.text):
+                     "batch_index": k, "batch_size": size, "cached": rep.cached, "attempts": rep.attempts,
+                     "structured": rep.mode, "raw_chars": chars}
+                if cut:
                     m["raw_truncated"] = True
                 if got is None:
                     m["error"] = scrub(why, REASON_CAP)
-                    self.usage.invalid += 1
+                    invalid += 1
                 else:
                     value[row] = sign * got
                     status[row] = "ok"
-                    self.usage.ok += 1
+                    ok += 1
                 raw[row] = kept
                 meta[row] = m
+        self.usage.ok += ok
+        self.usage.invalid += invalid
         out = []
         for o in orders:
             value, status, raw, meta = sets[o]
-            out.append(Answers(self.name if o == "ab" else self.swap_name, np.array(seq, np.int64), value,
-                               status.astype(str), raw, meta))
+            out.append(Answers(self.name if o == "ab" else self.swap_name, np.array(seq, np.int64),
+                               np.array(value, np.float64), np.array(status, dtype=str), raw, meta))
         if len(out) == 2:
             both = out[0].ok & out[1].ok
             self.usage.swap_pairs += int(both.sum())

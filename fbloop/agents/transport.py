@@ -70,6 +70,8 @@ class Scrubber:
 
 def _count(value: object) -> int:
     """A token count as given, or 0 when it is not a non-negative whole number."""
+    if type(value) is int:  # the usual case first (bool is a subclass of int, not int itself)
+        return value if value >= 0 else 0
     if isinstance(value, bool):
         return 0
     if isinstance(value, int):
@@ -103,22 +105,22 @@ def read_completion(body: str) -> tuple[str | None, str | None, str, dict]:
 def read_completion_obj(obj: object, body: str | None = None) -> tuple[str | None, str | None, str, dict]:
     """:func:`read_completion` of a body already parsed (a batch result line's ``response.body``);
     ``body``, its text, is what to keep when it has no content (``json.dumps(obj)`` when not given)."""
-    fields: dict = {"prompt_tokens": 0, "completion_tokens": 0, "response_id": None, "served_model": None}
-    raw = (lambda: body) if body is not None else (lambda: json.dumps(obj))  # built only when kept
     if not isinstance(obj, dict):
-        return None, f"the HTTP body is a JSON {type(obj).__name__}, not an object", raw(), fields
-    fields["response_id"] = _text_or_none(obj.get("id"))
-    fields["served_model"] = _text_or_none(obj.get("model"))
+        fields = {"prompt_tokens": 0, "completion_tokens": 0, "response_id": None, "served_model": None}
+        return None, f"the HTTP body is a JSON {type(obj).__name__}, not an object", _kept(obj, body), fields
     usage = obj.get("usage")
     if isinstance(usage, dict):
-        fields["prompt_tokens"] = _count(usage.get("prompt_tokens"))
-        fields["completion_tokens"] = _count(usage.get("completion_tokens"))
+        prompt, completion = _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
+    else:
+        prompt = completion = 0
+    fields = {"prompt_tokens": prompt, "completion_tokens": completion,
+              "response_id": _text_or_none(obj.get("id")), "served_model": _text_or_none(obj.get("model"))}
     choices = obj.get("choices")
     if not isinstance(choices, list) or not choices:
-        return None, "the reply has no choices", raw(), fields
+        return None, "the reply has no choices", _kept(obj, body), fields
     message = choices[0].get("message") if isinstance(choices[0], dict) else None
     if not isinstance(message, dict):
-        return None, "the first choice has no message", raw(), fields
+        return None, "the first choice has no message", _kept(obj, body), fields
     content = message.get("content")
     if isinstance(content, str) and content:
         return content, None, content, fields
@@ -130,8 +132,13 @@ def read_completion_obj(obj: object, body: str | None = None) -> tuple[str | Non
     if isinstance(refusal, str) and refusal:
         return None, "the model refused", refusal, fields
     if content is None or content == "":
-        return None, f"the message content is {'empty' if content == '' else 'null'}", raw(), fields
+        return None, f"the message content is {'empty' if content == '' else 'null'}", _kept(obj, body), fields
     return None, f"the message content is a JSON {type(content).__name__}, not text", json.dumps(content), fields
+
+
+def _kept(obj: object, body: str | None) -> str:
+    """What a body without content keeps: its text, else the parsed body as JSON (built only when kept)."""
+    return body if body is not None else json.dumps(obj)
 
 
 def retry_after(headers) -> float | None:

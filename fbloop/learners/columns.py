@@ -46,6 +46,10 @@ class _Columns:
         """Everything stored; index columns as int64."""
         return tuple(self._long(c[:self.n]) for c in self.cols)
 
+    def rows(self, lo: int, hi: int) -> tuple[torch.Tensor, ...]:
+        """Rows ``lo:hi``; index columns as int64 (only these rows are converted)."""
+        return tuple(self._long(c[lo:hi]) for c in self.cols)
+
     def take(self, sel: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
         """Rows ``sel`` (all rows when None); index columns as int64."""
         return self.view() if sel is None else tuple(self._long(c[sel]) for c in self.cols)

@@ -4,7 +4,7 @@ works, :mod:`fbloop.learners.losses` what it fits)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -20,6 +20,8 @@ from .optim import _LazyAdam
 from .rank import factor_rank, gap_candidates, psd_dof
 
 DENSE_TRIPLETS_MAX = 1 << 24  # stored triplets × p up to which full-batch losses use dense rows
+FULL_BLOCK = 1 << 16  # triplets per block of a full-batch loss and gradient: memory of a block, whatever is stored
+DENSE_BLOCK_MAX = 1 << 21  # a block's triplets × p up to which it becomes dense rows when the whole is not
 MAX_SOURCES = 1 << 16  # triplet source ids name agents: their ε live in a tensor indexed by id
 ARRIVAL_REPLAY = 10  # draws per new answer while answers stream in (large problems)
 
@@ -520,8 +522,11 @@ class GradientLearner:
                 return
         self._polish(kappa=cfg.final_sharpness)
 
-    def _full_loss(self, U: torch.Tensor, kappa: float | None = None, noise: bool = True) -> torch.Tensor:
-        """Every stored answer's loss at ``U``; ``noise=False`` fits triplets as if every source were exact."""
+    def _full_loss(self, U: torch.Tensor, kappa: float | None = None, noise: bool = True,
+                   triplets: bool = True) -> torch.Tensor:
+        """Every stored answer's loss at ``U``; ``noise=False`` fits triplets as if every source were exact,
+        ``triplets=False`` leaves them out. With more than :data:`FULL_BLOCK` triplets, take gradients
+        through :meth:`_loss_backward` (here every block's graph would be kept until the backward pass)."""
         loss = U.new_zeros(())
         if self._pairs:
             idx, val, c = self._pairs.view()
@@ -530,19 +535,8 @@ class GradientLearner:
             qa = _pair_quads(U, a_idx, a_val)
             # No λ here: the polish fits the answers themselves.
             loss = loss + _pair_residual(q, c, self.config.pair_loss).mean() + ((qa - 1.0) ** 2).sum()
-        if self._trips:
-            dense = self._dense_triplets()
-            if dense is not None:
-                x_ab, x_ac, t, src = dense
-                d_ab = (x_ab @ U).square().sum(1)  # (n,)
-                d_ac = (x_ac @ U).square().sum(1)
-            else:
-                i_ab, v_ab, i_ac, v_ac, t, src = self._trips.view()
-                d_ab = _pair_quads(U, i_ab, v_ab)
-                d_ac = _pair_quads(U, i_ac, v_ac)
-            kappa = self.config.sharpness if kappa is None else kappa
-            eps = self._eps(src) if noise else None
-            loss = loss + _triplet_loss(d_ab, d_ac, t, kappa, self.config.tie_band, eps).mean()
+        if self._trips and triplets:
+            loss = loss + self._triplet_mean(U, kappa, noise)
         if self._tuples:
             views = [cols.view() for cols in self._tuples.values()]
             kappa = self.config.sharpness if kappa is None else kappa
@@ -573,13 +567,78 @@ class GradientLearner:
 
         def closure() -> torch.Tensor:
             opt.zero_grad()
-            loss = self._full_loss(U, kappa, noise)
-            loss.backward()
-            return loss
+            return self._loss_backward(U, kappa, noise)
 
         opt.step(closure)
         with torch.no_grad():
             return U.detach(), float(self._full_loss(U, kappa, noise))
+
+    def _triplet_blocks(self) -> Iterator[tuple[tuple[torch.Tensor, ...], torch.Tensor, torch.Tensor]]:
+        """The stored triplets, :data:`FULL_BLOCK` at a time: ``(rows, t, source)`` where ``rows`` is
+        ``(x_ab, x_ac)``, dense ``(B, p)`` (the cached :meth:`_dense_triplets`, else built for the block
+        when ``B·p ≤`` :data:`DENSE_BLOCK_MAX`), or ``(i_ab, v_ab, i_ac, v_ac)``, sparse ``(B, s)``."""
+        dense = self._dense_triplets()
+        n = len(self._trips)
+        for lo in range(0, n, FULL_BLOCK):
+            hi = min(lo + FULL_BLOCK, n)
+            if dense is not None:
+                x_ab, x_ac, t, src = (x[lo:hi] for x in dense)
+                yield (x_ab, x_ac), t, src
+                continue
+            i_ab, v_ab, i_ac, v_ac, t, src = self._trips.rows(lo, hi)
+            if (hi - lo) * self.p <= DENSE_BLOCK_MAX:
+                x_ab = v_ab.new_zeros(hi - lo, self.p).scatter_add_(1, i_ab, v_ab)  # (B, p)
+                x_ac = v_ac.new_zeros(hi - lo, self.p).scatter_add_(1, i_ac, v_ac)
+                yield (x_ab, x_ac), t, src
+            else:
+                yield (i_ab, v_ab, i_ac, v_ac), t, src
+
+    def _block_losses(self, U: torch.Tensor, rows: tuple[torch.Tensor, ...], t: torch.Tensor, src: torch.Tensor,
+                      kappa: float | None, noise: bool) -> torch.Tensor:
+        """Per-triplet losses ``(B,)`` of one block of :meth:`_triplet_blocks` at ``U``."""
+        if len(rows) == 2:
+            d_ab = (rows[0] @ U).square().sum(1)  # (B,)
+            d_ac = (rows[1] @ U).square().sum(1)
+        else:
+            d_ab = _pair_quads(U, rows[0], rows[1])
+            d_ac = _pair_quads(U, rows[2], rows[3])
+        kappa = self.config.sharpness if kappa is None else kappa
+        eps = self._eps(src) if noise else None
+        return _triplet_loss(d_ab, d_ac, t, kappa, self.config.tie_band, eps)
+
+    def _triplet_mean(self, U: torch.Tensor, kappa: float | None, noise: bool, backward: bool = False
+                      ) -> torch.Tensor:
+        """The stored triplets' mean loss at ``U`` (0-d), summed a block at a time; ``backward``: each
+        block's share of the gradient is added to ``U.grad`` as it is computed and the result is
+        detached, so only one block's graph is ever held."""
+        n = len(self._trips)
+        if n <= FULL_BLOCK:  # one block: the mean as it always was computed
+            ((rows, t, src),) = self._triplet_blocks()
+            loss = self._block_losses(U, rows, t, src, kappa, noise).mean()
+            if backward:
+                loss.backward()
+            return loss.detach() if backward else loss
+        total = U.new_zeros(())
+        for rows, t, src in self._triplet_blocks():
+            part = self._block_losses(U, rows, t, src, kappa, noise).sum() / n
+            if backward:
+                part.backward()
+                part = part.detach()
+            total = total + part
+        return total
+
+    def _loss_backward(self, U: torch.Tensor, kappa: float | None, noise: bool) -> torch.Tensor:
+        """:meth:`_full_loss` at ``U`` (detached) with its gradient added to ``U.grad``, the triplets
+        taken :data:`FULL_BLOCK` at a time: a full-batch step's memory is one block's, however many
+        answers are stored (1M triplets at p = 32, rank 8: +0.6 GiB for one pass in one piece)."""
+        if len(self._trips) <= FULL_BLOCK:
+            loss = self._full_loss(U, kappa, noise)
+            loss.backward()
+            return loss.detach()
+        rest = self._full_loss(U, kappa, noise, triplets=False)  # pairs, tuples: in one piece
+        if rest.requires_grad:
+            rest.backward()
+        return rest.detach() + self._triplet_mean(U, kappa, noise, backward=True)
 
     # ------------------------------------------------------------ readout
 

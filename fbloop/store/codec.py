@@ -1,10 +1,13 @@
-"""Sparse activations as SQLite BLOBs.
+"""Sparse activations as SQLite BLOBs; answers' meta as JSON text (:func:`encode_metas`).
 
 Activations are stored compactly: the nonzero slots of each activation as
 little-endian ``int32`` indices and ``float64`` values in two BLOB columns.
 """
 
 from __future__ import annotations
+
+import json
+from json.encoder import encode_basestring_ascii as _str
 
 import numpy as np
 
@@ -76,3 +79,56 @@ def _decode_cands(rows: list[tuple[bytes, bytes]], p: int) -> tuple[SparseBatch,
         for j in range(k):
             split[j].append((body[4 * ends[j]:4 * ends[j + 1]], val[8 * ends[j]:8 * ends[j + 1]]))
     return tuple(_decode(col, p) for col in split)
+
+
+# ---------------------------------------------------------------- answers' meta as JSON text
+
+
+def encode_metas(metas: list[dict | None]) -> list[str | None]:
+    """``[json.dumps(m) for m in metas]`` (``None`` stays ``None``): the same texts, built a column at a time.
+
+    The answers of one block (a batch's result lines, a chunk of LLM replies) carry metas with the same
+    keys, most of whose values repeat from one answer to the next (template, model, order, batch id).
+    Metas sharing the commonest key order are written through one format: a field whose value (and
+    type) is the same in all of them is encoded once, the others a column at a time. The rest, and any
+    value that is not a string, an int, a bool or ``None``, go through ``json.dumps`` itself.
+    """
+    out: list[str | None] = [None] * len(metas)
+    shapes: dict[tuple, list[int]] = {}
+    for i, m in enumerate(metas):
+        if type(m) is dict:
+            shapes.setdefault(tuple(m), []).append(i)
+        elif m is not None:
+            out[i] = json.dumps(m)
+    for keys, rows in shapes.items():
+        texts = _encode_shape(keys, [metas[i] for i in rows]) if len(rows) > 1 else None
+        for j, i in enumerate(rows):
+            out[i] = texts[j] if texts is not None else json.dumps(metas[i])
+    return out
+
+
+_SIMPLE = {str: _str, int: int.__repr__, bool: lambda v: "true" if v else "false", type(None): lambda v: "null"}
+
+
+def _encode_shape(keys: tuple, metas: list[dict]) -> list[str] | None:
+    """The JSON texts of ``metas``, dicts with exactly ``keys`` in that order; ``None`` when a key is not
+    a string or a value not one :data:`_SIMPLE` encodes exactly as ``json`` does."""
+    if any(type(k) is not str for k in keys):
+        return None
+    fields, varying = [], []
+    for k, key in enumerate(keys):
+        col = [m[key] for m in metas]
+        kinds = set(map(type, col))
+        if len(kinds) != 1 or (kind := kinds.pop()) not in _SIMPLE:
+            return None
+        enc = _SIMPLE[kind]
+        head = f"{_str(key)}: ".replace("%", "%%")
+        if col.count(col[0]) == len(col):  # one value (of one type) throughout: written once
+            fields.append(head + enc(col[0]).replace("%", "%%"))
+        else:
+            fields.append(head + "%s")
+            varying.append([enc(v) for v in col])
+    form = "{" + ", ".join(fields) + "}"
+    if not varying:
+        return [form.replace("%%", "%")] * len(metas)
+    return [form % values for values in zip(*varying)]

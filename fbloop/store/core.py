@@ -17,7 +17,7 @@ from ..errors import StoreError
 from ..records import CANDIDATE_KINDS, Answers, MIXED, Queries
 from ..sparse import SparseBatch
 from .batches import BatchStore
-from .codec import _decode, _decode_cands, _encode, _encode_cands
+from .codec import _decode, _decode_cands, _encode, _encode_cands, encode_metas
 from .crowd import CrowdStore
 from .migrations import migrate
 from .transactions import write
@@ -132,10 +132,9 @@ class Store(CrowdStore, BatchStore):
     def _answer_rows(self, run_id: str, answers: Answers, attempt: int) -> list[tuple]:
         now = time.time()
         raw = answers.raw or [None] * len(answers)
-        meta = answers.meta or [None] * len(answers)
+        meta = encode_metas(answers.meta) if answers.meta else [None] * len(answers)  # json.dumps' texts
         return [
-            (run_id, s, answers.agent, attempt, v if st == "ok" else None, st, r,
-             json.dumps(m) if m is not None else None, now)
+            (run_id, s, answers.agent, attempt, v if st == "ok" else None, st, r, m, now)
             for s, v, st, r, m in zip(np.asarray(answers.seq).tolist(), np.asarray(answers.value, np.float64).tolist(),
                                       [str(x) for x in answers.status], raw, meta)
         ]
