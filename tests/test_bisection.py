@@ -63,6 +63,7 @@ def test_invalid_sub_answers_make_the_pair_invalid(setup):
     assert np.all(got.ok[1::2])
 
 
+@pytest.mark.slow  # 35–65 s on 2 loaded cores
 def test_bisection_run_recovers_the_rfm_target(tmp_path):
     cfg = RunConfig(target="rfm", design=DesignConfig(name="eigen"), bisection=BisectionConfig(precision=1e-3),
                     rfm_mse=False)

@@ -155,6 +155,7 @@ def test_export_csv_and_jsonl(small_run, tmp_path):
         "x.csv", "x.csv.meta.json", "x.jsonl", "x.jsonl.meta.json"]
 
 
+@pytest.mark.slow  # 35–65 s on 2 loaded cores
 def test_bound():
     res = cli("bound", "--design", "gaussian", "--p", "10", "--rank", "10")
     assert res.exit_code == 0
@@ -335,6 +336,7 @@ def _table(db: Path, sql: str) -> list[tuple]:
     return sql_rows(db, sql)
 
 
+@pytest.mark.slow  # 35–65 s on 2 loaded cores
 def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path):
     for budget in (3000, 12000, 48000):  # a bigger budget if a fast machine finished first
         a_db = tmp_path / f"A{budget}.db"

@@ -174,7 +174,8 @@ def killed_and_resumed(srv, db: Path, budget: int, batch_size: int, order_swap: 
     return counts, printed
 
 
-@pytest.mark.parametrize("batch_size, order_swap", [pytest.param(1, True, marks=pytest.mark.slow), (8, True)])
+@pytest.mark.slow  # 35–75 s each; test_resume's default run keeps kill -9 cases (oracle, pool, active, people)
+@pytest.mark.parametrize("batch_size, order_swap", [(1, True), (8, True)])
 def test_kill_9_and_resume_against_the_hostile_server(target, tmp_path, batch_size, order_swap):
     with Running(HostileConfig(), target) as srv:
         counts, _ = killed_and_resumed(srv, tmp_path / "k.db", 128 if batch_size == 8 else 256, batch_size,

@@ -73,6 +73,7 @@ def test_scale_is_pinned_by_the_anchor(target):
     assert y @ learner.phi() @ y == pytest.approx(1.0, abs=1e-4)
 
 
+@pytest.mark.slow  # 35–65 s on 2 loaded cores
 def test_triplets_learn_the_metric(target):
     d = make_design(DesignConfig(name="triplet", dist="gaussian"), target, 0)
     q = d.queries(0, 1500)
@@ -125,6 +126,7 @@ def test_dense_triplet_loss_equals_the_gathered_one(target, monkeypatch):
     assert learner._dense is None
 
 
+@pytest.mark.slow  # 35–65 s on 2 loaded cores
 def test_triplets_at_full_rank_are_cut_at_the_eigengap():
     # Seed 2: the fit's largest eigenvalue ratio (5.9) is in its tail, at rank 6; the true rank's (4.9)
     # is a candidate cut too, and AIC picks it (PCC 0.99927; 0.99820 when cut at the largest ratio).

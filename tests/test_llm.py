@@ -157,6 +157,7 @@ def test_descriptions_cannot_steer_the_verdict(server, target, tmp_path):
 # ---------------------------------------------------------------- the loop
 
 
+@pytest.mark.slow  # 35–65 s on 2 loaded cores
 def test_llm_run_reaches_the_direct_oracle_pcc(server, tmp_path):
     with Store(tmp_path / "r.db") as store:
         direct = run_loop(RunConfig(target=SPEC, design=DesignConfig(name="triplet"), budget=600, rfm_mse=False),
