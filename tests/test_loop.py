@@ -50,7 +50,7 @@ def test_exact_learner_reaches_the_bound_on_every_seed(store, spec, design):
     assert min(pccs) >= 0.9999, pccs
 
 
-@pytest.mark.parametrize("spec", ["rfm", "synthetic:p=10,rank=4"])
+@pytest.mark.parametrize("spec", ["rfm", pytest.param("synthetic:p=10,rank=4", marks=BIG)])
 @pytest.mark.parametrize("design", DESIGNS)
 def test_gradient_learner_reaches_the_bound_on_every_seed(store, spec, design):
     pccs = [run_at_bound(store, spec_for(spec, s), design, s, "gradient").pcc for s in SEEDS]

@@ -245,6 +245,7 @@ def test_people_in_a_pool_answer_in_the_form_and_a_later_run_learns_from_them(tm
         assert store.queued("mixed").size == len(real) + len(checks) and third.answers == second.answers
 
 
+@pytest.mark.slow  # 19–29 s on 2 cores
 def test_people_members_one_per_pool_and_a_killed_run_queues_nothing_twice(tmp_path, monkeypatch):
     from fbloop.learners import LearnerConfig
     from fbloop.loop import RunConfig, run_loop

@@ -147,6 +147,7 @@ def test_active_needs_the_triplet_design(store):
         run_loop(cfg, store)
 
 
+@pytest.mark.slow  # 19–29 s on 2 cores
 def test_active_config_round_trips_through_the_stored_json(store):
     cfg = active_config(budget=64, strategy="ensemble")
     run_loop(cfg, store, run_id="json")

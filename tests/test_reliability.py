@@ -118,6 +118,7 @@ def test_an_llm_is_weighed_by_its_order_swaps_over_http(tmp_path, monkeypatch):
         assert resumed.extra["source_noise"] == aware.extra["source_noise"]  # the tally read back from the store
 
 
+@pytest.mark.slow  # 19–29 s on 2 cores
 def test_the_cli_prints_the_fitted_rates_and_exact_sources_turns_them_off(tmp_path, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "local")
     spec = "synthetic:p=12,rank=3"

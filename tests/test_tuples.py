@@ -257,6 +257,7 @@ def test_tuple_answers_out_of_range_are_refused(target):
 # ---------------------------------------------------------------- a run, resumed
 
 
+@pytest.mark.slow  # 19–29 s on 2 cores
 def test_a_rank_run_through_the_cli_resumes_without_asking_again(tmp_path):
     args = [sys.executable, "-m", "fbloop", "run", "--target", "synthetic:p=6,rank=2", "--design", "rank",
             "--k", "3", "--budget", "120", "--db", str(tmp_path / "r.db"), "--run-id", "r", "--json",
