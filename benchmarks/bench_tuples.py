@@ -23,7 +23,7 @@ run sees); ``--final`` runs it.
 
     python benchmarks/bench_tuples.py                                   # RFM and p = 32, seeds 0–4
     python benchmarks/bench_tuples.py --targets synthetic:p=128,rank=16 --seeds 0 1 --every 32
-    python benchmarks/bench_tuples.py --noises none --kinds triplet rank:8 --seeds 0 --out /tmp/t.json
+    python benchmarks/bench_tuples.py --noises none --kinds triplet rank:8 --seeds 0 --out t.json
     python benchmarks/bench_tuples.py --active ensemble       # each kind also chosen by an active strategy
 
 Writes ``benchmarks/results/tuples.json`` and ``tuples.png`` (``--out``).
