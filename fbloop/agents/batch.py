@@ -679,20 +679,26 @@ def settle(llm: LLMAgent, store: Store, run_id: str, asks: np.ndarray, why: str,
     return Ingester(llm, store, run_id).ingest(lines, batch)
 
 
-def write_batch(llm: LLMAgent, store: Store, run_id: str, asks: np.ndarray, mode: str, path: str) -> int:
-    """Write the lines of ``asks`` (sorted by request) to ``path`` from the stored queries, a block of
-    requests at a time; returns the lines written."""
+def write_lines(fh, llm: LLMAgent, store: Store, run_id: str, asks: np.ndarray, mode: str) -> tuple[int, int]:
+    """Write the lines of ``asks`` (sorted by request) to the open file ``fh`` from the stored queries, a block
+    of requests at a time; returns ``(lines, answers asked)``."""
     writer = LineWriter(llm, run_id)
     reqs = list(requests_of(asks))
-    n = 0
+    n = answers = 0
+    for lo in range(0, len(reqs), QUERY_BLOCK):
+        part = np.concatenate(reqs[lo:lo + QUERY_BLOCK])
+        queries = store.load_queries(run_id, np.unique(part[:, 0]))
+        for line in writer.lines(queries, part, mode):
+            fh.write(line)
+            n += 1
+        answers += len(part)
+    return n, answers
+
+
+def write_batch(llm: LLMAgent, store: Store, run_id: str, asks: np.ndarray, mode: str, path: str) -> int:
+    """Write the lines of ``asks`` (sorted by request) to ``path``; returns the lines written."""
     with open(path, "wb") as fh:
-        for lo in range(0, len(reqs), QUERY_BLOCK):
-            part = np.concatenate(reqs[lo:lo + QUERY_BLOCK])
-            queries = store.load_queries(run_id, np.unique(part[:, 0]))
-            for line in writer.lines(queries, part, mode):
-                fh.write(line)
-                n += 1
-    return n
+        return write_lines(fh, llm, store, run_id, asks, mode)[0]
 
 
 def export_pending(llm: LLMAgent, store: Store, run_id: str, path: str) -> dict:
@@ -712,15 +718,8 @@ def export_pending(llm: LLMAgent, store: Store, run_id: str, path: str) -> dict:
     n = answers = 0
     with open(path, "wb") as fh:
         for mode, part in parts:
-            writer = LineWriter(llm, run_id)
-            reqs = list(requests_of(part))
-            for lo in range(0, len(reqs), QUERY_BLOCK):
-                block = np.concatenate(reqs[lo:lo + QUERY_BLOCK])
-                queries = store.load_queries(run_id, np.unique(block[:, 0]))
-                for line in writer.lines(queries, block, mode):
-                    fh.write(line)
-                    n += 1
-                answers += len(block)
+            lines, asked = write_lines(fh, llm, store, run_id, part, mode)
+            n, answers = n + lines, answers + asked
     return {"requests": n, "answers": answers, "bytes": os.path.getsize(path)}
 
 
