@@ -8,6 +8,8 @@ output streamed back into SQLite through the strict parser; the learner learns a
 
     python benchmarks/bench_batch.py                      # 250,000 and 1,000,000 triplets
     python benchmarks/bench_batch.py --sizes 20000        # a quick look
+    python benchmarks/bench_batch.py --sizes 500000 1000000 --max-rows 250000 --name batch_scale_bounded
+                                                          # the learner holding a 250,000-answer sample
 
 Writes ``benchmarks/results/batch_scale.{json,png}``: per size the files and batches, upload
 throughput (lines rendered and written, and bytes sent), ingest throughput (result lines downloaded,
@@ -58,7 +60,7 @@ def start_server(port: int, folder: str) -> subprocess.Popen:
     raise SystemExit("serve-oracle did not start within 60 s")
 
 
-def one(size: int, url: str, db: Path, out: Path) -> None:
+def one(size: int, url: str, db: Path, out: Path, max_rows: int | None = 1_000_000) -> None:
     """One run in this process (the child): its figures as JSON in ``out``."""
     from fbloop.agents.batch import BatchConfig
     from fbloop.agents.llm import LLMConfig
@@ -68,7 +70,7 @@ def one(size: int, url: str, db: Path, out: Path) -> None:
     from fbloop.store import Store
 
     cfg = RunConfig(target=TARGET, design=DesignConfig(name="triplet"), agent="llm", budget=size, rfm_mse=False,
-                    learner_config=LearnerConfig(rank=8),  # the target's rank: no rank choice at the end
+                    learner_config=LearnerConfig(rank=8, max_rows=max_rows),  # rank 8: the target's
                     llm=LLMConfig(base_url=url, structured="json_schema", cost_prompt_1k=0.00015,
                                   cost_completion_1k=0.0006),  # gpt-4o-mini's list prices, $ per 1k tokens
                     batch=BatchConfig(poll_s=1.0, poll_max_s=5.0))
@@ -82,7 +84,8 @@ def one(size: int, url: str, db: Path, out: Path) -> None:
     db_bytes = sum(p.stat().st_size for p in db.parent.glob(db.name + "*"))
     t_first = min(b["created_at"] for b in batches)
     out.write_text(json.dumps({
-        "triplets": size, "answers": res.answers, "pcc": res.pcc, "wall_s": round(wall, 1),
+        "triplets": size, "answers": res.answers, "pcc": res.pcc, "max_rows": max_rows,
+        "learned": res.extra.get("learned"), "held": res.extra.get("held", res.extra.get("learned")), "wall_s": round(wall, 1),
         "files": len(batches), "batches": len({b["batch_id"] for b in batches}),
         "requests": u["batches"]["requests"], "bytes_uploaded": work["uploaded_bytes"],
         "write_s": work["write_s"], "upload_s": work["upload_s"],
@@ -197,6 +200,9 @@ def main() -> None:
     ap.add_argument("--ingest-only", type=int, nargs="*", metavar="LINES",
                     help="Only time ingesting result files of these sizes (each in a process of its own); "
                          "adds ingest_only to the results JSON")
+    ap.add_argument("--name", default="batch_scale", help="the results' file name (.json and .png)")
+    ap.add_argument("--max-rows", type=int, default=1_000_000,
+                    help="the learner's LearnerConfig.max_rows: answers held for fitting (0: all)")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)  # the child: one run
     ap.add_argument("--url", help=argparse.SUPPRESS)
     ap.add_argument("--db", type=Path, help=argparse.SUPPRESS)
@@ -204,7 +210,7 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("OPENAI_API_KEY", "local")
     if args.one and args.url:
-        one(args.one, args.url, args.db, args.result)
+        one(args.one, args.url, args.db, args.result, args.max_rows or None)
         return
     if args.one:  # an ingest-only child
         args.result.write_text(json.dumps(ingest_only(args.one, args.db.parent)) + "\n")
@@ -236,7 +242,7 @@ def main() -> None:
         for size in args.sizes:
             db, result = work / f"run-{size}.db", work / f"run-{size}.json"
             subprocess.run([sys.executable, __file__, "--one", str(size), "--url", f"http://127.0.0.1:{port}/v1",
-                            "--db", str(db), "--result", str(result)], check=True)
+                            "--db", str(db), "--result", str(result), "--max-rows", str(args.max_rows)], check=True)
             rows.append(json.loads(result.read_text()))
             r = rows[-1]
             print(f"{size:>9,} triplets: {r['files']} files / {r['batches']} batches, write {r['write_lines_per_s']:,.0f} "
@@ -250,13 +256,13 @@ def main() -> None:
         server.wait(timeout=30)
         shutil.rmtree(work, ignore_errors=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    out = {"benchmark": "batch_scale", "target": TARGET, "chunk": 50_000,
+    out = {"benchmark": "batch_scale", "target": TARGET, "chunk": 50_000, "max_rows": args.max_rows or None,
            "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform(),
                        "loadavg_at_start": load},  # a shared machine: other work competes for the cores
            "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "rows": rows}
-    (args.out / "batch_scale.json").write_text(json.dumps(out, indent=2) + "\n")
-    plot(rows, args.out / "batch_scale.png")
-    print(f"wrote {args.out / 'batch_scale.json'} and {args.out / 'batch_scale.png'}")
+    (args.out / f"{args.name}.json").write_text(json.dumps(out, indent=2) + "\n")
+    plot(rows, args.out / f"{args.name}.png")
+    print(f"wrote {args.out / (args.name + '.json')} and {args.out / (args.name + '.png')}")
 
 
 if __name__ == "__main__":

@@ -108,6 +108,80 @@ def test_result_lines_read_as_json_loads_reads_them(raw):
     assert outcome(read_line) == outcome(json.loads)
 
 
+def _result(cid="fbloop:R:7:ab:0", status=200, content='{"answer": "first"}', usage=None, **body) -> dict:
+    body = {"id": "chatcmpl-1", "object": "chat.completion", "model": "m",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+            "usage": usage if usage is not None else {"prompt_tokens": 400, "completion_tokens": 5}, **body}
+    return {"id": "batch_req_1", "custom_id": cid, "response": {"status_code": status, "request_id": "req_1",
+                                                                 "body": body}, "error": None}
+
+
+USUAL = [json.dumps(_result()), json.dumps(_result("fbloop:R:0:ba:12", content="prose")),
+         json.dumps(_result(usage={"prompt_tokens": -3})), json.dumps(_result(usage={})),
+         json.dumps({**_result(), "response": {**_result()["response"], "request_id": None}}),
+         json.dumps(_result(id="x" * 500, model="")), json.dumps(_result(content="é" * 3000)),
+         '{"custom_id": "fbloop:R:1:ab:0", "custom_id": "fbloop:R:2:ab:0", "response": '
+         + json.dumps(_result()["response"]) + "}",  # duplicate keys: the last one, as json reads it
+         json.dumps({**_result(), "extra": [[[1, 2.5e300, None]]]}), "  " + json.dumps(_result()) + " \r\n",
+         json.dumps({**_result(), "deep": [[[]]] * 200 + [[[[[[[[[[]]]]]]]]]]})]  # short enough: read fast
+OTHER = [json.dumps(_result(status=500)), json.dumps(_result(content="")), json.dumps(_result(content=None)),
+         json.dumps(_result(content=[{"type": "text", "text": "hi"}])), json.dumps(_result(usage={"prompt_tokens": 4.0})),
+         json.dumps(_result(usage={"prompt_tokens": True})), json.dumps(_result(usage={"prompt_tokens": None})),
+         json.dumps(_result(id=17)), json.dumps(_result("fbloop:R:3+4:ab:0")), json.dumps(_result("fbloop:R:03:ab:0")),
+         json.dumps(_result("fbloop:S:3:ab:0")), json.dumps(_result(choices=[])), json.dumps(_result(status=200.0)),
+         json.dumps({**_result(), "response": {**_result()["response"], "request_id": 5}}),
+         json.dumps({**_result(), "x": float("nan")}), json.dumps(_result(content="\udc80")),
+         json.dumps(_result()) + " x", json.dumps({**_result(), "many": [[[]]] * 300}),  # long and bracketed
+         '{"custom_id": "fbloop:R:1:ab:0", "response": ' + "[" * 2000 + "]" * 2000 + "}",
+         json.dumps({"custom_id": "fbloop:R:1:ab:0", "error": {"code": "x", "message": "y"}, "response": None})]
+
+
+@pytest.mark.parametrize("text", USUAL + OTHER)
+@pytest.mark.parametrize("as_bytes", [False, True])
+def test_the_fast_reader_reads_usual_lines_as_the_general_one_and_leaves_the_rest(text, as_bytes):
+    """A usual line read fast gives the same custom id, position, order, attempt and reply as json plus
+    the general reader; any other line is left to the general reader (which decides what it is)."""
+    from fbloop.agents.batch import _line_reply, read_line
+    from fbloop.agents.fastlines import id_pattern, read_usual
+
+    raw = text.encode("utf-8", "surrogatepass") if as_bytes else text
+    fast = read_usual(raw, id_pattern("R"))
+    if text not in USUAL:
+        assert fast is None
+        return
+    assert fast is not None
+    rec = read_line(raw)
+    (seqs, order, attempt), reply = parse_custom_id(rec["custom_id"], "R"), _line_reply(rec)
+    assert fast == (seqs[0], order, attempt, reply, rec["custom_id"])
+
+
+def test_ingest_stores_the_same_rows_with_or_without_the_fast_reader(tmp_path, target, monkeypatch):
+    """Ingesting a mixed result file (usual lines, errors, refusals, unknown ids, garbage) stores the same
+    rows and reports the same counts as the general reader alone."""
+    import fbloop.agents.batch as batch
+
+    cfg = config("http://127.0.0.1:9/v1", budget=40, mode="offline", swap=False)
+    lines = []
+    for s in range(40):
+        pick = s % 8
+        lines.append(json.dumps(_result(f"fbloop:R:{s}:ab:0", content=['{"answer": "first"}', '{"answer": "second"}',
+                                                                        "no", ""][pick % 4],
+                                        status=500 if pick == 7 else 200)))
+    lines += ["garbage", json.dumps(_result("fbloop:R:999:ab:0")), json.dumps(_result("fbloop:R:3:ab:5"))]
+    stored = []
+    for fast in (True, False):
+        if not fast:
+            monkeypatch.setattr(batch, "read_usual", lambda raw, ids: None)
+        with Store(tmp_path / f"{fast}.db") as store:
+            run_loop(cfg, store, run_id="R")
+            llm = BatchLLM(cfg.llm, target.descriptions)
+            rep = Ingester(llm, store, "R").ingest([x.encode() for x in lines])
+            got = [{k: v for k, v in r.items() if k not in ("created_at", "id")} for r in rows(store, "R")]
+            stored.append((rep.to_dict(), sorted(got, key=lambda r: (r["seq"], r["attempt"], r["agent"]))))
+    assert stored[0][0]["stored"] == 40 and stored[0][0]["unmatched"] == 2 and stored[0][0]["unreadable"] == 1
+    assert stored[0] == stored[1]
+
+
 def test_plan_groups_requests_by_order_and_attempt():
     seq = np.array([0, 1, 2, 0, 1, 2])
     asks = plan(seq, np.array([0, 0, 0, 1, 1, 1]), np.array([0, 0, 1, 0, 0, 0]), k=2)

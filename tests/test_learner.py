@@ -443,3 +443,48 @@ def test_blocked_full_loss_and_gradient_equal_the_one_piece_ones(target, monkeyp
     with torch.no_grad():
         assert float(learner._full_loss(U, 80.0)) == pytest.approx(float(whole.detach()), rel=1e-13)
     assert (learner._dense is not None) == (path == "dense cached")
+
+
+def test_held_answers_are_a_uniform_sample_once_max_rows_is_reached():
+    """Reservoir sampling: max_rows rows held whatever was given, each row given held w.p. max_rows / given."""
+    from fbloop.learners.columns import _Columns
+
+    hits = np.zeros(2000)
+    for seed in range(300):
+        cols = _Columns((torch.int32, torch.float64), torch.device("cpu"), max_rows=100, seed=seed)
+        for lo in range(0, 2000, 37):  # chunks that straddle the moment the reservoir fills
+            rows = np.arange(lo, min(lo + 37, 2000))
+            cols.append(rows[:, None] % 7, rows.astype(float))
+        idx, val = cols.view()
+        assert len(cols) == 100 and cols.seen == 2000 and cols.cols[0].shape[0] == 100  # never more room
+        assert len(set(val.tolist())) == 100  # no row held twice
+        np.testing.assert_array_equal(idx[:, 0].numpy(), val.numpy().astype(int) % 7)  # columns stay together
+        hits[val.numpy().astype(int)] += 1
+    # each row is held with probability 100/2000: 15 of 300 draws, the first rows as often as the last
+    assert hits[:1000].sum() == pytest.approx(hits[1000:].sum(), rel=0.05)
+    assert hits[:100].sum() == pytest.approx(300 * 100 * 100 / 2000, rel=0.15)
+
+
+def test_a_narrower_row_replacing_a_held_one_is_padded():
+    from fbloop.learners.columns import _Columns
+
+    cols = _Columns((torch.int32, torch.float64), torch.device("cpu"), max_rows=4, seed=0)
+    cols.append(np.full((4, 3), 9), np.ones(4))
+    for _ in range(20):
+        cols.append(np.full((8, 1), 5), np.zeros(8))
+    idx, val = cols.view()
+    for row, v in zip(idx.tolist(), val.tolist()):
+        assert row == ([9, 9, 9] if v == 1 else [5, 0, 0])
+    assert (val == 0).any()  # later rows did replace held ones
+
+
+def test_a_learner_holding_a_sample_still_learns_the_metric(target):
+    d = make_design(DesignConfig(name="triplet", dist="gaussian"), target, 0)
+    q = d.queries(0, 6000)
+    t = OracleAgent(target.factor, d.anchor()).answer(q).value
+    learner = GradientLearner(target.p, LearnerConfig(seed=0, lr=0.02, batch_size=512, max_rows=1500), None)
+    for lo in range(0, 6000, 500):
+        learner.add_triplets(q.a[lo:lo + 500], q.b[lo:lo + 500], q.c[lo:lo + 500], t[lo:lo + 500])
+    assert learner.n_triplets == 1500 and learner.n_given == 6000
+    learner.step(1500)
+    assert metrics.pcc_factored(learner.factor(), target.factor) > 0.95

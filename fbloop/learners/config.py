@@ -32,6 +32,10 @@ class LearnerConfig:
     device: str = "cpu"
     dtype: Literal["auto", "float32", "float64"] = "auto"  # auto: float64 up to p = 2048
     seed: int = 0
+    # Answers of each kind held for fitting: beyond this many, a uniform sample of all those given (reservoir
+    # sampling), so a run's memory stays bounded whatever its size (~160 bytes a triplet at p = 32). Every
+    # answer stays stored in SQLite; None holds them all.
+    max_rows: int | None = 1_000_000
 
     def __post_init__(self) -> None:
         if self.rank is not None and self.rank < 1:
@@ -48,6 +52,8 @@ class LearnerConfig:
             raise ConfigError(f"Expect rank_gap ≥ 1 (a ratio of eigenvalues), got {self.rank_gap}.")
         if self.pair_loss not in ("root", "paper"):
             raise ConfigError(f"Expect pair_loss 'root' or 'paper', got {self.pair_loss!r}.")
+        if self.max_rows is not None and self.max_rows < 1:
+            raise ConfigError(f"Expect max_rows ≥ 1 (or None: hold every answer), got {self.max_rows}.")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"Expect threads ≥ 1, got {self.threads}.")
         if self.dtype not in ("auto", "float32", "float64"):

@@ -53,11 +53,13 @@ class GradientLearner:
         self.U = self._initial_u(p, scale)  # (p, r)
         self.opt = _LazyAdam((p, self.rank), config.lr, self.device, self.dtype)
         i32, fl = torch.int32, self.dtype
-        self._pairs = _Columns((i32, fl, fl), self.device)  # idx (n, s), val (n, s), c (n,)
-        self._trips = _Columns((i32, fl, i32, fl, fl, i32), self.device)  # a−b, a−c as idx/val; t; source
+        held = dict(max_rows=config.max_rows, seed=config.seed)
+        self._pairs = _Columns((i32, fl, fl), self.device, **held)  # idx (n, s), val (n, s), c (n,)
+        self._trips = _Columns((i32, fl, i32, fl, fl, i32), self.device, **held)  # a−b, a−c as idx/val; t; source
         # Tuple answers (closest, rank, odd), one store per option count k: option diffs idx/val (n, k, s),
         # the observation (n, k) (a choice in column 0, or a ranking), mode (n,) 0 choice / 1 ranking, source.
         self._tuples: dict[int, _Columns] = {}
+        self._held = held
         self._noise = torch.zeros(1, dtype=self.dtype, device=self.device)  # (sources,) ε per source id
         self._noisy = False  # some source has ε > 0 (a flag, so a step need not read the device)
         if anchor is not None:
@@ -77,6 +79,11 @@ class GradientLearner:
     @property
     def n_triplets(self) -> int:
         return len(self._trips)
+
+    @property
+    def n_given(self) -> int:
+        """Answers of every kind given to the learner (more than it holds once ``max_rows`` is reached)."""
+        return self._pairs.seen + self._trips.seen + sum(c.seen for c in self._tuples.values())
 
     def add_pairs(self, u: SparseBatch, c: np.ndarray) -> None:
         """Equality pairs: ``uᵀΦu = c·yᵀΦy`` for each row of ``u``."""
@@ -169,7 +176,8 @@ class GradientLearner:
         mode = np.full(len(value), int(queries.kind == "rank"))
         self._grow_sources(int(src.max()) + 1)
         i32 = torch.int32
-        cols = self._tuples.setdefault(k, _Columns((i32, self.dtype, i32, i32, i32), self.device))
+        cols = self._tuples.setdefault(k, _Columns((i32, self.dtype, i32, i32, i32), self.device,
+                                                                **self._held))
         cols.append(idx, val, obs, mode, src)
 
     def _source_ids(self, source: int | np.ndarray, n: int) -> np.ndarray:

@@ -200,7 +200,10 @@ def finish(s: Session) -> RunResult:
     # What the answers cost a reader: activations shown, one question per stored answer (any status)
     extra["activations_shown"] = s.store.count_answers(s.run_id, status=None) * s.design.shown
     if s.learner_name == "gradient":  # every answer learnt once: the stored ok answers, held-out ones aside
-        extra["learned"] = s.learner.n_pairs + s.learner.n_triplets + s.learner.n_tuples
+        extra["learned"] = s.learner.n_given
+        held = s.learner.n_pairs + s.learner.n_triplets + s.learner.n_tuples
+        if held < extra["learned"]:  # LearnerConfig.max_rows: the fit held a uniform sample of them
+            extra["held"] = held
     if s.design.adaptive:
         extra["design"] = s.design.summary()
     s.store.add_snapshot(s.run_id, s.n_ok, pcc, time.perf_counter() - s.t0,  # one final snapshot, every readout
