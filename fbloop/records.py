@@ -144,6 +144,27 @@ def ranking_from_code(code: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
+def from_reversed(kind: str, value: np.ndarray, k: int) -> np.ndarray:
+    """Answers given to questions shown with their candidates (or odd-one-out items) in reverse order,
+    in the stored order: candidate ``j`` shown is stored candidate ``k + 1 − j``. A triplet's ``±1`` flips
+    sign (its two candidates reversed); closest's 0 ("no clear winner") stays 0; a ranking is re-coded;
+    NaN (no answer) stays NaN."""
+    value = np.asarray(value, dtype=np.float64)
+    out = np.full_like(value, np.nan)
+    ok = ~np.isnan(value)
+    v = value[ok]
+    if kind == "triplet":
+        out[ok] = -v
+    elif kind in ("closest", "odd"):
+        n = 3 if kind == "odd" else k
+        out[ok] = np.where(v > 0, n + 1 - v, v)
+    elif kind == "rank":
+        out[ok] = ranking_code(k - 1 - ranking_from_code(v, k))
+    else:
+        raise ShapeError(f"Expect a triplet or tuple kind to reverse, got {kind!r}.")
+    return out
+
+
 Status = Literal["ok", "invalid", "skipped"]
 STATUSES: tuple[str, ...] = ("ok", "invalid", "skipped")
 

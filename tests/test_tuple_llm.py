@@ -19,7 +19,9 @@ from fbloop.learners import LearnerConfig
 from fbloop.loop import RunConfig, run_loop
 from fbloop.queries.catalogue import make_design
 from fbloop.queries.designs import DesignConfig
-from fbloop.records import Queries, ranking_code
+from fbloop.agents.oracle import OracleConfig
+from fbloop.agents.reliability import flip_rate_from_swaps
+from fbloop.records import Queries, from_reversed, ranking_code
 from fbloop.sparse import SparseBatch
 from fbloop.store import Store
 
@@ -128,9 +130,70 @@ def test_a_prompt_without_a_tuple_question_is_not_read():
     assert read_prompt("Candidate 1:\nCandidate 2:\nReply with {\"closest\": 1} or {\"ranking\": [1]}") is None
 
 
-def test_order_swaps_are_refused_for_tuples():
-    with pytest.raises(ConfigError, match="order_swap=True"):
-        TupleLLMAgent(cfg("http://127.0.0.1:1/v1", order_swap=True), "rank", 4)
+def reversed_questions(q: Queries) -> Queries:
+    """The questions with their candidates (odd one out: items) in reverse order."""
+    if q.kind == "odd":
+        return Queries("odd", q.seq, q.c, q.b, q.a)
+    return Queries(q.kind, q.seq, q.a, cands=q.cands[::-1])
+
+
+@pytest.mark.parametrize("kind,k", [("closest", 5), ("rank", 4), ("odd", 3), ("triplet", 2)])
+def test_answers_to_reversed_questions_map_back_to_the_stored_order(target, kind, k):
+    q = questions(target, kind, None if kind in ("odd", "triplet") else k, n=60)
+    oracle = OracleAgent(target.factor, q.a)
+    flipped = Queries("triplet", q.seq, q.a, q.c, q.b) if kind == "triplet" else reversed_questions(q)
+    back = from_reversed(kind, oracle.answer(flipped).value, k)
+    assert np.array_equal(back, oracle.answer(q).value)
+    assert np.isnan(from_reversed(kind, np.array([np.nan]), k)).all()
+
+
+@pytest.mark.parametrize("kind,k", [("closest", 4), ("rank", 4), ("odd", None)])
+def test_the_order_swap_asks_reversed_questions_and_stores_them_in_the_stored_order(server, target, kind, k):
+    """An exact oracle behind the server answers both orders alike once the swapped answers are mapped
+    back; the swapped prompts show the candidates last first."""
+    q = questions(target, kind, k, n=40)
+    agent = TupleLLMAgent(cfg(server.url, order_swap=True, cache=False, concurrency=8), kind, k or 3)
+    asked, swapped = agent.answer_sets(q)
+    want = OracleAgent(target.factor, q.a).answer(on_grid(q)).value
+    assert asked.agent == "llm:fbloop-oracle" and swapped.agent == "llm:fbloop-oracle#swap"
+    assert asked.ok.all() and swapped.ok.all()
+    assert np.array_equal(asked.value, want) and np.array_equal(swapped.value, want)
+    assert agent.usage.swap_pairs == 40 and agent.usage.swap_disagreements == 0
+    shown = agent._texts(q)[0]
+    assert read_prompt(agent._prompt([shown.reversed])).options == read_prompt(agent._prompt([shown])).options[::-1]
+
+
+@pytest.mark.parametrize("kind,k,options,keeps", [("closest", 4, 4, False), ("odd", None, 3, False),
+                                                  ("rank", 3, 6, True)])
+def test_the_swap_flip_rate_recovers_the_servers_flip_rate(target, kind, k, options, keeps):
+    """Behind a server that flips 20 % of its answers (closest, odd: to another option at random; rank:
+    to a random ranking), the disagreement between the two orders gives back a flip rate near 0.2."""
+    q = questions(target, kind, k, n=500)
+    flips = OracleConfig(noise="flip", flip=0.2)
+    with serve(ServerConfig(target=SPEC, oracle=flips, seed=3), target=target) as srv:
+        agent = TupleLLMAgent(cfg(srv.url, order_swap=True, cache=False, concurrency=8), kind, k or 3)
+        asked, swapped = agent.answer_sets(q)
+    both = int((asked.ok & swapped.ok).sum())
+    agree = both - agent.usage.swap_disagreements
+    assert both == 500
+    eps = agent._swap_flip_rate(both, agree)
+    assert eps == pytest.approx(flip_rate_from_swaps(both, agree, options, keeps))
+    assert 0.14 < eps < 0.26, (agree, eps)
+
+
+def test_a_model_favouring_the_first_candidate_shows_its_position_bias_in_a_run(target, tmp_path):
+    """A server that always ranks candidate 1 first: the two orders disagree on most questions, the run's
+    summary says so, and the learner is told a high flip rate for both orders."""
+    with serve(ServerConfig(target=SPEC, first_bias=1.0), target=target) as srv, Store(tmp_path / "b.db") as store:
+        config = RunConfig(target=SPEC, design=DesignConfig(name="rank", k=4, dist="gaussian"), budget=64,
+                           learner_config=LearnerConfig(rank=3, final_steps=300), rfm_mse=False, agent="llm",
+                           llm=cfg(srv.url, order_swap=True, concurrency=8))
+        result = run_loop(config, store, run_id="biased")
+        both = store.agreement("biased", "llm:fbloop-oracle", "llm:fbloop-oracle#swap")
+    llm = result.extra["llm"]
+    assert both["both"] == 64 and llm["swap_pairs"] == 64
+    assert llm["position_bias_rate"] > 0.8  # candidate 1 first, and the reversed question's first is candidate 4
+    assert result.extra["source_noise"]["llm:fbloop-oracle#swap"] == pytest.approx(0.45)  # capped
 
 
 def test_a_batch_reply_needs_the_asked_ids_each_once():

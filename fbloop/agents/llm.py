@@ -81,7 +81,7 @@ import numpy as np
 
 from .. import prompts, render
 from ..errors import ConfigError
-from ..records import Answers, Queries
+from ..records import Answers, Queries, from_reversed
 from ..sparse import SparseBatch
 from .base import ImmediateAgent, Ledger
 from .reliability import flip_rate_from_swaps
@@ -357,7 +357,7 @@ class LLMAgent(ImmediateAgent):
         if self._stored_swaps is None:
             return {}
         u, s = self.usage, self._stored_swaps
-        eps = flip_rate_from_swaps(s["both"] + u.swap_pairs, s["agree"] + u.swap_pairs - u.swap_disagreements)
+        eps = self._swap_flip_rate(s["both"] + u.swap_pairs, s["agree"] + u.swap_pairs - u.swap_disagreements)
         return {} if eps is None else {name: eps for name in self.sources()}
 
     def summary(self, final: bool = False) -> dict:
@@ -457,6 +457,14 @@ class LLMAgent(ImmediateAgent):
             return False
         return all(value is not None for value, _ in self._parse(req, rep).values())
 
+    def _from_reversed(self, value: np.ndarray) -> np.ndarray:
+        """Answers to the swapped questions in the stored order (a triplet's: the sign flipped)."""
+        return from_reversed("triplet", value, 2)
+
+    def _swap_flip_rate(self, both: int, agree: int) -> float | None:
+        """The flip rate behind ``agree`` of ``both`` questions answered alike in both orders."""
+        return flip_rate_from_swaps(both, agree)
+
     def _parse(self, req: _Request, rep: Reply) -> dict[int, tuple[float | None, str | None]]:
         """Each answer of a readable reply, by its place in the request: ``(value, None)`` in the order
         asked, or ``(None, reason)``."""
@@ -525,7 +533,6 @@ class LLMAgent(ImmediateAgent):
         ok = invalid = 0
         for req, rep in zip(requests, replies):
             value, status, raw, meta = sets[req.order]
-            sign = 1.0 if req.order == "ab" else -1.0  # values are stored in the query's orientation
             if rep.failed or rep.unreadable:
                 parsed = {k: (None, rep.text if rep.failed else rep.unreadable) for k in range(len(req.rows))}
             else:
@@ -547,7 +554,7 @@ class LLMAgent(ImmediateAgent):
                     m["error"] = scrub(why, REASON_CAP)
                     invalid += 1
                 else:
-                    value[row] = sign * got
+                    value[row] = got
                     status[row] = "ok"
                     ok += 1
                 raw[row] = kept
@@ -557,8 +564,11 @@ class LLMAgent(ImmediateAgent):
         out = []
         for o in orders:
             value, status, raw, meta = sets[o]
+            value = np.array(value, np.float64)
+            if o == "ba":  # values are stored in the query's orientation
+                value = self._from_reversed(value)
             out.append(Answers(self.name if o == "ab" else self.swap_name, np.array(seq, np.int64),
-                               np.array(value, np.float64), np.array(status, dtype=str), raw, meta))
+                               value, np.array(status, dtype=str), raw, meta))
         if len(out) == 2:
             both = out[0].ok & out[1].ok
             self.usage.swap_pairs += int(both.sum())

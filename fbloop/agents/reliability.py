@@ -58,15 +58,28 @@ def flip_rate_from_checks(checks: int, correct: int, chance: float = 0.0) -> flo
     return min(wrong / (1.0 - chance), MAX_NOISE)
 
 
-def flip_rate_from_swaps(both: int, agree: int) -> float | None:
-    """An LLM's flip rate from ``both`` triplets answered in both orders, ``agree`` of them alike;
-    ``None`` below :data:`MIN_SWAPS` pairs."""
+def flip_rate_from_swaps(both: int, agree: int, options: int = 2, flip_keeps: bool = False) -> float | None:
+    """A flip rate from ``both`` questions answered in both candidate orders, ``agree`` of them alike;
+    ``None`` below :data:`MIN_SWAPS` pairs.
+
+    ``options``: the answers a question allows — a triplet's 2 candidates, closest-of-k's ``k``, odd one
+    out's 3, a ranking's ``k!``. A flip gives one of the other options at random (``flip_keeps`` False:
+    the triplet, choice and odd-one-out noise of :func:`fbloop.learners.losses._tuple_loss`) or any of
+    them (True: a ranking's flip is a random ranking). Two independent answers then agree with probability
+    ``(1 − e)² + e²/(options − 1)``, ``e`` the chance an answer is another option than the true one;
+    solved for ``e`` (for a triplet ``(1 − √(1 − 2d))/2``, ``d`` the disagreement rate)."""
     if both < 0 or not 0 <= agree <= both:
         raise ConfigError(f"Expect 0 ≤ agree ≤ both, got agree={agree}, both={both}.")
+    if options < 2:
+        raise ConfigError(f"Expect a question with ≥ 2 possible answers, got options={options}.")
     if both < MIN_SWAPS:
         return None
     d = 1.0 - agree / both
-    return min((1.0 - math.sqrt(max(1.0 - 2.0 * d, 0.0))) / 2.0, MAX_NOISE)
+    a = 1.0 + 1.0 / (options - 1)
+    e = (1.0 - math.sqrt(max(1.0 - a * d, 0.0))) / a
+    if flip_keeps:  # a flip lands on the true answer 1/options of the time
+        e *= options / (options - 1)
+    return min(e, MAX_NOISE)
 
 
 class Sources:

@@ -4,22 +4,39 @@
 structured-output probe, cache, usage and stored metadata — asking one tuple question per request
 in the kind's template (``prompts/closest.txt``, ``rank.txt``, ``odd.txt``; with ``batch_size`` > 1,
 ``<kind>_batch.txt`` holding that many questions under ``tuple_item.txt`` headers) and reading the
-reply strictly (:mod:`fbloop.agents.tuple_prompts`). No order swap yet (a triplet's two candidate
-orders; for ``k`` candidates a random reorder is future work).
+reply strictly (:mod:`fbloop.agents.tuple_prompts`).
+
+**Order swap** (``order_swap``): every question is also asked with its candidates (odd one out: its
+three items) in reverse order, in separate requests, stored under ``llm:<model>#swap`` in the stored
+order (candidate ``j`` shown is stored candidate ``k + 1 − j``; :func:`fbloop.records.from_reversed`).
+Reversing moves the first candidate last, so a model that favours a position answers differently in the
+two orders: the summary's ``position_bias_rate`` is the share of questions answered in both orders whose
+answers differ (a ranking: any difference), and the learner fits both sources at the flip rate that
+disagreement implies (:func:`fbloop.agents.reliability.flip_rate_from_swaps` with the kind's options:
+``k`` candidates, 3 items, or ``k!`` rankings).
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
 from .. import prompts
 from ..errors import ConfigError
-from ..records import TUPLE_KINDS, Queries
+from ..records import TUPLE_KINDS, Queries, from_reversed
 from ..sparse import SparseBatch
 from . import tuple_prompts
 from .llm import LLMAgent, LLMConfig, _Request
+from .reliability import flip_rate_from_swaps
 from .transport import Reply
 from .structured import request_fields
+
+
+class _Shown(dict):
+    """A question's template variables in the stored order; ``reversed``: in the reverse order (the swap)."""
+
+    reversed: dict[str, str] | None = None
 
 
 class TupleLLMAgent(LLMAgent):
@@ -29,9 +46,6 @@ class TupleLLMAgent(LLMAgent):
                  cache=None, prompt_dir=None):
         if kind not in TUPLE_KINDS:
             raise ConfigError(f"Expect a tuple kind {list(TUPLE_KINDS)}, got {kind!r}.")
-        if config.order_swap:
-            raise ConfigError(f"{kind} questions are asked in the order stored (no order swap yet); got "
-                              f"order_swap={config.order_swap}.")
         super().__init__(config, descriptions, cache, prompt_dir)
         self.kinds = (kind,)
         self.kind, self.k = kind, 3 if kind == "odd" else k
@@ -45,9 +59,34 @@ class TupleLLMAgent(LLMAgent):
             self.template_name = self.single.name
             self.template_hash = prompts.combined_hash(self.system, self.single)
 
-    def _texts(self, queries: Queries) -> list[dict[str, str]]:
-        top, desc = self.config.top_features, self.descriptions
-        return [tuple_prompts.blocks(queries, i, desc, top) for i in range(len(queries))]
+    def _texts(self, queries: Queries) -> list[_Shown]:
+        """Each question's template variables as stored, with the reversed order's beside them when the
+        order swap is on."""
+        top, desc, swap = self.config.top_features, self.descriptions, self.config.order_swap
+        out = []
+        for i in range(len(queries)):
+            shown = _Shown(tuple_prompts.blocks(queries, i, desc, top))
+            if swap:
+                shown.reversed = tuple_prompts.blocks(queries, i, desc, top, reverse=True)
+            out.append(shown)
+        return out
+
+    def _requests(self, texts: list[_Shown], order: str) -> list[_Request]:
+        out = []
+        k = self.config.batch_size
+        for lo in range(0, len(texts), k):
+            rows = list(range(lo, min(lo + k, len(texts))))
+            prompt = self._prompt([texts[r] if order == "ab" else texts[r].reversed for r in rows])
+            out.append(_Request(rows, order, prompt, self._key(prompt)))
+        return out
+
+    def _from_reversed(self, value: np.ndarray) -> np.ndarray:
+        return from_reversed(self.kind, value, self.k)
+
+    def _swap_flip_rate(self, both: int, agree: int) -> float | None:
+        if self.kind == "rank":
+            return flip_rate_from_swaps(both, agree, math.factorial(self.k), flip_keeps=True)
+        return flip_rate_from_swaps(both, agree, self.k)
 
     def _prompt(self, blocks: list[dict[str, str]]) -> str:
         if not self.batched:

@@ -52,14 +52,17 @@ _EMPTY = "- (no active features)"
 # ---------------------------------------------------------------- prompts
 
 
-def blocks(queries: Queries, row: int, descriptions: tuple[str, ...] | None, top: int) -> dict[str, str]:
+def blocks(queries: Queries, row: int, descriptions: tuple[str, ...] | None, top: int,
+           reverse: bool = False) -> dict[str, str]:
     """The template variables of question ``row``: ``reference``, ``candidates``, ``count`` (closest,
-    rank) or ``items`` (odd)."""
+    rank) or ``items`` (odd); with ``reverse`` the candidates (items) shown last first, numbered as shown
+    (the order swap; :func:`fbloop.records.from_reversed` maps its answers back)."""
     text = lambda b: render.as_text(render.features(b, row, descriptions, top))  # noqa: E731
+    step = -1 if reverse else 1
     if queries.kind == "odd":
-        items = [queries.a, queries.b, queries.c]
+        items = [queries.a, queries.b, queries.c][::step]
         return {"items": "\n\n".join(f"Item {i + 1}:\n{text(b)}" for i, b in enumerate(items))}
-    cands = "\n\n".join(f"Candidate {j + 1}:\n{text(b)}" for j, b in enumerate(queries.cands))
+    cands = "\n\n".join(f"Candidate {j + 1}:\n{text(b)}" for j, b in enumerate(queries.cands[::step]))
     return {"reference": text(queries.a), "candidates": cands, "count": str(queries.k)}
 
 

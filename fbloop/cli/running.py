@@ -68,7 +68,8 @@ def run_options(fn):
         click.option("--concurrency", default=4, show_default=True, type=click.IntRange(1),
                      help="LLM agent: requests in flight at once."),
         click.option("--order-swap", is_flag=True,
-                     help="LLM agent: also ask every triplet with its candidates swapped (position bias)."),
+                     help="LLM agent: also ask every question with its candidates in reverse order (a triplet's "
+                          "two swapped): the position bias, and a flip rate for the learner."),
         click.option("--structured", default="auto", show_default=True,
                      type=click.Choice(["auto", "json_schema", "json_object", "vllm", "vllm-guided", "ollama",
                                         "prompt"]),

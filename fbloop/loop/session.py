@@ -93,9 +93,6 @@ def check_config(config: RunConfig, design: Design, budget: int) -> None:
     if config.agent == "llm" and design.kind == "pair" and config.bisection is None:
         raise ConfigError("The llm agent answers triplets; pair designs need the bisection route "
                           "(--bisection 1e-3) or --design triplet.")
-    if config.agent == "llm" and design.kind in ("closest", "rank", "odd") and config.llm.order_swap:
-        raise ConfigError(f"{design.kind} questions are asked in the order stored (no order swap yet): leave "
-                          "--order-swap out.")
     if config.agent == "human" and design.kind not in ("triplet", *TUPLE_KINDS):
         raise ConfigError(f"People answer triplets and tuple questions (closest, rank, odd) in the form; design "
                           f"{config.design.name!r} asks {design.kind}s. Use --design triplet (or closest, rank, odd).")
