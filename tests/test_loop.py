@@ -204,9 +204,20 @@ def test_a_resumed_run_keeps_its_held_out_set_and_never_learns_it(store, monkeyp
     assert result.extra["holdout_agreement"] == pytest.approx(whole.extra["holdout_agreement"], abs=0.03)
 
 
-def test_holdout_needs_a_triplet_design(store):
+@pytest.mark.parametrize("kind,k", [("closest", 4), ("rank", 4), ("odd", None)])
+def test_held_out_tuple_answers_are_stored_scored_by_their_first_place_and_never_learned(store, kind, k):
+    held = seeding.held_out(0, np.arange(320), 0.2)
+    cfg = RunConfig(**{**HOLDOUT, "design": DesignConfig(name=kind, k=k, dist="gaussian"), "budget": 320})
+    result = run_loop(cfg, store, run_id=f"held-{kind}")
+    assert store.count_answers(f"held-{kind}") == 320
+    assert result.extra["learned"] == 320 - held.sum()  # the held-out ones never reach the learner
+    assert result.extra["holdout_n"] == held.sum()
+    assert result.extra["holdout_agreement"] > 0.8  # chance: 1/4 (closest, rank), 1/3 (odd)
+
+
+def test_holdout_needs_a_triplet_or_tuple_design(store):
     cfg = RunConfig(target="synthetic:p=6,rank=2", design=DesignConfig(name="gaussian"), holdout=0.1)
-    with pytest.raises(ConfigError, match="held-out share scores triplet answers"):
+    with pytest.raises(ConfigError, match="held-out share scores triplet and tuple answers"):
         run_loop(cfg, store)
 
 

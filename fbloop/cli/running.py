@@ -56,7 +56,7 @@ def run_options(fn):
         click.option("--check-rate", default=None, type=float,
                      help="Human agent: share of attention checks in the queue [default: 0.1]."),
         click.option("--holdout", default=None, type=float, metavar="SHARE",
-                     help="Triplet runs: share of the queries asked and stored but never learned from; each "
+                     help="Triplet and tuple runs: share of the queries asked and stored but never learned from; each "
                           "snapshot scores Φ̂ on them (the readout without a Φ*), e.g. 0.1."),
         click.option("--base-url", default="http://127.0.0.1:8011/v1", show_default=True,
                      help="LLM agent: an OpenAI-compatible endpoint (`fbloop serve-oracle` serves this one)."),

@@ -41,7 +41,7 @@ class RunConfig:
     chunk: int | None = None  # queries per transaction / learner update; None → budget/500 within [64, 16384]
     snapshot_every: int | None = None  # answers between PCC snapshots; None → ~40 per run
     rfm_mse: bool = True  # RFM targets: score Φ̂ by the predictor's test MSE at the end (a 4000² solve)
-    holdout: float | None = None  # triplet runs: share of queries answered and stored, never learned from
+    holdout: float | None = None  # triplet and tuple runs: share of queries answered and stored, never learned from
     active: ActiveConfig | None = None  # triplet runs: choose each chunk's queries from Φ̂ (fbloop.queries.active)
     pool: tuple[MemberSpec, ...] | None = None  # agent "pool": its members (fbloop.agents.pool)
     pool_config: PoolConfig | None = None  # agent "pool": routing shares; None → PoolConfig(seed=seed)

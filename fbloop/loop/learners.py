@@ -8,6 +8,7 @@ import numpy as np
 from .. import metrics, seeding
 from ..errors import ConfigError
 from ..learners import GradientLearner, LearnerConfig
+from ..queries.active_tuples import answered_first, predicted_first
 from ..queries.designs import Design
 from ..records import Answers, Queries
 from ..sparse import SparseBatch
@@ -69,7 +70,7 @@ def make_learner(name: str, p: int, config: LearnerConfig, anchor: SparseBatch, 
 
 
 class HeldOut:
-    """A run's held-out triplets: asked and stored like the others, never given to the learner.
+    """A run's held-out triplets or tuple questions: asked and stored like the others, never given to the learner.
 
     Which positions are held out is a pure function of ``(seed, seq)``
     (:func:`fbloop.seeding.held_out`), so a resumed run — replaying its stored
@@ -99,12 +100,22 @@ class HeldOut:
         self.n += len(rows)
 
     def agreement(self, learner) -> float | None:
-        """Share of the kept held-out answers whose sign ``learner``'s ``Φ̂`` predicts; ``None`` without any."""
+        """Share of the kept held-out answers ``learner``'s ``Φ̂`` predicts — a triplet's sign, a tuple
+        answer's first place (the nearest candidate, the odd item; chance ``1/k``; a "no clear winner" is
+        not scored) — ``None`` without any."""
         if not self.n or not hasattr(learner, "predict_triplets"):
             return None
-        agree = sum(metrics.triplet_agreement(learner.predict_triplets(q.a, q.b, q.c), v) * len(v)
-                    for q, v in self._kept)
-        return agree / self.n
+        agree, n = 0.0, 0
+        for q, v in self._kept:
+            if q.kind == "triplet":
+                agree += metrics.triplet_agreement(learner.predict_triplets(q.a, q.b, q.c), v) * len(v)
+                n += len(v)
+                continue
+            first = answered_first(q, v)
+            scored = first >= 0
+            agree += float(np.sum(predicted_first(q, learner.factor())[scored] == first[scored]))
+            n += int(scored.sum())
+        return agree / n if n else None
 
 
 def feed(learner, queries: Queries, answers: Answers, held: HeldOut | None = None,

@@ -98,8 +98,9 @@ def check_config(config: RunConfig, design: Design, budget: int) -> None:
                           f"{config.design.name!r} asks {design.kind}s. Use --design triplet (or closest, rank, odd).")
     if config.agent == "pool" and design.kind != "triplet":
         raise ConfigError("The pool agent answers triplets; use --design triplet with --agent pool.")
-    if config.holdout and design.kind != "triplet":
-        raise ConfigError(f"A held-out share scores triplet answers; design {config.design.name!r} asks pairs.")
+    if config.holdout and design.kind == "pair":
+        raise ConfigError(f"A held-out share scores triplet and tuple answers; design {config.design.name!r} "
+                          "asks pairs.")
     if config.active is not None and config.design.name not in ("triplet", *TUPLE_KINDS):
         raise ConfigError(f"Active strategies choose triplets or tuples; design {config.design.name!r} is fixed "
                           "in advance. Use --design triplet, closest, rank or odd with --active.")
