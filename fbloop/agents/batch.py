@@ -30,7 +30,9 @@ Two modes (:class:`BatchConfig`):
 Every result line goes through the synchronous agent's strict parser; each answer keeps its raw
 text, tokens, the batch id and its ``custom_id``. A line whose ``custom_id`` names no asked request
 is reported, never stored; a line ingested twice stores nothing new (the answers' unique key).
-Memory stays bounded: files are written and read line by line, a block of lines at a time.
+Memory stays bounded: files are written and read line by line, a block of lines at a time. The usual
+result line (a completed request with plain-text content) is decoded into typed fields by
+:mod:`fbloop.agents.fastlines`; any other goes to the general JSON reader here, which decides what it is.
 """
 
 from __future__ import annotations
