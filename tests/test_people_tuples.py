@@ -3,6 +3,7 @@ skips, attention checks and never-twice as triplets, with answers in each kind's
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -74,6 +75,33 @@ def test_tuple_checks_repeat_the_reference_or_pair_two_items(run):
     ranges = {r[0]: (r[1], r[2]) for r in store.db.execute("SELECT seq, expected, expected_hi FROM checks")}
     for lo, hi in ranges.values():  # a rank check accepts every ranking with its candidate first: (k-1)! of them
         assert (hi is None) == (kind != "rank") and (kind != "rank" or hi - lo + 1 == math.factorial(K[kind] - 1))
+
+
+@pytest.mark.parametrize("kind", ["closest", "rank", "odd"])
+def test_with_a_target_half_the_tuple_checks_are_lopsided_questions_shown_reversed(tmp_path, target, kind):
+    """A queued question Φ* finds one-sided, its candidates (items) reversed; the exact oracle passes it."""
+    from fbloop.agents.oracle import OracleAgent
+    from fbloop.store.crowd import passes
+
+    with Store(tmp_path / "l.db") as store:
+        store.create_run("l", kind=kind, p=target.p, budget=200, config={"target": SPEC}, target={}, anchor=None)
+        human.queue(store, "l", questions(kind, target, stop=200), check_rate=0.2, factor=target.factor, seed=3)
+        checks = store.checks("l")
+        lop = sorted(s for s, c in checks.items() if c[0] == "lopsided")
+        assert 10 < len(lop) < 40 and len(lop) + sum(c[0] == "identical" for c in checks.values()) == 50
+        shown = store.load_queries("l", np.array(lop))
+        at = dataclasses.replace(shown, seq=np.arange(len(shown)))  # the oracle draws by position, from 0
+        answers = OracleAgent(target.factor, shown.a).answer(at).value
+        rows = {r[0]: (r[1], r[2]) for r in store.db.execute("SELECT seq, expected, expected_hi FROM checks")}
+        assert all(passes(v, *rows[s]) for s, v in zip(shown.seq.tolist(), answers))
+        asked = questions(kind, target, stop=200)
+        items = lambda q: [q.a, q.b, q.c] if kind == "odd" else [q.a, *q.cands]  # noqa: E731
+        want = np.concatenate([x.to_dense() for x in items(asked)], axis=1)  # (200, items · p)
+        for i in range(len(shown)):  # each is a queued question with its candidates (items) reversed
+            row = [x.to_dense()[i] for x in items(shown)]
+            back = row[::-1] if kind == "odd" else [row[0], *row[1:][::-1]]
+            assert (np.abs(want - np.concatenate(back)).max(axis=1) == 0).any()
+            assert kind == "odd" or not any(np.array_equal(c, row[0]) for c in row[1:])  # not an identical one
 
 
 @pytest.mark.parametrize("kind, k, answer, value", [

@@ -50,9 +50,10 @@ sequence, are marked in the ``checks`` table and are never given to a learner
 - ``identical``: one candidate *is* the reference (expected: that candidate; rank ``k``: any
   ranking that puts it first; odd one out: two items are one activation, and the third, a
   different one, is expected);
-- ``lopsided`` (triplets only): a queued triplet the oracle finds very one-sided
-  (``|Δ| / (d_ab + d_ac) ≥ LOPSIDED`` under ``Φ*``), shown with its candidates
-  swapped so it is not a verbatim repeat; only when the run has a ``Φ*``.
+- ``lopsided``: a queued question the oracle finds very one-sided (a triplet's
+  ``|Δ| / (d_ab + d_ac) ≥ LOPSIDED`` under ``Φ*``; a tuple question's first place far
+  ahead of its second), shown with its candidates swapped (reversed) so it is not a
+  verbatim repeat; only when the run has a ``Φ*``.
 """
 
 from __future__ import annotations
@@ -127,7 +128,7 @@ def queue(store: Store, run_id: str, queries: Queries, *, check_rate: float = CH
     Queries queued before keep their place and get no new checks, so queueing
     again (a resumed run) changes nothing. About ``check_rate`` of the new queue
     entries are checks, at positions drawn from ``seed``. ``factor`` (``Φ*``'s
-    factor, ``(p, k)``) enables lopsided checks (triplets). Returns ``{"queued", "checks"}``.
+    factor, ``(p, k)``) enables lopsided checks. Returns ``{"queued", "checks"}``.
     """
     if queries.kind not in KINDS:
         raise ConfigError(f"The annotation form asks triplets and tuple questions ({', '.join(KINDS)}); "
@@ -146,7 +147,7 @@ def queue(store: Store, run_id: str, queries: Queries, *, check_rate: float = CH
         check_q, checks = make_checks(new, n_checks, rng, factor, first_seq)
         parts.append(check_q)
     elif n_checks:
-        check_q, checks = make_tuple_checks(new, n_checks, rng, first_seq)
+        check_q, checks = make_tuple_checks(new, n_checks, rng, factor, first_seq)
         parts.append(check_q)
     total = len(new) + n_checks
     # Checks at random slots, never first: an annotator's first question is a real one.

@@ -26,6 +26,7 @@ from .. import render
 from ..errors import ConfigError
 from ..records import Queries, codes_with_first, ranking_code
 from ..sparse import SparseBatch, difference
+from .choice import option_distances
 from .oracle import triplet_margins
 
 Choice = Literal["first", "second", "equal", "skip"]
@@ -156,31 +157,58 @@ def _differ(x: SparseBatch, y: SparseBatch) -> bool:
     return bool(np.any(np.bincount(slot, d.values[0]) != 0))
 
 
-def make_tuple_checks(queries: Queries, n: int, rng: np.random.Generator,
-                      first_seq: int = -1) -> tuple[Queries, dict[int, tuple]]:
-    """``n`` ``identical`` attention checks on tuple questions built from ``queries`` (closest, rank or odd),
-    at positions ``first_seq, first_seq − 1, …``.
+def _expected(kind: str, j: int, k: int) -> tuple[float, ...]:
+    """What a check whose first place is option ``j`` (0-based, as shown) expects: ``j + 1``, or (rank) the
+    range of codes of the rankings that put ``j`` first."""
+    return codes_with_first(j, k) if kind == "rank" else (float(j + 1),)
 
-    Closest / rank: candidate ``j`` (drawn) is replaced by the reference; expected: ``j`` (closest), or any
+
+def make_tuple_checks(queries: Queries, n: int, rng: np.random.Generator, factor: np.ndarray | None = None,
+                      first_seq: int = -1) -> tuple[Queries, dict[int, tuple]]:
+    """``n`` attention checks on tuple questions built from ``queries`` (closest, rank or odd), at positions
+    ``first_seq, first_seq − 1, …``.
+
+    ``identical``: candidate ``j`` (drawn) is replaced by the reference; expected: ``j`` (closest), or any
     ranking with ``j`` first (rank: ``(kind, lowest code, highest code)``). Odd one out: two items show the
-    first item's activation and item ``i`` (drawn) a different one; expected: ``i``. Returns the checks
-    as :class:`Queries` of the same kind and ``{seq: (kind, expected)}`` or ``(kind, lowest, highest)``.
+    first item's activation and item ``i`` (drawn) a different one; expected: ``i``.
+    ``lopsided`` (half of them when ``factor``, ``Φ* = V Vᵀ``, finds such questions): a queued question whose
+    first place ``Φ*`` puts far ahead of the second (``(d₂ − d₁) / (d₁ + d₂) ≥ LOPSIDED`` on the options'
+    distances), shown with its candidates (items) in reverse order so it is not a verbatim repeat; expected:
+    that first place where it is shown. Returns the checks as :class:`Queries` of the same kind and
+    ``{seq: (kind, expected)}`` or ``(kind, lowest, highest)``.
     """
     q = queries
     src = rng.integers(0, len(q), size=n)  # (n,) the question each check starts from
     pos = rng.integers(0, q.k, size=n)  # (n,) the identical candidate, or the odd item
+    pool, winner = np.empty(0, dtype=np.int64), None
+    if factor is not None:
+        d = np.sort(option_distances(q, factor), axis=1)
+        winner = np.argmin(option_distances(q, factor), axis=1)
+        gap = (d[:, 1] - d[:, 0]) / np.where(d[:, 0] + d[:, 1] > 0, d[:, 0] + d[:, 1], 1.0)
+        pool = np.flatnonzero(gap >= LOPSIDED)
+    lopsided = (rng.random(n) < 0.5) & (len(pool) > 0)
     seq = first_seq - np.arange(n, dtype=np.int64)
-    rows = [q.select(np.array([j])) for j in src]
     built, checks = [], {}
-    for s, row, j in zip(seq.tolist(), rows, pos.tolist()):
+    for i, (s, j) in enumerate(zip(seq.tolist(), pos.tolist())):
+        if lopsided[i]:
+            r = int(rng.choice(pool))
+            row = q.select(np.array([r]))
+            shown = q.k - 1 - int(winner[r])  # 0-based, candidates reversed
+            if q.kind == "odd":
+                built.append(Queries("odd", np.array([s]), row.c, row.b, row.a))
+            else:
+                built.append(Queries(q.kind, np.array([s]), row.a, cands=row.cands[::-1]))
+            checks[s] = ("lopsided", *_expected(q.kind, shown, q.k))
+            continue
+        row = q.select(np.array([src[i]]))
         if q.kind == "odd":
             same = row.a
             other = row.b if _differ(row.a, row.b) else row.c
-            items = [other if i == j else same for i in range(3)]
+            items = [other if x == j else same for x in range(3)]
             built.append(Queries("odd", np.array([s]), *items))
             checks[s] = ("identical", float(j + 1))
             continue
-        cands = tuple(row.a if i == j else c for i, c in enumerate(row.cands))
+        cands = tuple(row.a if x == j else c for x, c in enumerate(row.cands))
         built.append(Queries(q.kind, np.array([s]), row.a, cands=cands))
-        checks[s] = ("identical", float(j + 1)) if q.kind == "closest" else ("identical", *codes_with_first(j, q.k))
+        checks[s] = ("identical", *_expected(q.kind, j, q.k))
     return Queries.concat(built), checks
