@@ -258,7 +258,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     out = {"benchmark": "batch_scale", "target": TARGET, "chunk": 50_000, "max_rows": args.max_rows or None,
            "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform(),
-                       "loadavg_at_start": load},  # a shared machine: other work competes for the cores
+                       "loadavg_at_start": load,  # a shared machine: other work competes for the cores
+                       "affinity": sorted(os.sched_getaffinity(0))},  # the cores it may use (taskset)
            "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "rows": rows}
     (args.out / f"{args.name}.json").write_text(json.dumps(out, indent=2) + "\n")
     plot(rows, args.out / f"{args.name}.png")
