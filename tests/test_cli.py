@@ -82,7 +82,7 @@ def test_run_with_a_held_out_share_reports_its_agreement(tmp_path):
     assert "Held-out agreement: Φ̂ predicts" in res.stdout
     bad = cli("run", "--design", "gaussian", "--target", "synthetic:p=6,rank=2", "--holdout", "0.2",
               "--db", tmp_path / "b.db")
-    assert bad.exit_code == 2 and "held-out share scores triplet answers" in bad.stderr
+    assert bad.exit_code == 2 and "held-out share scores triplet and tuple answers" in bad.stderr
 
 
 def test_runs_lists_the_run(small_run):

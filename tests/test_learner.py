@@ -177,7 +177,7 @@ def test_input_errors(target):
 
 
 @pytest.mark.parametrize("kwargs", [{"rank": 0}, {"lr": 0}, {"pair_loss": "l1"}, {"dtype": "half"},
-                                    {"threads": 0}, {"final_steps": -1}])
+                                    {"threads": 0}, {"final_steps": -1}, {"max_rows": 0}])
 def test_config_errors(kwargs):
     with pytest.raises(ConfigError):
         LearnerConfig(**kwargs)
@@ -480,11 +480,11 @@ def test_a_narrower_row_replacing_a_held_one_is_padded():
 
 def test_a_learner_holding_a_sample_still_learns_the_metric(target):
     d = make_design(DesignConfig(name="triplet", dist="gaussian"), target, 0)
-    q = d.queries(0, 6000)
+    q = d.queries(0, 4000)
     t = OracleAgent(target.factor, d.anchor()).answer(q).value
-    learner = GradientLearner(target.p, LearnerConfig(seed=0, lr=0.02, batch_size=512, max_rows=1500), None)
-    for lo in range(0, 6000, 500):
+    learner = GradientLearner(target.p, LearnerConfig(seed=0, lr=0.02, batch_size=512, max_rows=1000), None)
+    for lo in range(0, 4000, 500):
         learner.add_triplets(q.a[lo:lo + 500], q.b[lo:lo + 500], q.c[lo:lo + 500], t[lo:lo + 500])
-    assert learner.n_triplets == 1500 and learner.n_given == 6000
-    learner.step(1500)
+    assert learner.n_triplets == 1000 and learner.n_given == 4000
+    learner.step(800)
     assert metrics.pcc_factored(learner.factor(), target.factor) > 0.95
