@@ -136,6 +136,18 @@ def one_cell(spec: str, target, kind: str, noise: str, seed: int, args, url: str
             **({"active": active} if active else {})}
 
 
+def dedupe(cells: list[dict]) -> list[dict]:
+    """One cell per (target, noise, kind, batch, active, seed): where a cell was run again (merged runs), the
+    one allowed the most answers (``max_answers``), the later one on a tie — a seed re-run with a higher
+    cap replaces the run that stopped at the lower one."""
+    best: dict[tuple, dict] = {}
+    for c in cells:
+        key = (c["target"], c["noise"], c["kind"], c["batch"], c.get("active"), c["seed"])
+        if key not in best or c.get("max_answers", 0) >= best[key].get("max_answers", 0):
+            best[key] = c
+    return list(best.values())
+
+
 def summarise(cells: list[dict], goals: list[float]) -> list[dict]:
     """Medians over seeds per (target, noise, kind, batch) and each one's ratios to random triplets.
 
@@ -169,6 +181,49 @@ def summarise(cells: list[dict], goals: list[float]) -> list[dict]:
                 have = b is not None and goal in b["goals"] and b["goals"][goal][key] and g[key]
                 g[f"{key}_ratio"] = round(b["goals"][goal][key] / g[key], 3) if have else None
     return out
+
+
+def _label(spec: str, noise: str) -> str:
+    where = "RFM" if spec == "rfm" else "p = " + spec.split("p=")[1].split(",")[0]
+    kind, _, x = noise.partition(":")
+    how = {"logistic": f"T = {x}", "flip": f"flips {round(float(x or 0) * 100)} %", "none": "exact"}[kind]
+    return f"{where} {how}"
+
+
+def table(summary: list[dict], goal: str) -> str:
+    """The summary at ``goal`` as a Markdown table: a column per (target, noise), random triplets' median
+    answers and tokens, then each kind's tokens / activations ratio (**bold**: both ≥ 3; ``—``: no median,
+    more than half the seeds missed the goal) with its seeds."""
+    cols = sorted({(r["target"], r["noise"]) for r in summary if goal in r["goals"]},
+                  key=lambda c: (c[0] != "rfm", int(c[0].split("p=")[1].split(",")[0]) if "p=" in c[0] else 0,
+                                 NOISES.index(c[1]) if c[1] in NOISES else 9, c[1]))
+    kinds = sorted({(r["kind"], r.get("active") or "") for r in summary}, key=lambda k: (
+        k[1], ["triplet", "closest:4", "closest:8", "rank:4", "rank:8", "odd"].index(k[0])
+        if k[0] in ("triplet", "closest:4", "closest:8", "rank:4", "rank:8", "odd") else 9))
+    at = {(r["target"], r["noise"], r["kind"], r.get("active") or ""): r for r in summary}
+    lines = [f"| PCC {goal} | " + " | ".join(_label(*c) for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for kind, active in kinds:
+        cells = []
+        for c in cols:
+            r = at.get((*c, kind, active))
+            g = r["goals"].get(goal) if r else None
+            if g is None:
+                cells.append("")
+            elif kind == "triplet" and not active:
+                cells.append(f"{g['answers']:,.0f}, {g['tokens']:,.0f} ({g['reached']}/{g['seeds']})"
+                             if g["answers"] else f"— ({g['reached']}/{g['seeds']})")
+            elif g["tokens_ratio"] is None:
+                cells.append(f"— ({g['reached']}/{g['seeds']})")
+            else:
+                text = f"{g['tokens_ratio']:.2f} / {g['activations_ratio']:.2f}"
+                bold = g["tokens_ratio"] >= 3 and g["activations_ratio"] >= 3
+                cells.append((f"**{text}**" if bold else text) + f" ({g['reached']}/{g['seeds']})")
+        name = {"triplet": "triplets: answers, tokens"}.get(kind, kind.replace(":", " "))
+        if active:
+            name = f"*{active}* {kind.replace(':', ' ')}"
+        if any(cells):
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def plot(out: dict, path: Path) -> None:
@@ -275,6 +330,7 @@ def earlier(paths: list[Path]) -> list[dict]:
 
 
 def write(args, cells: list[dict], t0: float, load0) -> dict:
+    cells = dedupe(cells)
     out = {"goals": args.goals, "every": args.every, "dist": args.dist, "triplet_batch": args.triplet_batch,
            "tuple_batches": args.tuple_batches, "tokenizer": args.tokenizer, "final_fit": args.final,
            "active": args.active,
@@ -288,9 +344,8 @@ def write(args, cells: list[dict], t0: float, load0) -> dict:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1) + "\n")
     plot(out, path.with_suffix(".png"))
-    for r in out["summary"]:
-        print(r["target"], r["noise"], r["kind"], r.get("active", ""), {g: (v["answers"], v["tokens"], v["tokens_ratio"],
-                                                       v["activations_ratio"]) for g, v in r["goals"].items()})
+    for goal in map(str, args.goals):
+        print(table(out["summary"], goal) + "\n")
     return out
 
 

@@ -35,6 +35,14 @@ def test_medians_over_seeds_and_ratios_to_triplets_of_the_same_target_and_noise(
     assert got[("triplet", "flip:0.1")]["goals"]["0.9"]["tokens_ratio"] == 1.0
 
 
+def test_a_seed_run_again_with_a_higher_cap_replaces_the_capped_run(bench):
+    capped = {**cell("triplet", 1, None, None, None), "max_answers": 20_000}
+    again = {**cell("triplet", 1, 31_000, 900, 93_000), "max_answers": 40_000}
+    other = {**cell("triplet", 2, 25_000, 800, 75_000), "max_answers": 20_000}
+    assert bench.dedupe([again, capped, other]) == [again, other]
+    assert bench.dedupe([capped, again]) == [again]
+
+
 def test_noises_are_read_as_the_oracles_config(bench):
     assert bench.parse_noise("logistic:0.2").temperature == 0.2
     assert bench.parse_noise("flip:0.1").flip == 0.1 and bench.parse_noise("flip:0.1").noise == "flip"
