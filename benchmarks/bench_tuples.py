@@ -339,6 +339,7 @@ def write(args, cells: list[dict], t0: float, load0) -> dict:
                        "load_before": [round(x, 2) for x in load0],
                        "load_after": [round(x, 2) for x in os.getloadavg()]},
            "minutes": round((time.perf_counter() - t0) / 60, 1),
+           "cell_minutes": round(sum(c.get("seconds", 0) for c in cells) / 60, 1),  # merged runs included
            "summary": summarise(cells, args.goals), "cells": cells}
     path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
