@@ -132,6 +132,7 @@ def one_cell(spec: str, target, kind: str, noise: str, seed: int, args, url: str
                 "activations": reached * shown_per_answer(name, k) if reached else None}
     return {"target": spec, "noise": noise, "kind": kind, "batch": batch, "seed": seed, "goals": goals,
             "every": args.every, "max_answers": args.max_answers, "asked": result.answers, "live_pcc": snaps[-1]["pcc"] if snaps else None, "final_pcc": result.pcc,
+            "tokens_total": use["prompt_tokens"] + use["completion_tokens"],  # the whole run, goal reached or not
             "invalid": use["answers"].get("invalid", 0), "seconds": round(time.perf_counter() - t0, 1),
             **({"active": active} if active else {})}
 
