@@ -92,3 +92,18 @@ def server(target):
 
     with serve(ServerConfig(target=ORACLE_SPEC), target=target) as srv:
         yield srv
+
+
+def one_hot(p: int, rows: list[list[tuple[int, float]]]):
+    """Activations from (index, value) lists, padded to a common width."""
+    import numpy as np
+
+    from fbloop.sparse import SparseBatch
+
+    s = max(len(r) for r in rows)
+    idx = np.zeros((len(rows), s), np.int64)
+    val = np.zeros((len(rows), s))
+    for i, r in enumerate(rows):
+        for j, (k, v) in enumerate(r):
+            idx[i, j], val[i, j] = k, v
+    return SparseBatch(idx, val, p)

@@ -12,16 +12,7 @@ from fbloop.queries.active import ActiveConfig, ActiveStrategy, NoiseModel
 from fbloop.queries.designs import DesignConfig, sample_sparse
 from fbloop.sparse import SparseBatch
 
-
-def one_hot(p: int, rows: list[list[tuple[int, float]]]) -> SparseBatch:
-    """Activations from (index, value) lists, padded to a common width."""
-    s = max(len(r) for r in rows)
-    idx = np.zeros((len(rows), s), np.int64)
-    val = np.zeros((len(rows), s))
-    for i, r in enumerate(rows):
-        for j, (k, v) in enumerate(r):
-            idx[i, j], val[i, j] = k, v
-    return SparseBatch(idx, val, p)
+from conftest import one_hot
 
 
 @pytest.fixture

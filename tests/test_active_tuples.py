@@ -16,22 +16,12 @@ from fbloop.queries.active import ActiveConfig, ActiveStrategy, NoiseModel
 from fbloop.queries.designs import DesignConfig
 from fbloop.queries.sources import make_strategy
 from fbloop.records import Queries, ranking_code
-from fbloop.sparse import SparseBatch
+
+from conftest import one_hot
 from fbloop.store import Store
 
 LOGISTIC = NoiseModel("logistic", temperature=0.1)
 NONE = NoiseModel("none")
-
-
-def one_hot(p: int, rows: list[list[tuple[int, float]]]) -> SparseBatch:
-    """Activations from (index, value) lists, padded to a common width."""
-    s = max(len(r) for r in rows)
-    idx = np.zeros((len(rows), s), np.int64)
-    val = np.zeros((len(rows), s))
-    for i, r in enumerate(rows):
-        for j, (k, v) in enumerate(r):
-            idx[i, j], val[i, j] = k, v
-    return SparseBatch(idx, val, p)
 
 
 def scores(d, kind, strategy="uncertainty", noise=LOGISTIC, rank_outcome=None):

@@ -404,15 +404,19 @@ class LLMAgent(ImmediateAgent):
         parts = [cfg.base_url.rstrip("/"), cfg.model, repr(temp), self.template_hash, prompt]
         return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
+    @staticmethod
+    def _shown(text: dict[str, str], order: str) -> dict[str, str]:
+        """A question's template variables in ``order``: as stored (``ab``), or its candidates swapped."""
+        if order == "ab":
+            return text
+        return {"reference": text["reference"], "first": text["second"], "second": text["first"]}
+
     def _requests(self, texts: list[dict[str, str]], order: str) -> list[_Request]:
         out = []
         k = self.config.batch_size
         for lo in range(0, len(texts), k):
             rows = list(range(lo, min(lo + k, len(texts))))
-            blocks = [texts[r] if order == "ab" else
-                      {"reference": texts[r]["reference"], "first": texts[r]["second"], "second": texts[r]["first"]}
-                      for r in rows]
-            prompt = self._prompt(blocks)
+            prompt = self._prompt([self._shown(texts[r], order) for r in rows])
             out.append(_Request(rows, order, prompt, self._key(prompt)))
         return out
 

@@ -182,8 +182,9 @@ def make_tuple_checks(queries: Queries, n: int, rng: np.random.Generator, factor
     pos = rng.integers(0, q.k, size=n)  # (n,) the identical candidate, or the odd item
     pool, winner = np.empty(0, dtype=np.int64), None
     if factor is not None:
-        d = np.sort(option_distances(q, factor), axis=1)
-        winner = np.argmin(option_distances(q, factor), axis=1)
+        dist = option_distances(q, factor)
+        winner = np.argmin(dist, axis=1)
+        d = np.sort(dist, axis=1)
         gap = (d[:, 1] - d[:, 0]) / np.where(d[:, 0] + d[:, 1] > 0, d[:, 0] + d[:, 1], 1.0)
         pool = np.flatnonzero(gap >= LOPSIDED)
     lopsided = (rng.random(n) < 0.5) & (len(pool) > 0)

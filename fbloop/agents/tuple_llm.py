@@ -71,14 +71,9 @@ class TupleLLMAgent(LLMAgent):
             out.append(shown)
         return out
 
-    def _requests(self, texts: list[_Shown], order: str) -> list[_Request]:
-        out = []
-        k = self.config.batch_size
-        for lo in range(0, len(texts), k):
-            rows = list(range(lo, min(lo + k, len(texts))))
-            prompt = self._prompt([texts[r] if order == "ab" else texts[r].reversed for r in rows])
-            out.append(_Request(rows, order, prompt, self._key(prompt)))
-        return out
+    @staticmethod
+    def _shown(text: _Shown, order: str) -> dict[str, str]:
+        return text if order == "ab" else text.reversed
 
     def _from_reversed(self, value: np.ndarray) -> np.ndarray:
         return from_reversed(self.kind, value, self.k)
