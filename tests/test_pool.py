@@ -273,3 +273,101 @@ def test_people_members_one_per_pool_and_a_killed_run_queues_nothing_twice(tmp_p
         # every position is asked once: of people (queued) or of the cheap member (answered)
         cheap = set(store.answered("killed", 0, 600, "cheap").tolist())
         assert cheap | set(store.queued("killed").tolist()) >= set(range(600))
+
+
+# ---------------------------------------------------------------- tuple questions
+
+
+def tuple_oracles(target, design, flips):
+    agents = []
+    for i, f in enumerate(flips):
+        a = OracleAgent(design.design_factor(target.factor), None, OracleConfig(noise="flip", flip=f, seed=i))
+        a.name = f"a{f}"
+        agents.append(a)
+    return agents
+
+
+@pytest.mark.parametrize("kind, k", [("closest", 4), ("rank", 4), ("odd", None), ("rank", 8)])
+def test_tuple_flip_rates_from_agreement_of_three_agents(target, kind, k):
+    """Three oracles flipping 5, 15 and 30 % of their tuple answers, no reference: the pool's flip rates come
+    back from their agreement on the first place (m options; a flipped ranking is a random one)."""
+    design = make_design(DesignConfig(name=kind, k=k), target, 0)
+    flips = (0.05, 0.15, 0.3)
+    agents = tuple_oracles(target, design, flips)
+    pool = AgentPool([(a, MemberConfig()) for a in agents], PoolConfig(shared_share=1.0), kind=kind, k=k)
+    pool.answer_sets(design.queries(0, 4000))
+    acc, noise = pool.accuracy(), pool.noise()
+    for a, f in zip(agents, flips):
+        assert acc[a.name][1] == "from agreement"
+        assert noise[a.name] == pytest.approx(f, abs=0.03)
+    assert pool.by_reliability() == ["a0.05", "a0.15", "a0.3"]
+
+
+def test_tuple_agreement_needs_the_options_counted():
+    """Closest of 4: agreement read as if the answers were ±1 (m = 2) misjudges the agents; with m = 4 it
+    gives their accuracy back exactly (the model's own agreement rates)."""
+    from fbloop.agents.reliability import accuracy_from_signal, pair_signal
+
+    acc = (0.95, 0.85, 0.7)
+    agree = {(i, j): acc[i] * acc[j] + (1 - acc[i]) * (1 - acc[j]) / 3 for i in range(3) for j in range(3)}
+    for m, close in ((4, True), (2, False)):
+        s = {ij: pair_signal(a, m) for ij, a in agree.items()}
+        got = accuracy_from_signal(np.sqrt(s[0, 1] * s[0, 2] / s[1, 2]), m)
+        assert (got == pytest.approx(acc[0], abs=1e-9)) is close
+
+
+def test_tuple_routing_sends_the_least_sure_first_places_to_the_reliable_agent(target):
+    from fbloop.queries.active_tuples import first_place_entropy
+
+    design = make_design(DesignConfig(name="closest", k=4), target, 0)
+    people, llm = Counter("people"), Counter("llm")
+    pool = AgentPool([(people, MemberConfig(cost=1.0, accuracy=0.99)), (llm, MemberConfig(cost=0.01))],
+                     PoolConfig(hard_share=0.1, shared_share=0.0), kind="closest", k=4)
+    pool.factor = design.design_factor(target.factor)
+    q = design.queries(0, 300)
+    pool.answer_sets(q)
+    h = first_place_entropy(q, pool.factor)
+    hard = np.isin(q.seq, people.seen)
+    assert hard.sum() == 30 and h[hard].min() >= h[~hard].max() - 1e-12
+    assert h.max() > 0.5 and h.min() < 0.1  # the scores tell questions apart
+
+
+def test_a_pool_refuses_questions_of_another_kind(target):
+    pool = AgentPool([(Counter("x"), MemberConfig())], kind="rank", k=4)
+    with pytest.raises(ShapeError, match="answers rank questions \\(k=4\\), got triplet"):
+        pool.answer_sets(queries(target, 5))
+    with pytest.raises(ConfigError, match="k=None"):
+        AgentPool([(Counter("x"), MemberConfig())], kind="closest")
+
+
+def test_replay_compares_rankings_on_their_first_place():
+    from fbloop.records import ranking_code
+
+    a, b = Counter("people"), Counter("cheap")
+    pool = AgentPool([(a, MemberConfig(reference=True)), (b, MemberConfig())], PoolConfig(min_shared=2),
+                     kind="rank", k=3)
+    c = ranking_code(np.array([[0, 1, 2], [0, 2, 1], [1, 0, 2]]))  # the first two put candidate 0 first
+    pool.replay([(0, "people", "ok", c[0]), (0, "cheap", "ok", c[1]), (1, "people", "ok", c[0]),
+                 (1, "cheap", "ok", c[2])])
+    assert pool.agreement()[("cheap", "people")] == (0.5, 2)
+
+
+def test_a_pool_answers_rankings_in_a_run_and_fits_each_member_at_its_flip_rate(tmp_path):
+    from fbloop.learners import LearnerConfig
+    from fbloop.loop import RunConfig, run_loop
+    from fbloop.agents.pool import parse_member
+    from fbloop.store import Store
+
+    cfg = RunConfig(target="synthetic:p=12,rank=3", design=DesignConfig(name="rank", k=4), agent="pool",
+                    budget=1200, chunk=100,
+                    pool=(parse_member("people:oracle,cost=1,reference"),
+                          parse_member("cheap:oracle,noise=flip,flip=0.25,cost=0.01")),
+                    learner_config=LearnerConfig(rank=6, final_steps=0, polish=False), rfm_mse=False)
+    with Store(tmp_path / "pool.db") as store:
+        got = run_loop(cfg, store, run_id="ranks")
+        kinds = {q.kind for q in [store.load_queries("ranks", [0])]}
+    cheap = got.extra["pool"]["agents"]["cheap"]
+    assert kinds == {"rank"}
+    assert cheap["accuracy_source"] == "against people" and cheap["accuracy"] == pytest.approx(0.8125, abs=0.05)
+    assert got.extra["source_noise"]["cheap"] == pytest.approx(0.25, abs=0.07)
+    assert got.pcc > 0.97

@@ -130,3 +130,22 @@ def test_the_cli_prints_the_fitted_rates_and_exact_sources_turns_them_off(tmp_pa
     assert aware.exit_code == 0 and exact.exit_code == 0, aware.output + exact.output
     assert "Noise-aware: answers fitted at the flip rates llm:fbloop-oracle 0." in aware.output
     assert "Noise-aware" not in exact.output
+
+
+def test_agreement_maths_over_m_options():
+    from fbloop.agents.reliability import accuracy_from_signal, flip_rate_from_accuracy, options_compared, pair_signal
+
+    assert [options_compared(*x) for x in (("triplet",), ("odd",), ("closest", 4), ("rank", 8))] == [2, 3, 4, 8]
+    for kind, k, match in (("pair", None, "'pair'"), ("closest", None, "k=None"), ("rank", 1, "k=1")):
+        with pytest.raises(ConfigError, match=match):
+            options_compared(kind, k)
+    with pytest.raises(ConfigError, match="options=1"):
+        pair_signal(0.9, 1)
+    assert pair_signal(0.5, 2) == 0 and pair_signal(0.25, 4) == 0 and pair_signal(1.0, 4) == 1  # chance, sure
+    for m in (2, 3, 4, 8):
+        for a in (1 / m, 0.6, 0.95):  # an agent agreeing with an exact one agrees at its accuracy
+            assert accuracy_from_signal(pair_signal(a, m), m) == pytest.approx(a)
+    assert flip_rate_from_accuracy(0.9) == pytest.approx(0.1)
+    assert flip_rate_from_accuracy(0.85, "rank", 4) == pytest.approx(0.2)  # 1 − ε + ε/4 = 0.85
+    assert flip_rate_from_accuracy(0.85, "closest", 4) == pytest.approx(0.15)
+    assert flip_rate_from_accuracy(0.2) == MAX_NOISE and flip_rate_from_accuracy(1.2) == 0.0

@@ -5,9 +5,11 @@ loop can use it where it uses one agent. It returns one :class:`~fbloop.agents.b
 per agent that answered (:meth:`AgentPool.answer_sets`, the form the loop already stores
 and feeds for the LLM agent's order swap), each under that agent's own name.
 
-Routing, per batch of triplet queries with the learner's uncertainty per query
-(:func:`fbloop.queries.active.uncertainty_scores` under the current ``Φ̂``, given as
-``uncertainty=`` or computed from :attr:`AgentPool.factor`):
+A pool answers triplets or tuple questions (closest of ``k``, rank ``k``, odd one out: the
+``kind`` and ``k`` it is built for). Routing, per batch of queries with the learner's uncertainty
+per query (given as ``uncertainty=`` or computed from :attr:`AgentPool.factor` under the current
+``Φ̂``: :func:`fbloop.queries.active.uncertainty_scores` for triplets, the entropy of the predicted
+first place, :func:`fbloop.queries.active_tuples.first_place_entropy`, for tuples):
 
 1. a random ``shared_share`` of the batch goes to *every* agent with budget left: these
    shared queries measure agreement;
@@ -21,21 +23,25 @@ next most reliable; cheapest → next cheapest). Queries no agent can pay for co
 ``skipped`` answers under the pool's name. Cost is charged per answer asked, invalid ones
 included (an LLM bills a malformed reply too).
 
-Reliability is an agent's estimated *accuracy* (the share of triplets it answers as the
-truth would), in order of preference:
+Reliability is an agent's estimated *accuracy* (the share of questions it answers as the
+truth would; for tuples, whose first place it gets right — a ranking is compared on its first
+place, as hold-out and attention checks score it), in order of preference:
 
 - against a ``reference`` member (an exact oracle standing in for the truth), on shared queries;
-- from pairwise agreement when three or more agents share queries: for ±1 answers with
-  independent symmetric errors ``2·agree_ij − 1 = r_i r_j`` with ``r = 2·accuracy − 1``, so
+- from pairwise agreement when three or more agents share queries: for questions of ``m`` answers
+  (a triplet's 2, closest or rank ``k``'s ``k``, odd one out's 3) with independent errors spread
+  evenly over the wrong ones, ``s_ij = (m·agree_ij − 1)/(m − 1) = r_i r_j`` with
+  ``r = (m·accuracy − 1)/(m − 1)`` (:func:`~fbloop.agents.reliability.pair_signal`), so
   ``r_i = sqrt(s_ij s_ik / s_jk)`` (the median over pairs ``j, k``);
 - the member's prior ``accuracy`` until ``min_shared`` shared answers exist;
 - unknown (NaN): ranked after every known one, the costlier first (you pay more for a reason).
 
 Noise-aware learning: with ``noise_aware`` (the default) the loop gives the learner each
 source's estimated flip rate after every chunk (:meth:`AgentPool.noise`: ``1 − accuracy`` for a
-member answering under its own name, overridden by the member's own estimate where it has one,
-such as each person's attention checks); the learner's triplet loss then expects that share of
-the source's answers to be wrong (``GradientLearner.set_source_noise``).
+member answering under its own name — for rankings ``(1 − accuracy)/(1 − 1/k)``, a flipped ranking
+being a random one — overridden by the member's own estimate where it has one, such as each
+person's attention checks); the learner's loss then expects that share of the source's answers
+to be wrong (``GradientLearner.set_source_noise``).
 """
 
 from __future__ import annotations
@@ -49,10 +55,11 @@ import numpy as np
 
 from ..errors import ConfigError, ShapeError
 from ..queries.active import NoiseModel, uncertainty_scores
-from ..records import Answers, Queries
+from ..queries.active_tuples import first_place_entropy
+from ..records import Answers, Queries, ranking_from_code
 from .base import Agent, ImmediateAgent, Ledger
 from .oracle import OracleConfig
-from .reliability import MAX_NOISE
+from .reliability import accuracy_from_signal, flip_rate_from_accuracy, options_compared, pair_signal
 
 
 @dataclass(frozen=True)
@@ -183,7 +190,7 @@ class AgentPool(ImmediateAgent):
     name = "pool"
 
     def __init__(self, members: Sequence[tuple[Agent, MemberConfig]], config: PoolConfig = PoolConfig(),
-                 noise: NoiseModel = NoiseModel()):
+                 noise: NoiseModel = NoiseModel(), kind: str = "triplet", k: int | None = None):
         if not members:
             raise ConfigError("Expect at least one agent in a pool, got none.")
         names = [agent.name for agent, _ in members]
@@ -195,6 +202,8 @@ class AgentPool(ImmediateAgent):
             raise ConfigError(f"Agent name {self.name!r} is the pool's own; rename that agent.")
         if sum(m.reference for _, m in members) > 1:
             raise ConfigError("Expect at most one reference agent in a pool.")
+        self.kind, self.k = kind, (2 if kind == "triplet" else 3 if kind == "odd" else k)
+        self.options = options_compared(kind, k if kind in ("closest", "rank") else None)  # answers compared
         self.agents = {agent.name: agent for agent, _ in members}
         self.members = {agent.name: cfg for agent, cfg in members}
         self.config = config
@@ -276,11 +285,16 @@ class AgentPool(ImmediateAgent):
 
     def answer_sets(self, queries: Queries, uncertainty: np.ndarray | None = None) -> list[Answers]:
         """One :class:`Answers` per agent that was asked (plus ``skipped`` ones under the pool's name)."""
+        if queries.kind != self.kind or queries.k != self.k:
+            raise ShapeError(f"This pool answers {self.kind} questions (k={self.k}), got {queries.kind} "
+                             f"questions with k={queries.k}.")
         if uncertainty is None:
-            if self.factor is not None and queries.kind == "triplet":
-                uncertainty = uncertainty_scores(queries.a, queries.b, queries.c, self.factor, self.noise_model)
-            else:  # nothing known yet: every query is as hard as any other
+            if self.factor is None:  # nothing known yet: every query is as hard as any other
                 uncertainty = np.zeros(len(queries))
+            elif queries.kind == "triplet":
+                uncertainty = uncertainty_scores(queries.a, queries.b, queries.c, self.factor, self.noise_model)
+            else:
+                uncertainty = first_place_entropy(queries, self.factor, self.noise_model)
         if len(uncertainty) != len(queries):
             raise ShapeError(f"Expect {len(queries)} uncertainties, got {len(uncertainty)}.")
         routing = self.route(uncertainty)
@@ -296,7 +310,8 @@ class AgentPool(ImmediateAgent):
             self.spent_[name] += self.members[name].cost * len(rows)
             self.asked_[name] += len(rows)
             sets.append(got)
-            for seq, value, ok, sh in zip(got.seq, got.value, got.ok, routing.shared[rows]):
+            shared = np.isin(got.seq, queries.seq[rows[routing.shared[rows]]])
+            for seq, value, ok, sh in zip(got.seq, self.compared(got.value), got.ok, shared):
                 if sh and ok:
                     self._shared.setdefault(int(seq), {})[name] = float(value)
         if len(routing.skipped):
@@ -304,6 +319,16 @@ class AgentPool(ImmediateAgent):
             sets.append(Answers(self.name, queries.seq[routing.skipped].copy(), np.full(k, np.nan),
                                 np.full(k, "skipped"), meta=[{"reason": "no budget left"}] * k))
         return sets
+
+    def compared(self, value: np.ndarray) -> np.ndarray:
+        """What agreement compares of answers ``value``: the value itself, a ranking's first place."""
+        value = np.asarray(value, dtype=np.float64)
+        if self.kind != "rank":
+            return value
+        out = np.full_like(value, np.nan)
+        ok = ~np.isnan(value)
+        out[ok] = ranking_from_code(value[ok], self.k)[:, 0]
+        return out
 
     def _ask_member(self, name: str, queries: Queries) -> Answers:
         """A member's answers now; none from a deferred member (it is asked, its answers come later)."""
@@ -344,7 +369,7 @@ class AgentPool(ImmediateAgent):
             self.asked_[agent] += 1
             self.spent_[agent] += self.members[agent].cost
             if status == "ok" and value is not None:
-                seen.setdefault(int(seq), {})[agent] = float(value)
+                seen.setdefault(int(seq), {})[agent] = float(self.compared(np.array([value]))[0])
         for seq, got in seen.items():
             if len(got) > 1:
                 self._shared[seq] = got
@@ -406,13 +431,13 @@ class AgentPool(ImmediateAgent):
         return sum(m.outstanding() for m in self.agents.values() if m.deferred)
 
     def noise(self) -> dict[str, float]:
-        """Each source's flip rate: ``1 − accuracy`` for a member answering under its own name (capped at
-        :data:`~fbloop.agents.reliability.MAX_NOISE`), then each member's own estimates over it."""
+        """Each source's flip rate from its accuracy (:func:`~fbloop.agents.reliability.flip_rate_from_accuracy`)
+        for a member answering under its own name, then each member's own estimates over it."""
         out: dict[str, float] = {}
         for name, (acc, _) in self.accuracy().items():
             member = self.agents[name]
             if np.isfinite(acc) and name in member.sources():
-                out[name] = float(min(max(1.0 - acc, 0.0), MAX_NOISE))
+                out[name] = flip_rate_from_accuracy(acc, self.kind, self.k)
             out.update(member.noise())
         return out
 
@@ -427,7 +452,8 @@ class AgentPool(ImmediateAgent):
     # ------------------------------------------------------------ agreement and accuracy
 
     def agreement(self) -> dict[tuple[str, str], tuple[float, int]]:
-        """Pairwise agreement on shared queries: ``(a, b) → (share of equal answers, count)``, a < b."""
+        """Pairwise agreement on shared queries: ``(a, b) → (share of equal answers, count)``, a < b (a
+        ranking's first place)."""
         out = {}
         for x, y in itertools.combinations(sorted(self.agents), 2):
             pairs = [(v[x], v[y]) for v in self._shared.values() if x in v and y in v]
@@ -453,12 +479,13 @@ class AgentPool(ImmediateAgent):
             else:
                 others = [o for o in self.agents if o != name]
                 rs = []
+                m = self.options
                 for j, k in itertools.combinations(others, 2):
                     (aij, nij), (aik, nik), (ajk, njk) = pair(name, j), pair(name, k), pair(j, k)
-                    if min(nij, nik, njk) >= cfg.min_shared and 2 * ajk - 1 > 0.05:
-                        rs.append(np.sqrt(max((2 * aij - 1) * (2 * aik - 1) / (2 * ajk - 1), 0.0)))
+                    if min(nij, nik, njk) >= cfg.min_shared and pair_signal(ajk, m) > 0.05:
+                        rs.append(np.sqrt(max(pair_signal(aij, m) * pair_signal(aik, m) / pair_signal(ajk, m), 0.0)))
                 if rs:
-                    est, source = float(np.clip((1 + np.median(rs)) / 2, 0.0, 1.0)), "from agreement"
+                    est, source = accuracy_from_signal(float(np.median(rs)), m), "from agreement"
                 elif self.members[name].accuracy is not None:
                     est, source = self.members[name].accuracy, "prior"
             out[name] = (est, source)

@@ -17,7 +17,9 @@ counts for less. The estimates:
   ``d = 2ε(1 − ε)``, so ``ε = (1 − sqrt(1 − 2d)) / 2``; both askings get it. From :data:`MIN_SWAPS`
   answered pairs on. A triplet the model gets wrong in both orders agrees with itself, so this is a
   lower bound on its error rate; a position bias ("first" whatever the order) shows as disagreement.
-- **Agreement in a pool**: against a reference member, or pairwise (:mod:`fbloop.agents.pool`).
+- **Agreement in a pool**: against a reference member, or pairwise (:mod:`fbloop.agents.pool`), on the
+  first place of tuple answers: :func:`pair_signal`, :func:`accuracy_from_signal` and
+  :func:`flip_rate_from_accuracy`.
 
 Each agent reports its own estimates (:meth:`fbloop.agents.base.Agent.noise`) from these functions.
 
@@ -56,6 +58,45 @@ def flip_rate_from_checks(checks: int, correct: int, chance: float = 0.0) -> flo
     alpha, beta = CHECK_PRIOR
     wrong = (checks - correct + alpha) / (checks + alpha + beta)  # P(a check fails) = ε · (1 − chance)
     return min(wrong / (1.0 - chance), MAX_NOISE)
+
+
+def options_compared(kind: str, k: int | None = None) -> int:
+    """The answers two agents' replies to one question are compared on: a triplet's 2 candidates, closest
+    of ``k``'s and a ranking's first place ``k``, odd one out's 3 items."""
+    if kind == "triplet":
+        return 2
+    if kind == "odd":
+        return 3
+    if kind in ("closest", "rank"):
+        if k is None or k < 2:
+            raise ConfigError(f"Expect k ≥ 2 candidates for {kind!r} questions, got k={k}.")
+        return int(k)
+    raise ConfigError(f"Expect a triplet or tuple kind (triplet, closest, rank, odd), got {kind!r}.")
+
+
+def pair_signal(agree: float, options: int = 2) -> float:
+    """``r_i r_j`` from two agents' agreement on questions of ``options`` answers.
+
+    An agent of accuracy ``a`` (``r = (m·a − 1)/(m − 1)``: 1 always right, 0 at chance) whose wrong
+    answers are spread evenly over the other ``m − 1`` options agrees with another, independently, with
+    probability ``a_i a_j + (1 − a_i)(1 − a_j)/(m − 1) = 1/m + (m − 1)/m · r_i r_j``; so
+    ``r_i r_j = (m·agree − 1)/(m − 1)`` (for a triplet ``2·agree − 1``)."""
+    if options < 2:
+        raise ConfigError(f"Expect a question with ≥ 2 possible answers, got options={options}.")
+    return (options * agree - 1.0) / (options - 1)
+
+
+def accuracy_from_signal(r: float, options: int = 2) -> float:
+    """An agent's accuracy from its ``r`` (:func:`pair_signal`): ``(1 + (m − 1)·r) / m``, in [0, 1]."""
+    return float(np.clip((1.0 + (options - 1) * r) / options, 0.0, 1.0))
+
+
+def flip_rate_from_accuracy(accuracy: float, kind: str = "triplet", k: int = 2) -> float:
+    """The learner's flip rate for a source of measured ``accuracy`` (its first place's, for a ranking):
+    ``1 − accuracy``, or for rankings ``(1 − accuracy)/(1 − 1/k)`` — a flipped ranking is a random one,
+    which still puts the right candidate first one time in ``k`` (:func:`check_chance`). Capped at
+    :data:`MAX_NOISE`."""
+    return float(min(max((1.0 - accuracy) / (1.0 - check_chance(kind, k)), 0.0), MAX_NOISE))
 
 
 def flip_rate_from_swaps(both: int, agree: int, options: int = 2, flip_keeps: bool = False) -> float | None:

@@ -88,4 +88,5 @@ def _pool(config: RunConfig, target: Target, design: Design, store: Store | None
             member.name = spec.name
         members.append((member, spec.terms))
     noise = config.active.noise if config.active is not None else NoiseModel()
-    return AgentPool(members, config.pool_config or PoolConfig(seed=config.seed), noise)
+    return AgentPool(members, config.pool_config or PoolConfig(seed=config.seed), noise, design.kind,
+                     design.k if design.kind in ("closest", "rank") else None)

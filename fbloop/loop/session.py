@@ -96,8 +96,9 @@ def check_config(config: RunConfig, design: Design, budget: int) -> None:
     if config.agent == "human" and design.kind not in ("triplet", *TUPLE_KINDS):
         raise ConfigError(f"People answer triplets and tuple questions (closest, rank, odd) in the form; design "
                           f"{config.design.name!r} asks {design.kind}s. Use --design triplet (or closest, rank, odd).")
-    if config.agent == "pool" and design.kind != "triplet":
-        raise ConfigError("The pool agent answers triplets; use --design triplet with --agent pool.")
+    if config.agent == "pool" and design.kind not in ("triplet", *TUPLE_KINDS):
+        raise ConfigError(f"The pool agent answers triplets and tuple questions; design {config.design.name!r} "
+                          f"asks {design.kind}s. Use --design triplet (or closest, rank, odd) with --agent pool.")
     if config.holdout and design.kind == "pair":
         raise ConfigError(f"A held-out share scores triplet and tuple answers; design {config.design.name!r} "
                           "asks pairs.")

@@ -218,6 +218,15 @@ def tuple_scores(d: np.ndarray, kind: str, strategy: str, noise: NoiseModel, rel
     return out
 
 
+def first_place_entropy(queries: Queries, factor: np.ndarray, noise: NoiseModel = NoiseModel()) -> np.ndarray:
+    """How unsure ``Φ̂ = U Uᵀ`` is of each question's first place (nearest candidate, odd item): the
+    entropy in bits of :func:`outcome_probabilities`' first stage under ``noise``, ``(n,)``. An agent
+    pool routes the least sure to its most reliable member by it."""
+    u = np.asarray(factor, dtype=np.float64)[None]
+    d = option_distances(queries.kind, [project(x, u) for x in query_items(queries)])  # (1, n, k)
+    return outcome_entropy(outcome_probabilities(d, queries.kind, noise, rank_outcome="first")[:, 0])
+
+
 # ---------------------------------------------------------------- readouts
 
 
