@@ -112,3 +112,29 @@ def test_readme_block_runs(line, body, tmp_path):
         f"README block at line {line} failed with exit status {proc.returncode}:\n{body}\n"
         f"--- stdout\n{proc.stdout[-3000:]}\n--- stderr\n{proc.stderr[-3000:]}")
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+
+
+RESULT_REF = re.compile(r"`(?:benchmarks/)?results/([\w./{},-]+)`")
+
+
+def expand_braces(text: str) -> list[str]:
+    """``a{,_b}.{json,png}`` → ``a.json, a.png, a_b.json, a_b.png`` (as the shell expands them)."""
+    m = re.search(r"\{([^{}]*)\}", text)
+    if m is None:
+        return [text]
+    return [x for alt in m.group(1).split(",") for x in expand_braces(text[:m.start()] + alt + text[m.end():])]
+
+
+def test_expand_braces():
+    assert expand_braces("s{,_b}.{json,png}") == ["s.json", "s.png", "s_b.json", "s_b.png"]
+    assert expand_braces("plain.json") == ["plain.json"]
+
+
+@pytest.mark.parametrize("doc", ["README.md", "benchmarks/README.md"])
+def test_every_results_file_the_docs_name_exists(doc):
+    """A figure quoted from ``benchmarks/results/NAME`` can be checked there: the file is in the tree."""
+    text = (ROOT / doc).read_text()
+    names = [n for m in RESULT_REF.finditer(text) for n in expand_braces(m.group(1))]
+    assert names, f"{doc} names no results file; the pattern no longer matches how it cites them"
+    missing = sorted({n for n in names if not (ROOT / "benchmarks" / "results" / n).exists()})
+    assert not missing, f"{doc} cites results files that are not in benchmarks/results/: {missing}"
