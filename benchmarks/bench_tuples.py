@@ -14,7 +14,10 @@ the oracle's noise: Plackett–Luce / logistic at a temperature, or random flips
   model (``fbloop.agents.tokens``); else the ~4-characters-a-token estimate;
 - ``activations``: activations shown, ``answers × (3 | k + 1)``;
 
-then medians over seeds and the ratios random-triplets ÷ kind (above 1: the kind costs less).
+then medians over seeds and the ratios random-triplets ÷ kind (above 1: the kind costs less). Each cell
+also keeps ``asked`` and ``tokens_total``, what the whole run spent: where one side stopped at its cap
+short of a goal, that bounds the ratio (``≥`` when triplets missed, ``≤`` when the kind did; hatched in
+the plot).
 With ``--active STRATEGY`` every kind runs twice, random and chosen by the strategy under the server's
 noise model (:mod:`fbloop.queries.active`, :mod:`fbloop.queries.active_tuples`); the active cells carry
 ``"active": STRATEGY`` and their ratios are to the random triplets too.
@@ -153,7 +156,11 @@ def summarise(cells: list[dict], goals: list[float]) -> list[dict]:
     """Medians over seeds per (target, noise, kind, batch) and each one's ratios to random triplets.
 
     A seed that did not reach a goal counts as infinitely costly in the median (so a median can be
-    ``None``: more than half the seeds missed)."""
+    ``None``: more than half the seeds missed). Where a median is ``None`` its *floor* still bounds it:
+    the median over seeds of what each spent to reach the goal, or by its cap when it did not (``answers``,
+    ``tokens``, ``activations`` ``_floor``; tokens only where every run recorded its total). A ratio
+    that one side's floor bounds is kept as ``{key}_ratio_at_least`` (triplets missed, the kind reached)
+    or ``_at_most`` (the kind missed, triplets reached)."""
     groups: dict[tuple, list[dict]] = {}
     for c in cells:
         groups.setdefault((c["target"], c["noise"], c["kind"], c["batch"], c.get("active")), []).append(c)
@@ -163,6 +170,10 @@ def summarise(cells: list[dict], goals: list[float]) -> list[dict]:
         m = statistics.median(vals)
         return None if m == float("inf") else m
 
+    def floor(rows: list[dict], goal: str, key: str) -> float | None:
+        vals = [spent_by_cap(r, key) if r["goals"][goal][key] is None else r["goals"][goal][key] for r in rows]
+        return None if any(v is None for v in vals) else statistics.median(vals)
+
     out = []
     for (spec, noise, kind, batch, active), rows in groups.items():
         row = {"target": spec, "noise": noise, "kind": kind, "batch": batch, "seeds": len(rows), "goals": {},
@@ -171,6 +182,8 @@ def summarise(cells: list[dict], goals: list[float]) -> list[dict]:
             ran = [r for r in rows if goal in r["goals"]]  # runs that stopped short of a goal did not try it
             if ran:
                 row["goals"][goal] = {key: median(ran, goal, key) for key in ("answers", "tokens", "activations")}
+                row["goals"][goal].update({f"{key}_floor": floor(ran, goal, key) for key in ("answers", "tokens",
+                                                                                             "activations")})
                 row["goals"][goal].update(reached=sum(r["goals"][goal]["answers"] is not None for r in ran),
                                           seeds=len(ran), cap=max(r.get("max_answers", 0) for r in ran))
         out.append(row)
@@ -178,10 +191,44 @@ def summarise(cells: list[dict], goals: list[float]) -> list[dict]:
     for r in out:
         b = base.get((r["target"], r["noise"]))
         for goal, g in r["goals"].items():
+            bg = b["goals"].get(goal) if b is not None else None
             for key in ("answers", "tokens", "activations"):
-                have = b is not None and goal in b["goals"] and b["goals"][goal][key] and g[key]
-                g[f"{key}_ratio"] = round(b["goals"][goal][key] / g[key], 3) if have else None
+                have = bg is not None and bg[key] and g[key]
+                g[f"{key}_ratio"] = round(bg[key] / g[key], 3) if have else None
+                if bg is None or have or r is b:
+                    continue
+                if g[key] and bg[key] is None and bg.get(f"{key}_floor"):
+                    g[f"{key}_ratio_at_least"] = round(bg[f"{key}_floor"] / g[key], 3)
+                elif bg[key] and g[key] is None and g.get(f"{key}_floor"):
+                    g[f"{key}_ratio_at_most"] = round(bg[key] / g[f"{key}_floor"], 3)
     return out
+
+
+def spent_by_cap(cell: dict, key: str) -> float | None:
+    """What a run that stopped at its cap had spent: its answers, its tokens (where recorded: runs since
+    ``tokens_total`` was added), the activations its answers showed."""
+    name, k = parse_kind(cell["kind"])
+    asked = cell.get("asked")
+    return {"answers": asked, "tokens": cell.get("tokens_total"),
+            "activations": None if asked is None else asked * shown_per_answer(name, k)}[key]
+
+
+def ratio_text(g: dict, key: str) -> str | None:
+    """A ratio as the table shows it: ``3.72``, ``≥ 5.20`` or ``≤ 0.40`` (a bound), or ``None``."""
+    if g.get(f"{key}_ratio") is not None:
+        return f"{g[f'{key}_ratio']:.2f}"
+    for side, sign in (("at_least", "≥"), ("at_most", "≤")):
+        if g.get(f"{key}_ratio_{side}") is not None:
+            return f"{sign} {g[f'{key}_ratio_{side}']:.2f}"
+    return None
+
+
+def ratio_value(g: dict, key: str) -> tuple[float | None, bool]:
+    """A ratio or its bound, and whether it is a bound (the plot draws those hatched)."""
+    if g.get(f"{key}_ratio") is not None:
+        return g[f"{key}_ratio"], False
+    bound = g.get(f"{key}_ratio_at_least", g.get(f"{key}_ratio_at_most"))
+    return bound, bound is not None
 
 
 def _label(spec: str, noise: str) -> str:
@@ -212,12 +259,13 @@ def table(summary: list[dict], goal: str) -> str:
                 cells.append("")
             elif kind == "triplet" and not active:
                 cells.append(f"{g['answers']:,.0f}, {g['tokens']:,.0f} ({g['reached']}/{g['seeds']})"
-                             if g["answers"] else f"— ({g['reached']}/{g['seeds']})")
-            elif g["tokens_ratio"] is None:
+                             if g["answers"] else _floor_text(g) + f" ({g['reached']}/{g['seeds']})")
+            elif ratio_text(g, "tokens") is None and ratio_text(g, "activations") is None:
                 cells.append(f"— ({g['reached']}/{g['seeds']})")
             else:
-                text = f"{g['tokens_ratio']:.2f} / {g['activations_ratio']:.2f}"
-                bold = g["tokens_ratio"] >= 3 and g["activations_ratio"] >= 3
+                text = f"{ratio_text(g, 'tokens') or '—'} / {ratio_text(g, 'activations') or '—'}"
+                tok, act = ratio_value(g, "tokens")[0], ratio_value(g, "activations")[0]
+                bold = (tok or 0) >= 3 and (act or 0) >= 3 and "≤" not in text
                 cells.append((f"**{text}**" if bold else text) + f" ({g['reached']}/{g['seeds']})")
         name = {"triplet": "triplets: answers, tokens"}.get(kind, kind.replace(":", " "))
         if active:
@@ -225,6 +273,15 @@ def table(summary: list[dict], goal: str) -> str:
         if any(cells):
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _floor_text(g: dict) -> str:
+    """Triplets that missed the goal: what they had spent by their caps, as a bound (``> N, > T``; ``—``
+    where the runs did not record their tokens)."""
+    if not g.get("answers_floor"):
+        return "—"
+    tokens = f"> {g['tokens_floor']:,.0f}" if g.get("tokens_floor") else "—"
+    return f"> {g['answers_floor']:,.0f}, {tokens}"
 
 
 def plot(out: dict, path: Path) -> None:
@@ -237,7 +294,9 @@ def plot(out: dict, path: Path) -> None:
 
     rows = [r for r in out["summary"] if r["kind"] != "triplet" or r.get("active")]
     panels = sorted({(r["target"], r["noise"], g) for r in rows for g, v in r["goals"].items()
-                     if v.get("tokens_ratio") is not None}, key=lambda x: (x[2], x[0], x[1]))
+                     if ratio_value(v, "activations")[0] is not None},
+                    key=lambda x: (x[2], x[0] != "rfm", int(x[0].split("p=")[1].split(",")[0]) if "p=" in x[0]
+                                   else 0, x[1]))
     cols = min(4, max(1, len(panels)))
     nrows = max(1, -(-len(panels) // cols))
     fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.4 * nrows), squeeze=False)
@@ -246,17 +305,23 @@ def plot(out: dict, path: Path) -> None:
     for ax, (spec, noise, goal) in zip(axes.flat, panels):
         mine = [r for r in rows if (r["target"], r["noise"]) == (spec, noise) and goal in r["goals"]]
         x = np.arange(len(mine))
-        for j, (key, label) in enumerate((("tokens_ratio", "tokens"), ("activations_ratio", "activations"))):
-            ax.bar(x + (j - 0.5) * 0.4, [r["goals"][goal].get(key) or 0 for r in mine], 0.4, label=label)
+        for j, (key, label) in enumerate((("tokens", "tokens"), ("activations", "activations"))):
+            got = [ratio_value(r["goals"][goal], key) for r in mine]
+            bars = ax.bar(x + (j - 0.5) * 0.4, [v or 0 for v, _ in got], 0.4, label=label, color=f"C{j}")
+            for bar, (_, bound) in zip(bars, got):
+                if bound:
+                    bar.set_hatch("//")
+                    bar.set_alpha(0.55)
         ax.axhline(3, color="grey", ls="--", lw=1)
         ax.axhline(1, color="black", lw=0.6)
-        ax.set_xticks(x, [r["kind"] + (f"\n({r['active']})" if r.get("active") else "") for r in mine],
-                      rotation=30, fontsize=7)
+        ax.set_xticks(x, [r["kind"] + (f"\n{r['active']}" if r.get("active") else "") for r in mine],
+                      rotation=45, ha="right", fontsize=6)
         ax.set_title(f"{spec.replace('synthetic:', '')}, {noise}, PCC {goal}", fontsize=8)
         ax.set_ylabel("random triplets (b=8) ÷ kind", fontsize=7)
     axes.flat[0].legend(fontsize=7)
-    fig.suptitle("fewer tokens / activations than random triplets at batch 8 (dashes: the 3× goal; "
-                 f"no bar: goal not reached); tokens: {out['tokenizer']}", fontsize=9)
+    fig.suptitle("fewer tokens / activations than random triplets at batch 8 (dashes: the 3× goal; hatched: "
+                 "a bound, one side stopped at its cap short of the goal; no bar: neither known); tokens: "
+                 f"{out['tokenizer']}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

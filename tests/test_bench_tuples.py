@@ -82,3 +82,32 @@ def test_a_small_bench_reaches_both_goals_over_http(bench, tmp_path, monkeypatch
     assert cells["rank:3"]["goals"]["0.8"]["activations"] == cells["rank:3"]["goals"]["0.8"]["answers"] * 4
     assert json.loads((tmp_path / "t.json").read_text())["tokenizer"] == "estimate"
     assert (tmp_path / "t.png").stat().st_size > 10_000
+
+
+def test_a_side_stopped_at_its_cap_bounds_the_ratio(bench):
+    """Triplets that missed the goal on every seed still bound the ratio from below by what they had spent
+    by their caps; a kind that missed bounds it from above. Tokens only where the runs recorded them."""
+    def done(kind, seed, answers, tokens, activations, noise="flip:0.1"):
+        return cell(kind, seed, answers, tokens, activations, noise, target="synthetic:p=32,rank=8")  # table() reads p
+
+    def capped(kind, seed, asked, tokens_total=None, noise="flip:0.1"):
+        c = done(kind, seed, None, None, None, noise=noise)
+        return {**c, "asked": asked, **({"tokens_total": tokens_total} if tokens_total else {})}
+
+    cells = [capped("triplet", 0, 40_000, 12_000_000), capped("triplet", 1, 30_000, 9_000_000),
+             done("rank:8", 0, 2_000, 1_500_000, 18_000), done("rank:8", 1, 3_000, 2_500_000, 27_000),
+             capped("triplet", 0, 8_000, noise="none"), done("rank:8", 0, 100, 30_000, 900, noise="none"),
+             done("triplet", 0, 1_000, 200_000, 3_000, noise="logistic:0.2"),
+             capped("closest:4", 0, 500, noise="logistic:0.2")]
+    got = {(r["kind"], r["noise"]): r["goals"]["0.9"] for r in bench.summarise(cells, [0.9])}
+    trip = got[("triplet", "flip:0.1")]
+    assert trip["answers"] is None and trip["answers_floor"] == 35_000 and trip["tokens_floor"] == 10_500_000
+    rank = got[("rank:8", "flip:0.1")]
+    assert rank["tokens_ratio"] is None and rank["tokens_ratio_at_least"] == round(10_500_000 / 2_000_000, 3)
+    assert rank["activations_ratio_at_least"] == round(35_000 * 3 / 22_500, 3)
+    assert "tokens_ratio_at_least" not in got[("rank:8", "none")]  # that triplet run kept no token total
+    assert got[("rank:8", "none")]["answers_ratio_at_least"] == 80.0
+    assert got[("closest:4", "logistic:0.2")]["activations_ratio_at_most"] == round(3_000 / 2_500, 3)
+    table = bench.table(bench.summarise(cells, [0.9]), "0.9")
+    assert "> 35,000, > 10,500,000 (0/2)" in table and "**≥ 5.25 / ≥ 4.67** (2/2)" in table
+    assert "— / ≤ 1.20 (0/1)" in table and "> 8,000, — (0/1)" in table
