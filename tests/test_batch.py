@@ -535,3 +535,61 @@ def test_downloads_are_split_into_lines_across_chunks(chunks):
     data = b"".join(chunks)
     want = data.split(b"\n")[:-1] if data.endswith(b"\n") else data.split(b"\n")
     assert list(split_lines(iter(chunks))) == [w for w in want if data]
+
+
+@pytest.mark.parametrize("kind, k", [("rank", 4), ("closest", 4), ("odd", None)])
+def test_tuple_questions_in_batches_answer_as_the_synchronous_agent(tmp_path, target, kind, k):
+    """Closest of k, rank k and odd one out through the Batch API, from a server flipping 30 % of its
+    answers: the stored answers are the synchronous run's, the reversed order's under ``#swap`` mapped back
+    to the stored order, and the order swap's flip rate is the synchronous tuple agent's (options counted)."""
+    from fbloop.agents import OracleConfig
+
+    noisy = ServerConfig(target=SPEC, oracle=OracleConfig(noise="flip", flip=0.3))
+    with serve(noisy, target=target) as srv, Store(tmp_path / "r.db") as store:
+        base = config(srv.url, budget=60, k=4, max_requests=20)
+        cfg = RunConfig(**{**base.__dict__, "design": DesignConfig(name=kind, k=k)})
+        res = watch(cfg, store, "B")
+        sync = run_loop(RunConfig(**{**cfg.__dict__, "batch": None}), store, run_id="S")
+        got, want = rows(store, "B"), rows(store, "S")
+        assert store.load_queries("B", [0]).kind == kind
+    assert res.answers == sync.answers == 120 and store_status(tmp_path, "B") == "done"
+    assert [(r["seq"], r["agent"], r["value"]) for r in got] == [(r["seq"], r["agent"], r["value"]) for r in want]
+    (name,) = {r["agent"] for r in got if not r["agent"].endswith("#swap")}
+    assert all(r["status"] == "ok" for r in got) and {r["agent"] for r in got} == {name, name + "#swap"}
+    # chunks of 50 and 10 questions × 2 orders at 4 a request: 26 and 6 requests, in files of at most 20
+    assert res.extra["llm"]["mode"] == "batch" and res.extra["llm"]["batches"]["status"] == {"completed": 3}
+    assert res.extra["source_noise"] == sync.extra["source_noise"] and 0.1 < res.extra["source_noise"][name] < 0.45
+
+
+def test_tuple_batches_export_and_ingest_through_the_cli(tmp_path, target):
+    """An offline rank-4 run: `fbloop batch export` writes the tuple prompts, the local Batch API answers
+    them, `fbloop batch ingest` stores rankings, and the run learns from them."""
+    db = tmp_path / "r.db"
+    base = config("http://127.0.0.1:9/v1", budget=40, mode="offline", k=4, swap=False)
+    cfg = RunConfig(**{**base.__dict__, "design": DesignConfig(name="rank", k=4)})
+    with Store(db) as store:
+        assert run_loop(cfg, store, run_id="O").pcc is None
+    out = tmp_path / "requests.jsonl"
+    assert cli("batch", "export", "O", "--out", str(out), "--db", str(db), "--json")["requests"] == 10
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    for line in lines:
+        check_line(line)
+    prompt = lines[0]["body"]["messages"][-1]["content"]
+    assert "order its 4 candidate activations" in prompt and '"ranking"' in prompt  # rank_batch.txt, 4 a request
+    assert lines[0]["custom_id"] == "fbloop:O:0+1+2+3:ab:0"
+    with serve(ServerConfig(target=SPEC), target=target) as srv:
+        client = openai.OpenAI(base_url=srv.url, api_key=KEY, max_retries=0)
+        b = client.batches.create(input_file_id=client.files.create(file=out.open("rb"), purpose="batch").id,
+                                  endpoint="/v1/chat/completions", completion_window="24h")
+        while b.status != "completed":
+            time.sleep(0.05)
+            b = client.batches.retrieve(b.id)
+        results = tmp_path / "results.jsonl"
+        results.write_bytes(client.files.content(b.output_file_id).content)
+    got = cli("batch", "ingest", "O", str(results), "--db", str(db), "--json")
+    assert (got["lines"], got["stored"], got["unmatched"]) == (10, 40, 0)
+    with Store(db) as store:
+        values = [r["value"] for r in store.answer_rows("O")]
+        assert len(values) == 40 and all(0 <= v < 24 and v == int(v) for v in values)  # rankings of 4
+        res = run_loop(cfg, store, run_id="O")
+    assert res.answers == 40 and res.pcc > 0.5

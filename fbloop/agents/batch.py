@@ -8,8 +8,10 @@ Each chunk the loop asks becomes OpenAI batch input lines::
 where ``body`` is exactly what the synchronous agent (:class:`fbloop.agents.llm.LLMAgent`) would send
 for that request — the same prompt, model, temperature and structured-output field (an engine field
 such as vLLM's ``structured_outputs`` sits in the body, where the client's ``extra_body`` would put
-it). ``SEQ`` is the position (``S1+S2+…`` for a request of ``batch_size`` triplets), ``ORDER`` ``ab``
-or ``ba`` (the order swap), ``ATTEMPT`` the attempt its answers are stored under.
+it). ``SEQ`` is the position (``S1+S2+…`` for a request of ``batch_size`` questions), ``ORDER`` ``ab``
+or ``ba`` (the order swap: a tuple question's candidates reversed), ``ATTEMPT`` the attempt its answers
+are stored under. Triplets and tuple questions (closest of ``k``, rank ``k``, odd one out) alike: the
+agent is the synchronous one for the run's design (:func:`batch_llm`).
 
 Two modes (:class:`BatchConfig`):
 
@@ -55,8 +57,9 @@ from ..records import Queries
 from ..store import Store
 from ..store.batches import TERMINAL, ask_key
 from .fastlines import id_pattern, read_usual
-from .llm import LLMAgent, _Request
+from .llm import LLMAgent, LLMConfig, _Request
 from .transport import ModeState, Reply, read_completion_obj
+from .tuple_llm import TupleLLMAgent
 
 URL = "/v1/chat/completions"
 ORDERS = ("ab", "ba")
@@ -416,15 +419,33 @@ class Ingester:
 # ---------------------------------------------------------------- the agent
 
 
-class BatchLLM(LLMAgent):
-    """The LLM agent as a batch job's request writer and reply parser; offline it needs no key."""
+class _OfflineKey:
+    """Offline (files for an engine) an LLM agent needs no key."""
 
     offline = False
 
     def api_key(self) -> str:
         if self.offline:
-            return os.environ.get(self.config.api_key_env, "")
-        return super().api_key()
+            return os.environ.get(self.config.api_key_env, "")  # type: ignore[attr-defined]
+        return super().api_key()  # type: ignore[misc]
+
+
+class BatchLLM(_OfflineKey, LLMAgent):
+    """The LLM agent as a batch job's request writer and reply parser (triplets); offline it needs no key."""
+
+
+class BatchTupleLLM(_OfflineKey, TupleLLMAgent):
+    """The tuple LLM agent (closest, rank, odd) as a batch job's request writer and reply parser."""
+
+
+def batch_llm(config: LLMConfig, kind: str, k: int | None, descriptions: tuple[str, ...] | None = None
+              ) -> BatchLLM | BatchTupleLLM:
+    """The batch agent for questions of ``kind`` (``k`` candidates for closest / rank)."""
+    if kind == "triplet":
+        return BatchLLM(config, descriptions, cache=None)
+    if kind in ("closest", "rank", "odd"):
+        return BatchTupleLLM(config, kind, 3 if kind == "odd" else k, descriptions, cache=None)
+    raise ConfigError(f"Batch mode asks triplets or tuple questions (closest, rank, odd), not {kind}s.")
 
 
 class BatchAgent:
@@ -436,7 +457,7 @@ class BatchAgent:
 
     deferred = True
 
-    def __init__(self, llm: BatchLLM, config: BatchConfig, store: Store, active: bool = False):
+    def __init__(self, llm: BatchLLM | BatchTupleLLM, config: BatchConfig, store: Store, active: bool = False):
         self.llm, self.config, self.store, self.active = llm, config, store, active
         llm.offline = config.mode == "offline"
         self.name = llm.name
@@ -488,8 +509,8 @@ class BatchAgent:
     def ask(self, queries: Queries, attempts: dict[int, int] | None = None, factor=None) -> None:
         if len(queries) == 0:
             return
-        if queries.kind != "triplet":
-            raise ConfigError("The llm agent answers triplet queries only; use --design triplet.")
+        if queries.kind not in self.llm.kinds:
+            raise ConfigError(f"This batch agent asks {self.llm.kinds[0]} questions, got {queries.kind} queries.")
         att = np.array([(attempts or {}).get(int(s), 0) for s in queries.seq], np.int64)
         seq = np.tile(queries.seq, len(self.orders))
         order = np.repeat(np.array(self.orders, np.int64), len(queries))
@@ -519,12 +540,10 @@ class BatchAgent:
         """With the order swap: one flip rate for both orders, from how often they disagree (stored)."""
         if not self.llm.config.order_swap:
             return {}
-        from .reliability import flip_rate_from_swaps
-
         top = self.store.last_answer_id(self._run())
         if self._noise is None or self._noise[0] != top:
             ag = self.store.agreement(self._run(), *self.names)
-            eps = flip_rate_from_swaps(ag["both"], ag["agree"])
+            eps = self.llm._swap_flip_rate(ag["both"], ag["agree"])
             self._noise = (top, {} if eps is None else {n: eps for n in self.sources()})
         return self._noise[1]
 

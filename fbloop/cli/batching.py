@@ -17,15 +17,18 @@ from .common import _fail_cleanly, _open_store, db_option, json_option, main
 
 def _agent(store, run_id: str):
     """The run's LLM agent as its config built it (no endpoint contacted, no key needed)."""
-    from ..agents.batch import BatchLLM
+    from ..agents.batch import batch_llm
     from ..errors import ConfigError
     from ..loop import RunConfig
+    from ..queries.tuples import candidates
     from ..targets.load import load_target
 
     config = RunConfig.from_dict(store.require_run(run_id)["config"])
     if config.agent != "llm" or config.llm is None:
         raise ConfigError(f"Run {run_id!r} has agent {config.agent!r}; batch files are for --agent llm runs.")
-    llm = BatchLLM(config.llm, load_target(config.target).descriptions, cache=None)
+    kind = config.design.name
+    llm = batch_llm(config.llm, kind, candidates(config.design) if kind in ("closest", "rank") else None,
+                    load_target(config.target).descriptions)
     llm.offline = True
     return llm
 

@@ -8,7 +8,7 @@ import dataclasses
 from ..agents import people
 from ..agents.base import Agent, ImmediateAgent
 from ..agents.basis import BasisView
-from ..agents.batch import BatchAgent, BatchLLM
+from ..agents.batch import BatchAgent, batch_llm
 from ..agents.bisection import BisectionAgent
 from ..agents.llm import LLMAgent
 from ..agents.oracle import OracleAgent
@@ -59,10 +59,10 @@ def _batch(config: RunConfig, target: Target, design: Design, store: Store | Non
     synchronous requests; offline there is no endpoint to check."""
     if store is None:
         raise ConfigError("Batch mode needs the run's store to keep its batches in.")
-    if design.kind != "triplet" or design.basis is not None:
-        raise ConfigError(f"Batch mode asks triplets in feature coordinates; design {config.design.name!r} "
-                          "does not. Use --design triplet.")
-    llm = BatchLLM(config.llm, target.descriptions, cache=None)
+    if design.kind not in ("triplet", *TUPLE_KINDS) or design.basis is not None:
+        raise ConfigError(f"Batch mode asks triplets or tuple questions in feature coordinates; design "
+                          f"{config.design.name!r} does not. Use --design triplet (or closest, rank, odd).")
+    llm = batch_llm(config.llm, design.kind, design.k if design.kind in TUPLE_KINDS else None, target.descriptions)
     agent = BatchAgent(llm, config.batch, store, active=config.active is not None)
     if config.batch.mode == "batch":
         llm.check()
