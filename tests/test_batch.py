@@ -593,3 +593,18 @@ def test_tuple_batches_export_and_ingest_through_the_cli(tmp_path, target):
         assert len(values) == 40 and all(0 <= v < 24 and v == int(v) for v in values)  # rankings of 4
         res = run_loop(cfg, store, run_id="O")
     assert res.answers == 40 and res.pcc > 0.5
+
+
+def test_an_offline_run_says_what_to_do_next_before_anything_is_answered(tmp_path):
+    """`fbloop run --llm-mode offline` (no answers yet, so no PCC) prints its result and the export / ingest
+    commands instead of failing on the missing PCC."""
+    from click.testing import CliRunner
+
+    from fbloop.cli import main
+
+    args = ["run", "--target", SPEC, "--design", "rank", "--k", "4", "--agent", "llm", "--llm-mode", "offline",
+            "--run-id", "off", "--budget", "20", "--db", str(tmp_path / "r.db")]
+    done = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert done.exit_code == 0, done.output[-2000:]
+    assert "run off: PCC — (nothing to learn from yet) after 0 answers" in done.output
+    assert "fbloop batch export off --out requests.jsonl" in done.output

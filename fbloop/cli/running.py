@@ -265,7 +265,8 @@ def _print_result(result, as_json: bool) -> None:
         click.echo(json.dumps(result.summary()))
         return
     s = result.summary()
-    click.echo(f"run {s['run_id']}: PCC {s['pcc']:.6f} after {s['answers']} answers "
+    pcc = "— (nothing to learn from yet)" if s["pcc"] is None else f"{s['pcc']:.6f}"
+    click.echo(f"run {s['run_id']}: PCC {pcc} after {s['answers']} answers "
                f"(design bound {s['bound'] if s['bound'] is not None else '—'}), learner {s['learner']}, "
                f"{s['elapsed_s']:.1f}s")
     if "mse" in s:
@@ -333,6 +334,10 @@ def run(db_path: str, as_json: bool, run_id: str | None, watch: bool, poll_s: fl
         _print_result(result, as_json)
         if any(m.agent == "human" for m in config.pool or ()) and not as_json:
             _print_queue(result.run_id, db_path)
+        if config.batch is not None and config.batch.mode == "offline" and result.pcc is None and not as_json:
+            click.echo(f"Offline: `fbloop batch export {result.run_id} --out requests.jsonl` writes the requests for "
+                       f"an engine, `fbloop batch ingest {result.run_id} results.jsonl` stores its output; then run "
+                       "this command again to learn.")
 
 
 def _print_human(result, db_path: str, as_json: bool) -> None:
