@@ -103,7 +103,9 @@ def run_config(spec: str, kind: str, seed: int, args, url: str, batch: int, nois
 
     name, k = parse_kind(kind)
     llm = LLMConfig(base_url=url, structured="json_schema", concurrency=8, batch_size=batch, cache=False)
-    learner = LearnerConfig(seed=seed) if args.final else LearnerConfig(seed=seed, final_steps=0, polish=False)
+    learn = getattr(args, "learn_sharpness", False)
+    learner = (LearnerConfig(seed=seed, learn_sharpness=learn) if args.final
+               else LearnerConfig(seed=seed, final_steps=0, polish=False, learn_sharpness=learn))
     return RunConfig(target=spec, design=DesignConfig(name=name, k=k, dist=args.dist), agent="llm", llm=llm,
                      budget=args.max_answers, chunk=args.every, snapshot_every=args.every, stop_at=max(args.goals),
                      rfm_mse=False, oracle=OracleConfig(seed=seed), learner_config=learner, seed=seed,
@@ -137,6 +139,7 @@ def one_cell(spec: str, target, kind: str, noise: str, seed: int, args, url: str
             "every": args.every, "max_answers": args.max_answers, "asked": result.answers, "live_pcc": snaps[-1]["pcc"] if snaps else None, "final_pcc": result.pcc,
             "tokens_total": use["prompt_tokens"] + use["completion_tokens"],  # the whole run, goal reached or not
             "invalid": use["answers"].get("invalid", 0), "seconds": round(time.perf_counter() - t0, 1),
+            **({"learn_sharpness": True} if config.learner_config.learn_sharpness else {}),
             **({"active": active} if active else {})}
 
 
@@ -146,7 +149,8 @@ def dedupe(cells: list[dict]) -> list[dict]:
     cap replaces the run that stopped at the lower one."""
     best: dict[tuple, dict] = {}
     for c in cells:
-        key = (c["target"], c["noise"], c["kind"], c["batch"], c.get("active"), c["seed"])
+        key = (c["target"], c["noise"], c["kind"], c["batch"], c.get("active"), c.get("learn_sharpness", False),
+               c["seed"])
         if key not in best or c.get("max_answers", 0) >= best[key].get("max_answers", 0):
             best[key] = c
     return list(best.values())
@@ -163,7 +167,8 @@ def summarise(cells: list[dict], goals: list[float]) -> list[dict]:
     or ``_at_most`` (the kind missed, triplets reached)."""
     groups: dict[tuple, list[dict]] = {}
     for c in cells:
-        groups.setdefault((c["target"], c["noise"], c["kind"], c["batch"], c.get("active")), []).append(c)
+        groups.setdefault((c["target"], c["noise"], c["kind"], c["batch"], c.get("active"),
+                           c.get("learn_sharpness", False)), []).append(c)
 
     def median(rows: list[dict], goal: str, key: str) -> float | None:
         vals = sorted(r["goals"][goal][key] if r["goals"][goal][key] is not None else float("inf") for r in rows)
@@ -175,9 +180,9 @@ def summarise(cells: list[dict], goals: list[float]) -> list[dict]:
         return None if any(v is None for v in vals) else statistics.median(vals)
 
     out = []
-    for (spec, noise, kind, batch, active), rows in groups.items():
+    for (spec, noise, kind, batch, active, learn), rows in groups.items():
         row = {"target": spec, "noise": noise, "kind": kind, "batch": batch, "seeds": len(rows), "goals": {},
-               **({"active": active} if active else {})}
+               **({"active": active} if active else {}), **({"learn_sharpness": True} if learn else {})}
         for goal in map(str, goals):
             ran = [r for r in rows if goal in r["goals"]]  # runs that stopped short of a goal did not try it
             if ran:
@@ -187,9 +192,11 @@ def summarise(cells: list[dict], goals: list[float]) -> list[dict]:
                 row["goals"][goal].update(reached=sum(r["goals"][goal]["answers"] is not None for r in ran),
                                           seeds=len(ran), cap=max(r.get("max_answers", 0) for r in ran))
         out.append(row)
-    base = {(r["target"], r["noise"]): r for r in out if r["kind"] == "triplet" and not r.get("active")}
+    # each kind against random triplets fitted by the same learner (κ fixed, or learnt)
+    base = {(r["target"], r["noise"], r.get("learn_sharpness", False)): r for r in out
+            if r["kind"] == "triplet" and not r.get("active")}
     for r in out:
-        b = base.get((r["target"], r["noise"]))
+        b = base.get((r["target"], r["noise"], r.get("learn_sharpness", False)))
         for goal, g in r["goals"].items():
             bg = b["goals"].get(goal) if b is not None else None
             for key in ("answers", "tokens", "activations"):
@@ -245,19 +252,20 @@ def table(summary: list[dict], goal: str) -> str:
     cols = sorted({(r["target"], r["noise"]) for r in summary if goal in r["goals"]},
                   key=lambda c: (c[0] != "rfm", int(c[0].split("p=")[1].split(",")[0]) if "p=" in c[0] else 0,
                                  NOISES.index(c[1]) if c[1] in NOISES else 9, c[1]))
-    kinds = sorted({(r["kind"], r.get("active") or "") for r in summary}, key=lambda k: (
-        k[1], ["triplet", "closest:4", "closest:8", "rank:4", "rank:8", "odd"].index(k[0])
-        if k[0] in ("triplet", "closest:4", "closest:8", "rank:4", "rank:8", "odd") else 9))
-    at = {(r["target"], r["noise"], r["kind"], r.get("active") or ""): r for r in summary}
+    order = ["triplet", "closest:4", "closest:8", "rank:4", "rank:8", "odd"]
+    kinds = sorted({(r["kind"], r.get("active") or "", r.get("learn_sharpness", False)) for r in summary},
+                   key=lambda k: (k[2], k[1], order.index(k[0]) if k[0] in order else 9))
+    at = {(r["target"], r["noise"], r["kind"], r.get("active") or "", r.get("learn_sharpness", False)): r
+          for r in summary}
     lines = [f"| PCC {goal} | " + " | ".join(_label(*c) for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
-    for kind, active in kinds:
+    for kind, active, learn in kinds:
         cells = []
         for c in cols:
-            r = at.get((*c, kind, active))
+            r = at.get((*c, kind, active, learn))
             g = r["goals"].get(goal) if r else None
             if g is None:
                 cells.append("")
-            elif kind == "triplet" and not active:
+            elif kind == "triplet" and not active:  # the baseline: its answers and tokens
                 cells.append(f"{g['answers']:,.0f}, {g['tokens']:,.0f} ({g['reached']}/{g['seeds']})"
                              if g["answers"] else _floor_text(g) + f" ({g['reached']}/{g['seeds']})")
             elif ratio_text(g, "tokens") is None and ratio_text(g, "activations") is None:
@@ -270,6 +278,8 @@ def table(summary: list[dict], goal: str) -> str:
         name = {"triplet": "triplets: answers, tokens"}.get(kind, kind.replace(":", " "))
         if active:
             name = f"*{active}* {kind.replace(':', ' ')}"
+        if learn:
+            name = f"κ learnt: {name}"
         if any(cells):
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -314,7 +324,8 @@ def plot(out: dict, path: Path) -> None:
                     bar.set_alpha(0.55)
         ax.axhline(3, color="grey", ls="--", lw=1)
         ax.axhline(1, color="black", lw=0.6)
-        ax.set_xticks(x, [r["kind"] + (f"\n{r['active']}" if r.get("active") else "") for r in mine],
+        ax.set_xticks(x, [r["kind"] + (f"\n{r['active']}" if r.get("active") else "")
+                          + ("\nκ learnt" if r.get("learn_sharpness") else "") for r in mine],
                       rotation=45, ha="right", fontsize=6)
         ax.set_title(f"{spec.replace('synthetic:', '')}, {noise}, PCC {goal}", fontsize=8)
         ax.set_ylabel("random triplets (b=8) ÷ kind", fontsize=7)
@@ -343,6 +354,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--active", default=None, help="also run every kind chosen by this strategy (ensemble, …)")
     ap.add_argument("--active-only", action="store_true", help="with --active: only the active cells")
     ap.add_argument("--final", action="store_true", help="run the learner's final fit too (slower; not read)")
+    ap.add_argument("--learn-sharpness", action="store_true",
+                    help="the learner fits each source's κ (LearnerConfig.learn_sharpness); cells record it")
     ap.add_argument("--merge", nargs="+", type=Path, default=[],
                     help="cells from earlier runs (their JSON, or the JSON lines this prints) summarised with these")
     ap.add_argument("--out", default=str(ROOT / "results" / "tuples.json"))

@@ -111,3 +111,12 @@ def test_a_side_stopped_at_its_cap_bounds_the_ratio(bench):
     table = bench.table(bench.summarise(cells, [0.9]), "0.9")
     assert "> 35,000, > 10,500,000 (0/2)" in table and "**≥ 5.25 / ≥ 4.67** (2/2)" in table
     assert "— / ≤ 1.20 (0/1)" in table and "> 8,000, — (0/1)" in table
+
+
+def test_cells_fitted_with_a_learnt_sharpness_are_compared_with_triplets_fitted_alike(bench):
+    learnt = lambda c: {**c, "learn_sharpness": True}  # noqa: E731
+    cells = [cell("triplet", 0, 100, 1000, 300), cell("rank:8", 0, 10, 500, 90),
+             learnt(cell("triplet", 0, 50, 500, 150)), learnt(cell("rank:8", 0, 10, 500, 90))]
+    got = {(r["kind"], r.get("learn_sharpness", False)): r["goals"]["0.9"] for r in bench.summarise(cells, [0.9])}
+    assert got[("rank:8", False)]["tokens_ratio"] == 2.0 and got[("rank:8", True)]["tokens_ratio"] == 1.0
+    assert len(bench.dedupe(cells)) == 4  # a learnt-κ run does not replace the fixed-κ one

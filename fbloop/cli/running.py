@@ -126,6 +126,9 @@ def run_options(fn):
         click.option("--max-rows", default=1_000_000, show_default=True, type=int,
                      help="Gradient learner: answers of a kind held for fitting; beyond, a uniform sample of all "
                           "of them (every answer stays stored). 0: hold all."),
+        click.option("--learn-sharpness", is_flag=True,
+                     help="Gradient learner: fit each source's answer sharpness κ (≈ 1/T for answers at temperature "
+                          "T) by maximum likelihood instead of taking every answer at κ = 50."),
         click.option("--chunk", default=None, type=int,
                      help="Queries per transaction [default: budget/500, within 64–16384]."),
         click.option("--seed", default=0, show_default=True, type=int,
@@ -159,7 +162,7 @@ def _run_config(opts: dict):
         budget=opts["budget"],
         learner=opts["learner"],
         learner_config=LearnerConfig(rank=opts["rank"], lr=opts["lr"], device=opts["device"], seed=opts["seed"],
-                                     max_rows=opts["max_rows"] or None),
+                                     max_rows=opts["max_rows"] or None, learn_sharpness=opts["learn_sharpness"]),
         chunk=opts["chunk"],
         seed=opts["seed"],
         check_rate=opts["check_rate"],
@@ -301,6 +304,9 @@ def _print_result(result, as_json: bool) -> None:
                    f"most reliable, {r['rest']} to the cheapest, {r['skipped']} skipped")
     if s.get("source_noise"):
         click.echo(f"Noise-aware: answers fitted at the flip rates {_rates(s['source_noise'])}")
+    if s.get("source_sharpness"):
+        kappas = ", ".join(f"{name} {k:.1f}" for name, k in s["source_sharpness"].items())
+        click.echo(f"Sharpness learnt (κ; ≈ 1/T for answers at temperature T): {kappas}")
     if "llm" in s:
         u = s["llm"]
         bias = u.get("position_bias_rate")

@@ -23,7 +23,11 @@ class LearnerConfig:
     polish: bool = True  # full-batch L-BFGS at the end when the problem is small
     weight_decay: float = 0.0  # λ of Algorithm 3 (the paper's 1e-4 outweighs the data at p in the thousands)
     clip: float = 10.0  # gradient-norm clip per step
-    sharpness: float = 50.0  # κ of the triplet logistic loss
+    sharpness: float = 50.0  # κ of the triplet logistic loss (and of the tuple losses' logits)
+    # Fit each source's κ to its answers (maximum likelihood under the current Φ̂, at most ``sharpness``): a
+    # source answering with graded noise (an LLM, people; Plackett–Luce / logistic at a temperature T) is
+    # then fitted at its own κ ≈ 1/T instead of as if it were nearly exact. See GradientLearner.fit_sharpness.
+    learn_sharpness: bool = False
     tie_band: float = 0.02  # |ρ| allowed for a tie answer
     final_sharpness: float = 100.0  # triplets: κ of a last L-BFGS polish, after the rank choice
     rank_gap: float = 1.5  # triplets with rank=None: eigenvalue ratios of Φ̂ at least this are candidate cuts

@@ -24,6 +24,12 @@ FULL_BLOCK = 1 << 16  # triplets per block of a full-batch loss and gradient: me
 DENSE_BLOCK_MAX = 1 << 21  # a block's triplets × p up to which it becomes dense rows when the whole is not
 MAX_SOURCES = 1 << 16  # triplet source ids name agents: their ε live in a tensor indexed by id
 ARRIVAL_REPLAY = 10  # draws per new answer while answers stream in (large problems)
+KAPPA_MIN = 1.0  # a learnt κ stays at or above this (T = 1: answers that barely follow the distances)
+KAPPA_START = 10.0  # learn_sharpness: each source's κ until its own is fitted
+KAPPA_GRID = 48  # κ candidates, log-spaced from KAPPA_MIN to the config's sharpness (~9 % apart at 50)
+KAPPA_SAMPLE = 8192  # answers of each kind the final fit's κ is fitted on (a uniform sample beyond)
+KAPPA_MIN_ANSWERS = 64  # a source's scored answers before its κ is fitted
+KAPPA_HALF_LIFE = 2048  # the streaming κ: answers after which a scored answer's weight has halved
 
 
 class GradientLearner:
@@ -62,6 +68,17 @@ class GradientLearner:
         self._held = held
         self._noise = torch.zeros(1, dtype=self.dtype, device=self.device)  # (sources,) ε per source id
         self._noisy = False  # some source has ε > 0 (a flag, so a step need not read the device)
+        self._kappa = torch.full((1,), config.sharpness, dtype=self.dtype, device=self.device)  # (sources,) κ
+        self._fitted = torch.zeros(1, dtype=torch.bool, device=self.device)  # (sources,) κ fitted to its answers
+        # learn_sharpness: every answer is fitted at its source's κ (KAPPA_START until fitted); else at the
+        # config's sharpness
+        self._learnt = config.learn_sharpness
+        if self._learnt:
+            self._kappa[:] = min(KAPPA_START, config.sharpness)
+        # the streaming κ's evidence: each source's decayed sum of new answers' losses over the κ grid, and
+        # how many answers it scored
+        self._pre_nll = torch.zeros(1, KAPPA_GRID, dtype=self.dtype, device=self.device)
+        self._pre_n = torch.zeros(1, dtype=self.dtype, device=self.device)
         if anchor is not None:
             self._anchor_idx = torch.as_tensor(anchor.indices[0], device=self.device)  # (s_a,) int64
             self._anchor_val = torch.as_tensor(anchor.values[0], device=self.device, dtype=self.dtype)
@@ -120,6 +137,7 @@ class GradientLearner:
         if len(t):
             self._grow_sources(int(src.max()) + 1)
             ab, ac = difference(a, b), difference(a, c)
+            self._score_new("triplet", (ab, ac), t, None, src)
             self._trips.append(ab.indices, ab.values, ac.indices, ac.values, t, src)
 
     INIT_BLOCK_ABOVE = 1 << 26  # p·r above which U is drawn a block of rows at a time
@@ -178,6 +196,7 @@ class GradientLearner:
         i32 = torch.int32
         cols = self._tuples.setdefault(k, _Columns((i32, self.dtype, i32, i32, i32), self.device,
                                                                 **self._held))
+        self._score_new("tuple", (idx, val), obs, mode, src)
         cols.append(idx, val, obs, mode, src)
 
     def _source_ids(self, source: int | np.ndarray, n: int) -> np.ndarray:
@@ -191,7 +210,7 @@ class GradientLearner:
                               f"({src.dtype}).")
         return src
 
-    def _tuple_terms(self, W: torch.Tensor, picked: list[tuple], invs: list[torch.Tensor], kappa: float,
+    def _tuple_terms(self, W: torch.Tensor, picked: list[tuple], invs: list[torch.Tensor], kappa: float | None,
                      noise: bool = True) -> torch.Tensor:
         """Mean tuple loss over ``picked`` (per k: val, obs, mode, src) with each one's gathered ``invs``."""
         losses = []
@@ -199,7 +218,7 @@ class GradientLearner:
             n, k, s = val.shape
             d = _pair_quads(W, inv.reshape(n * k, s), val.reshape(n * k, s)).reshape(n, k)  # (n, k)
             eps = self._eps(src) if noise else None
-            losses.append(_tuple_loss(d, obs, mode, kappa, self.config.tie_band, eps))
+            losses.append(_tuple_loss(d, obs, mode, self._sharp(src, kappa), self.config.tie_band, eps))
         return torch.cat(losses).mean()
 
     def set_source_noise(self, eps: dict[int, float]) -> None:
@@ -223,12 +242,132 @@ class GradientLearner:
 
     def _grow_sources(self, n: int) -> None:
         if n > len(self._noise):
-            self._noise = torch.cat([self._noise, self._noise.new_zeros(n - len(self._noise))])
+            grow = n - len(self._noise)
+            self._noise = torch.cat([self._noise, self._noise.new_zeros(grow)])
+            start = min(KAPPA_START, self.config.sharpness) if self.config.learn_sharpness else self.config.sharpness
+            self._kappa = torch.cat([self._kappa, self._kappa.new_full((grow,), start)])
+            self._fitted = torch.cat([self._fitted, self._fitted.new_zeros(grow)])
 
     def _eps(self, src: torch.Tensor) -> torch.Tensor | None:
         """Per-triplet ``ε`` for source ids ``src``; None while every source is taken as exact, so
         the loss is the plain logistic one."""
         return self._noise[src] if self._noisy else None
+
+    # ------------------------------------------------------------ each source's sharpness
+
+    def _sharp(self, src: torch.Tensor, kappa: float | None = None) -> float | torch.Tensor:
+        """The κ each answer of sources ``src`` is fitted at: ``kappa`` (a sharper polish's) or the config's
+        sharpness while no source's κ is learnt; else each source's learnt κ — a source at the cap (its
+        answers look exact) takes ``kappa`` where one is given."""
+        cap = self.config.sharpness
+        base = cap if kappa is None else kappa
+        if not self._learnt:
+            return base
+        k = self._kappa[src]
+        return k if kappa is None else torch.where(k >= cap, k.new_tensor(base), k)
+
+    @property
+    def source_sharpness(self) -> dict[int, float]:
+        """``{source_id: κ}`` for every source whose κ was fitted (:meth:`fit_sharpness`)."""
+        return {k: float(v) for k, (v, f) in enumerate(zip(self._kappa.tolist(), self._fitted.tolist())) if f}
+
+    def fit_sharpness(self, final: bool = False) -> dict[int, float]:
+        """Each source's κ (``learn_sharpness``), from :data:`KAPPA_GRID` log-spaced values in
+        ``[KAPPA_MIN, sharpness]``; returns the fitted ones.
+
+        - While answers stream in (``final=False``): the κ at which the current ``Φ̂`` best predicted the
+          source's new answers — each answer is scored over the grid as it is added, before any step
+          learns it (prequential), the scores decaying with a half-life of :data:`KAPPA_HALF_LIFE`
+          answers. From :data:`KAPPA_MIN_ANSWERS` scored answers on; until then :data:`KAPPA_START`.
+          Scored before it is learnt, an answer cannot flatter ``Φ̂``: a source's κ stays low while
+          ``Φ̂`` is poor and rises as it improves, up to about ``1/T`` for answers at temperature ``T``.
+        - For the final fit (``final=True``): the maximum-likelihood κ of a sample of each source's
+          answers (up to :data:`KAPPA_SAMPLE` of each kind) under the fitted ``Φ̂`` — with every answer in,
+          the fit no longer improves much on what it was fitted to. A source whose answers ``Φ̂``
+          separates perfectly (exact ones) reaches the cap, where the final fit has always fitted them.
+        """
+        if not self.config.learn_sharpness:
+            return {}
+        grid = self._kappa_grid()
+        if final:
+            nll, count = self._sample_nll(grid)
+        else:
+            nll, count = self._pre_nll, self._pre_n
+        fit = count >= KAPPA_MIN_ANSWERS
+        if bool(fit.any()):
+            n = len(fit)
+            self._kappa[:n] = torch.where(fit, grid[nll.argmin(dim=1)], self._kappa[:n])
+            self._fitted[:n] |= fit
+        return self.source_sharpness
+
+    def _sample_nll(self, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each source's summed loss over ``grid`` on a sample of its held answers, and their count."""
+        n_src = len(self._noise)
+        nll = torch.zeros(n_src, len(grid), dtype=self.dtype, device=self.device)
+        count = torch.zeros(n_src, dtype=self.dtype, device=self.device)
+        with torch.no_grad():
+            for losses, src in self._sample_losses(self.config.tie_band):
+                for g, kap in enumerate(grid.tolist()):
+                    nll[:, g].index_add_(0, src, losses(kap))
+                count.index_add_(0, src, torch.ones_like(src, dtype=self.dtype))
+        return nll, count
+
+    def _score_new(self, kind: str, rows: tuple, obs: np.ndarray, mode: np.ndarray | None, src: np.ndarray) -> None:
+        """The streaming κ's evidence (:meth:`fit_sharpness`): new answers' losses over the κ grid under the
+        current ``U``, before any step learns them, added to their sources' decayed sums. Not before the
+        first step (a resumed run's replayed answers meet an untrained ``U``)."""
+        if not self.config.learn_sharpness or self.steps == 0:
+            return
+        dev, dt, band = self.device, self.dtype, self.config.tie_band
+
+        def quads(idx: np.ndarray, val: np.ndarray) -> torch.Tensor:
+            return _pair_quads(self.U, torch.as_tensor(idx, device=dev), torch.as_tensor(val, dtype=dt, device=dev))
+
+        s_ = torch.as_tensor(src, device=dev).long()
+        eps = self._eps(s_)
+        with torch.no_grad():
+            if kind == "triplet":
+                d_ab, d_ac = quads(rows[0].indices, rows[0].values), quads(rows[1].indices, rows[1].values)
+                t = torch.as_tensor(obs, dtype=dt, device=dev)
+                losses = lambda kap: _triplet_loss(d_ab, d_ac, t, kap, band, eps)  # noqa: E731
+            else:
+                idx, val = rows
+                n, k, s = idx.shape
+                d = quads(idx.reshape(n * k, s), val.reshape(n * k, s)).reshape(n, k)
+                o, m = torch.as_tensor(obs, device=dev), torch.as_tensor(mode, device=dev)
+                losses = lambda kap: _tuple_loss(d, o, m, kap, band, eps)  # noqa: E731
+            grow = len(self._noise) - len(self._pre_n)
+            if grow > 0:
+                self._pre_nll = torch.cat([self._pre_nll, self._pre_nll.new_zeros(grow, KAPPA_GRID)])
+                self._pre_n = torch.cat([self._pre_n, self._pre_n.new_zeros(grow)])
+            self._pre_nll *= 0.5 ** (len(src) / KAPPA_HALF_LIFE)
+            for g, kap in enumerate(self._kappa_grid().tolist()):
+                self._pre_nll[:, g].index_add_(0, s_, losses(kap))
+            self._pre_n.index_add_(0, s_, torch.ones(len(src), dtype=dt, device=dev))
+
+    def _kappa_grid(self) -> torch.Tensor:
+        """The κ candidates: :data:`KAPPA_GRID` log-spaced values in ``[KAPPA_MIN, sharpness]``."""
+        cap = self.config.sharpness
+        lo = math.log10(min(KAPPA_MIN, cap))
+        return torch.logspace(lo, math.log10(cap), KAPPA_GRID, dtype=self.dtype, device=self.device)
+
+    def _sample_losses(self, band: float) -> Iterator[tuple[Callable[[float], torch.Tensor], torch.Tensor]]:
+        """Per kind of answer held: ``(κ ↦ per-answer losses, sources)`` on a sample of its answers."""
+        def pick(n: int) -> torch.Tensor | None:
+            return None if n <= KAPPA_SAMPLE else torch.randint(0, n, (KAPPA_SAMPLE,), generator=self.gen
+                                                                 ).to(self.device)
+
+        if self._trips:
+            i_ab, v_ab, i_ac, v_ac, t, src = self._trips.take(pick(len(self._trips)))
+            d_ab, d_ac = _pair_quads(self.U, i_ab, v_ab), _pair_quads(self.U, i_ac, v_ac)
+            eps = self._eps(src)
+            yield (lambda kap: _triplet_loss(d_ab, d_ac, t, kap, band, eps)), src.long()
+        for cols in self._tuples.values():
+            idx, val, obs, mode, src = cols.take(pick(len(cols)))
+            n, k, s = val.shape
+            d = _pair_quads(self.U, idx.reshape(n * k, s), val.reshape(n * k, s)).reshape(n, k)
+            eps = self._eps(src)
+            yield (lambda kap, d=d, obs=obs, mode=mode, eps=eps: _tuple_loss(d, obs, mode, kap, band, eps)), src.long()
 
     # ------------------------------------------------------------ optimisation
 
@@ -248,7 +387,7 @@ class GradientLearner:
             groups += [idx, a_idx]
         if pick_trips:
             i_ab, v_ab, i_ac, v_ac, t, src = self._trips.take(self._batch(len(self._trips)))
-            trips = (v_ab, v_ac, t, self._eps(src))
+            trips = (v_ab, v_ac, t, self._eps(src), self._sharp(src))
             groups += [i_ab, i_ac]
         picked = []
         for cols in self._tuples.values():
@@ -271,13 +410,13 @@ class GradientLearner:
             loss = loss + _pair_residual(q, c, self.config.pair_loss).mean() + ((qa - 1.0) ** 2).sum()
             k = 2
         if trips is not None:
-            v_ab, v_ac, t, eps = trips
+            v_ab, v_ac, t, eps, kap = trips
             d_ab = _pair_quads(W, invs[k], v_ab)
             d_ac = _pair_quads(W, invs[k + 1], v_ac)
-            loss = loss + _triplet_loss(d_ab, d_ac, t, self.config.sharpness, self.config.tie_band, eps).mean()
+            loss = loss + _triplet_loss(d_ab, d_ac, t, kap, self.config.tie_band, eps).mean()
             k += 2
         if picked:
-            loss = loss + self._tuple_terms(W, picked, invs[k:], self.config.sharpness)
+            loss = loss + self._tuple_terms(W, picked, invs[k:], None)
         if self.config.weight_decay and pairs is not None:
             loss = loss + self.config.weight_decay * (W * W).sum() * (len(rows) / self.p)
         return loss, W, rows
@@ -547,7 +686,6 @@ class GradientLearner:
             loss = loss + self._triplet_mean(U, kappa, noise)
         if self._tuples:
             views = [cols.view() for cols in self._tuples.values()]
-            kappa = self.config.sharpness if kappa is None else kappa
             loss = loss + self._tuple_terms(U, [v[1:] for v in views], [v[0] for v in views], kappa, noise)
         return loss
 
@@ -610,9 +748,8 @@ class GradientLearner:
         else:
             d_ab = _pair_quads(U, rows[0], rows[1])
             d_ac = _pair_quads(U, rows[2], rows[3])
-        kappa = self.config.sharpness if kappa is None else kappa
         eps = self._eps(src) if noise else None
-        return _triplet_loss(d_ab, d_ac, t, kappa, self.config.tie_band, eps)
+        return _triplet_loss(d_ab, d_ac, t, self._sharp(src, kappa), self.config.tie_band, eps)
 
     def _triplet_mean(self, U: torch.Tensor, kappa: float | None, noise: bool, backward: bool = False
                       ) -> torch.Tensor:

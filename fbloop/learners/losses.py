@@ -66,7 +66,7 @@ def _pair_residual(q: torch.Tensor, c: torch.Tensor, form: str) -> torch.Tensor:
     return (torch.sqrt(q + 1e-30) - torch.sqrt(c)) ** 2
 
 
-def _triplet_loss(d_ab: torch.Tensor, d_ac: torch.Tensor, t: torch.Tensor, kappa: float, band: float,
+def _triplet_loss(d_ab: torch.Tensor, d_ac: torch.Tensor, t: torch.Tensor, kappa: float | torch.Tensor, band: float,
                   eps: torch.Tensor | None = None) -> torch.Tensor:
     """Per-triplet loss on the scale-free margin ``ρ = (d_ac − d_ab)/(d_ac + d_ab)``, all ``(n,)``.
 
@@ -93,7 +93,7 @@ def _pair_quads(rows_u: torch.Tensor, inv: torch.Tensor, val: torch.Tensor) -> t
     return (proj * proj).sum(dim=1)
 
 
-def _tuple_loss(d: torch.Tensor, obs: torch.Tensor, mode: torch.Tensor, kappa: float, band: float,
+def _tuple_loss(d: torch.Tensor, obs: torch.Tensor, mode: torch.Tensor, kappa: float | torch.Tensor, band: float,
                 eps: torch.Tensor | None = None) -> torch.Tensor:
     """Per-answer negative log-likelihood of tuple answers under ``Φ̂``, ``(n,)``.
 
@@ -108,7 +108,8 @@ def _tuple_loss(d: torch.Tensor, obs: torch.Tensor, mode: torch.Tensor, kappa: f
     (``softplus(κ(ρ − band))`` on their ``ρ = (d_(2) − d_(1))/(d_(1) + d_(2))``), scaled by ``1 − 2ε``.
     """
     n, k = d.shape
-    logits = -kappa * d / (2 * d.mean(dim=1, keepdim=True) + 1e-30)  # (n, k)
+    kc = kappa[:, None] if torch.is_tensor(kappa) else kappa  # one κ per answer, or one for all
+    logits = -kc * d / (2 * d.mean(dim=1, keepdim=True) + 1e-30)  # (n, k)
     choice = obs[:, 0].clamp(min=0)
     log_p = torch.log_softmax(logits, dim=1).gather(1, choice[:, None])[:, 0]  # (n,)
     lp = logits.gather(1, obs.clamp(min=0, max=k - 1))  # (n, k) in the ranking's order

@@ -123,6 +123,7 @@ def learn(s: Session, arrived: list[tuple[Queries, Answers]], n_asked: int) -> f
     if s.learner_name == "gradient":
         steps = s.learner.arrival_steps(n_asked)
         loss = s.learner.step(max(steps, ACTIVE_STEPS) if s.config.active is not None else steps)
+        s.learner.fit_sharpness()  # learn_sharpness: each source's κ from its scored new answers
     if s.n_ok - s.last_snap >= s.every and s.learner_name in ("gradient", "pivot"):
         s.pcc, s.last_snap = snapshot(s), s.n_ok
     return loss
@@ -151,6 +152,8 @@ def live_extra(s: Session, final: bool = False) -> dict:
     extra.update(s.agent.summary(final))
     if s.noise:  # the flip rate each source's answers are fitted at
         extra["source_noise"] = s.sources.named(s.noise)
+    if s.learner_name == "gradient" and s.learner.source_sharpness:  # and the κ, where fitted
+        extra["source_sharpness"] = s.sources.named(s.learner.source_sharpness)
     if s.learner_name == "pivot":  # its rank and the hold-out pairs' PCC, the readout without Φ*
         extra["pivot"] = s.learner.summary()
     return extra
@@ -183,6 +186,7 @@ def final_fit(s: Session) -> None:
             fit_pcc = s.design.pcc(s.learner.view(), s.target.factor)
         s.report(s.n_ok, fit_pcc, loss, fit=(done, total))
 
+    s.learner.fit_sharpness(final=True)
     s.learner.finish(progress=fit_progress, stage=lambda name: s.report(s.n_ok, fit_pcc, None, stage=name))
 
 
