@@ -537,7 +537,8 @@ def test_downloads_are_split_into_lines_across_chunks(chunks):
     assert list(split_lines(iter(chunks))) == [w for w in want if data]
 
 
-@pytest.mark.parametrize("kind, k", [("rank", 4), ("closest", 4), ("odd", None)])
+@pytest.mark.parametrize("kind, k", [("rank", 4), pytest.param("closest", 4, marks=pytest.mark.slow),  # 8 s each
+                                     pytest.param("odd", None, marks=pytest.mark.slow)])
 def test_tuple_questions_in_batches_answer_as_the_synchronous_agent(tmp_path, target, kind, k):
     """Closest of k, rank k and odd one out through the Batch API, from a server flipping 30 % of its
     answers: the stored answers are the synchronous run's, the reversed order's under ``#swap`` mapped back

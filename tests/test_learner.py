@@ -500,7 +500,8 @@ def noisy_answers(spec: str, kind: str, n: int, temperature: float | None, seed:
     return t, q, OracleAgent(d.design_factor(t.factor), None, cfg).answer(q).value
 
 
-@pytest.mark.parametrize("kind, k", [("triplet", None), ("rank", 4), ("closest", 4)])
+@pytest.mark.parametrize("kind, k", [("triplet", None), pytest.param("rank", 4, marks=pytest.mark.slow),  # 8–10 s
+                                     pytest.param("closest", 4, marks=pytest.mark.slow)])
 def test_each_sources_sharpness_is_fitted_near_one_over_its_temperature(kind, k):
     """Answers at T = 0.2 from one source, at T = 0.05 from another, exact from a third (p = 12, rank 3,
     2,000 each): the final fit's κ come out near 1/T, the exact source's at the cap; without
