@@ -347,6 +347,19 @@ def test_active_chunks_wait_for_the_previous_batch(tmp_path, target):
 # ---------------------------------------------------------------- offline engines
 
 
+def engine(target, requests: Path, results: Path) -> Path:
+    """The local server's Batch API standing in for an offline engine: ``requests`` in, ``results`` out."""
+    with serve(ServerConfig(target=SPEC), target=target) as srv:
+        client = openai.OpenAI(base_url=srv.url, api_key=KEY, max_retries=0)
+        b = client.batches.create(input_file_id=client.files.create(file=requests.open("rb"), purpose="batch").id,
+                                  endpoint="/v1/chat/completions", completion_window="24h")
+        while b.status != "completed":
+            time.sleep(0.05)
+            b = client.batches.retrieve(b.id)
+        results.write_bytes(client.files.content(b.output_file_id).content)
+    return results
+
+
 def test_export_engine_ingest_round_trip(tmp_path, target):
     """--llm-mode offline records the requests; `fbloop batch export` writes OpenAI batch input lines
     (vllm run-batch's input); the local server's Batch API stands in for the engine; `fbloop batch ingest`
@@ -363,15 +376,7 @@ def test_export_engine_ingest_round_trip(tmp_path, target):
     for line in lines:
         check_line(line)
         assert line["body"]["response_format"]["type"] == "json_schema"
-    with serve(ServerConfig(target=SPEC), target=target) as srv:
-        client = openai.OpenAI(base_url=srv.url, api_key=KEY, max_retries=0)
-        b = client.batches.create(input_file_id=client.files.create(file=out.open("rb"), purpose="batch").id,
-                                  endpoint="/v1/chat/completions", completion_window="24h")
-        while b.status != "completed":
-            time.sleep(0.05)
-            b = client.batches.retrieve(b.id)
-        results = tmp_path / "results.jsonl"
-        results.write_bytes(client.files.content(b.output_file_id).content)
+    results = engine(target, out, tmp_path / "results.jsonl")
     with results.open("a") as fh:  # a line from another run and one of a request never asked
         other = json.loads(results.read_text().splitlines()[0])
         fh.write(json.dumps({**other, "custom_id": other["custom_id"].replace("fbloop:O:", "fbloop:X:")}) + "\n")
@@ -578,15 +583,7 @@ def test_tuple_batches_export_and_ingest_through_the_cli(tmp_path, target):
     prompt = lines[0]["body"]["messages"][-1]["content"]
     assert "order its 4 candidate activations" in prompt and '"ranking"' in prompt  # rank_batch.txt, 4 a request
     assert lines[0]["custom_id"] == "fbloop:O:0+1+2+3:ab:0"
-    with serve(ServerConfig(target=SPEC), target=target) as srv:
-        client = openai.OpenAI(base_url=srv.url, api_key=KEY, max_retries=0)
-        b = client.batches.create(input_file_id=client.files.create(file=out.open("rb"), purpose="batch").id,
-                                  endpoint="/v1/chat/completions", completion_window="24h")
-        while b.status != "completed":
-            time.sleep(0.05)
-            b = client.batches.retrieve(b.id)
-        results = tmp_path / "results.jsonl"
-        results.write_bytes(client.files.content(b.output_file_id).content)
+    results = engine(target, out, tmp_path / "results.jsonl")
     got = cli("batch", "ingest", "O", str(results), "--db", str(db), "--json")
     assert (got["lines"], got["stored"], got["unmatched"]) == (10, 40, 0)
     with Store(db) as store:
