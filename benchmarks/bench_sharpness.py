@@ -17,6 +17,7 @@ Writes benchmarks/results/sharpness.json and sharpness.png.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -53,7 +54,7 @@ def one_run(spec: str, kind: str, noise: str, seed: int, mode: str, args, db: Pa
     oracle = parse_noise(noise)
     cfg = RunConfig(target=spec, design=DesignConfig(name=name, k=k), budget=args.max_answers, chunk=args.every,
                     snapshot_every=args.every, stop_at=args.goal, rfm_mse=False, seed=seed,
-                    oracle=type(oracle)(**{**oracle.__dict__, "seed": seed}),
+                    oracle=dataclasses.replace(oracle, seed=seed),
                     learner_config=learner_config(mode, seed))
     t0 = time.perf_counter()
     with Store(db) as store:

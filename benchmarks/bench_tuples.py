@@ -103,9 +103,8 @@ def run_config(spec: str, kind: str, seed: int, args, url: str, batch: int, nois
 
     name, k = parse_kind(kind)
     llm = LLMConfig(base_url=url, structured="json_schema", concurrency=8, batch_size=batch, cache=False)
-    learn = getattr(args, "learn_sharpness", False)
-    learner = (LearnerConfig(seed=seed, learn_sharpness=learn) if args.final
-               else LearnerConfig(seed=seed, final_steps=0, polish=False, learn_sharpness=learn))
+    quick = {} if args.final else {"final_steps": 0, "polish": False}
+    learner = LearnerConfig(seed=seed, learn_sharpness=args.learn_sharpness, **quick)
     return RunConfig(target=spec, design=DesignConfig(name=name, k=k, dist=args.dist), agent="llm", llm=llm,
                      budget=args.max_answers, chunk=args.every, snapshot_every=args.every, stop_at=max(args.goals),
                      rfm_mse=False, oracle=OracleConfig(seed=seed), learner_config=learner, seed=seed,
@@ -144,16 +143,26 @@ def one_cell(spec: str, target, kind: str, noise: str, seed: int, args, url: str
 
 
 def dedupe(cells: list[dict]) -> list[dict]:
-    """One cell per (target, noise, kind, batch, active, seed): where a cell was run again (merged runs), the
+    """One cell per :func:`variant` and seed: where a cell was run again (merged runs), the
     one allowed the most answers (``max_answers``), the later one on a tie — a seed re-run with a higher
     cap replaces the run that stopped at the lower one."""
     best: dict[tuple, dict] = {}
     for c in cells:
-        key = (c["target"], c["noise"], c["kind"], c["batch"], c.get("active"), c.get("learn_sharpness", False),
-               c["seed"])
+        key = (*variant(c), c["seed"])
         if key not in best or c.get("max_answers", 0) >= best[key].get("max_answers", 0):
             best[key] = c
     return list(best.values())
+
+
+def variant(cell: dict) -> tuple:
+    """What a cell measures, seeds aside: (target, noise, kind, batch, active strategy, learnt κ)."""
+    return (cell["target"], cell["noise"], cell["kind"], cell["batch"], cell.get("active"),
+            cell.get("learn_sharpness", False))
+
+
+def target_order(spec: str) -> tuple:
+    """RFM first, then synthetic targets by p."""
+    return (spec != "rfm", int(spec.split("p=")[1].split(",")[0]) if "p=" in spec else 0)
 
 
 def summarise(cells: list[dict], goals: list[float]) -> list[dict]:
@@ -167,8 +176,7 @@ def summarise(cells: list[dict], goals: list[float]) -> list[dict]:
     or ``_at_most`` (the kind missed, triplets reached)."""
     groups: dict[tuple, list[dict]] = {}
     for c in cells:
-        groups.setdefault((c["target"], c["noise"], c["kind"], c["batch"], c.get("active"),
-                           c.get("learn_sharpness", False)), []).append(c)
+        groups.setdefault(variant(c), []).append(c)
 
     def median(rows: list[dict], goal: str, key: str) -> float | None:
         vals = sorted(r["goals"][goal][key] if r["goals"][goal][key] is not None else float("inf") for r in rows)
@@ -250,8 +258,7 @@ def table(summary: list[dict], goal: str) -> str:
     answers and tokens, then each kind's tokens / activations ratio (**bold**: both ≥ 3; ``—``: no median,
     more than half the seeds missed the goal) with its seeds."""
     cols = sorted({(r["target"], r["noise"]) for r in summary if goal in r["goals"]},
-                  key=lambda c: (c[0] != "rfm", int(c[0].split("p=")[1].split(",")[0]) if "p=" in c[0] else 0,
-                                 NOISES.index(c[1]) if c[1] in NOISES else 9, c[1]))
+                  key=lambda c: (*target_order(c[0]), NOISES.index(c[1]) if c[1] in NOISES else 9, c[1]))
     order = ["triplet", "closest:4", "closest:8", "rank:4", "rank:8", "odd"]
     kinds = sorted({(r["kind"], r.get("active") or "", r.get("learn_sharpness", False)) for r in summary},
                    key=lambda k: (k[2], k[1], order.index(k[0]) if k[0] in order else 9))
@@ -305,8 +312,7 @@ def plot(out: dict, path: Path) -> None:
     rows = [r for r in out["summary"] if r["kind"] != "triplet" or r.get("active")]
     panels = sorted({(r["target"], r["noise"], g) for r in rows for g, v in r["goals"].items()
                      if ratio_value(v, "activations")[0] is not None},
-                    key=lambda x: (x[2], x[0] != "rfm", int(x[0].split("p=")[1].split(",")[0]) if "p=" in x[0]
-                                   else 0, x[1]))
+                    key=lambda x: (x[2], *target_order(x[0]), x[1]))
     cols = min(4, max(1, len(panels)))
     nrows = max(1, -(-len(panels) // cols))
     fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.4 * nrows), squeeze=False)

@@ -444,7 +444,7 @@ def batch_llm(config: LLMConfig, kind: str, k: int | None, descriptions: tuple[s
     if kind == "triplet":
         return BatchLLM(config, descriptions, cache=None)
     if kind in ("closest", "rank", "odd"):
-        return BatchTupleLLM(config, kind, 3 if kind == "odd" else k, descriptions, cache=None)
+        return BatchTupleLLM(config, kind, k, descriptions, cache=None)
     raise ConfigError(f"Batch mode asks triplets or tuple questions (closest, rank, odd), not {kind}s.")
 
 

@@ -202,8 +202,8 @@ class AgentPool(ImmediateAgent):
             raise ConfigError(f"Agent name {self.name!r} is the pool's own; rename that agent.")
         if sum(m.reference for _, m in members) > 1:
             raise ConfigError("Expect at most one reference agent in a pool.")
-        self.kind, self.k = kind, (2 if kind == "triplet" else 3 if kind == "odd" else k)
-        self.options = options_compared(kind, k if kind in ("closest", "rank") else None)  # answers compared
+        self.kind = kind
+        self.k = options_compared(kind, k)  # the answers compared: 2 (triplet), 3 (odd one out) or k
         self.agents = {agent.name: agent for agent, _ in members}
         self.members = {agent.name: cfg for agent, cfg in members}
         self.config = config
@@ -479,7 +479,7 @@ class AgentPool(ImmediateAgent):
             else:
                 others = [o for o in self.agents if o != name]
                 rs = []
-                m = self.options
+                m = self.k
                 for j, k in itertools.combinations(others, 2):
                     (aij, nij), (aik, nik), (ajk, njk) = pair(name, j), pair(name, k), pair(j, k)
                     if min(nij, nik, njk) >= cfg.min_shared and pair_signal(ajk, m) > 0.05:

@@ -68,13 +68,17 @@ class GradientLearner:
         self._held = held
         self._noise = torch.zeros(1, dtype=self.dtype, device=self.device)  # (sources,) ε per source id
         self._noisy = False  # some source has ε > 0 (a flag, so a step need not read the device)
-        self._kappa = torch.full((1,), config.sharpness, dtype=self.dtype, device=self.device)  # (sources,) κ
-        self._fitted = torch.zeros(1, dtype=torch.bool, device=self.device)  # (sources,) κ fitted to its answers
         # learn_sharpness: every answer is fitted at its source's κ (KAPPA_START until fitted); else at the
         # config's sharpness
         self._learnt = config.learn_sharpness
-        if self._learnt:
-            self._kappa[:] = min(KAPPA_START, config.sharpness)
+        self._kappa_start = min(KAPPA_START, config.sharpness) if self._learnt else config.sharpness
+        self._kappa = torch.full((1,), self._kappa_start, dtype=self.dtype, device=self.device)  # (sources,) κ
+        self._fitted = torch.zeros(1, dtype=torch.bool, device=self.device)  # (sources,) κ fitted to its answers
+        # the κ candidates: KAPPA_GRID log-spaced values in [KAPPA_MIN, sharpness]
+        lo = math.log10(min(KAPPA_MIN, config.sharpness))
+        self._kappa_grid = torch.logspace(lo, math.log10(config.sharpness), KAPPA_GRID, dtype=self.dtype,
+                                          device=self.device)
+        self._kappa_values = self._kappa_grid.tolist()
         # the streaming κ's evidence: each source's decayed sum of new answers' losses over the κ grid, and
         # how many answers it scored
         self._pre_nll = torch.zeros(1, KAPPA_GRID, dtype=self.dtype, device=self.device)
@@ -244,8 +248,7 @@ class GradientLearner:
         if n > len(self._noise):
             grow = n - len(self._noise)
             self._noise = torch.cat([self._noise, self._noise.new_zeros(grow)])
-            start = min(KAPPA_START, self.config.sharpness) if self.config.learn_sharpness else self.config.sharpness
-            self._kappa = torch.cat([self._kappa, self._kappa.new_full((grow,), start)])
+            self._kappa = torch.cat([self._kappa, self._kappa.new_full((grow,), self._kappa_start)])
             self._fitted = torch.cat([self._fitted, self._fitted.new_zeros(grow)])
 
     def _eps(self, src: torch.Tensor) -> torch.Tensor | None:
@@ -288,28 +291,21 @@ class GradientLearner:
         """
         if not self.config.learn_sharpness:
             return {}
-        grid = self._kappa_grid()
-        if final:
-            nll, count = self._sample_nll(grid)
-        else:
-            nll, count = self._pre_nll, self._pre_n
+        nll, count = self._sample_nll() if final else (self._pre_nll, self._pre_n)
         fit = count >= KAPPA_MIN_ANSWERS
         if bool(fit.any()):
             n = len(fit)
-            self._kappa[:n] = torch.where(fit, grid[nll.argmin(dim=1)], self._kappa[:n])
+            self._kappa[:n] = torch.where(fit, self._kappa_grid[nll.argmin(dim=1)], self._kappa[:n])
             self._fitted[:n] |= fit
         return self.source_sharpness
 
-    def _sample_nll(self, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each source's summed loss over ``grid`` on a sample of its held answers, and their count."""
-        n_src = len(self._noise)
-        nll = torch.zeros(n_src, len(grid), dtype=self.dtype, device=self.device)
-        count = torch.zeros(n_src, dtype=self.dtype, device=self.device)
+    def _sample_nll(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each source's summed loss over the κ grid on a sample of its held answers, and their count."""
+        nll = torch.zeros(len(self._noise), KAPPA_GRID, dtype=self.dtype, device=self.device)
+        count = torch.zeros(len(self._noise), dtype=self.dtype, device=self.device)
         with torch.no_grad():
-            for losses, src in self._sample_losses(self.config.tie_band):
-                for g, kap in enumerate(grid.tolist()):
-                    nll[:, g].index_add_(0, src, losses(kap))
-                count.index_add_(0, src, torch.ones_like(src, dtype=self.dtype))
+            for losses, src in self._sample_losses():
+                self._add_over_grid(nll, count, losses, src)
         return nll, count
 
     def _score_new(self, kind: str, rows: tuple, obs: np.ndarray, mode: np.ndarray | None, src: np.ndarray) -> None:
@@ -318,40 +314,48 @@ class GradientLearner:
         first step (a resumed run's replayed answers meet an untrained ``U``)."""
         if not self.config.learn_sharpness or self.steps == 0:
             return
-        dev, dt, band = self.device, self.dtype, self.config.tie_band
+        dev, dt = self.device, self.dtype
 
         def quads(idx: np.ndarray, val: np.ndarray) -> torch.Tensor:
             return _pair_quads(self.U, torch.as_tensor(idx, device=dev), torch.as_tensor(val, dtype=dt, device=dev))
 
         s_ = torch.as_tensor(src, device=dev).long()
-        eps = self._eps(s_)
         with torch.no_grad():
             if kind == "triplet":
                 d_ab, d_ac = quads(rows[0].indices, rows[0].values), quads(rows[1].indices, rows[1].values)
-                t = torch.as_tensor(obs, dtype=dt, device=dev)
-                losses = lambda kap: _triplet_loss(d_ab, d_ac, t, kap, band, eps)  # noqa: E731
+                losses = self._triplet_losses(d_ab, d_ac, torch.as_tensor(obs, dtype=dt, device=dev), s_)
             else:
                 idx, val = rows
                 n, k, s = idx.shape
                 d = quads(idx.reshape(n * k, s), val.reshape(n * k, s)).reshape(n, k)
-                o, m = torch.as_tensor(obs, device=dev), torch.as_tensor(mode, device=dev)
-                losses = lambda kap: _tuple_loss(d, o, m, kap, band, eps)  # noqa: E731
+                losses = self._tuple_losses(d, torch.as_tensor(obs, device=dev), torch.as_tensor(mode, device=dev), s_)
             grow = len(self._noise) - len(self._pre_n)
             if grow > 0:
                 self._pre_nll = torch.cat([self._pre_nll, self._pre_nll.new_zeros(grow, KAPPA_GRID)])
                 self._pre_n = torch.cat([self._pre_n, self._pre_n.new_zeros(grow)])
             self._pre_nll *= 0.5 ** (len(src) / KAPPA_HALF_LIFE)
-            for g, kap in enumerate(self._kappa_grid().tolist()):
-                self._pre_nll[:, g].index_add_(0, s_, losses(kap))
-            self._pre_n.index_add_(0, s_, torch.ones(len(src), dtype=dt, device=dev))
+            self._add_over_grid(self._pre_nll, self._pre_n, losses, s_)
 
-    def _kappa_grid(self) -> torch.Tensor:
-        """The κ candidates: :data:`KAPPA_GRID` log-spaced values in ``[KAPPA_MIN, sharpness]``."""
-        cap = self.config.sharpness
-        lo = math.log10(min(KAPPA_MIN, cap))
-        return torch.logspace(lo, math.log10(cap), KAPPA_GRID, dtype=self.dtype, device=self.device)
+    def _add_over_grid(self, nll: torch.Tensor, count: torch.Tensor, losses: Callable[[float], torch.Tensor],
+                       src: torch.Tensor) -> None:
+        """Add each answer's loss at every κ of the grid to its source's row of ``nll``, and one to ``count``."""
+        for g, kap in enumerate(self._kappa_values):
+            nll[:, g].index_add_(0, src, losses(kap))
+        count.index_add_(0, src, torch.ones(len(src), dtype=self.dtype, device=self.device))
 
-    def _sample_losses(self, band: float) -> Iterator[tuple[Callable[[float], torch.Tensor], torch.Tensor]]:
+    def _triplet_losses(self, d_ab: torch.Tensor, d_ac: torch.Tensor, t: torch.Tensor, src: torch.Tensor
+                        ) -> Callable[[float], torch.Tensor]:
+        """``κ ↦`` each triplet's loss at sharpness κ (its source's flip rate included)."""
+        eps, band = self._eps(src), self.config.tie_band
+        return lambda kap: _triplet_loss(d_ab, d_ac, t, kap, band, eps)
+
+    def _tuple_losses(self, d: torch.Tensor, obs: torch.Tensor, mode: torch.Tensor, src: torch.Tensor
+                      ) -> Callable[[float], torch.Tensor]:
+        """``κ ↦`` each tuple answer's loss at sharpness κ (its source's flip rate included)."""
+        eps, band = self._eps(src), self.config.tie_band
+        return lambda kap: _tuple_loss(d, obs, mode, kap, band, eps)
+
+    def _sample_losses(self) -> Iterator[tuple[Callable[[float], torch.Tensor], torch.Tensor]]:
         """Per kind of answer held: ``(κ ↦ per-answer losses, sources)`` on a sample of its answers."""
         def pick(n: int) -> torch.Tensor | None:
             return None if n <= KAPPA_SAMPLE else torch.randint(0, n, (KAPPA_SAMPLE,), generator=self.gen
@@ -359,15 +363,14 @@ class GradientLearner:
 
         if self._trips:
             i_ab, v_ab, i_ac, v_ac, t, src = self._trips.take(pick(len(self._trips)))
-            d_ab, d_ac = _pair_quads(self.U, i_ab, v_ab), _pair_quads(self.U, i_ac, v_ac)
-            eps = self._eps(src)
-            yield (lambda kap: _triplet_loss(d_ab, d_ac, t, kap, band, eps)), src.long()
+            src = src.long()
+            yield self._triplet_losses(_pair_quads(self.U, i_ab, v_ab), _pair_quads(self.U, i_ac, v_ac), t, src), src
         for cols in self._tuples.values():
             idx, val, obs, mode, src = cols.take(pick(len(cols)))
             n, k, s = val.shape
             d = _pair_quads(self.U, idx.reshape(n * k, s), val.reshape(n * k, s)).reshape(n, k)
-            eps = self._eps(src)
-            yield (lambda kap, d=d, obs=obs, mode=mode, eps=eps: _tuple_loss(d, obs, mode, kap, band, eps)), src.long()
+            src = src.long()
+            yield self._tuple_losses(d, obs, mode, src), src
 
     # ------------------------------------------------------------ optimisation
 
