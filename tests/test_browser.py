@@ -2,10 +2,10 @@
 
 Uses Debian's `chromium` through the `playwright` package (``executable_path``;
 never ``playwright install``), with flags that keep the browser off the network.
-Screenshots of the form (desktop, a 390 × 844 phone, and a closest-of-4 question), and the dashboard
-(a people run, and an agent-pool run with active querying) land in ``test-artifacts/``. The server runs with access
-control on, as `fbloop app` does: people come in through invitation links, the owner through the
-dashboard link.
+Screenshots of the form (desktop, a 390 × 844 phone, and a closest-of-4, a rank-4 and an odd-one-out
+question), and the dashboard (a people run, and an agent-pool run with active querying) land in
+``test-artifacts/``. The server runs with access control on, as `fbloop app` does: people come in through
+invitation links, the owner through the dashboard link.
 """
 
 import json
@@ -16,6 +16,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fbloop.agents import people as human
@@ -46,8 +47,8 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def db(tmp_path_factory) -> Path:
-    """Two agent-pool runs with active querying, a finished oracle run, a run of closest-of-4 questions queued
-    for people, and a run queued for people that bob has half answered and Φ̂ learned from (the latest, so
+    """Two agent-pool runs with active querying, a finished oracle run, runs of closest-of-4, rank-4 and
+    odd-one-out questions queued for people, and a run queued for people that bob has half answered and Φ̂ learned from (the latest, so
     the dashboard opens on it)."""
     path = tmp_path_factory.mktemp("browser") / "app.db"
     fast = LearnerConfig(final_steps=300, polish=False)
@@ -62,8 +63,11 @@ def db(tmp_path_factory) -> Path:
                 answers={"people": 40, "llm": 150})
         run_loop(RunConfig(target="synthetic:p=8,rank=3", design=design, budget=200, snapshot_every=50,
                            learner_config=fast), store, run_id="oracle-run")
-        run_loop(RunConfig(target="synthetic:p=8,rank=3", design=DesignConfig(name="closest", k=4, mu=0.7),
-                           agent="human", budget=10, check_rate=0.0, learner_config=fast), store, run_id="closest4")
+        for run_id, tuples in (("closest4", DesignConfig(name="closest", k=4, mu=0.7)),
+                               ("rank4", DesignConfig(name="rank", k=4, mu=0.7)),
+                               ("odd3", DesignConfig(name="odd", mu=0.7))):
+            run_loop(RunConfig(target="synthetic:p=8,rank=3", design=tuples, agent="human", budget=10,
+                               check_rate=0.0, learner_config=fast), store, run_id=run_id)
         run_loop(people, store, run_id="people")
         for i in range(12):
             q = human.next_query(store, "people", "bob")
@@ -72,6 +76,7 @@ def db(tmp_path_factory) -> Path:
         TOKENS.update({"owner": human.owner_token(store), "dora": human.invite(store, "Dora", ["people"]),
                        "phone": human.invite(store, "phone", ["people"]),
                        "cleo": human.invite(store, "Cleo", ["closest4"]),
+                       "rhea": human.invite(store, "Rhea", ["rank4"]), "otto": human.invite(store, "Otto", ["odd3"]),
                        **{f"crowd{i}": human.invite(store, f"crowd{i}", ["people"]) for i in range(CROWD)}})
     return path
 
@@ -272,6 +277,61 @@ def test_a_closest_of_4_question_in_the_browser(server, browser, db):
     settle(page, "Stored: candidate 3")
     page.get_by_role("button", name="No clear winner").click()
     assert rows(2)[1][:2] == ("ok", 0.0)
+    page.close()
+
+
+def tuple_rows(db: Path, run_id: str, n: int) -> list[tuple]:
+    """``(status, value, meta)`` of the run's first ``n`` stored answers, waited for up to a minute."""
+    deadline, got = time.monotonic() + 60, []
+    while len(got) < n and time.monotonic() < deadline:
+        time.sleep(0.2)
+        got = sql_rows(db, "SELECT status, value, meta FROM answers WHERE run_id = ? ORDER BY id", (run_id,))
+    return got
+
+
+def test_a_rank_4_question_in_the_browser(server, browser, db):
+    """The ranking is built by picking candidates in the list, closest first; a partial one is refused on
+    screen with nothing stored, the whole one is stored as its ranking code with the browser's clock."""
+    from fbloop.records import ranking_code
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    page = sign_in(browser, server, "rhea")
+    settle(page, "Order the candidates by how close each is to the reference")
+    page.locator("b", has_text="Candidate 4").wait_for(timeout=60_000)
+    picker = page.get_by_role("combobox", name="Candidates, closest first")
+    for j in (2, 4):
+        picker.click()
+        page.get_by_role("option", name=f"Candidate {j}", exact=True).click()
+    page.keyboard.press("Escape")
+    page.get_by_role("button", name="Submit ranking").click()
+    settle(page, "Place all 4 candidates, closest first: 2 placed, candidates 1, 3 still to place")
+    assert tuple_rows(db, "rank4", 0) == []
+    for j in (1, 3):
+        picker.click()
+        page.get_by_role("option", name=f"Candidate {j}", exact=True).click()
+    page.keyboard.press("Escape")
+    page.wait_for_timeout(700)
+    page.screenshot(path=str(ARTIFACTS / "form-rank4.png"), full_page=True)
+    page.get_by_role("button", name="Submit ranking").click()
+    (row,) = tuple_rows(db, "rank4", 1)
+    assert row[:2] == ("ok", float(ranking_code(np.array([[1, 3, 0, 2]]))[0]))
+    assert json.loads(row[2])["clock"] == "browser"
+    settle(page, "Stored: ranking 2 › 4 › 1 › 3")
+    page.close()
+
+
+def test_an_odd_one_out_question_in_the_browser(server, browser, db):
+    ARTIFACTS.mkdir(exist_ok=True)
+    page = sign_in(browser, server, "otto")
+    settle(page, "Which item is the odd one out")
+    page.get_by_role("button", name="Item 3").wait_for(timeout=60_000)
+    page.locator("b", has_text="Item 3").wait_for(timeout=60_000)
+    page.wait_for_timeout(700)
+    page.screenshot(path=str(ARTIFACTS / "form-odd.png"), full_page=True)
+    page.keyboard.press("2")
+    (row,) = tuple_rows(db, "odd3", 1)
+    assert row[:2] == ("ok", 2.0) and json.loads(row[2])["clock"] == "browser"
+    settle(page, "Stored: item 2")
     page.close()
 
 
