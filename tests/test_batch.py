@@ -499,11 +499,12 @@ def test_a_resumed_run_reattaches_and_submits_what_it_stored(tmp_path, target):
     """States a kill can leave: a batch created at the provider whose id was never recorded (state
     ``uploaded``: it is found by its input file, not created again), and asks stored but never uploaded
     (state ``preparing``: written again from the stored queries and submitted)."""
-    with serve(ServerConfig(target=SPEC), target=target, batch=BatchServerConfig(delay_s=0.5)) as srv, \
+    with serve(ServerConfig(target=SPEC), target=target, batch=BatchServerConfig(delay_s=1.5)) as srv, \
             Store(tmp_path / "r.db") as store:
         client = openai.OpenAI(base_url=srv.url, api_key=KEY, max_retries=0)
         cfg = config(srv.url, budget=60, swap=False, chunk=20)
-        first = run_loop(cfg, store, run_id="R")  # submits three batches and returns: nothing is in yet
+        # submits three batches and returns: nothing is in yet (each stage lasts 1.5 s: room for a loaded machine)
+        first = run_loop(cfg, store, run_id="R")
         assert first.pcc is None and store.get_run("R")["status"] == "waiting"
         one, two, three = store.batches("R")
         client.batches.cancel(three["batch_id"])  # as if it had never been uploaded
