@@ -3,7 +3,8 @@
 Start it with `fbloop app` (or `streamlit run app.py`); the database comes from
 the FBLOOP_DB environment variable (default runs/fbloop.db). UI only: what the
 form stores goes through fbloop.agents.people, what it shows comes from
-fbloop.app.form, what the dashboard shows from fbloop.app.views.
+fbloop.app.form, what the dashboard shows from fbloop.app.views, drawn by the
+builders in fbloop.app.charts.
 
 Access (FBLOOP_ACCESS): ``invite`` (the default) needs a link with ``?token=``:
 an annotator's invitation opens the form on the experiments they were invited
@@ -23,7 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import streamlit as st  # noqa: E402
 
 from fbloop.agents import people as human  # noqa: E402
-from fbloop.app import form, views  # noqa: E402
+from fbloop.app import charts, form, views  # noqa: E402
 from fbloop.errors import FbloopError  # noqa: E402
 from fbloop.store import Store  # noqa: E402
 
@@ -33,7 +34,6 @@ PRACTICE = 3  # practice triplets before the real ones (triplet runs; tuple runs
 BUTTONS_PER_ROW = 6  # answer buttons side by side; more (closest of 8) wrap to a second row
 REPEAT_GUARD_S = 0.4  # a click this soon after a question is drawn is the tail of a double click or a held key
 DB = os.environ.get("FBLOOP_DB", "runs/fbloop.db")
-ROUTE_COLOURS = ["#4c78a8", "#f58518", "#54a24b", "#e45756"]  # shared, hard, rest, skipped (views.ROUTES)
 
 st.set_page_config(page_title="fbloop", page_icon="🔁", layout="wide")
 
@@ -389,97 +389,10 @@ def annotate_page() -> None:
 # ---------------------------------------------------------------- the dashboard
 
 
-def readout_chart(curve: dict[str, list], held: dict[str, list], pairs: dict[str, list] | None = None) -> alt.Chart:
-    """PCC, held-out agreement and the held-out pairs' PCC against answers, one line each (any may be empty)."""
-    rows = [{"answers": a, "value": v, "readout": "PCC"} for a, v in zip(curve["answers"], curve["pcc"])]
-    rows += [{"answers": a, "value": v, "readout": "held-out agreement"}
-             for a, v in zip(held["answers"], held["agreement"])]
-    if pairs:
-        rows += [{"answers": a, "value": v, "readout": "held-out pairs' PCC"}
-                 for a, v in zip(pairs["answers"], pairs["pcc"])]
-    low = min(0.0, min(r["value"] for r in rows))
-    base = alt.Chart(alt.Data(values=rows)).encode(
-        x=alt.X("answers:Q", axis=alt.Axis(format="d", title="answers")),
-        y=alt.Y("value:Q", scale=alt.Scale(domain=[low, 1.0]), title=None),
-        color=alt.Color("readout:N", legend=alt.Legend(title=None, orient="bottom")),
-        tooltip=["readout:N", "answers:Q", alt.Tooltip("value:Q", format=".4f")])
-    return (base.mark_line() + base.mark_point(filled=True, size=40)).properties(height=280)
-
-
-def share_chart(rows: list[dict], y: str, color: str | None = None, tooltip: list | None = None) -> alt.Chart:
-    """Horizontal bars of a share in [0, 1] (``rows`` carry ``y``, ``share``, ``label``), labelled at their tips."""
-    base = alt.Chart(alt.Data(values=rows)).encode(
-        y=alt.Y(f"{y}:N", title=None),
-        x=alt.X("share:Q", scale=alt.Scale(domain=[0, 1.3]),  # room for the labels past 100%
-                axis=alt.Axis(format="%", title=None, values=[0, 0.25, 0.5, 0.75, 1])))
-    split = {"yOffset": f"{color}:N"} if color else {}
-    bars = base.mark_bar().encode(**split, **({"color": alt.Color(f"{color}:N", legend=alt.Legend(title=None))}
-                                              if color else {}), **({"tooltip": tooltip} if tooltip else {}))
-    text = base.mark_text(align="left", dx=4).encode(text="label:N", **split)
-    return (bars + text).properties(height=(70 if color else 45) * len({r[y] for r in rows}) + 20)
-
-
-def compare_chart(rows: list[dict], x: str, y_title: str, strategies: list[str]) -> alt.Chart:
-    """A readout against ``x`` (answers or cost) for several runs: one line per run, coloured by strategy.
-
-    ``strategies`` fixes the colours, so that a strategy keeps its colour in every chart.
-    """
-    low = min(0.0, min(r["value"] for r in rows))
-    tooltip = ["run:N", "strategy:N", alt.Tooltip("answers:Q", format=",d")]
-    if any(r["cost"] is not None for r in rows):
-        tooltip.append(alt.Tooltip("cost:Q", format=",.2f"))
-    base = alt.Chart(alt.Data(values=rows)).encode(
-        x=alt.X(f"{x}:Q", axis=alt.Axis(format=",d" if x == "answers" else ",.4~g", title=x)),
-        y=alt.Y("value:Q", scale=alt.Scale(domain=[low, 1.0]), title=y_title),
-        color=alt.Color("strategy:N", scale=alt.Scale(domain=strategies, scheme="tableau10"),
-                        legend=alt.Legend(title=None, orient="bottom")),
-        detail="run:N",
-        tooltip=tooltip + [alt.Tooltip("value:Q", title=y_title, format=".4f")])
-    return (base.mark_line() + base.mark_point(filled=True, size=30)).properties(height=300)
-
-
-def amount_chart(rows: list[dict], x: str, label: str) -> alt.Chart:
-    """Horizontal bars of an amount per agent (``rows`` carry ``agent``, ``x``, ``label``), labelled at their tips."""
-    top = max([r[x] for r in rows] + [1e-9])
-    base = alt.Chart(alt.Data(values=rows)).encode(
-        y=alt.Y("agent:N", title=None),
-        x=alt.X(f"{x}:Q", scale=alt.Scale(domain=[0, 1.35 * top]), axis=alt.Axis(title=None, tickCount=4)))
-    bars = base.mark_bar().encode(tooltip=["agent:N", alt.Tooltip(f"{x}:Q", format=",.4~g")])
-    text = base.mark_text(align="left", dx=4).encode(text=f"{label}:N")
-    return (bars + text).properties(height=45 * len(rows) + 20)
-
-
-def routing_chart(routing: list[dict]) -> alt.Chart:
-    """The routing split as one stacked bar: shared / hard / rest / skipped queries, counted in the legend."""
-    rows = [{**r, "rank": i, "part": f"{r['route']}: {r['queries']:,} ({r['share']:.0%})"}
-            for i, r in enumerate(routing)]
-    return alt.Chart(alt.Data(values=rows)).mark_bar().encode(  # no y: the bar spans the chart's height
-        x=alt.X("queries:Q", stack="zero", title="queries routed"),
-        color=alt.Color("part:N", scale=alt.Scale(domain=[r["part"] for r in rows], range=ROUTE_COLOURS),
-                        legend=alt.Legend(title=None, orient="right")),
-        order=alt.Order("rank:Q"),
-        tooltip=["route:N", alt.Tooltip("queries:Q", format=",d"), alt.Tooltip("share:Q", format=".1%")],
-    ).properties(height=120)  # the whole chart, axis included (Streamlit fits it)
-
-
 def seconds(x: float) -> str:
     if x < 1:  # scoring a small chunk, or an oracle's answers, take milliseconds
         return f"{1000 * x:.1f} ms" if x < 0.01 else f"{1000 * x:.0f} ms"
     return f"{x:.2f} s" if x < 10 else f"{x:,.0f} s"
-
-
-def heatmaps(pair) -> None:
-    hat, star = pair
-    mats = [(hat, r"learned $\hat{\Phi}$")] + ([(star, r"target $\Phi^*$")] if star is not None else [])
-    fig, axes = plt.subplots(1, len(mats), figsize=(4 * len(mats), 3.6), squeeze=False)
-    for ax, (mat, title) in zip(axes[0], mats):
-        im = ax.imshow(mat, cmap="RdBu_r", vmin=-1, vmax=1)
-        ax.set_title(title)
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
-    st.pyplot(fig)
-    plt.close(fig)
 
 
 def dashboard_body(run_id: str) -> None:
@@ -513,7 +426,7 @@ def dashboard_body(run_id: str) -> None:
         st.subheader("PCC and held-out agreement" if held["answers"] else
                      "PCC and held-out pairs" if pairs["answers"] else "PCC against answers")
         if curve["answers"] or held["answers"] or pairs["answers"]:
-            st.altair_chart(readout_chart(curve, held, pairs), width="stretch")
+            st.altair_chart(charts.readout_chart(curve, held, pairs), width="stretch")
         else:
             st.caption("No snapshot yet.")
         if held["answers"]:
@@ -536,7 +449,9 @@ def dashboard_body(run_id: str) -> None:
         if pair is None:
             st.caption(f"Shown once a factor is stored (p ≤ {views.HEATMAP_MAX_P}).")
         else:
-            heatmaps(pair)
+            fig = charts.heatmaps(*pair)
+            st.pyplot(fig)
+            plt.close(fig)
             if pair[1] is None:
                 st.caption(r"$\Phi^*$ is not available here; the agreement on the right is the readout.")
     with right:
@@ -544,7 +459,7 @@ def dashboard_body(run_id: str) -> None:
         rows = [{"agent": a["agent"], "answers": label, "share": a[key], "label": f"{a[key]:.0%} of {a['n_' + key]}"}
                 for a in agree for key, label in (("held_out", "held out"), ("fit", "fit")) if a[key] is not None]
         if rows:
-            st.altair_chart(share_chart(rows, "agent", color="answers"), width="stretch")
+            st.altair_chart(charts.share_chart(rows, "agent", color="answers"), width="stretch")
             st.caption(r"Share of triplet answers $\hat\Phi$ predicts; held out = stored after $\hat\Phi$ was fit.")
         else:
             st.caption("Triplet runs with a stored factor only.")
@@ -718,14 +633,13 @@ def pool_section(pool: dict | None) -> None:
         rows = [{"agent": a["agent"], "share": a["accuracy"] or 0.0, "source": a["accuracy_source"],
                  "label": "unknown" if a["accuracy"] is None else f"{a['accuracy']:.0%} ({a['accuracy_source']})"}
                 for a in pool["agents"]]
-        st.altair_chart(share_chart(rows, "agent", tooltip=["agent:N", alt.Tooltip("share:Q", title="accuracy",
-                                                                                   format=".1%"), "source:N"]),
-                        width="stretch")
+        tooltip = ["agent:N", alt.Tooltip("share:Q", title="accuracy", format=".1%"), "source:N"]
+        st.altair_chart(charts.share_chart(rows, "agent", tooltip=tooltip), width="stretch")
         st.markdown("**Agreement on shared queries**")
         rows = [{"pair": g["pair"], "share": g["agreement"], "label": f"{g['agreement']:.0%} of {g['shared']}"}
                 for g in pool["agreement"] if g["agreement"] is not None]
         if rows:
-            st.altair_chart(share_chart(rows, "pair"), width="stretch")
+            st.altair_chart(charts.share_chart(rows, "pair"), width="stretch")
         else:
             st.caption("No query answered by two agents yet.")
     with right:
@@ -733,12 +647,12 @@ def pool_section(pool: dict | None) -> None:
         rows = [{**a, "label": f"{a['spent']:,.2f}" + ("" if a["budget_left"] is None
                                                          else f" ({a['budget_left']:,.2f} left)")}
                 for a in pool["agents"]]
-        st.altair_chart(amount_chart(rows, "spent", "label"), width="stretch")
+        st.altair_chart(charts.amount_chart(rows, "spent", "label"), width="stretch")
         st.markdown("**Answers asked per agent**")
         rows = [{**a, "label": f"{a['asked']:,} at {a['cost_per_answer'] or 0:,.4g} each"} for a in pool["agents"]]
-        st.altair_chart(amount_chart(rows, "asked", "label"), width="stretch")
+        st.altair_chart(charts.amount_chart(rows, "asked", "label"), width="stretch")
     st.markdown("**Routing split**")
-    st.altair_chart(routing_chart(pool["routing"]), width="stretch")
+    st.altair_chart(charts.routing_chart(pool["routing"]), width="stretch")
     st.caption("Shared: asked of every agent, to measure agreement and accuracy · hard: the learner's least sure, "
                "to the most reliable agent · rest: to the cheapest · skipped: no agent could pay. Accuracy comes "
                "from a reference agent, from pairwise agreement, or from the agent's prior (hover a bar).")
@@ -766,11 +680,11 @@ def compare_section(run_id: str) -> None:
     left, right = st.columns(2)
     with left:
         st.markdown(f"**{label} against answers**")
-        st.altair_chart(compare_chart(rows, "answers", label, strategies), width="stretch")
+        st.altair_chart(charts.compare_chart(rows, "answers", label, strategies), width="stretch")
     with right:
         st.markdown(f"**{label} against cost**")
         if by_cost:
-            st.altair_chart(compare_chart(by_cost, "cost", label, strategies), width="stretch")
+            st.altair_chart(charts.compare_chart(by_cost, "cost", label, strategies), width="stretch")
         else:
             st.caption("No run here records its cost; pool runs do.")
     notes = []
