@@ -165,6 +165,19 @@ def target_order(spec: str) -> tuple:
     return (spec != "rfm", int(spec.split("p=")[1].split(",")[0]) if "p=" in spec else 0)
 
 
+def setting_order(spec: str, noise: str) -> tuple:
+    """A (target, noise) column or panel: targets by :func:`target_order`, then noises as ``NOISES`` lists them."""
+    return (*target_order(spec), NOISES.index(noise) if noise in NOISES else 9, noise)
+
+
+KIND_ORDER = ["triplet", "closest:4", "closest:8", "rank:4", "rank:8", "odd"]
+
+
+def kind_order(kind: str, active: str | None, learn: bool) -> tuple:
+    """A row of the table, a bar of the plot: fixed κ before learnt, random before active, then ``KIND_ORDER``."""
+    return (bool(learn), active or "", KIND_ORDER.index(kind) if kind in KIND_ORDER else 9, kind)
+
+
 def summarise(cells: list[dict], goals: list[float]) -> list[dict]:
     """Medians over seeds per (target, noise, kind, batch) and each one's ratios to random triplets.
 
@@ -258,10 +271,9 @@ def table(summary: list[dict], goal: str) -> str:
     answers and tokens, then each kind's tokens / activations ratio (**bold**: both ≥ 3; ``—``: no median,
     more than half the seeds missed the goal) with its seeds."""
     cols = sorted({(r["target"], r["noise"]) for r in summary if goal in r["goals"]},
-                  key=lambda c: (*target_order(c[0]), NOISES.index(c[1]) if c[1] in NOISES else 9, c[1]))
-    order = ["triplet", "closest:4", "closest:8", "rank:4", "rank:8", "odd"]
+                  key=lambda c: setting_order(*c))
     kinds = sorted({(r["kind"], r.get("active") or "", r.get("learn_sharpness", False)) for r in summary},
-                   key=lambda k: (k[2], k[1], order.index(k[0]) if k[0] in order else 9))
+                   key=lambda k: kind_order(*k))
     at = {(r["target"], r["noise"], r["kind"], r.get("active") or "", r.get("learn_sharpness", False)): r
           for r in summary}
     lines = [f"| PCC {goal} | " + " | ".join(_label(*c) for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
@@ -312,14 +324,15 @@ def plot(out: dict, path: Path) -> None:
     rows = [r for r in out["summary"] if r["kind"] != "triplet" or r.get("active")]
     panels = sorted({(r["target"], r["noise"], g) for r in rows for g, v in r["goals"].items()
                      if ratio_value(v, "activations")[0] is not None},
-                    key=lambda x: (x[2], *target_order(x[0]), x[1]))
+                    key=lambda x: (x[2], *setting_order(x[0], x[1])))
     cols = min(4, max(1, len(panels)))
     nrows = max(1, -(-len(panels) // cols))
     fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.4 * nrows), squeeze=False)
     for ax in axes.flat[len(panels):]:
         ax.axis("off")
     for ax, (spec, noise, goal) in zip(axes.flat, panels):
-        mine = [r for r in rows if (r["target"], r["noise"]) == (spec, noise) and goal in r["goals"]]
+        mine = sorted((r for r in rows if (r["target"], r["noise"]) == (spec, noise) and goal in r["goals"]),
+                      key=lambda r: kind_order(r["kind"], r.get("active"), r.get("learn_sharpness", False)))
         x = np.arange(len(mine))
         for j, (key, label) in enumerate((("tokens", "tokens"), ("activations", "activations"))):
             got = [ratio_value(r["goals"][goal], key) for r in mine]
