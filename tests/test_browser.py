@@ -48,8 +48,8 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def db(tmp_path_factory) -> Path:
     """Two agent-pool runs with active querying, a finished oracle run, runs of closest-of-4, rank-4 and
-    odd-one-out questions queued for people, and a run queued for people that bob has half answered and Φ̂ learned from (the latest, so
-    the dashboard opens on it)."""
+    odd-one-out questions queued for people, and a run queued for people that bob has half answered and Φ̂
+    learned from (the latest, so the dashboard opens on it)."""
     path = tmp_path_factory.mktemp("browser") / "app.db"
     fast = LearnerConfig(final_steps=300, polish=False)
     design = DesignConfig(name="triplet", mu=0.7)
@@ -262,30 +262,25 @@ def test_a_closest_of_4_question_in_the_browser(server, browser, db):
     page.wait_for_timeout(700)
     page.screenshot(path=str(ARTIFACTS / "form-closest4.png"), full_page=True)
     page.keyboard.press("3")
-
-    def rows(n: int) -> list[tuple]:
-        deadline = time.monotonic() + 60
-        got = []
-        while len(got) < n and time.monotonic() < deadline:
-            time.sleep(0.2)
-            got = sql_rows(db, "SELECT status, value, meta FROM answers WHERE run_id = 'closest4' "
-                               "AND agent = 'human:cleo' ORDER BY id")
-        return got
-
-    (first,) = rows(1)
+    (first,) = tuple_rows(db, "closest4", "human:cleo", 1)
     assert first[:2] == ("ok", 3.0) and json.loads(first[2])["clock"] == "browser"
     settle(page, "Stored: candidate 3")
     page.get_by_role("button", name="No clear winner").click()
-    assert rows(2)[1][:2] == ("ok", 0.0)
+    assert tuple_rows(db, "closest4", "human:cleo", 2)[1][:2] == ("ok", 0.0)
     page.close()
 
 
-def tuple_rows(db: Path, run_id: str, n: int) -> list[tuple]:
-    """``(status, value, meta)`` of the run's first ``n`` stored answers, waited for up to a minute."""
-    deadline, got = time.monotonic() + 60, []
+def tuple_rows(db: Path, run_id: str, agent: str, n: int = 0) -> list[tuple]:
+    """``(status, value, meta)`` of ``agent``'s stored answers in the run, read at once and then again until
+    there are ``n`` (up to a minute)."""
+    def read() -> list[tuple]:
+        return sql_rows(db, "SELECT status, value, meta FROM answers WHERE run_id = ? AND agent = ? ORDER BY id",
+                        (run_id, agent))
+
+    deadline, got = time.monotonic() + 60, read()
     while len(got) < n and time.monotonic() < deadline:
         time.sleep(0.2)
-        got = sql_rows(db, "SELECT status, value, meta FROM answers WHERE run_id = ? ORDER BY id", (run_id,))
+        got = read()
     return got
 
 
@@ -305,7 +300,7 @@ def test_a_rank_4_question_in_the_browser(server, browser, db):
     page.keyboard.press("Escape")
     page.get_by_role("button", name="Submit ranking").click()
     settle(page, "Place all 4 candidates, closest first: 2 placed, candidates 1, 3 still to place")
-    assert tuple_rows(db, "rank4", 0) == []
+    assert tuple_rows(db, "rank4", "human:rhea") == []  # refused: nothing stored
     for j in (1, 3):
         picker.click()
         page.get_by_role("option", name=f"Candidate {j}", exact=True).click()
@@ -313,7 +308,7 @@ def test_a_rank_4_question_in_the_browser(server, browser, db):
     page.wait_for_timeout(700)
     page.screenshot(path=str(ARTIFACTS / "form-rank4.png"), full_page=True)
     page.get_by_role("button", name="Submit ranking").click()
-    (row,) = tuple_rows(db, "rank4", 1)
+    (row,) = tuple_rows(db, "rank4", "human:rhea", 1)
     assert row[:2] == ("ok", float(ranking_code(np.array([[1, 3, 0, 2]]))[0]))
     assert json.loads(row[2])["clock"] == "browser"
     settle(page, "Stored: ranking 2 › 4 › 1 › 3")
@@ -329,7 +324,7 @@ def test_an_odd_one_out_question_in_the_browser(server, browser, db):
     page.wait_for_timeout(700)
     page.screenshot(path=str(ARTIFACTS / "form-odd.png"), full_page=True)
     page.keyboard.press("2")
-    (row,) = tuple_rows(db, "odd3", 1)
+    (row,) = tuple_rows(db, "odd3", "human:otto", 1)
     assert row[:2] == ("ok", 2.0) and json.loads(row[2])["clock"] == "browser"
     settle(page, "Stored: item 2")
     page.close()
